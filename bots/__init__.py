@@ -1,0 +1,1 @@
+"""Thin platform adapters (Discord, Telegram, console) over `core.service.ChatService`."""

@@ -1,0 +1,236 @@
+"""The `lorabot` command line (Typer). Commands are thin: they build settings and a
+ChatService and hand over to an adapter, the trainer, or a benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core.errors import ChatError
+from core.registry import ModelRegistry, RegistryError
+from core.service import ChatService
+from core.settings import CoreSettings, SettingsError, load_core_settings
+
+app = typer.Typer(help="lorabot: chat with your own fine-tuned GGUF models on Discord, Telegram or a terminal.", no_args_is_help=True)
+models_app = typer.Typer(help="List and register models.", invoke_without_command=True)
+bench_app = typer.Typer(help="Benchmarks (print a table; --json for one JSON object).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+def _settings(**overrides: object) -> CoreSettings:
+    try:
+        return load_core_settings(**overrides)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
+async def _with_service(settings: CoreSettings, body: Callable[[ChatService], Awaitable[None]]) -> None:
+    service = ChatService(settings)
+    try:
+        await service.start()
+    except (ChatError, RegistryError) as error:
+        console.print(f"[red]{getattr(error, 'user_message', error)}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        await body(service)
+    finally:
+        await service.close()
+
+
+def _run_until_signal(main: Awaitable[None]) -> None:
+    """Run `main`; Ctrl-C or SIGTERM cancels it so adapters shut down cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(runner())
+
+
+@app.command()
+def chat(
+    model: Annotated[Optional[str], typer.Option(help="Registered model to chat with.")] = None,
+    once: Annotated[Optional[str], typer.Option(help="Answer this one message and exit.")] = None,
+) -> None:
+    """Chat in the terminal (streams tokens; /model, /models, /reset, /help inside)."""
+    from bots.console import ConsoleChat
+
+    settings = _settings()
+    failed = False
+
+    async def body(service: ChatService) -> None:
+        nonlocal failed
+        chat = ConsoleChat(service)
+        if model:
+            try:
+                await service.set_model(chat.conversation_id, model)
+            except ChatError as error:
+                console.print(f"[red]{error.user_message}[/red]")
+                failed = True
+                return
+        if once is not None:
+            reply = await chat.ask(once)
+            failed = not reply
+        else:
+            await chat.loop()
+
+    _run_until_signal(_with_service(settings, body))
+    if failed:
+        raise typer.Exit(1)
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
+    """List the registered models (name, file, size, context length, default)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings()
+    registry = ModelRegistry(settings.resolved_models_file)
+    table = Table(title=f"Models ({settings.resolved_models_file})")
+    for column in ("name", "file", "size", "context", "default", "description"):
+        table.add_column(column)
+    try:
+        entries = registry.all()
+    except RegistryError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    for entry in entries:
+        size = entry.size_bytes
+        table.add_row(
+            entry.name,
+            str(entry.path),
+            f"{size / 2**20:.1f} MiB" if size is not None else "[red]missing[/red]",
+            str(entry.context_length or settings.context_length),
+            "yes" if entry.name == settings.default_model else "",
+            entry.description,
+        )
+    console.print(table)
+
+
+@models_app.command("add")
+def models_add(
+    name: str,
+    path: Path,
+    context_length: Annotated[Optional[int], typer.Option(help="Context window (tokens).")] = None,
+    description: str = "",
+) -> None:
+    """Register a GGUF file under NAME (running bots see it without a restart)."""
+    if not path.is_file():
+        console.print(f"[red]{path} does not exist[/red]")
+        raise typer.Exit(2)
+    registry = ModelRegistry(_settings().resolved_models_file)
+    try:
+        registry.add(name, path, context_length=context_length, description=description)
+    except (RegistryError, ValueError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"Registered {name} → {path}")
+
+
+@models_app.command("remove")
+def models_remove(name: str) -> None:
+    """Unregister NAME (the file stays on disk)."""
+    registry = ModelRegistry(_settings().resolved_models_file)
+    try:
+        registry.remove(name)
+    except ChatError as error:
+        console.print(f"[red]{error.user_message}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"Removed {name}")
+
+
+@app.command()
+def run() -> None:
+    """Start what is configured: Discord and/or Telegram bots, or the terminal chat."""
+    from bots.platforms import configured_platforms
+
+    settings = _settings()
+    runners = configured_platforms()
+    if not runners:
+        console.print("No DISCORD_TOKEN or TELEGRAM_TOKEN configured: starting the terminal chat.")
+        chat(model=None, once=None)
+        return
+
+    async def body(service: ChatService) -> None:
+        console.print(f"Starting {', '.join(name for name, _ in runners)} on {settings.default_model}.")
+        await asyncio.gather(*(runner(service) for _, runner in runners))
+
+    _run_until_signal(_with_service(settings, body))
+
+
+@app.command()
+def discord() -> None:
+    """Start the Discord bot (needs DISCORD_TOKEN)."""
+    _run_platform("discord")
+
+
+@app.command()
+def telegram() -> None:
+    """Start the Telegram bot (needs TELEGRAM_TOKEN)."""
+    _run_platform("telegram")
+
+
+def _run_platform(name: str) -> None:
+    from bots.platforms import platform_runner
+
+    settings = _settings()
+    try:
+        runner = platform_runner(name)
+    except RuntimeError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    _run_until_signal(_with_service(settings, runner))
+
+
+@bench_app.command("engine")
+def bench_engine(
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    turns: int = 10,
+    conversations: int = 8,
+    max_tokens: int = 48,
+) -> None:
+    """Core vs raw llama-cpp-python on the embedded model: throughput, TTFT, concurrency."""
+    from bench.engine import main as bench_main
+
+    bench_main(_settings(), json_output=json_output, turns=turns, conversations=conversations, max_tokens=max_tokens)
+
+
+def _mount_optional() -> None:
+    """Commands from the training/eval side; missing extras give a clear message, not a crash."""
+    try:
+        from training import cli as training_cli
+    except ImportError:
+        return
+    for name in ("train", "export", "eval"):
+        if hasattr(training_cli, name):
+            app.command(name)(getattr(training_cli, name))
+    if hasattr(training_cli, "bench_train"):
+        bench_app.command("train")(training_cli.bench_train)
+
+
+_mount_optional()
+
+
+def main() -> None:  # pragma: no cover - console-script convenience
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,88 @@
+"""Telegram adapter settings: `TELEGRAM_*` environment variables or `.env`, checked at start-up."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.settings import SettingsError, describe_validation_error
+
+IdSet = Annotated[frozenset[int], NoDecode]
+"""Comma- or space-separated Telegram ids in the environment ("123, -100456")."""
+
+
+class TelegramSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TELEGRAM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    token: SecretStr | None = Field(None, description="Bot token from @BotFather; the bot starts only when set.")
+    api_base_url: str = Field(
+        "https://api.telegram.org/bot",
+        description="Bot API URL up to '/bot'; the token is appended (or replaces '{token}').",
+    )
+    file_base_url: str = Field("https://api.telegram.org/file/bot", description="Bot API file URL.")
+    admin_ids: IdSet = Field(frozenset(), description="User ids that may change the model in any chat.")
+    allowed_user_ids: IdSet = Field(frozenset(), description="Only these users may use the bot (empty: all).")
+    allowed_chat_ids: IdSet = Field(frozenset(), description="Only in these chats (empty: all). A private chat's id is the user's id.")
+    edit_interval_s: float = Field(1.5, gt=0, description="Least seconds between edits of a streaming reply in a private chat.")
+    group_edit_interval_s: float = Field(3.0, gt=0, description="Same in groups (Telegram allows ~20 messages a minute per group).")
+    typing_interval_s: float = Field(4.0, gt=0, description="How often the 'typing' action is renewed (it lasts ~5 s).")
+    poll_timeout_s: int = Field(30, ge=0, le=50, description="Long-polling timeout for getUpdates.")
+    drop_pending_updates: bool = Field(False, description="Skip messages that arrived while the bot was offline.")
+
+    @field_validator("admin_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = value.replace(",", " ").split()
+            try:
+                return frozenset(int(part) for part in parts)
+            except ValueError:
+                raise ValueError("must be Telegram ids (integers) separated by commas") from None
+        return value
+
+    @field_validator("api_base_url", "file_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None  # TELEGRAM_TOKEN= (empty) means "not configured"
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("does not look like a bot token (expected '<digits>:<secret>' from @BotFather)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+    def is_allowed(self, user_id: int | None, chat_id: int | None) -> bool:
+        """Admins always; others when both allow lists (if set) contain them."""
+        if user_id is not None and user_id in self.admin_ids:
+            return True
+        if self.allowed_user_ids and user_id not in self.allowed_user_ids:
+            return False
+        if self.allowed_chat_ids and chat_id not in self.allowed_chat_ids:
+            return False
+        return True
+
+
+def load_telegram_settings(**overrides: object) -> TelegramSettings:
+    """Load settings or raise `SettingsError` naming each bad value (never echoing the token)."""
+    try:
+        return TelegramSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        message = describe_validation_error(error, "TELEGRAM_")
+        for item in error.errors():
+            secret = item.get("input")
+            if item["loc"][:1] == ("token",) and isinstance(secret, str) and secret:
+                message = message.replace(repr(secret), "'<hidden>'")
+        raise SettingsError(message) from error

@@ -1,0 +1,1 @@
+"""Engines turn a chat (list of messages) into a stream of text. See `base.Engine`."""

@@ -1,0 +1,230 @@
+"""The embedded engine: a GGUF model on the CPU through llama-cpp-python.
+
+One `Llama` gives us the model, tokenizer and chat template. Generation runs on our own
+llama.cpp context with several sequences ("slots", as llama.cpp's server does): each active
+conversation keeps its KV cache in its own slot, so a new turn only reads the new tokens,
+even when several users take turns. See docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+from llama_cpp import _internals as internals
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from core.engines.base import GenerationRequest, GenerationStats, Message
+from core.registry import ModelEntry
+from core.settings import CoreSettings
+
+# ChatML, for GGUFs that carry no chat template of their own.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class CorruptModelFile(ValueError):
+    pass
+
+
+def check_gguf(path: Path) -> None:
+    """Fail fast, with a clear reason, before llama.cpp sees a file it cannot load."""
+    if not path.is_file():
+        raise CorruptModelFile(f"file not found: {path}")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise CorruptModelFile(f"{path.name} is not a GGUF file (bad magic {magic!r})")
+
+
+@dataclass
+class Slot:
+    """One llama.cpp sequence, holding the KV cache of one conversation."""
+
+    seq_id: int
+    conversation_id: str | None = None
+    tokens: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+
+
+class LlamaEngine:
+    def __init__(self, name: str, llm: llama_cpp.Llama, *, context_length: int, slots: int, threads: int) -> None:
+        self.name = name
+        self.llm = llm
+        self.model = llm._model
+        self.context_length = context_length
+        self.n_batch = 512
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context_length * slots
+        params.n_seq_max = slots
+        params.kv_unified = False  # each conversation gets its own context_length of KV
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        self.ctx = internals.LlamaContext(model=self.model, params=params, verbose=False)
+        self.batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
+        self.slots = [Slot(seq_id) for seq_id in range(slots)]
+        metadata = llm.metadata
+        template = metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
+        bos, eos = self.model.token_bos(), self.model.token_eos()
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            bos_token=self.model.token_get_text(bos) if bos >= 0 else "",
+            eos_token=self.model.token_get_text(eos) if eos >= 0 else "",
+        )
+
+    @classmethod
+    def load(cls, entry: ModelEntry, settings: CoreSettings) -> LlamaEngine:
+        check_gguf(entry.path)
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(entry.path),
+                n_ctx=256,  # the Llama's own context is unused; ours is built below
+                n_threads=settings.resolved_threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as error:
+            raise CorruptModelFile(f"llama.cpp could not load {entry.path.name}: {error}") from error
+        n_ctx_train = llm._model.n_ctx_train()
+        wanted = entry.context_length or settings.context_length
+        context_length = min(wanted, n_ctx_train) if n_ctx_train > 0 else wanted
+        return cls(
+            entry.name,
+            llm,
+            context_length=context_length,
+            slots=settings.kv_slots,
+            threads=settings.resolved_threads,
+        )
+
+    # -- text <-> tokens --------------------------------------------------------------------
+    def render(self, messages: list[Message]) -> str:
+        return self.formatter(messages=messages).prompt
+
+    def prompt_tokens(self, messages: list[Message]) -> list[int]:
+        # The template writes the BOS text itself where the model wants one.
+        return self.model.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self.prompt_tokens(messages))
+
+    def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
+        tokens = self.model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        if len(tokens) <= max_tokens:
+            return text
+        return self.model.detokenize(tokens[: max(0, max_tokens)]).decode("utf-8", errors="ignore")
+
+    # -- slots ------------------------------------------------------------------------------
+    def _slot_for(self, conversation_id: str) -> Slot:
+        for slot in self.slots:
+            if slot.conversation_id == conversation_id:
+                return slot
+        slot = min(self.slots, key=lambda s: (s.conversation_id is not None, s.last_used))
+        self._clear(slot)
+        slot.conversation_id = conversation_id
+        return slot
+
+    def _clear(self, slot: Slot) -> None:
+        self.ctx.kv_cache_seq_rm(slot.seq_id, -1, -1)
+        slot.tokens = []
+        slot.conversation_id = None
+
+    def forget(self, conversation_id: str) -> None:
+        for slot in self.slots:
+            if slot.conversation_id == conversation_id:
+                self._clear(slot)
+
+    # -- decoding ---------------------------------------------------------------------------
+    def _decode(self, slot: Slot, tokens: list[int]) -> None:
+        """Append `tokens` to the slot's sequence; logits are kept for the last one only."""
+        batch = self.batch.batch
+        start = len(slot.tokens)
+        batch.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot.seq_id
+            batch.logits[i] = False
+        batch.logits[len(tokens) - 1] = True
+        self.ctx.decode(self.batch)
+        slot.tokens.extend(tokens)
+
+    def _prefill(self, slot: Slot, prompt: list[int], cancel: threading.Event) -> int:
+        """Bring the slot's KV cache to `prompt`, reusing the common prefix; returns reused tokens."""
+        common = 0
+        limit = min(len(slot.tokens), len(prompt) - 1)  # re-read at least one token for logits
+        while common < limit and slot.tokens[common] == prompt[common]:
+            common += 1
+        if common < len(slot.tokens):
+            if not self.ctx.kv_cache_seq_rm(slot.seq_id, common, -1):
+                self._clear(slot)
+                common = 0
+            del slot.tokens[common:]
+        for start in range(common, len(prompt), self.n_batch):
+            if cancel.is_set():
+                break
+            self._decode(slot, prompt[start : start + self.n_batch])
+        return common
+
+    def _sampler(self, request: GenerationRequest) -> internals.LlamaSampler:
+        sampler = internals.LlamaSampler()
+        if request.temperature <= 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(40)
+            sampler.add_top_p(request.top_p, 1)
+            sampler.add_min_p(0.05, 1)
+            sampler.add_temp(request.temperature)
+            sampler.add_dist(request.seed)
+        return sampler
+
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event, stats: GenerationStats
+    ) -> Iterator[str]:
+        slot = self._slot_for(request.conversation_id)
+        slot.last_used = time.monotonic()
+        prompt = self.prompt_tokens(request.messages)
+        stats.prompt_tokens = len(prompt)
+        if len(prompt) >= self.context_length:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the {self.context_length}-token window")
+        try:
+            stats.reused_tokens = self._prefill(slot, prompt, cancel)
+        except RuntimeError:
+            self._clear(slot)
+            raise
+        sampler = self._sampler(request)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        room = self.context_length - len(slot.tokens)
+        stats.finish_reason = "length"
+        for _ in range(min(request.max_new_tokens, room)):
+            if cancel.is_set():
+                stats.finish_reason = "cancelled"
+                break
+            token = sampler.sample(self.ctx, self.batch.batch.n_tokens - 1)
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                stats.finish_reason = "stop"
+                break
+            stats.completion_tokens += 1
+            text = decoder.decode(self.model.token_to_piece(token, special=False))
+            if text:
+                yield text
+            self._decode(slot, [token])
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+        slot.last_used = time.monotonic()
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
+        self.llm.close()

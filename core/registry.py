@@ -1,0 +1,167 @@
+"""The models registry: a TOML file mapping a name to a GGUF file and its defaults.
+
+```toml
+[models.my-tune]
+path = "out/my-tune/model-q4_k_m.gguf"   # relative paths are relative to this file
+context_length = 2048                       # optional
+description = "SmolLM2 tuned on our FAQ"    # optional
+temperature = 0.6                           # optional generation defaults
+top_p = 0.9
+max_new_tokens = 300
+```
+
+The embedded SmolLM2 model is always present. The file is re-read when it changes, so a
+model registered by `lorabot train --register` shows up in running bots without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import tomllib
+from pathlib import Path
+
+import tomli_w
+from pydantic import BaseModel, Field, ValidationError
+
+from core.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
+from core.errors import UnknownModel
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ModelEntry(BaseModel):
+    """One registered model."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    path: Path
+    context_length: int | None = Field(None, ge=128)
+    description: str = ""
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    embedded: bool = False
+
+    @property
+    def size_bytes(self) -> int | None:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return None
+
+
+class RegistryError(Exception):
+    """The models file is unreadable or has a bad entry; the message says where."""
+
+
+class ModelRegistry:
+    """Reads (and for `add`/`remove`, writes) the models file; always includes the embedded model."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._cache_key: tuple[float, int] | None = None
+        self._entries: dict[str, ModelEntry] = {}
+
+    def _file_key(self) -> tuple[float, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime, stat.st_size)
+
+    def _read_file(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise RegistryError(f"{self.path}: cannot read models file: {error}") from error
+        models = data.get("models", {})
+        if not isinstance(models, dict):
+            raise RegistryError(f"{self.path}: [models] must be a table of tables")
+        return models
+
+    def _load(self) -> dict[str, ModelEntry]:
+        with self._lock:
+            key = self._file_key()
+            if self._entries and key == self._cache_key:
+                return self._entries
+            entries: dict[str, ModelEntry] = {}
+            try:
+                embedded = embedded_model_path()
+            except FileNotFoundError:
+                embedded = None
+            if embedded is not None:
+                entries[EMBEDDED_MODEL_NAME] = ModelEntry(
+                    name=EMBEDDED_MODEL_NAME,
+                    path=embedded,
+                    context_length=None,
+                    description="SmolLM2-135M-Instruct Q4_1 (embedded, fast)",
+                    embedded=True,
+                )
+            for name, raw in self._read_file().items():
+                if not isinstance(raw, dict):
+                    raise RegistryError(f"{self.path}: [models.{name}] must be a table")
+                try:
+                    entry = ModelEntry(name=name, **raw)
+                except (ValidationError, TypeError) as error:
+                    raise RegistryError(f"{self.path}: [models.{name}]: {error}") from error
+                if not entry.path.is_absolute():
+                    entry.path = (self.path.parent / entry.path).resolve()
+                entries[name] = entry
+            self._entries, self._cache_key = entries, key
+            return entries
+
+    def names(self) -> list[str]:
+        return list(self._load())
+
+    def all(self) -> list[ModelEntry]:
+        return list(self._load().values())
+
+    def get(self, name: str) -> ModelEntry:
+        entries = self._load()
+        if name not in entries:
+            raise UnknownModel(name, list(entries))
+        return entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._load()
+
+    def add(
+        self,
+        name: str,
+        path: Path,
+        *,
+        context_length: int | None = None,
+        description: str = "",
+        overwrite: bool = True,
+    ) -> ModelEntry:
+        """Register (or replace) a model; the file is written atomically."""
+        entry = ModelEntry(name=name, path=Path(path).resolve(), context_length=context_length, description=description)
+        if name == EMBEDDED_MODEL_NAME:
+            raise RegistryError(f"{name!r} is the embedded model's name; pick another")
+        raw = self._read_file()
+        if name in raw and not overwrite:
+            raise RegistryError(f"{name!r} is already registered")
+        raw[name] = {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in entry.model_dump(exclude={"name", "embedded"}).items()
+            if value not in (None, "")
+        }
+        self._write(raw)
+        return entry
+
+    def remove(self, name: str) -> None:
+        raw = self._read_file()
+        if name not in raw:
+            raise UnknownModel(name, list(raw))
+        del raw[name]
+        self._write(raw)
+
+    def _write(self, models: dict[str, dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(tomli_w.dumps({"models": models}), encoding="utf-8")
+        tmp.replace(self.path)
+        with self._lock:
+            self._cache_key = None

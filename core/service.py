@@ -1,0 +1,236 @@
+"""ChatService: the one API every adapter (Discord, Telegram, console) calls.
+
+A reply travels: clean + rate-limit the text → pick the conversation's model → wait for a
+fair turn in the queue → load the model → fit history into the context window → stream the
+reply → store the finished turn. See docs/core-api.md for how adapters use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from core.engines.base import Engine, GenerationRequest, GenerationStats, Message
+from core.errors import ChatError, GenerationTimeout
+from core.events import Delta, Done, Notice, Queued, ReplyEvent, Started
+from core.history import HistoryStore
+from core.limits import UserRateLimiter, clean_user_text
+from core.models import EngineFactory, ModelPool
+from core.registry import ModelEntry, ModelRegistry
+from core.scheduler import FairScheduler
+from core.settings import CoreSettings
+from core.worker import EngineWorker
+
+
+@dataclass
+class ServiceStats:
+    queue_depth: int
+    running: int
+    loaded_models: list[str]
+    tokens_per_s: float | None
+    replies: int
+    default_model: str
+    models: list[str] = field(default_factory=list)
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: CoreSettings,
+        *,
+        engine_factory: EngineFactory | None = None,
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or ModelRegistry(settings.resolved_models_file)
+        self.pool = ModelPool(self.registry, settings, engine_factory)
+        self.scheduler = FairScheduler(max_waiting=settings.queue_max)
+        self.limiter = UserRateLimiter(settings.rate_limit_messages, settings.rate_limit_period_s)
+        self.history: HistoryStore | None = None
+        self._speeds: deque[float] = deque(maxlen=20)
+        self._replies = 0
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.history = HistoryStore(self.settings.data_dir / "history.sqlite3")
+        self.registry.get(self.settings.default_model)  # fail at start-up, not on first message
+
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Refuse new work, let running replies finish (up to the timeout), then stop them."""
+        self.scheduler.close()
+        deadline = time.monotonic() + drain_timeout_s
+        while self.scheduler.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._stopping.set()
+        while self.scheduler.running and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.05)
+        await self.pool.close()
+        if self.history is not None:
+            self.history.close()
+
+    async def __aenter__(self) -> ChatService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- models ----------------------------------------------------------------------------
+    def models(self) -> list[ModelEntry]:
+        return self.registry.all()
+
+    def model_names(self) -> list[str]:
+        return self.registry.names()
+
+    async def current_model(self, conversation_id: str, scope_id: str | None = None) -> str:
+        for key in (conversation_id, f"scope:{scope_id}" if scope_id else None):
+            if key and (name := await self._store.model_choice(key)) and name in self.registry:
+                return name
+        return self.settings.default_model
+
+    async def set_model(self, conversation_id: str, name: str) -> ModelEntry:
+        entry = self.registry.get(name)
+        await self._store.set_model_choice(conversation_id, name)
+        return entry
+
+    async def set_scope_default(self, scope_id: str, name: str) -> ModelEntry:
+        entry = self.registry.get(name)
+        await self._store.set_model_choice(f"scope:{scope_id}", name)
+        return entry
+
+    # -- conversations ---------------------------------------------------------------------
+    async def reset(self, conversation_id: str) -> int:
+        """Forget the conversation (history and cached KV state); returns messages removed."""
+        await self.pool.each_loaded("forget", conversation_id)
+        return await self._store.forget(conversation_id)
+
+    def stats(self) -> ServiceStats:
+        speeds = list(self._speeds)
+        return ServiceStats(
+            queue_depth=self.scheduler.waiting,
+            running=self.scheduler.running,
+            loaded_models=self.pool.loaded,
+            tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
+            replies=self._replies,
+            default_model=self.settings.default_model,
+            models=self.model_names(),
+        )
+
+    async def reply(
+        self, conversation_id: str, user_id: str, text: str, *, scope_id: str | None = None
+    ) -> AsyncIterator[ReplyEvent]:
+        """Answer `text`; see docs/core-api.md. Raises `ChatError`s with user-facing text."""
+        text, notice = clean_user_text(text, self.settings.max_input_chars)
+        await self.limiter.check(user_id)
+        model = await self.current_model(conversation_id, scope_id)
+        entry = self.registry.get(model)
+        if notice:
+            yield Notice(notice)
+        ticket = self.scheduler.enqueue(user_id)
+        try:
+            shown = None
+            while not ticket.ready.done():
+                if (position := self.scheduler.position(ticket)) != shown:
+                    yield Queued(position)
+                    shown = position
+                await self.scheduler.wait_for_change(ticket)
+            ticket.ready.result()  # ShuttingDown if the service closed while we waited
+            async with self.pool.use(model) as worker:
+                yield Started(model)
+                async for event in self._generate(worker, entry, conversation_id, text):
+                    yield event
+        finally:
+            self.scheduler.release(ticket)
+
+    # -- internals -------------------------------------------------------------------------
+    @property
+    def _store(self) -> HistoryStore:
+        if self.history is None:
+            raise RuntimeError("ChatService.start() was not called")
+        return self.history
+
+    async def _generate(
+        self, worker: EngineWorker, entry: ModelEntry, conversation_id: str, text: str
+    ) -> AsyncIterator[ReplyEvent]:
+        engine = worker.engine
+        assert engine is not None
+        settings = self.settings
+        max_new = min(entry.max_new_tokens or settings.max_new_tokens, engine.context_length // 2)
+        messages, text, trimmed = await self._fit_context(worker, engine, conversation_id, text, max_new)
+        if trimmed:
+            yield Notice(trimmed)
+        request = GenerationRequest(
+            model=entry.name,
+            conversation_id=conversation_id,
+            messages=messages,
+            max_new_tokens=max_new,
+            temperature=entry.temperature if entry.temperature is not None else settings.temperature,
+            top_p=entry.top_p if entry.top_p is not None else settings.top_p,
+            seed=settings.seed,
+        )
+        stats = GenerationStats()
+        started = time.perf_counter()
+        first_piece_at: float | None = None
+        deadline = started + settings.generation_timeout_s
+        pieces: list[str] = []
+        stream = worker.stream(request, stats)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    piece = await asyncio.wait_for(anext(stream), timeout=max(0.0, deadline - time.perf_counter()))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise GenerationTimeout(settings.generation_timeout_s) from None
+                if first_piece_at is None:
+                    first_piece_at = time.perf_counter()
+                pieces.append(piece)
+                yield Delta(piece)
+            else:
+                stats.finish_reason = "interrupted"
+        finally:
+            await stream.aclose()
+        reply = "".join(pieces)
+        elapsed = time.perf_counter() - (first_piece_at or started)
+        speed = stats.completion_tokens / elapsed if elapsed > 0 and stats.completion_tokens > 1 else 0.0
+        if speed:
+            self._speeds.append(speed)
+        if stats.finish_reason != "interrupted":
+            await self._store.add_turn(conversation_id, text, reply)
+        self._replies += 1
+        yield Done(
+            text=reply,
+            model=entry.name,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            ttft_s=(first_piece_at or time.perf_counter()) - started,
+            tokens_per_s=speed,
+            finish_reason=stats.finish_reason,
+            extras={"reused_tokens": float(stats.reused_tokens), **stats.extras},
+        )
+
+    async def _fit_context(
+        self, worker: EngineWorker, engine: Engine, conversation_id: str, text: str, max_new: int
+    ) -> tuple[list[Message], str, str | None]:
+        """System prompt + as many recent turns as fit + the new message, within the window."""
+        budget = engine.context_length - max_new
+        system: Message = {"role": "system", "content": self.settings.system_prompt}
+        history = await self._store.recent(conversation_id, self.settings.history_max_turns)
+        notice = None
+        base = await worker.call(engine.count_tokens, [system, {"role": "user", "content": ""}])
+        room_for_text = budget - base
+        if room_for_text < 16:
+            raise ChatError("The system prompt is too long for this model's context window.")
+        shortened = await worker.call(engine.truncate_to_tokens, text, room_for_text)
+        if shortened != text:
+            notice = "Your message was too long for this model; I only read its beginning."
+            text = shortened
+        while True:
+            messages = [system, *history, {"role": "user", "content": text}]
+            if not history or await worker.call(engine.count_tokens, messages) <= budget:
+                return messages, text, notice
+            history = history[2:]  # drop the oldest exchange

@@ -1,0 +1,79 @@
+"""Core settings, read once from the environment and `.env`, validated at start-up.
+
+Platform adapters keep their own settings classes in `bots/` (same `.env`), so the core
+never learns about Discord or Telegram.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are lorabot, a friendly and concise assistant in a group chat. "
+    "Answer clearly and briefly."
+)
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names the setting and what is wrong."""
+
+
+class CoreSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LORABOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(Path("data"), description="Where history and the models file live.")
+    models_file: Path | None = Field(None, description="TOML models registry; default DATA_DIR/models.toml.")
+    default_model: str = Field("smollm2-135m", description="Model used when a conversation picked none.")
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    queue_max: int = Field(32, ge=1, description="Requests waiting at once before 'busy'.")
+    rate_limit_messages: int = Field(6, ge=1, description="Messages a user may send per period.")
+    rate_limit_period_s: float = Field(60.0, gt=0)
+    history_max_turns: int = Field(20, ge=1, description="Stored turns kept per conversation.")
+    max_input_chars: int = Field(4000, ge=100, description="Longer messages are trimmed with a notice.")
+    max_new_tokens: int = Field(400, ge=1)
+    generation_timeout_s: float = Field(180.0, gt=0)
+    threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
+    max_loaded_models: int = Field(2, ge=1, description="Loaded models kept in memory (LRU).")
+    kv_slots: int = Field(8, ge=1, le=64, description="Conversations whose KV cache stays warm per model.")
+    context_length: int = Field(2048, ge=256, description="Context window per conversation.")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    seed: int = 3407
+
+    @field_validator("default_model", "system_prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def resolved_models_file(self) -> Path:
+        return self.models_file or self.data_dir / "models.toml"
+
+    @property
+    def resolved_threads(self) -> int:
+        return self.threads or max(1, os.cpu_count() or 1)
+
+
+def describe_validation_error(error: ValidationError, prefix: str) -> str:
+    """Turn pydantic's error into one line per bad setting, named as the user writes it."""
+    lines = []
+    for item in error.errors():
+        name = prefix + "_".join(str(part) for part in item["loc"]).upper()
+        lines.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
+    return "Bad setting(s):\n  " + "\n  ".join(lines)
+
+
+def load_core_settings(**overrides: object) -> CoreSettings:
+    """Load settings or raise `SettingsError` naming each bad value."""
+    try:
+        return CoreSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error, "LORABOT_")) from error
