@@ -79,6 +79,10 @@ class LiveReply:
         await self._render(chunks, final=True)
 
     async def _render(self, chunks: list[str], *, final: bool, force: bool = False) -> None:
+        if final or force:
+            wait = self._not_before - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)  # a skipped edit's flood wait still applies
         self._last_render = self._clock()
         for index, chunk in enumerate(chunks):
             if index < len(self._shown):

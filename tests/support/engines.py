@@ -71,6 +71,7 @@ def make_service(
     *,
     token_delay_s: float = 0.0,
     models: dict[str, Reply] | None = None,
+    context_length: int = 4096,
     **overrides: object,
 ) -> ChatService:
     """A ChatService over scripted engines; `models` registers extra names (each its own reply).
@@ -84,7 +85,9 @@ def make_service(
     engines: dict[str, ScriptedEngine] = {}
 
     def factory(entry: ModelEntry, _settings: CoreSettings) -> ScriptedEngine:
-        engine = ScriptedEngine(entry.name, replies.get(entry.name, f"[{entry.name}]"), token_delay_s=token_delay_s)
+        engine = ScriptedEngine(
+            entry.name, replies.get(entry.name, f"[{entry.name}]"), token_delay_s=token_delay_s, context_length=context_length
+        )
         engines[entry.name] = engine
         return engine
 

@@ -1,0 +1,184 @@
+"""ChatService through the real core (queue, history, limits, models) over a scripted engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.errors import Busy, EmptyMessage, GenerationTimeout, RateLimited, UnknownModel
+from core.events import Delta, Done, Notice, Queued, Started
+from support.engines import make_service
+
+
+async def collect(service, conversation="c1", user="u1", text="hi", **kwargs):
+    events = [event async for event in service.reply(conversation, user, text, **kwargs)]
+    return events, next(e for e in events if isinstance(e, Done))
+
+
+async def test_reply_streams_and_remembers(tmp_path):
+    async with make_service(tmp_path, reply="one two three") as service:
+        events, done = await collect(service, text="first")
+        assert isinstance(events[0], Queued) or isinstance(events[0], Started)
+        assert "".join(e.text for e in events if isinstance(e, Delta)) == done.text == "one two three"
+        await collect(service, text="second")
+        request = service.engines["smollm2-135m"].requests[-1]
+        assert [m["role"] for m in request.messages] == ["system", "user", "assistant", "user"]
+        assert request.messages[1]["content"] == "first" and request.messages[-1]["content"] == "second"
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", "\x00\x01\x7f"])
+async def test_empty_message_is_refused_politely(tmp_path, text):
+    async with make_service(tmp_path) as service:
+        with pytest.raises(EmptyMessage) as caught:
+            await collect(service, text=text)
+        assert "empty" in caught.value.user_message
+
+
+async def test_huge_message_is_trimmed_with_notice(tmp_path):
+    async with make_service(tmp_path, reply="ok", max_input_chars=4000) as service:
+        events, done = await collect(service, text="abcd " * 19_999 + "abcde")
+        notices = [e.text for e in events if isinstance(e, Notice)]
+        assert notices and "100,000" in notices[0]
+        sent = service.engines["smollm2-135m"].requests[-1].messages[-1]["content"]
+        assert len(sent) <= 4000 and done.text == "ok"
+
+
+async def test_control_characters_and_lone_surrogates_are_cleaned(tmp_path):
+    async with make_service(tmp_path, reply="fine") as service:
+        _, done = await collect(service, text="he\x00llo \ud800wor\x1bld\u200b")
+        sent = service.engines["smollm2-135m"].requests[-1].messages[-1]["content"]
+        assert sent == "hello \ufffdworld"
+        sent.encode("utf-8")  # would raise on a surrogate
+        assert done.text == "fine"
+
+
+async def test_unknown_model_lists_valid_names(tmp_path):
+    async with make_service(tmp_path, models={"tuned": "tuned says hi"}) as service:
+        with pytest.raises(UnknownModel) as caught:
+            await service.set_model("c1", "gpt-9")
+        assert "smollm2-135m" in caught.value.user_message and "tuned" in caught.value.user_message
+
+
+async def test_model_switch_is_per_conversation_and_survives_restart(tmp_path):
+    async with make_service(tmp_path, reply="base", models={"tuned": "tuned"}) as service:
+        await service.set_model("c1", "tuned")
+        assert (await collect(service, "c1"))[1].text == "tuned"
+        assert (await collect(service, "c2"))[1].text == "base"
+        await service.set_scope_default("guild", "tuned")
+        assert (await collect(service, "c3", scope_id="guild"))[1].text == "tuned"
+    async with make_service(tmp_path, reply="base", models={"tuned": "tuned"}) as service:
+        assert await service.current_model("c1") == "tuned"
+        assert [m["content"] for m in await service.history.recent("c1", 10)] == ["hi", "tuned"]
+
+
+async def test_full_queue_says_busy(tmp_path):
+    async with make_service(tmp_path, reply="a b c d e f", token_delay_s=0.05, queue_max=1) as service:
+        first = asyncio.create_task(collect(service, "c1", "u1"))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(collect(service, "c2", "u2"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Busy):
+            await collect(service, "c3", "u3")
+        assert (await first)[1].text == (await second)[1].text == "a b c d e f"
+
+
+async def test_cancel_mid_stream_stops_engine_and_stores_nothing(tmp_path):
+    words = " ".join(f"w{i}" for i in range(200))
+    async with make_service(tmp_path, reply=words, token_delay_s=0.01) as service:
+        seen = 0
+        async for event in service.reply("c1", "u1", "go"):
+            if isinstance(event, Delta):
+                seen += 1
+                if seen == 5:
+                    break
+        await asyncio.sleep(0.1)
+        assert service.scheduler.running == 0 and service.scheduler.waiting == 0
+        assert await service.history.recent("c1", 10) == []
+        # the next request runs at once: the worker thread is free again
+        assert (await collect(service, "c2"))[1].text == words
+
+
+async def test_cancelling_consumer_task_leaves_queue(tmp_path):
+    async with make_service(tmp_path, reply="x " * 50, token_delay_s=0.02) as service:
+        running = asyncio.create_task(collect(service, "c1", "u1"))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(collect(service, "c2", "u2"))
+        await asyncio.sleep(0.02)
+        assert service.scheduler.waiting == 1
+        queued.cancel()
+        await asyncio.sleep(0.02)
+        assert service.scheduler.waiting == 0
+        await running
+
+
+async def test_same_user_two_conversations_at_once(tmp_path):
+    async with make_service(tmp_path, reply=lambda r: f"answer to {r.messages[-1]['content']}", token_delay_s=0.01) as service:
+        (_, a), (_, b) = await asyncio.gather(
+            collect(service, "dm", "u1", "alpha"), collect(service, "group", "u1", "beta")
+        )
+        assert (a.text, b.text) == ("answer to alpha", "answer to beta")
+        assert [m["content"] for m in await service.history.recent("dm", 5)] == ["alpha", "answer to alpha"]
+        assert [m["content"] for m in await service.history.recent("group", 5)] == ["beta", "answer to beta"]
+
+
+async def test_queue_positions_are_reported(tmp_path):
+    async with make_service(tmp_path, reply="a b c", token_delay_s=0.05) as service:
+        first = asyncio.create_task(collect(service, "c0", "u0"))
+        await asyncio.sleep(0.02)
+        results = await asyncio.gather(*(collect(service, f"c{i}", f"u{i}") for i in range(1, 4)), first)
+        positions = [[e.position for e in events if isinstance(e, Queued)] for events, _ in results[:3]]
+        assert positions[2][0] == 3 and positions[2][-1] == 1  # moved up as the queue drained
+        assert all(done.text == "a b c" for _, done in results)
+
+
+async def test_rate_limit(tmp_path):
+    async with make_service(tmp_path, reply="ok", rate_limit_messages=2, rate_limit_period_s=60) as service:
+        await collect(service)
+        await collect(service)
+        with pytest.raises(RateLimited) as caught:
+            await collect(service)
+        assert caught.value.retry_after > 1
+        await collect(service, user="someone-else")
+
+
+async def test_generation_timeout(tmp_path):
+    async with make_service(tmp_path, reply="slow " * 100, token_delay_s=0.05, generation_timeout_s=0.3) as service:
+        with pytest.raises(GenerationTimeout):
+            await collect(service)
+        assert service.scheduler.running == 0
+
+
+async def test_reset_forgets_history_and_engine_state(tmp_path):
+    async with make_service(tmp_path) as service:
+        await collect(service, "c1")
+        assert await service.reset("c1") == 2
+        assert await service.history.recent("c1", 10) == []
+        assert service.engines["smollm2-135m"].forgotten == ["c1"]
+
+
+async def test_engine_is_only_used_from_one_thread(tmp_path):
+    async with make_service(tmp_path, reply="a b") as service:
+        await asyncio.gather(*(collect(service, f"c{i}", f"u{i}") for i in range(5)))
+        assert len(service.engines["smollm2-135m"].thread_ids) == 1
+
+
+async def test_history_trimmed_to_context_window(tmp_path):
+    async with make_service(tmp_path, reply="reply " * 30, max_new_tokens=50, rate_limit_messages=100, context_length=1024) as service:
+        engine_window = 1024
+        for i in range(40):
+            await collect(service, text=f"message {i} " + "pad " * 60)
+        request = service.engines["smollm2-135m"].requests[-1]
+        engine = service.engines["smollm2-135m"]
+        assert engine.count_tokens(request.messages) <= engine_window - 50
+        assert request.messages[0]["role"] == "system" and request.messages[-1]["content"].startswith("message 39")
+        assert len(request.messages) < 40
+
+
+async def test_close_drains_running_reply(tmp_path):
+    service = make_service(tmp_path, reply="a b c d", token_delay_s=0.05)
+    await service.start()
+    task = asyncio.create_task(collect(service))
+    await asyncio.sleep(0.05)
+    await service.close(drain_timeout_s=5)
+    assert (await task)[1].text == "a b c d"
