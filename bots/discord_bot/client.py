@@ -1,0 +1,155 @@
+"""The discord.py client: decides whether a message is for the bot, then hands it to the core."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bots.discord_bot.policy import Origin, conversation_id, is_allowed, scope_id
+from bots.discord_bot.replies import NO_MENTIONS, ChannelSink, stream_reply
+from bots.discord_bot.settings import DiscordSettings
+from core.service import ChatService
+
+log = logging.getLogger(__name__)
+
+
+def origin_of(user: discord.abc.User, channel: Any, guild: discord.Guild | None, channel_id: int) -> Origin:
+    """Reduce a message's or interaction's author and place to plain IDs."""
+    roles = frozenset(role.id for role in getattr(user, "roles", ()) if guild is None or role.id != guild.id)
+    parent = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+    return Origin(
+        user_id=user.id,
+        channel_id=channel_id,
+        guild_id=guild.id if guild is not None else None,
+        parent_channel_id=parent,
+        role_ids=roles,
+    )
+
+
+class LorabotTree(app_commands.CommandTree):
+    """Applies the allow/deny lists to every slash command and autocomplete."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        client: LorabotClient = interaction.client  # type: ignore[assignment]
+        if client.closing:
+            if interaction.type is discord.InteractionType.application_command:
+                await interaction.response.send_message(
+                    "lorabot is shutting down; try again in a moment.", ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+            return False
+        if is_allowed(client.settings, client.origin_of_interaction(interaction)):
+            return True
+        if interaction.type is discord.InteractionType.application_command:
+            await interaction.response.send_message(
+                "Sorry, you can't use lorabot here.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+        return False
+
+
+class LorabotClient(discord.Client):
+    """One bot: `service` answers, `settings` says who may ask and how fast to edit."""
+
+    def __init__(self, service: ChatService, settings: DiscordSettings, **options: Any) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = settings.message_content_intent
+        options.setdefault("allowed_mentions", NO_MENTIONS)
+        super().__init__(intents=intents, **options)
+        self.service = service
+        self.settings = settings
+        self.tree = LorabotTree(self)
+        self.closing = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    async def setup_hook(self) -> None:
+        from bots.discord_bot.commands import register_commands  # commands import this module
+
+        register_commands(self.tree)
+        if self.settings.sync_commands:
+            synced = await self.tree.sync()
+            log.info("synced %d slash commands", len(synced))
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s (id %s)", self.user, self.user.id if self.user else "?")
+
+    # -- messages ----------------------------------------------------------------------
+    def addressed(self, message: discord.Message) -> bool:
+        """DMs, threads the bot started, and messages that mention the bot (not @everyone)."""
+        assert self.user is not None
+        if message.guild is None:
+            return True
+        channel = message.channel
+        if isinstance(channel, discord.Thread) and channel.owner_id == self.user.id:
+            return True
+        return any(user.id == self.user.id for user in message.mentions)
+
+    def prompt_of(self, message: discord.Message) -> str:
+        """The message text without the bot's own mention."""
+        assert self.user is not None
+        return re.sub(rf"<@!?{self.user.id}>", "", message.content).strip()
+
+    async def on_message(self, message: discord.Message) -> None:
+        if self.closing or message.author.bot or self.user is None or message.author.id == self.user.id:
+            return
+        if not self.addressed(message):
+            return
+        origin = origin_of(message.author, message.channel, message.guild, message.channel.id)
+        if not is_allowed(self.settings, origin):
+            log.debug("ignoring message %s from %s: not allowed", message.id, origin.user_id)
+            return
+        async with self.track():
+            await stream_reply(
+                self.service,
+                ChannelSink(message),
+                conversation_id=conversation_id(origin),
+                user_id=f"discord:{origin.user_id}",
+                text=self.prompt_of(message),
+                scope_id=scope_id(origin),
+                edit_interval_s=self.settings.edit_interval_s,
+                typing_channel=message.channel,
+            )
+
+    # -- helpers for commands ----------------------------------------------------------
+    def origin_of_interaction(self, interaction: discord.Interaction) -> Origin:
+        return origin_of(interaction.user, interaction.channel, interaction.guild, interaction.channel_id or 0)
+
+    def track(self) -> _Tracked:
+        """Register the current task as an in-flight reply (shutdown waits for or interrupts it)."""
+        return _Tracked(self._inflight)
+
+    async def wait_idle(self, timeout: float = 30) -> None:
+        """Wait until no reply is in flight (used by shutdown and by tests)."""
+        async with asyncio.timeout(timeout):
+            while self._inflight:
+                await asyncio.wait(set(self._inflight))
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking requests, give in-flight replies `grace_s` to finish, interrupt the rest."""
+        self.closing = True
+        pending = set(self._inflight)
+        if pending and grace_s > 0:
+            _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            task.cancel()  # stream_reply marks the message as interrupted
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        await self.close()
+
+
+class _Tracked:
+    def __init__(self, tasks: set[asyncio.Task[Any]]) -> None:
+        self.tasks = tasks
+        self.task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        self.task = asyncio.current_task()
+        if self.task is not None:
+            self.tasks.add(self.task)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.tasks.discard(self.task)

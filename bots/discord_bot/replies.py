@@ -1,0 +1,165 @@
+"""Render one ChatService reply into Discord messages: typing, queue position, streamed edits.
+
+`LiveReply` (bots/streaming.py) decides when to edit and where to split; the sinks here only
+know how to send and edit a Discord message. discord.py itself waits out 429s using the
+`retry_after` Discord sends and then retries the same request, so an edit that hit a 429 still
+lands with its text; a 429 discord.py gives up on becomes `SlowDown` for LiveReply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import discord
+
+from bots.streaming import LiveReply, SlowDown
+from core.errors import ChatError
+from core.events import Delta, Done, Notice, Queued, Started
+from core.service import ChatService
+
+log = logging.getLogger(__name__)
+
+DISCORD_LIMIT = 2000
+NO_MENTIONS = discord.AllowedMentions.none()
+INTERRUPTED = "*(interrupted: lorabot is shutting down)*"
+TYPING_EVERY_S = 8.0  # Discord shows "typing…" for about 10 s per trigger
+
+
+async def _rate_limited(call: Awaitable[Any]) -> Any:
+    """Await a discord.py call, turning a 429 that discord.py did not absorb into `SlowDown`."""
+    try:
+        return await call
+    except discord.RateLimited as error:
+        raise SlowDown(error.retry_after) from error
+    except discord.HTTPException as error:
+        if error.status == 429:
+            retry_after = float(getattr(error.response, "headers", {}).get("Retry-After", 1.0))
+            raise SlowDown(retry_after) from error
+        raise
+
+
+class ChannelSink:
+    """The first message replies to the user's message; continuations follow in the channel."""
+
+    def __init__(self, message: discord.Message) -> None:
+        self.message = message
+        self.sent = 0
+
+    async def send(self, text: str) -> discord.Message:
+        if self.sent == 0:
+            sent = await _rate_limited(
+                self.message.channel.send(
+                    text,
+                    reference=self.message.to_reference(fail_if_not_exists=False),
+                    mention_author=False,
+                    allowed_mentions=NO_MENTIONS,
+                )
+            )
+        else:
+            sent = await _rate_limited(self.message.channel.send(text, allowed_mentions=NO_MENTIONS))
+        self.sent += 1
+        return sent
+
+    async def edit(self, handle: discord.Message, text: str) -> None:
+        await _rate_limited(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+
+
+class InteractionSink:
+    """The first message is the (deferred) interaction response; continuations are follow-ups."""
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self.interaction = interaction
+        self.sent = 0
+
+    async def send(self, text: str) -> discord.InteractionMessage | discord.WebhookMessage:
+        if self.sent == 0:
+            sent = await _rate_limited(
+                self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+            )
+        else:
+            sent = await _rate_limited(
+                self.interaction.followup.send(text, allowed_mentions=NO_MENTIONS, wait=True)
+            )
+        self.sent += 1
+        return sent
+
+    async def edit(self, handle: discord.InteractionMessage | discord.WebhookMessage, text: str) -> None:
+        await _rate_limited(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+
+
+@contextlib.asynccontextmanager
+async def keep_typing(channel: discord.abc.Messageable | None) -> AsyncIterator[None]:
+    """Show "lorabot is typing…" until the block ends; a failed trigger never breaks the reply."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await channel.typing()  # type: ignore[union-attr]
+            except discord.HTTPException as error:
+                log.debug("typing indicator failed: %s", error)
+            await asyncio.sleep(TYPING_EVERY_S)
+
+    task = asyncio.create_task(loop()) if channel is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def stream_reply(
+    service: ChatService,
+    sink: ChannelSink | InteractionSink,
+    *,
+    conversation_id: str,
+    user_id: str,
+    text: str,
+    scope_id: str | None,
+    edit_interval_s: float,
+    typing_channel: discord.abc.Messageable | None = None,
+    on_done: Callable[[Done], None] | None = None,
+) -> str:
+    """Stream the answer to `text` into `sink`; returns the text finally shown.
+
+    Queue position shows as a status line, errors as the reply itself (never swallowed), and a
+    cancelled reply (shutdown) keeps what was written and says it was interrupted.
+    """
+    live = LiveReply(sink, limit=DISCORD_LIMIT, edit_interval_s=edit_interval_s)
+    written = ""
+    async with keep_typing(typing_channel):
+        try:
+            async with contextlib.aclosing(
+                service.reply(conversation_id, user_id, text, scope_id=scope_id)
+            ) as events:
+                async for event in events:
+                    match event:
+                        case Queued(position=position):
+                            await live.status(f"⏳ queued, #{position}")
+                        case Started():
+                            pass
+                        case Notice(text=notice):
+                            await sink.send(f"ℹ️ {notice}")
+                        case Delta(text=piece):
+                            written += piece
+                            await live.update(written)
+                        case Done(text=full) as done:
+                            written = full
+                            if on_done is not None:
+                                on_done(done)
+            final = written
+        except ChatError as error:
+            final = f"{written}\n\n⚠️ {error.user_message}" if written.strip() else f"⚠️ {error.user_message}"
+        except asyncio.CancelledError:
+            await live.finish(f"{written}\n\n{INTERRUPTED}" if written.strip() else INTERRUPTED)
+            raise
+        except Exception:
+            log.exception("reply failed in conversation %s", conversation_id)
+            final = f"{written}\n\n⚠️ Something went wrong while answering." if written.strip() else "⚠️ Something went wrong while answering."
+    await live.finish(final)
+    return final

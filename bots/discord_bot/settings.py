@@ -1,0 +1,93 @@
+"""Discord adapter settings: `DISCORD_*` environment variables (or `.env`), validated at start-up.
+
+ID lists accept commas or spaces ("123, 456") or a JSON list. An empty allow list allows
+everyone; a deny list always wins over an allow list.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.settings import SettingsError, describe_validation_error
+
+IdSet = Annotated[frozenset[int], NoDecode]
+
+DISCORD_API_BASE_URL = "https://discord.com/api/v10"
+DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+
+
+class DiscordSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DISCORD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    token: SecretStr | None = Field(None, description="Bot token; the Discord bot starts only when it is set.")
+    api_base_url: str = Field(DISCORD_API_BASE_URL, description="REST base URL incl. /api/v10 (e.g. a nirn-proxy).")
+    gateway_url: str = Field(DISCORD_GATEWAY_URL, description="Gateway websocket URL.")
+    admin_ids: IdSet = Field(frozenset(), description="User IDs allowed to run /model-default anywhere.")
+    allowed_guild_ids: IdSet = frozenset()
+    denied_guild_ids: IdSet = frozenset()
+    allowed_channel_ids: IdSet = Field(frozenset(), description="Channels (a thread counts as its parent too).")
+    denied_channel_ids: IdSet = frozenset()
+    allowed_role_ids: IdSet = frozenset()
+    denied_role_ids: IdSet = frozenset()
+    allowed_user_ids: IdSet = frozenset()
+    denied_user_ids: IdSet = frozenset()
+    allow_dms: bool = Field(True, description="Answer direct messages (and commands in DMs).")
+    edit_interval_s: float = Field(1.0, ge=0.05, le=60, description="Minimum seconds between edits of a streaming reply.")
+    message_content_intent: bool = Field(
+        True,
+        description="Ask for the privileged Message Content intent (needed to answer in bot threads without a mention).",
+    )
+    sync_commands: bool = Field(True, description="Overwrite the global slash commands on start.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight replies may finish on shutdown.")
+
+    @field_validator(
+        "admin_ids",
+        "allowed_guild_ids",
+        "denied_guild_ids",
+        "allowed_channel_ids",
+        "denied_channel_ids",
+        "allowed_role_ids",
+        "denied_role_ids",
+        "allowed_user_ids",
+        "denied_user_ids",
+        mode="before",
+    )
+    @classmethod
+    def _parse_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.replace(",", " ").split() if part]
+        return value
+
+    @field_validator("api_base_url", "gateway_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip()
+        if "://" not in value:
+            raise ValueError("must be a full URL like https://host/api/v10 or wss://host/")
+        return value
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None and bool(self.token.get_secret_value().strip())
+
+
+def load_discord_settings(**overrides: object) -> DiscordSettings:
+    """Load settings or raise `SettingsError` naming each bad value."""
+    try:
+        return DiscordSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error, "DISCORD_")) from error

@@ -1,0 +1,443 @@
+"""The Discord adapter end to end: the real discord.py client against a fake Discord on loopback.
+
+The fake (tests/fake_discord) speaks Discord's REST and gateway protocol and records every call,
+so each test asserts on what Discord itself would have received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import pytest
+from fake_discord import FakeDiscord
+from fake_discord.server import EVERYDAY_PERMISSIONS, MANAGE_GUILD
+from support.engines import make_service
+
+from bots.discord_bot import DiscordSettings, load_discord_settings, run_discord
+from bots.discord_bot.client import LorabotClient
+from bots.discord_bot.policy import Origin, is_allowed
+from bots.discord_bot.replies import INTERRUPTED
+from core.settings import SettingsError
+
+EDIT_INTERVAL_S = 0.05
+NO_PINGS = {"parse": []}
+
+
+@pytest.fixture
+async def fake():
+    server = FakeDiscord()
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def start_bot(fake, tmp_path):
+    """Start the bot (run_discord) on a scripted ChatService; returns the discord.py client."""
+    running: list[tuple[asyncio.Task, object]] = []
+
+    async def start(reply="Hello from the scripted engine.", *, models=None, token_delay_s=0.0, core=None, **discord):
+        service = make_service(tmp_path, reply, models=models, token_delay_s=token_delay_s, **(core or {}))
+        await service.start()
+        settings = DiscordSettings(
+            _env_file=None,
+            token=fake.token,
+            api_base_url=fake.api_base_url,
+            gateway_url=fake.gateway_url,
+            **{"edit_interval_s": EDIT_INTERVAL_S, **discord},
+        )
+        client = LorabotClient(service, settings, guild_ready_timeout=0.05)
+        task = asyncio.create_task(run_discord(service, settings, client=client))
+        running.append((task, service))
+        done, _ = await asyncio.wait([task, asyncio.ensure_future(client.wait_until_ready())], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert task not in done, task.exception() if task.done() else "bot did not start"
+        assert client.is_ready()
+        return client
+
+    yield start
+    for task, service in running:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await service.close()
+
+
+async def answer(fake: FakeDiscord, client: LorabotClient, message: dict) -> list[dict]:
+    """Wait for the bot's whole answer to `message`; returns its messages (reply first)."""
+    reply = (await fake.wait_until(lambda: fake.replies_to(message["id"])))[0]
+    await client.wait_idle()
+    return [m for m in fake.bot_messages(int(reply["channel_id"])) if int(m["id"]) >= int(reply["id"])]
+
+
+def sent_payloads(fake: FakeDiscord) -> list[dict]:
+    """Every message body the bot sent or edited (channel messages, callbacks, webhooks)."""
+    bodies = []
+    for call in fake.calls:
+        if call.method in ("POST", "PATCH") and re.search(r"/messages|/webhooks/|/callback", call.path) and call.json:
+            body = call.json.get("data", call.json) if "/callback" in call.path else call.json
+            if "content" in body:
+                bodies.append(body)
+    return bodies
+
+
+# ---- chatting ----------------------------------------------------------------------------
+
+
+async def test_mention_gets_a_streamed_reply_that_ends_with_the_engines_text(fake, start_bot):
+    text = "Streaming works: " + " ".join(f"word{i}" for i in range(40)) + "."
+    client = await start_bot(text, token_delay_s=0.01)
+
+    await fake.user_message("not for the bot")  # no mention: ignored
+    message = await fake.user_message("tell me something", mention_bot=True)
+    messages = await answer(fake, client, message)
+
+    assert [m["content"] for m in messages] == [text]
+    reply_id = messages[0]["id"]
+    created = fake.find("POST", r"^/channels/\d+/messages$")
+    edits = fake.find("PATCH", rf"/messages/{reply_id}$")
+    assert len(created) == 1  # only the reply: the bot ignored the plain message and its own echo
+    assert created[0].json["content"] != text and text.startswith(created[0].json["content"].strip())
+    assert len(edits) >= 2, "the reply should grow through several edits"
+    assert edits[-1].json["content"] == text
+    assert fake.find("POST", r"/channels/\d+/typing"), "typing indicator while generating"
+    assert created[0].json["message_reference"]["message_id"] == int(message["id"])
+    assert fake.identify["intents"] & (1 << 15), "message content intent requested"
+
+
+async def test_edits_are_throttled_to_the_edit_interval(fake, start_bot):
+    client = await start_bot(" ".join(["tick"] * 60), token_delay_s=0.005, edit_interval_s=0.2)
+    message = await fake.user_message("go", mention_bot=True)
+    reply = (await answer(fake, client, message))[0]
+    edits = fake.find("PATCH", rf"/messages/{reply['id']}$")
+    times = [c.at for c in edits[:-1]]  # the final edit may follow the last one immediately
+    assert all(b - a >= 0.19 for a, b in zip(times, times[1:]))
+
+
+async def test_dm_is_answered_without_mention(fake, start_bot):
+    client = await start_bot("Hi in private.")
+    message = await fake.user_message("hello", guild=False, user_id=42)
+    messages = await answer(fake, client, message)
+    assert [m["content"] for m in messages] == ["Hi in private."]
+    assert int(messages[0]["channel_id"]) == fake.dm_channel_id(42)
+
+
+async def test_dms_can_be_turned_off(fake, start_bot):
+    client = await start_bot("Hi.", allow_dms=False)
+    ignored = await fake.user_message("hello", guild=False, user_id=42)
+    message = await fake.user_message("and here?", mention_bot=True)
+    await answer(fake, client, message)
+    assert fake.replies_to(ignored["id"]) == []
+    assert not fake.find("POST", rf"/channels/{fake.dm_channel_id(42)}/")
+
+
+async def test_thread_started_by_the_bot_is_answered_without_mention(fake, start_bot):
+    client = await start_bot("Thread answer.")
+    message = await fake.user_message("follow-up", channel_id=FakeDiscord.BOT_THREAD_ID)
+    messages = await answer(fake, client, message)
+    assert [m["content"] for m in messages] == ["Thread answer."]
+    assert int(messages[0]["channel_id"]) == FakeDiscord.BOT_THREAD_ID
+
+
+async def test_other_bots_are_ignored(fake, start_bot):
+    client = await start_bot("Hi.")
+    from_bot = await fake.user_message("hey", mention_bot=True, user_id=55, bot_author=True)
+    message = await fake.user_message("hey", mention_bot=True)
+    await answer(fake, client, message)
+    assert fake.replies_to(from_bot["id"]) == []
+
+
+async def test_conversation_history_is_per_user_in_a_channel(fake, start_bot):
+    client = await start_bot(lambda request: f"I saw {len(request.messages)} messages.")
+    first = await fake.user_message("one", mention_bot=True, user_id=1)
+    assert (await answer(fake, client, first))[0]["content"] == "I saw 2 messages."  # system + user
+    again = await fake.user_message("two", mention_bot=True, user_id=1)
+    assert (await answer(fake, client, again))[0]["content"] == "I saw 4 messages."
+    other = await fake.user_message("three", mention_bot=True, user_id=2)
+    assert (await answer(fake, client, other))[0]["content"] == "I saw 2 messages."
+
+
+# ---- slash commands ----------------------------------------------------------------------
+
+
+async def test_chat_command_streams_into_the_interaction_response(fake, start_bot):
+    text = "Answer via slash: " + " ".join(f"w{i}" for i in range(30))
+    client = await start_bot(text, token_delay_s=0.01)
+    token = await fake.slash("chat", {"prompt": "hello"})
+    await fake.wait_until(lambda: any(m["content"] == text for m in fake.interaction_messages(token)))
+    await client.wait_idle()
+    assert fake.callbacks[0]["type"] == 5  # deferred: "lorabot is thinking…"
+    assert [m["content"] for m in fake.interaction_messages(token)] == [text]
+    edits = fake.find("PATCH", rf"/webhooks/\d+/{token}/messages/@original")
+    assert len(edits) >= 2 and edits[-1].json["content"] == text
+
+
+async def test_model_autocomplete_switch_and_next_reply_uses_new_model(fake, start_bot):
+    client = await start_bot("from the default model", models={"tiny-pirate": "Arr, from the pirate model"})
+
+    await fake.slash("model", {"name": "pir"}, autocomplete="name")
+    choices = (await fake.wait_until(lambda: [c for c in fake.callbacks if c["type"] == 8]))[0]["data"]["choices"]
+    assert [c["value"] for c in choices] == ["tiny-pirate"]
+
+    token = await fake.slash("model", {})
+    listing = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    assert "smollm2-135m" in listing and "tiny-pirate" in listing
+
+    token = await fake.slash("model", {"name": "tiny-pirate"})
+    confirm = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    assert "tiny-pirate" in confirm
+
+    message = await fake.user_message("hello", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == "Arr, from the pirate model"
+
+
+async def test_unknown_model_is_reported(fake, start_bot):
+    await start_bot("hi")
+    token = await fake.slash("model", {"name": "nope"})
+    text = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    assert "Unknown model" in text and "smollm2-135m" in text
+
+
+async def test_model_default_refused_for_non_admin_allowed_for_manage_server(fake, start_bot):
+    client = await start_bot("default says hi", models={"other": "other says hi"})
+
+    token = await fake.slash("model-default", {"name": "other"}, user_id=5, permissions=EVERYDAY_PERMISSIONS)
+    refusal = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]
+    assert "Manage Server" in refusal["content"] and refusal["flags"] & 64  # ephemeral
+    message = await fake.user_message("hi", mention_bot=True, user_id=6)
+    assert (await answer(fake, client, message))[0]["content"] == "default says hi"
+
+    token = await fake.slash("model-default", {"name": "other"}, user_id=5, permissions=EVERYDAY_PERMISSIONS | MANAGE_GUILD)
+    await fake.wait_until(lambda: fake.interaction_messages(token))
+    message = await fake.user_message("hi", mention_bot=True, user_id=7)
+    assert (await answer(fake, client, message))[0]["content"] == "other says hi"
+
+
+async def test_model_default_allowed_for_configured_admin_id(fake, start_bot):
+    client = await start_bot("default", models={"other": "other"}, admin_ids="5, 77")
+    token = await fake.slash("model-default", {"name": "other"}, user_id=77)
+    assert "now" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    message = await fake.user_message("hi", mention_bot=True, user_id=8)
+    assert (await answer(fake, client, message))[0]["content"] == "other"
+
+
+async def test_reset_help_and_stats(fake, start_bot):
+    client = await start_bot(lambda request: f"{len(request.messages)} messages")
+    first = await fake.user_message("one", mention_bot=True)
+    await answer(fake, client, first)
+    token = await fake.slash("reset", {})
+    assert "forgot" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    again = await fake.user_message("two", mention_bot=True)
+    assert (await answer(fake, client, again))[0]["content"] == "2 messages"
+
+    token = await fake.slash("help", {})
+    assert "/chat" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    token = await fake.slash("stats", {})
+    stats = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    assert "Queue: 0 waiting" in stats and "smollm2-135m" in stats and "tokens/s" in stats
+
+
+async def test_commands_are_synced_on_start(fake, start_bot):
+    await start_bot()
+    assert fake.find("PUT", r"^/applications/\d+/commands$")
+    assert {c["name"] for c in fake.commands} == {"chat", "model", "model-default", "reset", "help", "stats"}
+
+
+# ---- long replies, rate limits, mentions -------------------------------------------------
+
+
+async def test_4500_character_reply_is_split_into_three_messages(fake, start_bot):
+    paragraphs = [f"Paragraph {i}. " + "This sentence pads the paragraph out nicely. " * 9 for i in range(11)]
+    text = "\n\n".join(p.strip() for p in paragraphs)
+    assert 4400 <= len(text) <= 4700
+    client = await start_bot(text)
+    message = await fake.user_message("long please", mention_bot=True)
+    messages = await answer(fake, client, message)
+    assert len(messages) == 3
+    assert all(len(m["content"]) <= 2000 for m in messages)
+    assert all(m["content"].endswith(".") for m in messages)  # cut at paragraph/sentence ends
+    assert "\n\n".join(m["content"] for m in messages) == text
+
+
+async def test_429_on_an_edit_is_retried_after_retry_after_and_no_text_is_lost(fake, start_bot):
+    text = "Rate limits " + " ".join(f"t{i}" for i in range(50)) + " end."
+    client = await start_bot(text, token_delay_s=0.01)
+    fake.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=429, retry_after=0.3)
+    message = await fake.user_message("go", mention_bot=True)
+    messages = await answer(fake, client, message)
+
+    assert [m["content"] for m in messages] == [text]
+    edits = fake.find("PATCH", r"^/channels/\d+/messages/\d+$")
+    limited = [i for i, call in enumerate(edits) if call.status == 429]
+    assert len(limited) == 1, "the fake's 429 was really served"
+    refused, retried = edits[limited[0]], edits[limited[0] + 1]
+    assert retried.status == 200 and retried.json["content"] == refused.json["content"]
+    assert retried.at - refused.at >= 0.3, "retry_after was honoured"
+    assert edits[-1].json["content"] == text
+
+
+async def test_429_on_the_first_send_is_retried(fake, start_bot):
+    client = await start_bot("Still delivered.")
+    fake.fail_next("POST", r"^/channels/\d+/messages$", status=429, retry_after=0.2)
+    message = await fake.user_message("go", mention_bot=True)
+    assert [m["content"] for m in await answer(fake, client, message)] == ["Still delivered."]
+    assert [c.status for c in fake.find("POST", r"^/channels/\d+/messages$")] == [429, 200]
+
+
+async def test_model_output_with_mentions_pings_nobody(fake, start_bot):
+    text = f"@everyone @here <@&{FakeDiscord.MOD_ROLE_ID}> <@{FakeDiscord.OWNER_ID}> look!"
+    client = await start_bot(text)
+    message = await fake.user_message("ping them", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == text
+    token = await fake.slash("chat", {"prompt": "again"})
+    await fake.wait_until(lambda: any(m["content"] == text for m in fake.interaction_messages(token)))
+    await client.wait_idle()
+
+    payloads = sent_payloads(fake)
+    assert len(payloads) >= 3
+    for body in payloads:
+        mentions = body.get("allowed_mentions")
+        assert mentions is not None, body
+        assert mentions["parse"] == [] and not mentions.get("users") and not mentions.get("roles")
+        assert not mentions.get("replied_user")
+
+
+# ---- access ------------------------------------------------------------------------------
+
+
+async def test_denied_user_is_ignored(fake, start_bot):
+    client = await start_bot("hi", denied_user_ids="13")
+    denied = await fake.user_message("hello", mention_bot=True, user_id=13)
+    allowed = await fake.user_message("hello", mention_bot=True, user_id=14)
+    await answer(fake, client, allowed)
+    assert fake.replies_to(denied["id"]) == []
+    token = await fake.slash("chat", {"prompt": "hi"}, user_id=13)
+    refusal = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]
+    assert "can't use lorabot" in refusal["content"] and refusal["flags"] & 64
+
+
+async def test_role_and_channel_lists(fake, start_bot):
+    client = await start_bot(
+        "hi", allowed_role_ids=str(FakeDiscord.MEMBER_ROLE_ID), denied_channel_ids=str(FakeDiscord.OTHER_CHANNEL_ID)
+    )
+    no_role = await fake.user_message("hello", mention_bot=True, user_id=21)
+    wrong_channel = await fake.user_message(
+        "hello", mention_bot=True, user_id=22, roles=[FakeDiscord.MEMBER_ROLE_ID], channel_id=FakeDiscord.OTHER_CHANNEL_ID
+    )
+    allowed = await fake.user_message("hello", mention_bot=True, user_id=23, roles=[FakeDiscord.MEMBER_ROLE_ID])
+    await answer(fake, client, allowed)
+    assert fake.replies_to(no_role["id"]) == [] and fake.replies_to(wrong_channel["id"]) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "origin", "allowed"),
+    [
+        ({}, Origin(1, 10, 100), True),
+        ({"denied_user_ids": "1"}, Origin(1, 10, 100), False),
+        ({"allowed_user_ids": "2"}, Origin(1, 10, 100), False),
+        ({"allowed_guild_ids": "100"}, Origin(1, 10, 100), True),
+        ({"allowed_guild_ids": "100"}, Origin(1, 10, 101), False),
+        ({"denied_guild_ids": "100"}, Origin(1, 10, 100), False),
+        ({"allowed_channel_ids": "10"}, Origin(1, 99, 100, parent_channel_id=10), True),  # thread in allowed channel
+        ({"denied_channel_ids": "10"}, Origin(1, 99, 100, parent_channel_id=10), False),
+        ({"allowed_role_ids": "5"}, Origin(1, 10, 100, role_ids=frozenset({5})), True),
+        ({"allowed_role_ids": "5", "denied_role_ids": "6"}, Origin(1, 10, 100, role_ids=frozenset({5, 6})), False),
+        ({"allowed_guild_ids": "100"}, Origin(1, 10, None), True),  # DMs are not in a guild
+        ({"allow_dms": False}, Origin(1, 10, None), False),
+    ],
+)
+def test_access_rules(settings, origin, allowed):
+    assert is_allowed(DiscordSettings(_env_file=None, **settings), origin) is allowed
+
+
+# ---- load and errors ---------------------------------------------------------------------
+
+
+async def test_queue_full_gets_a_busy_message(fake, start_bot):
+    client = await start_bot(" ".join(["slow"] * 40), token_delay_s=0.02, core={"queue_max": 1})
+    running = await fake.user_message("first", mention_bot=True, user_id=31)
+    await fake.wait_until(lambda: fake.replies_to(running["id"]))
+    waiting = await fake.user_message("second", mention_bot=True, user_id=32)
+    await fake.wait_until(lambda: any("queued, #1" in m["content"] for m in fake.replies_to(waiting["id"])))
+    rejected = await fake.user_message("third", mention_bot=True, user_id=33)
+    busy = (await fake.wait_until(lambda: fake.replies_to(rejected["id"])))[0]
+    await client.wait_idle()
+    assert "busy" in fake.messages[int(busy["id"])]["content"]
+    assert fake.replies_to(waiting["id"])[0]["content"] == " ".join(["slow"] * 40)  # status replaced by the answer
+
+
+async def test_rate_limited_user_gets_a_polite_message(fake, start_bot):
+    client = await start_bot("ok", core={"rate_limit_messages": 1, "rate_limit_period_s": 60})
+    first = await fake.user_message("one", mention_bot=True)
+    await answer(fake, client, first)
+    second = await fake.user_message("two", mention_bot=True)
+    assert "too fast" in (await answer(fake, client, second))[0]["content"]
+
+
+async def test_generation_timeout_is_reported_in_the_channel(fake, start_bot):
+    client = await start_bot("a b c d e f g h", token_delay_s=0.2, core={"generation_timeout_s": 0.3})
+    message = await fake.user_message("slow", mention_bot=True)
+    text = (await answer(fake, client, message))[0]["content"]
+    assert "took longer" in text
+
+
+async def test_twenty_users_mentioning_at_once_all_get_complete_replies(fake, start_bot):
+    client = await start_bot(lambda request: f"Answer for {request.messages[-1]['content']}: " + "ok " * 19 + "done.", token_delay_s=0.001)
+    messages = await asyncio.gather(*(fake.user_message(f"user {i}", mention_bot=True, user_id=1000 + i) for i in range(20)))
+    await fake.wait_until(lambda: all(fake.replies_to(m["id"]) for m in messages), timeout=30)
+    await client.wait_idle()
+    for i, message in enumerate(messages):
+        replies = fake.replies_to(message["id"])
+        assert len(replies) == 1
+        assert replies[0]["content"] == f"Answer for user {i}: " + "ok " * 19 + "done."
+
+
+# ---- lifecycle and settings --------------------------------------------------------------
+
+
+async def test_shutdown_marks_an_in_flight_reply_as_interrupted(fake, tmp_path):
+    service = make_service(tmp_path, " ".join(["long"] * 500), token_delay_s=0.01)
+    await service.start()
+    settings = DiscordSettings(
+        _env_file=None, token=fake.token, api_base_url=fake.api_base_url, gateway_url=fake.gateway_url,
+        edit_interval_s=EDIT_INTERVAL_S, shutdown_grace_s=0,
+    )
+    client = LorabotClient(service, settings, guild_ready_timeout=0.05)
+    task = asyncio.create_task(run_discord(service, settings, client=client))
+    await asyncio.wait_for(client.wait_until_ready(), 10)
+    message = await fake.user_message("go", mention_bot=True)
+    await fake.wait_until(lambda: any("long" in m["content"] for m in fake.replies_to(message["id"])))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    reply = fake.replies_to(message["id"])[0]
+    assert reply["content"].startswith("long") and reply["content"].endswith(INTERRUPTED)
+    assert client.is_closed()
+    await service.close()
+
+
+async def test_token_is_never_logged(fake, start_bot, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = await start_bot("hi")
+    message = await fake.user_message("hello", mention_bot=True)
+    await answer(fake, client, message)
+    assert fake.token not in caplog.text
+    assert fake.token not in repr(client.settings) and fake.token not in str(client.settings.model_dump())
+
+
+def test_settings_parse_id_lists_and_name_bad_values(monkeypatch):
+    monkeypatch.setenv("DISCORD_ADMIN_IDS", "1, 2 3")
+    monkeypatch.setenv("DISCORD_DENIED_ROLE_IDS", "[4, 5]")
+    settings = load_discord_settings(_env_file=None)
+    assert settings.admin_ids == {1, 2, 3} and settings.denied_role_ids == {4, 5}
+    assert settings.api_base_url == "https://discord.com/api/v10" and settings.gateway_url == "wss://gateway.discord.gg/"
+    assert not settings.enabled
+    monkeypatch.setenv("DISCORD_EDIT_INTERVAL_S", "soon")
+    with pytest.raises(SettingsError, match="DISCORD_EDIT_INTERVAL_S"):
+        load_discord_settings(_env_file=None)
+
+
+async def test_missing_token_is_a_clear_error(tmp_path):
+    service = make_service(tmp_path)
+    with pytest.raises(SettingsError, match="DISCORD_TOKEN"):
+        await run_discord(service, DiscordSettings(_env_file=None))
