@@ -60,6 +60,11 @@ class TelegramSettings(BaseSettings):
             raise ValueError("does not look like a bot token (expected '<digits>:<secret>' from @BotFather)")
         return value
 
+    @classmethod
+    def load(cls, **overrides: object) -> TelegramSettings:
+        """Environment + `.env`; `SettingsError` names each bad value (used by bots/platforms.py)."""
+        return load_telegram_settings(**overrides)
+
     @property
     def enabled(self) -> bool:
         return self.token is not None

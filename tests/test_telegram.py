@@ -1,0 +1,343 @@
+"""The Telegram adapter end to end: the real python-telegram-bot against a fake Bot API on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from support.engines import make_service
+
+from bots.telegram_bot import TelegramSettings, load_telegram_settings, run_telegram
+from bots.telegram_bot.bot import INTERRUPTED, defuse_mentions
+from core.settings import SettingsError
+from fake_telegram import BOT_ID, BOT_USERNAME, FakeBotAPI, formatting_error
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
+
+ALICE, BOB, CAROL = 111, 222, 333
+GROUP = -1001234567890
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBotAPI]:
+    server = FakeBotAPI()
+    await server.start()
+    server.alice = server.add_user(ALICE, "Alice", "alice_w")
+    server.bob = server.add_user(BOB, "Bob", "bob_b")
+    server.carol = server.add_user(CAROL, "Carol")
+    yield server
+    await server.stop()
+
+
+def settings_for(fake: FakeBotAPI, **overrides) -> TelegramSettings:
+    values = dict(
+        token=fake.token,
+        api_base_url=fake.base_url,
+        file_base_url=fake.base_file_url,
+        edit_interval_s=0.05,
+        group_edit_interval_s=0.05,
+        poll_timeout_s=1,
+        _env_file=None,
+    )
+    values.update(overrides)
+    return TelegramSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(fake: FakeBotAPI, tmp_path, *, reply="Hello from the scripted engine.",
+                      settings: dict | None = None, **core) -> AsyncIterator:
+    """Start ChatService + run_telegram against the fake; cancel like the CLI does afterwards."""
+    service = make_service(tmp_path, reply=reply, **core)
+    await service.start()
+    task = asyncio.create_task(run_telegram(service, settings_for(fake, **(settings or {}))))
+    try:
+        await fake.wait_for(lambda: fake.calls_of("getUpdates") or task.done())
+        if task.done():
+            task.result()
+        yield service
+        # let replies in flight finish: cancelling earlier would (rightly) mark them interrupted
+        await fake.wait_for(lambda: service.scheduler.running == 0 and service.scheduler.waiting == 0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+        await service.close(drain_timeout_s=1)
+
+
+def reply_done(fake: FakeBotAPI, chat_id: int, expected: str):
+    return lambda: fake.bot_texts(chat_id) and fake.bot_texts(chat_id)[-1] == expected
+
+
+# -- scenarios of issue 4 --------------------------------------------------------------------------------
+async def test_private_message_gets_streamed_reply_equal_to_engine_output(fake, tmp_path):
+    output = "Paris is the capital of France. " * 6 + "It sits on the Seine."
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.01):
+        chat = fake.private_chat(fake.alice)
+        question = fake.send_text(fake.alice, chat, "What is the capital of France?")
+        await fake.wait_for(reply_done(fake, ALICE, output.strip()))
+    messages = fake.bot_messages(ALICE)
+    assert len(messages) == 1
+    assert messages[0]["text"] == output.strip()
+    assert messages[0]["reply_to_message"]["message_id"] == question["message_id"]
+    assert fake.calls_of("sendChatAction", chat_id=ALICE, action="typing"), "typing indicator"
+    edits = fake.calls_of("editMessageText", chat_id=ALICE)
+    assert len(edits) >= 2, "the reply grows by edits while tokens arrive"
+    assert all("parse_mode" not in call.params for call in fake.calls_of("sendMessage") + edits)
+    assert [c["command"] for c in fake.commands] == ["start", "help", "ask", "model", "reset", "stats"]
+    # the engine saw the question
+    assert fake.calls_of("getMe") and fake.calls_of("deleteWebhook")
+
+
+async def test_group_message_without_mention_is_ignored_with_mention_answered(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="Group answer.") as service:
+        group = fake.group_chat(GROUP, "Study group")
+        fake.send_text(fake.alice, group, "just chatting among humans")
+        fake.send_text(fake.bob, group, "hey @someone_else look at this")
+        await fake.wait_for(lambda: fake.pending_updates == 0)
+        await asyncio.sleep(0.2)
+        assert fake.bot_texts(GROUP) == []
+        assert not fake.calls_of("sendChatAction", chat_id=GROUP)
+
+        fake.send_text(fake.alice, group, f"@{BOT_USERNAME} what is 2+2?")
+        await fake.wait_for(reply_done(fake, GROUP, "Group answer."))
+        assert service.engines[service.settings.default_model].requests[-1].messages[-1]["content"] == "what is 2+2?"
+
+        # replying to the bot's message also addresses it; /ask too
+        bot_message = fake.bot_messages(GROUP)[-1]
+        fake.send_text(fake.bob, group, "and why?", reply_to=bot_message)
+        await fake.wait_for(lambda: len(fake.bot_texts(GROUP)) == 2 and fake.bot_texts(GROUP)[-1] == "Group answer.")
+        fake.send_text(fake.carol, group, f"/ask@{BOT_USERNAME} tell me more")
+        await fake.wait_for(lambda: len(fake.bot_texts(GROUP)) == 3 and fake.bot_texts(GROUP)[-1] == "Group answer.")
+        assert service.engines[service.settings.default_model].requests[-1].messages[-1]["content"] == "tell me more"
+
+
+async def test_model_keyboard_then_callback_switches_next_reply(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="from the default model",
+                           models={"tiny-b": "from model B"}) as service:
+        chat = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, chat, "hi")
+        await fake.wait_for(reply_done(fake, ALICE, "from the default model"))
+
+        fake.send_text(fake.alice, chat, "/model")
+        keyboard_message = await fake.wait_for(
+            lambda: next((m for m in fake.bot_messages(ALICE) if "reply_markup" in m), None)
+        )
+        buttons = [row[0] for row in keyboard_message["reply_markup"]["inline_keyboard"]]
+        assert {b["callback_data"] for b in buttons} == {f"model:{n}" for n in service.model_names()}
+        query_id = fake.press_button(fake.alice, keyboard_message, "model:tiny-b")
+        await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery", callback_query_id=query_id))
+        assert "tiny-b" in fake.calls_of("answerCallbackQuery", callback_query_id=query_id)[0].params["text"]
+
+        fake.send_text(fake.alice, chat, "hi again")
+        await fake.wait_for(reply_done(fake, ALICE, "from model B"))
+        assert await service.current_model(f"telegram:{ALICE}", f"telegram:{ALICE}") == "tiny-b"
+
+
+async def test_non_admin_in_group_cannot_switch_model(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="default says hi", models={"tiny-b": "B says hi"},
+                           settings={"admin_ids": frozenset({CAROL})}) as service:
+        group = fake.group_chat(GROUP, "Club", admins={ALICE})
+        fake.send_text(fake.bob, group, "/model")
+        keyboard = await fake.wait_for(
+            lambda: next((m for m in fake.bot_messages(GROUP) if "reply_markup" in m), None)
+        )
+        denied = fake.press_button(fake.bob, keyboard, "model:tiny-b")
+        await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery", callback_query_id=denied))
+        answer = fake.calls_of("answerCallbackQuery", callback_query_id=denied)[0].params
+        assert "admin" in answer["text"].lower() and answer["show_alert"] is True
+        assert fake.calls_of("getChatMember", chat_id=GROUP, user_id=BOB)
+        assert await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}") == service.settings.default_model
+
+        fake.send_text(fake.bob, group, f"@{BOT_USERNAME} hello")
+        await fake.wait_for(reply_done(fake, GROUP, "default says hi"))
+
+        # a chat administrator may, and so may a configured admin id
+        allowed = fake.press_button(fake.alice, keyboard, "model:tiny-b")
+        await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery", callback_query_id=allowed))
+        assert await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}") == "tiny-b"
+        configured = fake.press_button(fake.carol, keyboard, f"model:{service.settings.default_model}")
+        await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery", callback_query_id=configured))
+        assert await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}") == service.settings.default_model
+
+
+async def test_9000_character_reply_is_split_into_3_messages(fake, tmp_path):
+    paragraph = ("word " * 99 + "end.").strip()  # 499 characters
+    output = "\n\n".join([paragraph] * 18)  # 18*499 + 17*2 = 9016 characters
+    assert 9000 <= len(output) <= 9100
+    async with running_bot(fake, tmp_path, reply=output):
+        chat = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, chat, "write a lot")
+        await fake.wait_for(
+            lambda: len(fake.bot_texts(ALICE)) == 3
+            and "".join(fake.bot_texts(ALICE)).replace("\n", "") == output.replace("\n", "")
+        )
+    texts = fake.bot_texts(ALICE)
+    assert len(texts) == 3 and all(len(text) <= 4096 for text in texts)
+    assert "\n\n".join(texts) == output
+    assert all(call.status == 200 for call in fake.calls if call.method in ("sendMessage", "editMessageText"))
+
+
+async def test_markup_characters_are_sent_without_errors(fake, tmp_path):
+    output = (
+        "Use *bold* and _italic_ like [this](http://x) ~strike~ `code` <b>not html</b> "
+        "a < b && c > d, 2*3=6 (a_b) [1] {x} #tag + - = | . ! \\ <i unclosed & ```py\nx\n"
+    )
+    for mode in ("MarkdownV2", "Markdown", "HTML"):
+        assert formatting_error(output, mode), f"the fake must reject this text with {mode}"
+    async with running_bot(fake, tmp_path, reply=output):
+        chat = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, chat, "show me markdown")
+        await fake.wait_for(reply_done(fake, ALICE, output.strip()))
+    failed = [call for call in fake.calls if call.status != 200]
+    assert failed == []
+    assert all(not call.params.get("parse_mode") for call in fake.calls if "text" in call.params)
+
+
+async def test_429_during_edits_is_honoured_and_no_text_is_lost(fake, tmp_path):
+    output = " ".join(f"w{i}" for i in range(60))
+    fake.rate_limit("editMessageText", retry_after=1, times=1)
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.01):
+        chat = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, chat, "go")
+        await fake.wait_for(reply_done(fake, ALICE, output), timeout=15)
+    edits = fake.calls_of("editMessageText", ok_only=False, chat_id=ALICE)
+    limited = [call for call in edits if call.status == 429]
+    assert len(limited) == 1
+    after = [call for call in edits if call.at > limited[0].at]
+    assert after, "the reply was completed after the flood wait"
+    assert after[0].at - limited[0].at >= 0.95, "no edit before retry_after passed"
+    assert fake.bot_texts(ALICE) == [output]
+
+
+async def test_429_on_the_first_send_waits_and_retries(fake, tmp_path):
+    fake.rate_limit("sendMessage", retry_after=1, times=1)
+    async with running_bot(fake, tmp_path, reply="short answer"):
+        chat = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, chat, "go")
+        await fake.wait_for(reply_done(fake, ALICE, "short answer"), timeout=10)
+    sends = fake.calls_of("sendMessage", ok_only=False, chat_id=ALICE)
+    assert [call.status for call in sends] == [429, 200]
+    assert sends[1].at - sends[0].at >= 0.95
+
+
+async def test_reset_forgets_the_conversation(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="noted") as service:
+        chat = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, chat, "my name is Alice")
+        await fake.wait_for(reply_done(fake, ALICE, "noted"))
+        fake.send_text(fake.alice, chat, "/reset")
+        await fake.wait_for(lambda: any("Forgot" in text for text in fake.bot_texts(ALICE)))
+        assert "(2 messages)" in fake.bot_texts(ALICE)[-1]
+        fake.send_text(fake.alice, chat, "what is my name?")
+        await fake.wait_for(lambda: fake.bot_texts(ALICE)[-1] == "noted" and len(fake.bot_texts(ALICE)) == 3)
+        engine = service.engines[service.settings.default_model]
+        contents = [m["content"] for m in engine.requests[-1].messages]
+        assert "my name is Alice" not in contents
+        assert f"telegram:{ALICE}" in engine.forgotten
+
+
+async def test_queue_full_shows_busy_message(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="slow " * 40, token_delay_s=0.02, queue_max=1):
+        for user in (fake.alice, fake.bob, fake.carol):
+            fake.private_chat(user)
+        fake.send_text(fake.alice, fake.chats[ALICE], "first (runs)")
+        await fake.wait_for(lambda: fake.bot_texts(ALICE))
+        fake.send_text(fake.bob, fake.chats[BOB], "second (waits)")
+        await fake.wait_for(lambda: any("Waiting in line" in t for t in fake.bot_texts(BOB)))
+        fake.send_text(fake.carol, fake.chats[CAROL], "third (rejected)")
+        await fake.wait_for(lambda: any("busy" in t.lower() for t in fake.bot_texts(CAROL)))
+        assert fake.bot_texts(CAROL)[0].startswith("⚠️ I'm busy right now")
+        await fake.wait_for(lambda: fake.bot_texts(BOB) == [("slow " * 40).strip()], timeout=15)
+
+
+async def test_20_chats_at_once_get_20_complete_replies(fake, tmp_path):
+    users = [fake.add_user(1000 + i, f"User{i}") for i in range(20)]
+    async with running_bot(fake, tmp_path, reply=lambda request: "Answer to " + request.messages[-1]["content"],
+                           token_delay_s=0.001, rate_limit_messages=100):
+        for user in users:
+            fake.send_text(user, fake.private_chat(user), f"question {user['id']}")
+        await fake.wait_for(
+            lambda: all(fake.bot_texts(u["id"]) == [f"Answer to question {u['id']}"] for u in users),
+            timeout=40,
+        )
+    assert all(call.status == 200 for call in fake.calls)
+    # handled concurrently: later chats were told their place in the queue meanwhile
+    statuses = [c for c in fake.calls_of("sendMessage") if c.params["text"].startswith("⏳ Waiting in line")]
+    assert len({c.params["chat_id"] for c in statuses}) >= 10
+
+
+# -- further behaviour named in the issue ------------------------------------------------------------
+async def test_rate_limit_and_errors_are_shown_not_swallowed(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="ok", rate_limit_messages=1, rate_limit_period_s=60):
+        chat = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, chat, "one")
+        await fake.wait_for(reply_done(fake, ALICE, "ok"))
+        fake.send_text(fake.alice, chat, "two")
+        await fake.wait_for(lambda: "too fast" in fake.bot_texts(ALICE)[-1])
+
+
+async def test_allow_lists_and_model_output_never_mentions(fake, tmp_path):
+    output = "Ask @alice_w or @bob_b about it"
+    async with running_bot(fake, tmp_path, reply=output, settings={"allowed_user_ids": frozenset({ALICE})}):
+        fake.send_text(fake.bob, fake.private_chat(fake.bob), "let me in")
+        await fake.wait_for(lambda: fake.bot_texts(BOB))
+        assert fake.bot_texts(BOB) == ["Sorry, this bot is private."]
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "hi")
+        await fake.wait_for(reply_done(fake, ALICE, defuse_mentions(output)))
+    from fake_telegram import parse_entities
+
+    assert not [e for e in parse_entities(fake.bot_texts(ALICE)[0]) if e["type"] == "mention"]
+
+
+async def test_forum_topics_are_separate_conversations(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="topic reply") as service:
+        group = fake.group_chat(GROUP, "Forum", forum=True)
+        fake.send_text(fake.alice, group, f"@{BOT_USERNAME} in topic 5", thread_id=5)
+        await fake.wait_for(reply_done(fake, GROUP, "topic reply"))
+        assert fake.bot_messages(GROUP)[-1]["message_thread_id"] == 5
+        engine = service.engines[service.settings.default_model]
+        assert engine.requests[-1].conversation_id == f"telegram:{GROUP}:topic:5"
+
+
+async def test_shutdown_marks_in_flight_reply_interrupted(fake, tmp_path):
+    service = make_service(tmp_path, reply="tok " * 400, token_delay_s=0.02)
+    await service.start()
+    task = asyncio.create_task(run_telegram(service, settings_for(fake)))
+    await fake.wait_for(lambda: fake.calls_of("getUpdates"))
+    fake.send_text(fake.alice, fake.private_chat(fake.alice), "long please")
+    await fake.wait_for(lambda: fake.bot_texts(ALICE))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    await service.close(drain_timeout_s=1)
+    assert fake.bot_texts(ALICE)[-1].endswith(INTERRUPTED)
+
+
+async def test_token_is_never_logged(fake, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with running_bot(fake, tmp_path, reply="ok"):
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "hi")
+        await fake.wait_for(reply_done(fake, ALICE, "ok"))
+    secret = fake.token.split(":")[1]
+    assert caplog.records
+    assert secret not in caplog.text
+    assert all(secret not in r.getMessage() for r in caplog.records)
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("TELEGRAM_TOKEN", "42:abc")
+    monkeypatch.setenv("TELEGRAM_ADMIN_IDS", "1, 2")
+    monkeypatch.setenv("TELEGRAM_ALLOWED_CHAT_IDS", "-100123 5")
+    settings = load_telegram_settings(_env_file=None)
+    assert settings.admin_ids == {1, 2} and settings.allowed_chat_ids == {-100123, 5}
+    assert settings.api_base_url == "https://api.telegram.org/bot"
+    assert "abc" not in repr(settings)
+    monkeypatch.setenv("TELEGRAM_TOKEN", "nocolonsecret")
+    monkeypatch.setenv("TELEGRAM_EDIT_INTERVAL_S", "-1")
+    with pytest.raises(SettingsError) as error:
+        load_telegram_settings(_env_file=None)
+    assert "TELEGRAM_TOKEN" in str(error.value) and "TELEGRAM_EDIT_INTERVAL_S" in str(error.value)
+    assert "nocolonsecret" not in str(error.value)
