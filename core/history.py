@@ -47,12 +47,22 @@ class HistoryStore:
         return await asyncio.to_thread(self._run, sql, params)
 
     async def recent(self, conversation_id: str, max_turns: int) -> list[Message]:
-        """The newest `max_turns` user/assistant pairs, oldest first."""
+        """At most `max_turns` of the newest user/assistant exchanges, oldest first.
+
+        The window's start moves in jumps of half the window rather than one turn at a time:
+        the history prefix then stays identical for several turns, so the engine's KV cache for
+        this conversation stays valid (a sliding window would force a full re-read every turn).
+        """
         rows = await self._arun(
-            "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
-            (conversation_id, max_turns * 2),
+            "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
         )
-        messages = [{"role": role, "content": content} for role, content in reversed(rows)]
+        messages = [{"role": role, "content": content} for role, content in rows]
+        turns = len(messages) // 2
+        if turns > max_turns:
+            step = max(1, max_turns // 2)
+            start = -(-(turns - max_turns) // step) * step  # ceil to a multiple of step
+            messages = messages[start * 2 :]
         while messages and messages[0]["role"] != "user":  # never start on a dangling reply
             messages.pop(0)
         return messages

@@ -229,8 +229,12 @@ class ChatService:
         if shortened != text:
             notice = "Your message was too long for this model; I only read its beginning."
             text = shortened
+        # When the history must shrink, drop to 3/4 of the budget, not just under it, so the next
+        # turns fit without trimming again and keep the engine's cached prefix valid.
+        limit = budget
         while True:
             messages = [system, *history, {"role": "user", "content": text}]
-            if not history or await worker.call(engine.count_tokens, messages) <= budget:
+            if not history or await worker.call(engine.count_tokens, messages) <= limit:
                 return messages, text, notice
             history = history[2:]  # drop the oldest exchange
+            limit = int(budget * 0.75)

@@ -182,3 +182,16 @@ async def test_close_drains_running_reply(tmp_path):
     await asyncio.sleep(0.05)
     await service.close(drain_timeout_s=5)
     assert (await task)[1].text == "a b c d"
+
+
+async def test_history_window_moves_in_jumps_to_keep_the_cached_prefix(tmp_path):
+    async with make_service(tmp_path, history_max_turns=4) as service:
+        store = service.history
+        windows = []
+        for turn in range(8):
+            await store.add_turn("c", f"q{turn}", f"a{turn}")
+            windows.append([m["content"] for m in await store.recent("c", 4) if m["role"] == "user"])
+        assert windows[3] == ["q0", "q1", "q2", "q3"]
+        assert windows[4] == ["q2", "q3", "q4"] and windows[5] == ["q2", "q3", "q4", "q5"]  # same start
+        assert windows[6] == ["q4", "q5", "q6"]
+        assert all(len(w) <= 4 for w in windows)

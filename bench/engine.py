@@ -1,0 +1,197 @@
+"""`lorabot bench engine`: the core against llama-cpp-python called directly, same model,
+prompts and greedy settings, all measured in one run.
+
+- core_vs_raw: decode tokens/s through ChatService ÷ `Llama.create_completion(stream=True)`.
+- ttft_turn10_vs_turn1: time to first token at turn 10 of a conversation ÷ at turn 1.
+- ttft_interleaved_vs_turn1: the same with N conversations taking turns round-robin.
+- concurrency_ratio: aggregate tokens/s of N simultaneous requests ÷ one request alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from core.events import Delta, Done
+from core.registry import ModelRegistry
+from core.service import ChatService
+from core.settings import CoreSettings
+
+QUESTIONS = [
+    "Explain recursion to a 5 year old.",
+    "Write a short story about a robot learning to paint.",
+    "What are three tips for learning a new language?",
+    "Describe how a bicycle works, step by step.",
+    "Why is the sky blue? Give a detailed answer.",
+    "List some fun facts about octopuses.",
+    "How do I make a simple tomato pasta sauce?",
+    "What is the difference between weather and climate?",
+    "Give me a plan for a productive Saturday.",
+    "Explain what a neural network is in plain words.",
+]
+TARGETS = {
+    "core_vs_raw": (">=", 0.95),
+    "ttft_turn10_vs_turn1": ("<=", 1.5),
+    "ttft_interleaved_vs_turn1": ("<=", 2.0),
+    "concurrency_ratio": (">=", 0.9),
+}
+
+
+def _decode_rate(stamps: list[float]) -> float:
+    """Tokens/s between the first and the last streamed piece (prefill excluded)."""
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else 0.0
+
+
+def measure_raw(settings: CoreSettings, model_path: Path, max_tokens: int) -> dict[str, float]:
+    """llama-cpp-python on its own: the same prompts through the model's chat template."""
+    import llama_cpp
+
+    from core.engines.llama import LlamaEngine
+    from core.registry import ModelEntry
+
+    engine = LlamaEngine.load(ModelEntry(name="raw", path=model_path), settings.model_copy(update={"kv_slots": 1}))
+    llm = llama_cpp.Llama(
+        str(model_path), n_ctx=settings.context_length, n_threads=settings.resolved_threads, verbose=False
+    )
+    rates, tokens = [], 0
+    for question in QUESTIONS:
+        prompt = engine.prompt_tokens(
+            [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": question}]
+        )
+        llm.reset()
+        stamps = []
+        for _ in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
+            stamps.append(time.perf_counter())
+        rates.append(_decode_rate(stamps))
+        tokens += len(stamps)
+    # A cold prefill of a 10-turn history: what every turn would cost without a warm KV cache.
+    history = [{"role": "system", "content": settings.system_prompt}]
+    for question in QUESTIONS:
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": "word " * max_tokens}]
+    llm.reset()
+    started = time.perf_counter()
+    next(iter(llm.create_completion(engine.prompt_tokens(history[:-1]), max_tokens=1, temperature=0.0, stream=True)))
+    cold = time.perf_counter() - started
+    llm.close()
+    engine.close()
+    return {"raw_tok_s": statistics.median(rates), "raw_tokens": tokens, "raw_cold_ttft_turn10_s": cold}
+
+
+async def _ask(service: ChatService, conversation: str, user: str, text: str) -> tuple[float, list[float], Done]:
+    started = time.perf_counter()
+    stamps: list[float] = []
+    done = None
+    async for event in service.reply(conversation, user, text):
+        if isinstance(event, Delta):
+            stamps.append(time.perf_counter())
+        elif isinstance(event, Done):
+            done = event
+    assert done is not None and stamps, "no reply"
+    return stamps[0] - started, stamps, done
+
+
+async def measure_core(settings: CoreSettings, turns: int, conversations: int) -> dict[str, float]:
+    service = ChatService(settings)
+    await service.start()
+    try:
+        await _ask(service, "warmup", "warmup", "Hello!")  # loads the model
+        rates = []
+        for index, question in enumerate(QUESTIONS):
+            _, stamps, _ = await _ask(service, f"rate-{index}", f"rate-{index}", question)
+            rates.append(_decode_rate(stamps))
+
+        # One conversation, `turns` turns.
+        single = [(await _ask(service, "solo", "solo", QUESTIONS[t % len(QUESTIONS)]))[0] for t in range(turns)]
+
+        # `conversations` conversations taking turns round-robin.
+        interleaved: list[list[float]] = [[] for _ in range(conversations)]
+        for turn in range(turns):
+            for conv in range(conversations):
+                ttft, _, _ = await _ask(service, f"rr-{conv}", f"rr-{conv}", QUESTIONS[(turn + conv) % len(QUESTIONS)])
+                interleaved[conv].append(ttft)
+
+        # Concurrency: one request alone, then `conversations` at once (fresh conversations).
+        started = time.perf_counter()
+        _, _, done = await _ask(service, "alone", "alone", QUESTIONS[0])
+        single_rate = done.completion_tokens / (time.perf_counter() - started)
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(_ask(service, f"burst-{i}", f"burst-{i}", QUESTIONS[0]) for i in range(conversations))
+        )
+        aggregate = sum(done.completion_tokens for _, _, done in results) / (time.perf_counter() - started)
+    finally:
+        await service.close()
+    turn1 = statistics.median(row[0] for row in interleaved)
+    return {
+        "core_tok_s": statistics.median(rates),
+        "ttft_turn1_s": single[0],
+        "ttft_turn10_s": single[-1],
+        "ttft_interleaved_turn1_s": turn1,
+        "ttft_interleaved_turn10_s": statistics.median(row[-1] for row in interleaved),
+        "single_stream_tok_s": single_rate,
+        "aggregate_tok_s_8_concurrent": aggregate,
+    }
+
+
+def run(settings: CoreSettings, *, turns: int, conversations: int, max_tokens: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        bench_settings = settings.model_copy(
+            update={
+                "data_dir": Path(data_dir),
+                "models_file": settings.resolved_models_file,
+                "temperature": 0.0,
+                "max_new_tokens": max_tokens,
+                "rate_limit_messages": 10_000,
+                "queue_max": max(settings.queue_max, conversations * 2),
+                "kv_slots": max(settings.kv_slots, conversations + 1),
+            }
+        )
+        entry = ModelRegistry(bench_settings.resolved_models_file).get(bench_settings.default_model)
+        raw = measure_raw(bench_settings, entry.path, max_tokens)
+        core = asyncio.run(measure_core(bench_settings, turns, conversations))
+    result: dict[str, object] = {
+        "model": entry.name,
+        "threads": bench_settings.resolved_threads,
+        "max_tokens": max_tokens,
+        "turns": turns,
+        "conversations": conversations,
+        **raw,
+        **core,
+        "core_vs_raw": core["core_tok_s"] / raw["raw_tok_s"],
+        "ttft_turn10_vs_turn1": core["ttft_turn10_s"] / core["ttft_turn1_s"],
+        "ttft_interleaved_vs_turn1": core["ttft_interleaved_turn10_s"] / core["ttft_interleaved_turn1_s"],
+        "concurrency_ratio": core["aggregate_tok_s_8_concurrent"] / core["single_stream_tok_s"],
+    }
+    result["targets_met"] = all(_meets(result[name], *target) for name, target in TARGETS.items())
+    return result
+
+
+def _meets(value: object, op: str, target: float) -> bool:
+    return float(value) >= target if op == ">=" else float(value) <= target  # type: ignore[arg-type]
+
+
+def main(settings: CoreSettings, *, json_output: bool, turns: int, conversations: int, max_tokens: int) -> None:
+    result = run(settings, turns=turns, conversations=conversations, max_tokens=max_tokens)
+    if json_output:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+        return
+    console = Console()
+    table = Table(title=f"lorabot bench engine — {result['model']}, {result['threads']} threads, greedy, {max_tokens} new tokens")
+    for column in ("metric", "value", "target", "ok"):
+        table.add_column(column)
+    for name, (op, target) in TARGETS.items():
+        value = float(result[name])  # type: ignore[arg-type]
+        table.add_row(name, f"{value:.3f}", f"{op} {target}", "✓" if _meets(value, op, target) else "✗")
+    for name in (
+        "raw_tok_s", "core_tok_s", "ttft_turn1_s", "ttft_turn10_s", "ttft_interleaved_turn1_s",
+        "ttft_interleaved_turn10_s", "raw_cold_ttft_turn10_s", "single_stream_tok_s", "aggregate_tok_s_8_concurrent",
+    ):
+        table.add_row(name, f"{float(result[name]):.3f}", "", "")  # type: ignore[arg-type]
+    console.print(table)
