@@ -441,3 +441,28 @@ async def test_missing_token_is_a_clear_error(tmp_path):
     service = make_service(tmp_path)
     with pytest.raises(SettingsError, match="DISCORD_TOKEN"):
         await run_discord(service, DiscordSettings(_env_file=None))
+
+
+async def test_reply_in_thread_starts_a_thread_where_follow_ups_need_no_mention(fake, start_bot):
+    client = await start_bot(lambda request: f"{len(request.messages)} messages", reply_in_thread=True)
+    message = await fake.user_message("What is a LoRA?\nexplain briefly", mention_bot=True)
+    created = await fake.wait_until(lambda: fake.find("POST", rf"/messages/{message['id']}/threads$"))
+    assert created[0].json["name"] == "What is a LoRA?"
+    thread_id = int(message["id"])
+    first = (await fake.wait_until(lambda: fake.bot_messages(thread_id)))[0]
+    await client.wait_idle()
+    assert fake.messages[int(first["id"])]["content"] == "2 messages"
+    follow_up = await fake.user_message("and why?", channel_id=thread_id)  # no mention
+    await fake.wait_until(lambda: len(fake.bot_messages(thread_id)) == 2)
+    await client.wait_idle()
+    assert fake.bot_messages(thread_id)[1]["content"] == "4 messages"  # same conversation
+    assert fake.replies_to(follow_up["id"])
+
+
+async def test_gateway_disconnect_is_resumed_and_the_bot_keeps_answering(fake, start_bot):
+    client = await start_bot("still here")
+    await fake.drop_connections(code=4000)
+    await fake.wait_until(lambda: fake.resumes and fake._sockets, timeout=15)
+    message = await fake.user_message("you there?", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == "still here"
+    assert fake.resumes[0]["token"] == fake.token

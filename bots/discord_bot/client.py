@@ -31,6 +31,12 @@ def origin_of(user: discord.abc.User, channel: Any, guild: discord.Guild | None,
     )
 
 
+def thread_name(prompt: str) -> str:
+    """A thread title from the question: first line, at most 90 characters, never empty."""
+    first_line = prompt.strip().splitlines()[0] if prompt.strip() else ""
+    return (first_line[:87] + "...") if len(first_line) > 90 else (first_line or "lorabot")
+
+
 class LorabotTree(app_commands.CommandTree):
     """Applies the allow/deny lists to every slash command and autocomplete."""
 
@@ -102,15 +108,25 @@ class LorabotClient(discord.Client):
             log.debug("ignoring message %s from %s: not allowed", message.id, origin.user_id)
             return
         async with self.track():
+            channel: discord.abc.Messageable = message.channel
+            reply_to: discord.Message | None = message
+            if self.settings.reply_in_thread and isinstance(message.channel, discord.TextChannel):
+                try:
+                    channel = await message.create_thread(name=thread_name(self.prompt_of(message)))
+                except discord.HTTPException as error:  # e.g. no Create Public Threads permission
+                    log.warning("could not start a thread, answering inline: %s", error)
+                else:
+                    origin = origin_of(message.author, channel, message.guild, channel.id)
+                    reply_to = None  # the thread hangs off the user's message already
             await stream_reply(
                 self.service,
-                ChannelSink(message),
+                ChannelSink(channel, reply_to),
                 conversation_id=conversation_id(origin),
                 user_id=f"discord:{origin.user_id}",
                 text=self.prompt_of(message),
                 scope_id=scope_id(origin),
                 edit_interval_s=self.settings.edit_interval_s,
-                typing_channel=message.channel,
+                typing_channel=channel,
             )
 
     # -- helpers for commands ----------------------------------------------------------

@@ -43,24 +43,25 @@ async def _rate_limited(call: Awaitable[Any]) -> Any:
 
 
 class ChannelSink:
-    """The first message replies to the user's message; continuations follow in the channel."""
+    """Messages in `channel`; the first replies to `reply_to` (if given), continuations follow."""
 
-    def __init__(self, message: discord.Message) -> None:
-        self.message = message
+    def __init__(self, channel: discord.abc.Messageable, reply_to: discord.Message | None = None) -> None:
+        self.channel = channel
+        self.reply_to = reply_to
         self.sent = 0
 
     async def send(self, text: str) -> discord.Message:
-        if self.sent == 0:
+        if self.sent == 0 and self.reply_to is not None:
             sent = await _rate_limited(
-                self.message.channel.send(
+                self.channel.send(
                     text,
-                    reference=self.message.to_reference(fail_if_not_exists=False),
+                    reference=self.reply_to.to_reference(fail_if_not_exists=False),
                     mention_author=False,
                     allowed_mentions=NO_MENTIONS,
                 )
             )
         else:
-            sent = await _rate_limited(self.message.channel.send(text, allowed_mentions=NO_MENTIONS))
+            sent = await _rate_limited(self.channel.send(text, allowed_mentions=NO_MENTIONS))
         self.sent += 1
         return sent
 
@@ -142,7 +143,8 @@ async def stream_reply(
                         case Queued(position=position):
                             await live.status(f"⏳ queued, #{position}")
                         case Started():
-                            pass
+                            if live.handles:  # a queue status is showing: say it's our turn now
+                                await live.status("✍️ writing…")
                         case Notice(text=notice):
                             await sink.send(f"ℹ️ {notice}")
                         case Delta(text=piece):

@@ -43,6 +43,10 @@ class DiscordSettings(BaseSettings):
         True,
         description="Ask for the privileged Message Content intent (needed to answer in bot threads without a mention).",
     )
+    reply_in_thread: bool = Field(
+        False,
+        description="Answer a mention in a plain channel in a new thread (one conversation per thread).",
+    )
     sync_commands: bool = Field(True, description="Overwrite the global slash commands on start.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight replies may finish on shutdown.")
 
@@ -83,6 +87,11 @@ class DiscordSettings(BaseSettings):
     @property
     def enabled(self) -> bool:
         return self.token is not None and bool(self.token.get_secret_value().strip())
+
+    @classmethod
+    def load(cls, **overrides: object) -> DiscordSettings:
+        """Load settings or raise `SettingsError` naming each bad value (what the CLI calls)."""
+        return load_discord_settings(**overrides)
 
 
 def load_discord_settings(**overrides: object) -> DiscordSettings:

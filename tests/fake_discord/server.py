@@ -99,6 +99,8 @@ class FakeDiscord:
         self._interactions: dict[str, dict[str, Any]] = {}  # token -> interaction payload
         self._runner: web.AppRunner | None = None
         self._echoes: set[asyncio.Task[None]] = set()
+        self.resumes: list[dict[str, Any]] = []  # RESUME payloads received
+        self.threads: dict[int, dict[str, Any]] = {}  # threads the bot started, by id
         self.port = 0
         self.users: dict[int, dict[str, Any]] = {self.OWNER_ID: _user(self.OWNER_ID, "owner")}
 
@@ -138,6 +140,11 @@ class FakeDiscord:
     def fail_next(self, method: str, path_regex: str, *, status: int = 429, retry_after: float = 0.3, times: int = 1) -> None:
         """Answer the next `times` matching requests with an error (429 carries retry_after)."""
         self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times))
+
+    async def drop_connections(self, code: int = 4000) -> None:
+        """Close every gateway socket as Discord does on a hiccup; clients should RESUME."""
+        for session in list(self._sockets):
+            await session.ws.close(code=code, message=b"fake disconnect")
 
     def add_user(self, user_id: int, name: str | None = None) -> dict[str, Any]:
         self.users.setdefault(user_id, _user(user_id, name or f"user{user_id % 10_000}"))
@@ -285,27 +292,27 @@ class FakeDiscord:
             "nick": None,
         }
 
+    def _thread(self, thread_id: int, parent_id: int, name: str) -> dict[str, Any]:
+        return {
+            "id": str(thread_id),
+            "type": PUBLIC_THREAD,
+            "guild_id": str(self.GUILD_ID),
+            "parent_id": str(parent_id),
+            "owner_id": str(self.BOT_ID),
+            "name": name,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": _now(), "locked": False},
+            "flags": 0,
+        }
+
     def _channel(self, channel_id: int) -> dict[str, Any]:
+        if channel_id in self.threads:
+            return self.threads[channel_id]
         if channel_id == self.BOT_THREAD_ID:
-            return {
-                "id": str(channel_id),
-                "type": PUBLIC_THREAD,
-                "guild_id": str(self.GUILD_ID),
-                "parent_id": str(self.CHANNEL_ID),
-                "owner_id": str(self.BOT_ID),
-                "name": "lorabot thread",
-                "last_message_id": None,
-                "rate_limit_per_user": 0,
-                "message_count": 0,
-                "member_count": 1,
-                "thread_metadata": {
-                    "archived": False,
-                    "auto_archive_duration": 1440,
-                    "archive_timestamp": _now(),
-                    "locked": False,
-                },
-                "flags": 0,
-            }
+            return self._thread(channel_id, self.CHANNEL_ID, "lorabot thread")
         return {
             "id": str(channel_id),
             "type": TEXT_CHANNEL,
@@ -448,6 +455,12 @@ class FakeDiscord:
             return 200, self.commands
         if method == "POST" and m(r"/channels/\d+/typing", path):
             return 204, None
+        if method == "POST" and (match := m(r"/channels/(\d+)/messages/(\d+)/threads", path)):
+            thread_id = int(match.group(2))  # Discord gives a thread started from a message the message's id
+            thread = self._thread(thread_id, int(match.group(1)), body["name"])
+            self.threads[thread_id] = thread
+            self._echo("THREAD_CREATE", dict(thread, newly_created=True))
+            return 201, thread
         if method == "POST" and (match := m(r"/channels/(\d+)/messages", path)):
             return 200, self._create_message(int(match.group(1)), body)
         if method == "PATCH" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
@@ -496,7 +509,7 @@ class FakeDiscord:
             "allowed_mentions": body.get("allowed_mentions"),
             "_edits": 0,
         }
-        if channel_id in (self.CHANNEL_ID, self.OTHER_CHANNEL_ID, self.BOT_THREAD_ID):
+        if channel_id in (self.CHANNEL_ID, self.OTHER_CHANNEL_ID, self.BOT_THREAD_ID) or channel_id in self.threads:
             message["guild_id"] = str(self.GUILD_ID)
         if body.get("message_reference"):
             ref = body["message_reference"]
@@ -507,10 +520,13 @@ class FakeDiscord:
             message["webhook_id"] = str(self.APP_ID)
         self.messages[int(message["id"])] = message
         if not message.get("flags", 0) & 64:  # like Discord, echo the bot's own message on the gateway
-            task = asyncio.get_running_loop().create_task(self.dispatch("MESSAGE_CREATE", self._public(message)))
-            self._echoes.add(task)
-            task.add_done_callback(self._echoes.discard)
+            self._echo("MESSAGE_CREATE", self._public(message))
         return self._public(message)
+
+    def _echo(self, event: str, data: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self.dispatch(event, data))
+        self._echoes.add(task)
+        task.add_done_callback(self._echoes.discard)
 
     def _edit_message(self, message_id: int, body: dict[str, Any]) -> tuple[int, Any]:
         message = self.messages.get(message_id)
@@ -618,5 +634,7 @@ class _GatewaySession:
                 )
                 await self.dispatch("GUILD_CREATE", self.fake._guild())
                 self.fake._ready.set()
-            elif op == 6:  # resume
+            elif op == 6:  # resume: replay nothing (tests resume between events)
+                self.fake.resumes.append(payload["d"])
+                self.seq = payload["d"].get("seq") or 0
                 await self.dispatch("RESUMED", {})
