@@ -466,3 +466,15 @@ async def test_gateway_disconnect_is_resumed_and_the_bot_keeps_answering(fake, s
     message = await fake.user_message("you there?", mention_bot=True)
     assert (await answer(fake, client, message))[0]["content"] == "still here"
     assert fake.resumes[0]["token"] == fake.token
+
+
+async def test_429s_that_discord_py_gives_up_on_still_end_with_the_full_text(fake, start_bot):
+    """discord.py retries a 429 five times; after that LiveReply waits (SlowDown) and catches up."""
+    text = "Persistent limits " + " ".join(f"p{i}" for i in range(30)) + " end."
+    client = await start_bot(text, token_delay_s=0.01)
+    fake.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=429, retry_after=0.01, times=5)
+    message = await fake.user_message("go", mention_bot=True)
+    messages = await answer(fake, client, message)
+    assert [m["content"] for m in messages] == [text]
+    statuses = [c.status for c in fake.find("PATCH", r"^/channels/\d+/messages/\d+$")]
+    assert statuses[:5] == [429] * 5 and statuses[-1] == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -133,6 +134,7 @@ async def stream_reply(
     """
     live = LiveReply(sink, limit=DISCORD_LIMIT, edit_interval_s=edit_interval_s)
     written = ""
+    status_at = float("-inf")
     async with keep_typing(typing_channel):
         try:
             async with contextlib.aclosing(
@@ -141,7 +143,11 @@ async def stream_reply(
                 async for event in events:
                     match event:
                         case Queued(position=position):
-                            await live.status(f"⏳ queued, #{position}")
+                            # positions change for everyone at once: keep to the edit interval
+                            now = time.monotonic()
+                            if not live.handles or now - status_at >= edit_interval_s:
+                                status_at = now
+                                await live.status(f"⏳ queued, #{position}")
                         case Started():
                             if live.handles:  # a queue status is showing: say it's our turn now
                                 await live.status("✍️ writing…")
