@@ -277,6 +277,14 @@ async def test_rate_limit_and_errors_are_shown_not_swallowed(fake, tmp_path):
         await fake.wait_for(reply_done(fake, ALICE, "ok"))
         fake.send_text(fake.alice, chat, "two")
         await fake.wait_for(lambda: "too fast" in fake.bot_texts(ALICE)[-1])
+        assert fake.bot_texts(ALICE)[-1].startswith("⚠️ You're sending messages too fast")
+
+
+async def test_notice_about_trimmed_message_is_shown(fake, tmp_path):
+    async with running_bot(fake, tmp_path, reply="ok", max_input_chars=100):
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "x" * 150)
+        await fake.wait_for(reply_done(fake, ALICE, "ok"))
+        assert any(t.startswith("ℹ️ Your message was 150 characters long") for t in fake.bot_texts(ALICE))
 
 
 async def test_allow_lists_and_model_output_never_mentions(fake, tmp_path):
@@ -341,3 +349,14 @@ def test_settings_from_environment(monkeypatch):
         load_telegram_settings(_env_file=None)
     assert "TELEGRAM_TOKEN" in str(error.value) and "TELEGRAM_EDIT_INTERVAL_S" in str(error.value)
     assert "nocolonsecret" not in str(error.value)
+
+
+async def test_rejected_token_gives_a_clear_settings_error(fake, tmp_path):
+    service = make_service(tmp_path)
+    await service.start()
+    try:
+        with pytest.raises(SettingsError, match="TELEGRAM_TOKEN was rejected") as error:
+            await asyncio.wait_for(run_telegram(service, settings_for(fake, token="999:wrong-secret")), 10)
+        assert "wrong-secret" not in str(error.value)
+    finally:
+        await service.close(drain_timeout_s=1)

@@ -27,7 +27,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ChatMemberStatus, MessageLimit
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationHandlerStop,
@@ -173,14 +173,17 @@ class TelegramSink:
 
 async def say(message: Message, text: str, **kwargs) -> Message:
     """Reply with a short plain-text message of ours, waiting out flood control."""
-    for _ in range(3):
+    reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
+    for attempt in range(4):
         try:
             return await message.reply_text(
-                text, do_quote=True, link_preview_options=NO_PREVIEW, **kwargs
+                text, reply_parameters=reply, link_preview_options=NO_PREVIEW, **kwargs
             )
         except RetryAfter as error:
+            if attempt == 3:
+                raise
             await asyncio.sleep(retry_after_seconds(error))
-    return await message.reply_text(text, do_quote=True, link_preview_options=NO_PREVIEW, **kwargs)
+    raise AssertionError("unreachable")
 
 
 async def _keep_typing(message: Message, every_s: float) -> None:
@@ -194,6 +197,7 @@ async def _keep_typing(message: Message, every_s: float) -> None:
 
 
 def _with_note(text: str, note: str) -> str:
+    """The partial answer (if any) followed by why it stopped."""
     return f"{text.rstrip()}\n\n{note}" if text.strip() else note
 
 
@@ -444,7 +448,14 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
         handler.addFilter(redactor)
     try:
         app = build_application(service, settings)
-        async with app:  # initialize (getMe) … shutdown
+        try:
+            await app.initialize()  # getMe: checks the token
+        except InvalidToken:  # its message quotes the token: don't pass it on
+            raise SettingsError(
+                f"TELEGRAM_TOKEN was rejected by the Bot API at {settings.api_base_url} "
+                "(check the token from @BotFather)."
+            ) from None
+        try:
             with contextlib.suppress(TelegramError):
                 await app.bot.set_my_commands(COMMANDS)
             await app.updater.start_polling(
@@ -454,10 +465,10 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
             )
             await app.start()
             log.info("Telegram bot @%s is running (long polling)", app.bot.username)
-            try:
-                await asyncio.Future()  # until cancelled
-            finally:
-                await _stop(app)
+            await asyncio.Future()  # until cancelled
+        finally:
+            await _stop(app)
+            await app.shutdown()
     finally:
         for handler in handlers:
             handler.removeFilter(redactor)
