@@ -478,3 +478,17 @@ async def test_429s_that_discord_py_gives_up_on_still_end_with_the_full_text(fak
     assert [m["content"] for m in messages] == [text]
     statuses = [c.status for c in fake.find("PATCH", r"^/channels/\d+/messages/\d+$")]
     assert statuses[:5] == [429] * 5 and statuses[-1] == 200
+
+
+async def test_reply_to_the_bot_and_mention_of_its_role_address_it(fake, start_bot):
+    client = await start_bot(lambda request: f"got: {request.messages[-1]['content']}")
+    first = await fake.user_message("first", mention_bot=True)
+    bot_reply = (await answer(fake, client, first))[0]
+    follow_up = await fake.user_message("second", reply_to=bot_reply)  # reply with ping off: no mention
+    assert (await answer(fake, client, follow_up))[0]["content"] == "got: second"
+    by_role = await fake.user_message("third", mention_bot_role=True)
+    assert (await answer(fake, client, by_role))[0]["content"] == "got: third"
+    ignored = await fake.user_message("fourth", reply_to=follow_up)  # a reply to a human
+    last = await fake.user_message("fifth", mention_bot=True)
+    await answer(fake, client, last)
+    assert fake.replies_to(ignored["id"]) == []

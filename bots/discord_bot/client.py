@@ -84,19 +84,32 @@ class LorabotClient(discord.Client):
 
     # -- messages ----------------------------------------------------------------------
     def addressed(self, message: discord.Message) -> bool:
-        """DMs, threads the bot started, and messages that mention the bot (not @everyone)."""
+        """DMs, threads the bot started, replies to the bot, and mentions of the bot or its role.
+
+        `@everyone` / `@here` do not count: nobody wants every announcement answered.
+        """
         assert self.user is not None
         if message.guild is None:
             return True
         channel = message.channel
         if isinstance(channel, discord.Thread) and channel.owner_id == self.user.id:
             return True
-        return any(user.id == self.user.id for user in message.mentions)
+        if any(user.id == self.user.id for user in message.mentions):
+            return True
+        own_role = message.guild.self_role  # people often pick the bot's role from the @ menu
+        if own_role is not None and own_role in message.role_mentions:
+            return True
+        replied = message.reference.resolved if message.reference else None
+        return isinstance(replied, discord.Message) and replied.author.id == self.user.id
 
     def prompt_of(self, message: discord.Message) -> str:
-        """The message text without the bot's own mention."""
+        """The message text without the bot's own mention (user or role)."""
         assert self.user is not None
-        return re.sub(rf"<@!?{self.user.id}>", "", message.content).strip()
+        text = re.sub(rf"<@!?{self.user.id}>", "", message.content)
+        own_role = message.guild.self_role if message.guild else None
+        if own_role is not None:
+            text = text.replace(own_role.mention, "")
+        return text.strip()
 
     async def on_message(self, message: discord.Message) -> None:
         if self.closing or message.author.bot or self.user is None or message.author.id == self.user.id:

@@ -11,7 +11,7 @@ from discord import app_commands
 
 from bots.discord_bot.client import LorabotClient
 from bots.discord_bot.policy import conversation_id, scope_id
-from bots.discord_bot.replies import NO_MENTIONS, InteractionSink, stream_reply
+from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink, stream_reply
 from core.errors import ChatError
 
 HELP = """\
@@ -33,6 +33,8 @@ def _code(name: str) -> str:
 
 
 async def _say(interaction: discord.Interaction, text: str, *, ephemeral: bool = True) -> None:
+    if len(text) > DISCORD_LIMIT:  # e.g. a long model list
+        text = text[: DISCORD_LIMIT - 1] + "…"
     await interaction.response.send_message(text, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
 
 

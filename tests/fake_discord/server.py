@@ -84,6 +84,7 @@ class FakeDiscord:
     OWNER_ID = 700_000_000_000_000_001
     MEMBER_ROLE_ID = 830_000_000_000_000_001
     MOD_ROLE_ID = 830_000_000_000_000_002
+    BOT_ROLE_ID = 830_000_000_000_000_003  # the managed role Discord gives a bot when it joins
 
     def __init__(self, *, token: str = "fake-token") -> None:
         self.token = token
@@ -165,13 +166,21 @@ class FakeDiscord:
         channel_id: int | None = None,
         guild: bool = True,
         mention_bot: bool = False,
+        mention_bot_role: bool = False,
+        reply_to: dict[str, Any] | None = None,
         roles: list[int] | None = None,
         bot_author: bool = False,
     ) -> dict[str, Any]:
-        """A user posts `content`; mention_bot prefixes '<@bot>' and lists the bot in mentions."""
+        """A user posts `content`.
+
+        mention_bot prefixes '<@bot>' and lists the bot in mentions; mention_bot_role does the
+        same with the bot's managed role; reply_to makes it a reply (without ping) to a message.
+        """
         author = dict(self.add_user(user_id), bot=bot_author)
         if mention_bot:
             content = f"<@{self.BOT_ID}> {content}"
+        if mention_bot_role:
+            content = f"<@&{self.BOT_ROLE_ID}> {content}"
         message: dict[str, Any] = {
             "id": str(self.snowflake()),
             "channel_id": str(channel_id or (self.CHANNEL_ID if guild else self.dm_channel_id(user_id))),
@@ -182,13 +191,17 @@ class FakeDiscord:
             "tts": False,
             "mention_everyone": False,
             "mentions": [self._bot_user()] if mention_bot else [],
-            "mention_roles": [],
+            "mention_roles": [str(self.BOT_ROLE_ID)] if mention_bot_role else [],
             "attachments": [],
             "embeds": [],
             "pinned": False,
             "type": 0,
             "flags": 0,
         }
+        if reply_to is not None:
+            message["type"] = 19
+            message["message_reference"] = {"message_id": reply_to["id"], "channel_id": reply_to["channel_id"], "type": 0}
+            message["referenced_message"] = self._public(self.messages.get(int(reply_to["id"]), reply_to))
         if guild:
             message["guild_id"] = str(self.GUILD_ID)
             message["member"] = self._member(user_id, roles)
@@ -362,10 +375,11 @@ class FakeDiscord:
                 role(self.GUILD_ID, "@everyone", EVERYDAY_PERMISSIONS, 0),
                 role(self.MEMBER_ROLE_ID, "member", EVERYDAY_PERMISSIONS, 1),
                 role(self.MOD_ROLE_ID, "mod", EVERYDAY_PERMISSIONS | MANAGE_GUILD, 2),
+                dict(role(self.BOT_ROLE_ID, "lorabot", EVERYDAY_PERMISSIONS, 3), managed=True, tags={"bot_id": str(self.BOT_ID)}),
             ],
             "channels": [self._channel(self.CHANNEL_ID), self._channel(self.OTHER_CHANNEL_ID)],
             "threads": [self._channel(self.BOT_THREAD_ID)],
-            "members": [dict(self._member(self.BOT_ID, None), user=self._bot_user())],
+            "members": [dict(self._member(self.BOT_ID, [self.BOT_ROLE_ID]), user=self._bot_user())],
             "member_count": 2,
             "large": False,
             "unavailable": False,
