@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from support.engines import make_service
 
@@ -54,7 +56,7 @@ async def running_bot(fake: FakeBotAPI, tmp_path, *, reply="Hello from the scrip
     await service.start()
     task = asyncio.create_task(run_telegram(service, settings_for(fake, **(settings or {}))))
     try:
-        await fake.wait_for(lambda: fake.calls_of("getUpdates") or task.done())
+        await fake.wait_for(lambda: fake.calls_of("getUpdates") or fake.calls_of("setWebhook") or task.done())
         if task.done():
             task.result()
         yield service
@@ -360,3 +362,25 @@ async def test_rejected_token_gives_a_clear_settings_error(fake, tmp_path):
         assert "wrong-secret" not in str(error.value)
     finally:
         await service.close(drain_timeout_s=1)
+
+
+
+async def test_webhook_mode_receives_updates_and_checks_the_secret(fake, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hook = f"http://127.0.0.1:{port}/lorabot-hook"
+    settings = {"webhook_url": hook, "webhook_listen": "127.0.0.1", "webhook_port": port,
+                "webhook_secret": "s3cret_value"}
+    async with running_bot(fake, tmp_path, reply="via webhook", settings=settings):
+        assert fake.webhook == {"url": hook, "secret_token": "s3cret_value",
+                                "allowed_updates": ["message", "callback_query"]}
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "hello over https")
+        await fake.wait_for(reply_done(fake, ALICE, "via webhook"))
+        assert not fake.calls_of("getUpdates")
+        forged = {"update_id": 999, "message": {**fake.messages[(ALICE, 1)], "text": "forged"}}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(hook, json=forged, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as response:
+                assert response.status == 403
+        await asyncio.sleep(0.1)
+        assert len(fake.bot_texts(ALICE)) == 1

@@ -12,8 +12,10 @@ import contextlib
 import datetime as dtm
 import logging
 import re
+import secrets
 import warnings
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from telegram import (
     BotCommand,
@@ -437,7 +439,7 @@ class _RedactToken(logging.Filter):
 
 
 async def run_telegram(service: ChatService, settings: TelegramSettings) -> None:
-    """Long-poll Telegram until cancelled; then stop polling and mark unfinished replies."""
+    """Receive updates (long polling or webhook) until cancelled; then stop and mark unfinished replies."""
     if settings.token is None:
         raise SettingsError("TELEGRAM_TOKEN is not set (get one from @BotFather).")
     # httpx logs every request URL at INFO and PTB the base URL at DEBUG; both contain the token.
@@ -458,13 +460,8 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
         try:
             with contextlib.suppress(TelegramError):
                 await app.bot.set_my_commands(COMMANDS)
-            await app.updater.start_polling(
-                timeout=dtm.timedelta(seconds=settings.poll_timeout_s),
-                allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
-                drop_pending_updates=settings.drop_pending_updates,
-            )
+            await _start_updates(app, settings)
             await app.start()
-            log.info("Telegram bot @%s is running (long polling)", app.bot.username)
             await asyncio.Future()  # until cancelled
         finally:
             await _stop(app)
@@ -472,6 +469,33 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
     finally:
         for handler in handlers:
             handler.removeFilter(redactor)
+
+
+async def _start_updates(app: Application, settings: TelegramSettings) -> None:
+    """Long polling by default; a webhook server when TELEGRAM_WEBHOOK_URL is set."""
+    updates = [Update.MESSAGE, Update.CALLBACK_QUERY]
+    if settings.webhook_url is None:
+        await app.updater.start_polling(
+            timeout=dtm.timedelta(seconds=settings.poll_timeout_s),
+            allowed_updates=updates,
+            drop_pending_updates=settings.drop_pending_updates,
+        )
+        log.info("Telegram bot @%s is running (long polling)", app.bot.username)
+        return
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else secrets.token_urlsafe(32)
+    await app.updater.start_webhook(
+        listen=settings.webhook_listen,
+        port=settings.webhook_port,
+        url_path=urlsplit(settings.webhook_url).path.lstrip("/"),
+        webhook_url=settings.webhook_url,
+        secret_token=secret,
+        allowed_updates=updates,
+        drop_pending_updates=settings.drop_pending_updates,
+    )
+    log.info(
+        "Telegram bot @%s is running (webhook %s, listening on %s:%s)",
+        app.bot.username, settings.webhook_url, settings.webhook_listen, settings.webhook_port,
+    )
 
 
 async def _stop(app: Application) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -32,6 +33,12 @@ class TelegramSettings(BaseSettings):
     typing_interval_s: float = Field(4.0, gt=0, description="How often the 'typing' action is renewed (it lasts ~5 s).")
     poll_timeout_s: int = Field(30, ge=0, le=50, description="Long-polling timeout for getUpdates.")
     drop_pending_updates: bool = Field(False, description="Skip messages that arrived while the bot was offline.")
+    webhook_url: str | None = Field(None, description="Public HTTPS URL for webhook mode; empty: long polling.")
+    webhook_listen: str = Field("0.0.0.0", description="Address the webhook server binds to.")
+    webhook_port: int = Field(8443, ge=1, le=65535, description="Port the webhook server listens on.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Checks that webhook calls come from Telegram; default: random per start."
+    )
 
     @field_validator("admin_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
     @classmethod
@@ -49,6 +56,24 @@ class TelegramSettings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be the public https:// URL Telegram should call")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
 
     @field_validator("token")
@@ -88,6 +113,6 @@ def load_telegram_settings(**overrides: object) -> TelegramSettings:
         message = describe_validation_error(error, "TELEGRAM_")
         for item in error.errors():
             secret = item.get("input")
-            if item["loc"][:1] == ("token",) and isinstance(secret, str) and secret:
+            if item["loc"][:1] in {("token",), ("webhook_secret",)} and isinstance(secret, str) and secret:
                 message = message.replace(repr(secret), "'<hidden>'")
         raise SettingsError(message) from error

@@ -166,6 +166,9 @@ class FakeBotAPI:
         self._throttle: dict[str, list[float]] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.webhook: dict[str, Any] | None = None  # set by setWebhook: updates are POSTed there
+        self.deliveries: list[tuple[int, int]] = []  # (update_id, HTTP status) of webhook POSTs
+        self._delivery_tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ server lifecycle
     async def start(self) -> None:
@@ -179,6 +182,8 @@ class FakeBotAPI:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        for task in self._delivery_tasks:
+            task.cancel()
         if self._runner:
             await self._runner.cleanup()
 
@@ -290,8 +295,30 @@ class FakeBotAPI:
     # ------------------------------------------------------------------ internals
     def _push(self, update: dict[str, Any]) -> None:
         update["update_id"] = next(self._update_ids)
+        if self.webhook is not None:
+            self._push_existing(update)
+            return
         self._updates.append(update)
         self._new_update.set()
+
+    async def _deliver(self, update: dict[str, Any], webhook: dict[str, Any]) -> None:
+        """POST the update to the bot's webhook like Telegram does (retrying while it is down)."""
+        import aiohttp
+
+        headers = {}
+        if webhook.get("secret_token"):
+            headers["X-Telegram-Bot-Api-Secret-Token"] = webhook["secret_token"]
+        async with aiohttp.ClientSession() as session:
+            for _ in range(50):
+                try:
+                    async with session.post(webhook["url"], json=update, headers=headers) as response:
+                        self.deliveries.append((update["update_id"], response.status))
+                        self._changed.set()
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
 
     def _new_message(self, chat: dict, sender: dict, text: str) -> dict[str, Any]:
         counter = self._message_ids.setdefault(chat["id"], itertools.count(1))
@@ -390,7 +417,32 @@ class FakeBotAPI:
     async def _api_deleteWebhook(self, params):
         if params.get("drop_pending_updates"):
             self._updates.clear()
+        self.webhook = None
         return True
+
+    async def _api_setWebhook(self, params):
+        url = params.get("url") or ""
+        if not url:
+            self.webhook = None
+            return True
+        if not re.fullmatch(r"https?://\S+", url):
+            raise _APIError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token")
+        if secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
+            raise _APIError(400, "Bad Request: secret token contains unallowed characters")
+        if params.get("drop_pending_updates"):
+            self._updates.clear()
+        self.webhook = {"url": url, "secret_token": secret, "allowed_updates": params.get("allowed_updates")}
+        pending, self._updates = self._updates, []
+        for update in pending:  # what waited for getUpdates now goes to the webhook
+            self._push_existing(update)
+        return True
+
+    def _push_existing(self, update: dict[str, Any]) -> None:
+        """Deliver an update that already has its id to the webhook."""
+        task = asyncio.get_running_loop().create_task(self._deliver(update, dict(self.webhook or {})))
+        self._delivery_tasks.add(task)
+        task.add_done_callback(self._delivery_tasks.discard)
 
     async def _api_setMyCommands(self, params):
         commands = params.get("commands") or []
@@ -403,6 +455,10 @@ class FakeBotAPI:
         return True
 
     async def _api_getUpdates(self, params):
+        if self.webhook is not None:
+            raise _APIError(
+                409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
+            )
         offset = params.get("offset") or 0
         if offset:
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
