@@ -492,3 +492,23 @@ async def test_reply_to_the_bot_and_mention_of_its_role_address_it(fake, start_b
     last = await fake.user_message("fifth", mention_bot=True)
     await answer(fake, client, last)
     assert fake.replies_to(ignored["id"]) == []
+
+
+async def test_shutdown_lets_an_in_flight_reply_finish_within_the_grace_period(fake, tmp_path):
+    text = " ".join(["word"] * 50)
+    service = make_service(tmp_path, text, token_delay_s=0.01)
+    await service.start()
+    settings = DiscordSettings(
+        _env_file=None, token=fake.token, api_base_url=fake.api_base_url, gateway_url=fake.gateway_url,
+        edit_interval_s=EDIT_INTERVAL_S, shutdown_grace_s=5,
+    )
+    client = LorabotClient(service, settings, guild_ready_timeout=0.05)
+    task = asyncio.create_task(run_discord(service, settings, client=client))
+    await asyncio.wait_for(client.wait_until_ready(), 10)
+    message = await fake.user_message("go", mention_bot=True)
+    await fake.wait_until(lambda: fake.replies_to(message["id"]))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fake.replies_to(message["id"])[0]["content"] == text
+    await service.close()
