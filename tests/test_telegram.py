@@ -384,3 +384,28 @@ async def test_webhook_mode_receives_updates_and_checks_the_secret(fake, tmp_pat
                 assert response.status == 403
         await asyncio.sleep(0.1)
         assert len(fake.bot_texts(ALICE)) == 1
+
+
+@pytest.mark.slow
+async def test_real_embedded_model_answers_through_telegram(fake, tmp_path, embedded_gguf):
+    """The whole stack with llama.cpp: what the user sees is what the core stored."""
+    from core.service import ChatService
+    from core.settings import load_core_settings
+
+    service = ChatService(load_core_settings(data_dir=tmp_path / "data", max_new_tokens=32, temperature=0))
+    await service.start()
+    task = asyncio.create_task(run_telegram(service, settings_for(fake)))
+    try:
+        await fake.wait_for(lambda: fake.calls_of("getUpdates"))
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "Say hello in one short sentence.")
+        stored = await fake.wait_for(lambda: service.stats().replies == 1 and service.scheduler.running == 0, timeout=60)
+        assert stored
+        history = await service.history.recent(f"telegram:{ALICE}", 10)
+        answer = history[-1]["content"]
+        assert answer.strip()
+        assert fake.bot_texts(ALICE) == [defuse_mentions(answer).strip()]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await service.close(drain_timeout_s=1)

@@ -45,7 +45,7 @@ from telegram.warnings import PTBDeprecationWarning
 from bots.streaming import LiveReply, SlowDown
 from bots.telegram_bot.settings import SettingsError, TelegramSettings
 from core.errors import ChatError
-from core.events import Delta, Done, Notice, Queued
+from core.events import Delta, Done, Notice, Queued, ReplyEvent
 from core.service import ChatService
 
 log = logging.getLogger(__name__)
@@ -203,60 +203,81 @@ def _with_note(text: str, note: str) -> str:
     return f"{text.rstrip()}\n\n{note}" if text.strip() else note
 
 
+class ReplyView:
+    """One answer on screen: a queue status, then the growing text, then the final text or why it stopped."""
+
+    def __init__(self, message: Message, live: LiveReply) -> None:
+        self.message = message
+        self.live = live
+        self.shown = ""
+        self.complete = False  # the final text is on screen; a late cancel must not mark it interrupted
+        self._last_status = float("-inf")
+
+    async def show(self, event: ReplyEvent) -> None:
+        match event:
+            case Queued(position=position):
+                now = asyncio.get_running_loop().time()
+                if now - self._last_status >= self.live.edit_interval_s:  # positions change often
+                    self._last_status = now
+                    await self.live.status(f"⏳ Waiting in line: #{position}")
+            case Notice(text=note):
+                await say(self.message, f"ℹ️ {note}")
+            case Delta(text=piece):
+                self.shown += piece
+                await self.live.update(defuse_mentions(self.shown))
+            case Done(text=full, finish_reason=reason):
+                final = defuse_mentions(full)
+                await self.live.finish(_with_note(final, INTERRUPTED) if reason == "interrupted" else final)
+                self.complete = True
+
+    async def stop(self, note: str) -> None:
+        """End the reply early: keep what was written and say why it stopped."""
+        await self.live.finish(_with_note(defuse_mentions(self.shown), note))
+
+
 async def answer(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
     """Stream the model's answer to `text` into replies to `message`."""
     state = _state(context)
     settings = state.settings
     private = message.chat.type == Chat.PRIVATE
-    live = LiveReply(
-        TelegramSink(message),
-        limit=LIMIT,
-        edit_interval_s=settings.edit_interval_s if private else settings.group_edit_interval_s,
+    view = ReplyView(
+        message,
+        LiveReply(
+            TelegramSink(message),
+            limit=LIMIT,
+            edit_interval_s=settings.edit_interval_s if private else settings.group_edit_interval_s,
+        ),
     )
+    user = message.from_user.id if message.from_user else message.chat_id
     typing = asyncio.create_task(_keep_typing(message, settings.typing_interval_s))
     task = asyncio.current_task()
     if task is not None:
         state.replies.add(task)
-    shown = ""
-    complete = False  # the final text is on screen; a late cancel must not mark it interrupted
-    last_status = float("-inf")
-    loop = asyncio.get_running_loop()
+    events = state.service.reply(
+        conversation_id(message), f"telegram:{user}", text, scope_id=scope_id(message.chat)
+    )
     try:
-        async for event in state.service.reply(
-            conversation_id(message),
-            f"telegram:{message.from_user.id}" if message.from_user else f"telegram:{message.chat_id}",
-            text,
-            scope_id=scope_id(message.chat),
-        ):
-            match event:
-                case Queued(position=position) if loop.time() - last_status >= live.edit_interval_s:
-                    last_status = loop.time()
-                    await live.status(f"⏳ Waiting in line: #{position}")
-                case Notice(text=note):
-                    await say(message, f"ℹ️ {note}")
-                case Delta(text=piece):
-                    shown += piece
-                    await live.update(defuse_mentions(shown))
-                case Done(text=full, finish_reason=reason):
+        # aclosing: leaving early (error, shutdown) frees the queue slot / stops generation at once
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, Done):
                     typing.cancel()
-                    final = defuse_mentions(full)
-                    await live.finish(_with_note(final, INTERRUPTED) if reason == "interrupted" else final)
-                    complete = True
+                await view.show(event)
     except ChatError as error:
         typing.cancel()
-        await live.finish(_with_note(defuse_mentions(shown), f"⚠️ {error.user_message}"))
+        await view.stop(f"⚠️ {error.user_message}")
     except asyncio.CancelledError:
         # Shutting down (or the update was cancelled): leave no half reply without a marker.
         typing.cancel()
-        if not complete:
+        if not view.complete:
             with contextlib.suppress(Exception):
-                await asyncio.shield(live.finish(_with_note(defuse_mentions(shown), INTERRUPTED)))
+                await asyncio.shield(view.stop(INTERRUPTED))
         raise
     except Exception:
         log.exception("Reply in chat %s failed", message.chat_id)
         typing.cancel()
         with contextlib.suppress(Exception):
-            await live.finish(_with_note(defuse_mentions(shown), "⚠️ Sorry, something went wrong while answering."))
+            await view.stop("⚠️ Sorry, something went wrong while answering.")
     finally:
         typing.cancel()
         if task is not None:
