@@ -512,3 +512,31 @@ async def test_shutdown_lets_an_in_flight_reply_finish_within_the_grace_period(f
         await task
     assert fake.replies_to(message["id"])[0]["content"] == text
     await service.close()
+
+
+async def test_prompt_has_readable_names_instead_of_mention_markup(fake, start_bot):
+    client = await start_bot(lambda request: request.messages[-1]["content"])
+    fake.add_user(61, "alice")
+    message = await fake.user_message(
+        f"say hi to <@61> in <#{FakeDiscord.OTHER_CHANNEL_ID}>", mention_bot=True, mentions=[61]
+    )
+    assert (await answer(fake, client, message))[0]["content"] == "say hi to @alice in #other"
+
+
+async def test_no_permission_to_post_is_logged_not_fatal(fake, start_bot, caplog):
+    client = await start_bot("hi")
+    fake.fail_next("POST", r"^/channels/\d+/messages$", status=403)
+    refused = await fake.user_message("one", mention_bot=True)
+    await fake.wait_until(lambda: fake.find("POST", r"^/channels/\d+/messages$"))
+    await client.wait_idle()
+    assert "can't answer in channel" in caplog.text
+    message = await fake.user_message("two", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == "hi"
+    assert fake.replies_to(refused["id"]) == []
+
+
+async def test_reply_in_thread_falls_back_to_inline_without_thread_permission(fake, start_bot):
+    client = await start_bot("inline answer", reply_in_thread=True)
+    fake.fail_next("POST", r"/threads$", status=403)
+    message = await fake.user_message("hi", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == "inline answer"

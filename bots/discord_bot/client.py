@@ -103,12 +103,18 @@ class LorabotClient(discord.Client):
         return isinstance(replied, discord.Message) and replied.author.id == self.user.id
 
     def prompt_of(self, message: discord.Message) -> str:
-        """The message text without the bot's own mention (user or role)."""
+        """The text for the model: the bot's own mention removed, other mentions as readable names."""
         assert self.user is not None
         text = re.sub(rf"<@!?{self.user.id}>", "", message.content)
         own_role = message.guild.self_role if message.guild else None
         if own_role is not None:
             text = text.replace(own_role.mention, "")
+        for user in message.mentions:
+            text = re.sub(rf"<@!?{user.id}>", f"@{user.display_name}", text)
+        for role in message.role_mentions:
+            text = text.replace(role.mention, f"@{role.name}")
+        for channel in message.channel_mentions:
+            text = text.replace(channel.mention, f"#{channel.name}")
         return text.strip()
 
     async def on_message(self, message: discord.Message) -> None:
@@ -121,26 +127,33 @@ class LorabotClient(discord.Client):
             log.debug("ignoring message %s from %s: not allowed", message.id, origin.user_id)
             return
         async with self.track():
-            channel: discord.abc.Messageable = message.channel
-            reply_to: discord.Message | None = message
-            if self.settings.reply_in_thread and isinstance(message.channel, discord.TextChannel):
-                try:
-                    channel = await message.create_thread(name=thread_name(self.prompt_of(message)))
-                except discord.HTTPException as error:  # e.g. no Create Public Threads permission
-                    log.warning("could not start a thread, answering inline: %s", error)
-                else:
-                    origin = origin_of(message.author, channel, message.guild, channel.id)
-                    reply_to = None  # the thread hangs off the user's message already
-            await stream_reply(
-                self.service,
-                ChannelSink(channel, reply_to),
-                conversation_id=conversation_id(origin),
-                user_id=f"discord:{origin.user_id}",
-                text=self.prompt_of(message),
-                scope_id=scope_id(origin),
-                edit_interval_s=self.settings.edit_interval_s,
-                typing_channel=channel,
-            )
+            try:
+                await self._answer(message, origin)
+            except discord.Forbidden as error:  # no Send Messages / thread permission here
+                log.warning("can't answer in channel %s: %s", message.channel.id, error)
+
+    async def _answer(self, message: discord.Message, origin: Origin) -> None:
+        """Reply to `message` (in a new thread with DISCORD_REPLY_IN_THREAD)."""
+        channel: discord.abc.Messageable = message.channel
+        reply_to: discord.Message | None = message
+        if self.settings.reply_in_thread and isinstance(message.channel, discord.TextChannel):
+            try:
+                channel = await message.create_thread(name=thread_name(self.prompt_of(message)))
+            except discord.HTTPException as error:  # e.g. no Create Public Threads permission
+                log.warning("could not start a thread, answering inline: %s", error)
+            else:
+                origin = origin_of(message.author, channel, message.guild, channel.id)
+                reply_to = None  # the thread hangs off the user's message already
+        await stream_reply(
+            self.service,
+            ChannelSink(channel, reply_to),
+            conversation_id=conversation_id(origin),
+            user_id=f"discord:{origin.user_id}",
+            text=self.prompt_of(message),
+            scope_id=scope_id(origin),
+            edit_interval_s=self.settings.edit_interval_s,
+            typing_channel=channel,
+        )
 
     # -- helpers for commands ----------------------------------------------------------
     def origin_of_interaction(self, interaction: discord.Interaction) -> Origin:

@@ -163,6 +163,8 @@ async def stream_reply(
             final = written
         except ChatError as error:
             final = f"{written}\n\n⚠️ {error.user_message}" if written.strip() else f"⚠️ {error.user_message}"
+        except discord.Forbidden:
+            raise  # no permission to post here: nothing more we can show
         except asyncio.CancelledError:
             await live.finish(f"{written}\n\n{INTERRUPTED}" if written.strip() else INTERRUPTED)
             raise

@@ -168,6 +168,7 @@ class FakeDiscord:
         mention_bot: bool = False,
         mention_bot_role: bool = False,
         reply_to: dict[str, Any] | None = None,
+        mentions: list[int] | None = None,
         roles: list[int] | None = None,
         bot_author: bool = False,
     ) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class FakeDiscord:
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
-            "mentions": [self._bot_user()] if mention_bot else [],
+            "mentions": ([self._bot_user()] if mention_bot else []) + [self.add_user(u) for u in mentions or []],
             "mention_roles": [str(self.BOT_ROLE_ID)] if mention_bot_role else [],
             "attachments": [],
             "embeds": [],
