@@ -25,6 +25,17 @@ EDIT_INTERVAL_S = 0.05
 NO_PINGS = {"parse": []}
 
 
+def settings_for(fake: FakeDiscord, **overrides) -> DiscordSettings:
+    """Settings pointing discord.py at the fake (no .env), fast edits unless overridden."""
+    return DiscordSettings(
+        _env_file=None,
+        token=fake.token,
+        api_base_url=fake.api_base_url,
+        gateway_url=fake.gateway_url,
+        **{"edit_interval_s": EDIT_INTERVAL_S, **overrides},
+    )
+
+
 @pytest.fixture
 async def fake():
     server = FakeDiscord()
@@ -41,13 +52,7 @@ async def start_bot(fake, tmp_path):
     async def start(reply="Hello from the scripted engine.", *, models=None, token_delay_s=0.0, core=None, **discord):
         service = make_service(tmp_path, reply, models=models, token_delay_s=token_delay_s, **(core or {}))
         await service.start()
-        settings = DiscordSettings(
-            _env_file=None,
-            token=fake.token,
-            api_base_url=fake.api_base_url,
-            gateway_url=fake.gateway_url,
-            **{"edit_interval_s": EDIT_INTERVAL_S, **discord},
-        )
+        settings = settings_for(fake, **discord)
         client = LorabotClient(service, settings, guild_ready_timeout=0.05)
         task = asyncio.create_task(run_discord(service, settings, client=client))
         running.append((task, service))
@@ -398,10 +403,7 @@ async def test_twenty_users_mentioning_at_once_all_get_complete_replies(fake, st
 async def test_shutdown_marks_an_in_flight_reply_as_interrupted(fake, tmp_path):
     service = make_service(tmp_path, " ".join(["long"] * 500), token_delay_s=0.01)
     await service.start()
-    settings = DiscordSettings(
-        _env_file=None, token=fake.token, api_base_url=fake.api_base_url, gateway_url=fake.gateway_url,
-        edit_interval_s=EDIT_INTERVAL_S, shutdown_grace_s=0,
-    )
+    settings = settings_for(fake, shutdown_grace_s=0)
     client = LorabotClient(service, settings, guild_ready_timeout=0.05)
     task = asyncio.create_task(run_discord(service, settings, client=client))
     await asyncio.wait_for(client.wait_until_ready(), 10)
@@ -498,10 +500,7 @@ async def test_shutdown_lets_an_in_flight_reply_finish_within_the_grace_period(f
     text = " ".join(["word"] * 50)
     service = make_service(tmp_path, text, token_delay_s=0.01)
     await service.start()
-    settings = DiscordSettings(
-        _env_file=None, token=fake.token, api_base_url=fake.api_base_url, gateway_url=fake.gateway_url,
-        edit_interval_s=EDIT_INTERVAL_S, shutdown_grace_s=5,
-    )
+    settings = settings_for(fake, shutdown_grace_s=5)
     client = LorabotClient(service, settings, guild_ready_timeout=0.05)
     task = asyncio.create_task(run_discord(service, settings, client=client))
     await asyncio.wait_for(client.wait_until_ready(), 10)
@@ -540,3 +539,13 @@ async def test_reply_in_thread_falls_back_to_inline_without_thread_permission(fa
     fake.fail_next("POST", r"/threads$", status=403)
     message = await fake.user_message("hi", mention_bot=True)
     assert (await answer(fake, client, message))[0]["content"] == "inline answer"
+
+
+async def test_service_stopping_mid_reply_marks_it_interrupted(fake, start_bot):
+    client = await start_bot(" ".join(["long"] * 300), token_delay_s=0.01)
+    message = await fake.user_message("go", mention_bot=True)
+    await fake.wait_until(lambda: any("long" in m["content"] for m in fake.replies_to(message["id"])))
+    await client.service.close(drain_timeout_s=0)
+    await client.wait_idle()
+    reply = fake.replies_to(message["id"])[0]
+    assert reply["content"].startswith("long") and reply["content"].endswith(INTERRUPTED)

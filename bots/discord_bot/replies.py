@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import discord
@@ -115,6 +115,11 @@ async def keep_typing(channel: discord.abc.Messageable | None) -> AsyncIterator[
                 await task
 
 
+def _with_tail(written: str, tail: str) -> str:
+    """What was written so far, then a note (error, interruption) below it."""
+    return f"{written}\n\n{tail}" if written.strip() else tail
+
+
 async def stream_reply(
     service: ChatService,
     sink: ChannelSink | InteractionSink,
@@ -125,7 +130,6 @@ async def stream_reply(
     scope_id: str | None,
     edit_interval_s: float,
     typing_channel: discord.abc.Messageable | None = None,
-    on_done: Callable[[Done], None] | None = None,
 ) -> str:
     """Stream the answer to `text` into `sink`; returns the text finally shown.
 
@@ -156,20 +160,20 @@ async def stream_reply(
                         case Delta(text=piece):
                             written += piece
                             await live.update(written)
-                        case Done(text=full) as done:
+                        case Done(text=full, finish_reason=reason):
                             written = full
-                            if on_done is not None:
-                                on_done(done)
+                            if reason == "interrupted":  # the service is stopping
+                                written = _with_tail(full, INTERRUPTED)
             final = written
         except ChatError as error:
-            final = f"{written}\n\n⚠️ {error.user_message}" if written.strip() else f"⚠️ {error.user_message}"
+            final = _with_tail(written, f"⚠️ {error.user_message}")
         except discord.Forbidden:
             raise  # no permission to post here: nothing more we can show
         except asyncio.CancelledError:
-            await live.finish(f"{written}\n\n{INTERRUPTED}" if written.strip() else INTERRUPTED)
+            await live.finish(_with_tail(written, INTERRUPTED))
             raise
         except Exception:
             log.exception("reply failed in conversation %s", conversation_id)
-            final = f"{written}\n\n⚠️ Something went wrong while answering." if written.strip() else "⚠️ Something went wrong while answering."
+            final = _with_tail(written, "⚠️ Something went wrong while answering.")
     await live.finish(final)
     return final
