@@ -46,7 +46,10 @@ async def fake():
 
 @pytest.fixture
 async def start_bot(fake, tmp_path):
-    """Start the bot (run_discord) on a scripted ChatService; returns the discord.py client."""
+    """Start the bot (run_discord) on a scripted ChatService; returns the discord.py client.
+
+    `start_bot.tasks[client]` is the task running `run_discord` (cancel it to shut down).
+    """
     running: list[tuple[asyncio.Task, object]] = []
 
     async def start(reply="Hello from the scripted engine.", *, models=None, token_delay_s=0.0, core=None, **discord):
@@ -56,11 +59,13 @@ async def start_bot(fake, tmp_path):
         client = LorabotClient(service, settings, guild_ready_timeout=0.05)
         task = asyncio.create_task(run_discord(service, settings, client=client))
         running.append((task, service))
+        start.tasks[client] = task
         done, _ = await asyncio.wait([task, asyncio.ensure_future(client.wait_until_ready())], timeout=10, return_when=asyncio.FIRST_COMPLETED)
         assert task not in done, task.exception() if task.done() else "bot did not start"
         assert client.is_ready()
         return client
 
+    start.tasks = {}
     yield start
     for task, service in running:
         task.cancel()
@@ -86,7 +91,7 @@ def sent_payloads(fake: FakeDiscord) -> list[dict]:
     return bodies
 
 
-# ---- chatting ----------------------------------------------------------------------------
+# ---- chatting ------------------------------------------------------------------------
 
 
 async def test_mention_gets_a_streamed_reply_that_ends_with_the_engines_text(fake, start_bot):
@@ -144,12 +149,58 @@ async def test_thread_started_by_the_bot_is_answered_without_mention(fake, start
     assert int(messages[0]["channel_id"]) == FakeDiscord.BOT_THREAD_ID
 
 
+async def test_reply_in_thread_starts_a_thread_where_follow_ups_need_no_mention(fake, start_bot):
+    client = await start_bot(lambda request: f"{len(request.messages)} messages", reply_in_thread=True)
+    message = await fake.user_message("What is a LoRA?\nexplain briefly", mention_bot=True)
+    created = await fake.wait_until(lambda: fake.find("POST", rf"/messages/{message['id']}/threads$"))
+    assert created[0].json["name"] == "What is a LoRA?"
+    thread_id = int(message["id"])
+    first = (await fake.wait_until(lambda: fake.bot_messages(thread_id)))[0]
+    await client.wait_idle()
+    assert fake.messages[int(first["id"])]["content"] == "2 messages"
+    follow_up = await fake.user_message("and why?", channel_id=thread_id)  # no mention
+    await fake.wait_until(lambda: len(fake.bot_messages(thread_id)) == 2)
+    await client.wait_idle()
+    assert fake.bot_messages(thread_id)[1]["content"] == "4 messages"  # same conversation
+    assert fake.replies_to(follow_up["id"])
+
+
+async def test_reply_in_thread_falls_back_to_inline_without_thread_permission(fake, start_bot):
+    client = await start_bot("inline answer", reply_in_thread=True)
+    fake.fail_next("POST", r"/threads$", status=403)
+    message = await fake.user_message("hi", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == "inline answer"
+
+
+async def test_reply_to_the_bot_and_mention_of_its_role_address_it(fake, start_bot):
+    client = await start_bot(lambda request: f"got: {request.messages[-1]['content']}")
+    first = await fake.user_message("first", mention_bot=True)
+    bot_reply = (await answer(fake, client, first))[0]
+    follow_up = await fake.user_message("second", reply_to=bot_reply)  # reply with ping off: no mention
+    assert (await answer(fake, client, follow_up))[0]["content"] == "got: second"
+    by_role = await fake.user_message("third", mention_bot_role=True)
+    assert (await answer(fake, client, by_role))[0]["content"] == "got: third"
+    ignored = await fake.user_message("fourth", reply_to=follow_up)  # a reply to a human
+    last = await fake.user_message("fifth", mention_bot=True)
+    await answer(fake, client, last)
+    assert fake.replies_to(ignored["id"]) == []
+
+
 async def test_other_bots_are_ignored(fake, start_bot):
     client = await start_bot("Hi.")
     from_bot = await fake.user_message("hey", mention_bot=True, user_id=55, bot_author=True)
     message = await fake.user_message("hey", mention_bot=True)
     await answer(fake, client, message)
     assert fake.replies_to(from_bot["id"]) == []
+
+
+async def test_prompt_has_readable_names_instead_of_mention_markup(fake, start_bot):
+    client = await start_bot(lambda request: request.messages[-1]["content"])
+    fake.add_user(61, "alice")
+    message = await fake.user_message(
+        f"say hi to <@61> in <#{FakeDiscord.OTHER_CHANNEL_ID}>", mention_bot=True, mentions=[61]
+    )
+    assert (await answer(fake, client, message))[0]["content"] == "say hi to @alice in #other"
 
 
 async def test_conversation_history_is_per_user_in_a_channel(fake, start_bot):
@@ -162,7 +213,7 @@ async def test_conversation_history_is_per_user_in_a_channel(fake, start_bot):
     assert (await answer(fake, client, other))[0]["content"] == "I saw 2 messages."
 
 
-# ---- slash commands ----------------------------------------------------------------------
+# ---- slash commands ------------------------------------------------------------------
 
 
 async def test_chat_command_streams_into_the_interaction_response(fake, start_bot):
@@ -248,7 +299,7 @@ async def test_commands_are_synced_on_start(fake, start_bot):
     assert {c["name"] for c in fake.commands} == {"chat", "model", "model-default", "reset", "help", "stats"}
 
 
-# ---- long replies, rate limits, mentions -------------------------------------------------
+# ---- long replies, rate limits, mentions ---------------------------------------------
 
 
 async def test_4500_character_reply_is_split_into_three_messages(fake, start_bot):
@@ -281,6 +332,18 @@ async def test_429_on_an_edit_is_retried_after_retry_after_and_no_text_is_lost(f
     assert edits[-1].json["content"] == text
 
 
+async def test_429s_that_discord_py_gives_up_on_still_end_with_the_full_text(fake, start_bot):
+    """discord.py retries a 429 five times; after that LiveReply waits (SlowDown) and catches up."""
+    text = "Persistent limits " + " ".join(f"p{i}" for i in range(30)) + " end."
+    client = await start_bot(text, token_delay_s=0.01)
+    fake.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=429, retry_after=0.01, times=5)
+    message = await fake.user_message("go", mention_bot=True)
+    messages = await answer(fake, client, message)
+    assert [m["content"] for m in messages] == [text]
+    statuses = [c.status for c in fake.find("PATCH", r"^/channels/\d+/messages/\d+$")]
+    assert statuses[:5] == [429] * 5 and statuses[-1] == 200
+
+
 async def test_429_on_the_first_send_is_retried(fake, start_bot):
     client = await start_bot("Still delivered.")
     fake.fail_next("POST", r"^/channels/\d+/messages$", status=429, retry_after=0.2)
@@ -307,7 +370,19 @@ async def test_model_output_with_mentions_pings_nobody(fake, start_bot):
         assert not mentions.get("replied_user")
 
 
-# ---- access ------------------------------------------------------------------------------
+async def test_no_permission_to_post_is_logged_not_fatal(fake, start_bot, caplog):
+    client = await start_bot("hi")
+    fake.fail_next("POST", r"^/channels/\d+/messages$", status=403)
+    refused = await fake.user_message("one", mention_bot=True)
+    await fake.wait_until(lambda: fake.find("POST", r"^/channels/\d+/messages$"))
+    await client.wait_idle()
+    assert "can't answer in channel" in caplog.text
+    message = await fake.user_message("two", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == "hi"
+    assert fake.replies_to(refused["id"]) == []
+
+
+# ---- access --------------------------------------------------------------------------
 
 
 async def test_denied_user_is_ignored(fake, start_bot):
@@ -355,7 +430,7 @@ def test_access_rules(settings, origin, allowed):
     assert is_allowed(DiscordSettings(_env_file=None, **settings), origin) is allowed
 
 
-# ---- load and errors ---------------------------------------------------------------------
+# ---- load and errors -----------------------------------------------------------------
 
 
 async def test_queue_full_gets_a_busy_message(fake, start_bot):
@@ -397,25 +472,50 @@ async def test_twenty_users_mentioning_at_once_all_get_complete_replies(fake, st
         assert replies[0]["content"] == f"Answer for user {i}: " + "ok " * 19 + "done."
 
 
-# ---- lifecycle and settings --------------------------------------------------------------
+# ---- lifecycle and settings ----------------------------------------------------------
 
 
-async def test_shutdown_marks_an_in_flight_reply_as_interrupted(fake, tmp_path):
-    service = make_service(tmp_path, " ".join(["long"] * 500), token_delay_s=0.01)
-    await service.start()
-    settings = settings_for(fake, shutdown_grace_s=0)
-    client = LorabotClient(service, settings, guild_ready_timeout=0.05)
-    task = asyncio.create_task(run_discord(service, settings, client=client))
-    await asyncio.wait_for(client.wait_until_ready(), 10)
+async def test_gateway_disconnect_is_resumed_and_the_bot_keeps_answering(fake, start_bot):
+    client = await start_bot("still here")
+    await fake.drop_connections(code=4000)
+    await fake.wait_until(lambda: fake.resumes and fake._sockets, timeout=15)
+    message = await fake.user_message("you there?", mention_bot=True)
+    assert (await answer(fake, client, message))[0]["content"] == "still here"
+    assert fake.resumes[0]["token"] == fake.token
+
+
+async def test_shutdown_marks_an_in_flight_reply_as_interrupted(fake, start_bot):
+    client = await start_bot(" ".join(["long"] * 500), token_delay_s=0.01, shutdown_grace_s=0)
     message = await fake.user_message("go", mention_bot=True)
     await fake.wait_until(lambda: any("long" in m["content"] for m in fake.replies_to(message["id"])))
-    task.cancel()
+    start_bot.tasks[client].cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await start_bot.tasks[client]
     reply = fake.replies_to(message["id"])[0]
     assert reply["content"].startswith("long") and reply["content"].endswith(INTERRUPTED)
     assert client.is_closed()
-    await service.close()
+
+
+async def test_shutdown_lets_an_in_flight_reply_finish_within_the_grace_period(fake, start_bot):
+    text = " ".join(["word"] * 50)
+    client = await start_bot(text, token_delay_s=0.01, shutdown_grace_s=5)
+    message = await fake.user_message("go", mention_bot=True)
+    await fake.wait_until(lambda: fake.replies_to(message["id"]))
+    start_bot.tasks[client].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start_bot.tasks[client]
+    assert fake.replies_to(message["id"])[0]["content"] == text
+    assert client.is_closed()
+
+
+async def test_service_stopping_mid_reply_marks_it_interrupted(fake, start_bot):
+    client = await start_bot(" ".join(["long"] * 300), token_delay_s=0.01)
+    message = await fake.user_message("go", mention_bot=True)
+    await fake.wait_until(lambda: any("long" in m["content"] for m in fake.replies_to(message["id"])))
+    await client.service.close(drain_timeout_s=0)
+    await client.wait_idle()
+    reply = fake.replies_to(message["id"])[0]
+    assert reply["content"].startswith("long") and reply["content"].endswith(INTERRUPTED)
 
 
 async def test_token_is_never_logged(fake, start_bot, caplog):
@@ -443,109 +543,3 @@ async def test_missing_token_is_a_clear_error(tmp_path):
     service = make_service(tmp_path)
     with pytest.raises(SettingsError, match="DISCORD_TOKEN"):
         await run_discord(service, DiscordSettings(_env_file=None))
-
-
-async def test_reply_in_thread_starts_a_thread_where_follow_ups_need_no_mention(fake, start_bot):
-    client = await start_bot(lambda request: f"{len(request.messages)} messages", reply_in_thread=True)
-    message = await fake.user_message("What is a LoRA?\nexplain briefly", mention_bot=True)
-    created = await fake.wait_until(lambda: fake.find("POST", rf"/messages/{message['id']}/threads$"))
-    assert created[0].json["name"] == "What is a LoRA?"
-    thread_id = int(message["id"])
-    first = (await fake.wait_until(lambda: fake.bot_messages(thread_id)))[0]
-    await client.wait_idle()
-    assert fake.messages[int(first["id"])]["content"] == "2 messages"
-    follow_up = await fake.user_message("and why?", channel_id=thread_id)  # no mention
-    await fake.wait_until(lambda: len(fake.bot_messages(thread_id)) == 2)
-    await client.wait_idle()
-    assert fake.bot_messages(thread_id)[1]["content"] == "4 messages"  # same conversation
-    assert fake.replies_to(follow_up["id"])
-
-
-async def test_gateway_disconnect_is_resumed_and_the_bot_keeps_answering(fake, start_bot):
-    client = await start_bot("still here")
-    await fake.drop_connections(code=4000)
-    await fake.wait_until(lambda: fake.resumes and fake._sockets, timeout=15)
-    message = await fake.user_message("you there?", mention_bot=True)
-    assert (await answer(fake, client, message))[0]["content"] == "still here"
-    assert fake.resumes[0]["token"] == fake.token
-
-
-async def test_429s_that_discord_py_gives_up_on_still_end_with_the_full_text(fake, start_bot):
-    """discord.py retries a 429 five times; after that LiveReply waits (SlowDown) and catches up."""
-    text = "Persistent limits " + " ".join(f"p{i}" for i in range(30)) + " end."
-    client = await start_bot(text, token_delay_s=0.01)
-    fake.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=429, retry_after=0.01, times=5)
-    message = await fake.user_message("go", mention_bot=True)
-    messages = await answer(fake, client, message)
-    assert [m["content"] for m in messages] == [text]
-    statuses = [c.status for c in fake.find("PATCH", r"^/channels/\d+/messages/\d+$")]
-    assert statuses[:5] == [429] * 5 and statuses[-1] == 200
-
-
-async def test_reply_to_the_bot_and_mention_of_its_role_address_it(fake, start_bot):
-    client = await start_bot(lambda request: f"got: {request.messages[-1]['content']}")
-    first = await fake.user_message("first", mention_bot=True)
-    bot_reply = (await answer(fake, client, first))[0]
-    follow_up = await fake.user_message("second", reply_to=bot_reply)  # reply with ping off: no mention
-    assert (await answer(fake, client, follow_up))[0]["content"] == "got: second"
-    by_role = await fake.user_message("third", mention_bot_role=True)
-    assert (await answer(fake, client, by_role))[0]["content"] == "got: third"
-    ignored = await fake.user_message("fourth", reply_to=follow_up)  # a reply to a human
-    last = await fake.user_message("fifth", mention_bot=True)
-    await answer(fake, client, last)
-    assert fake.replies_to(ignored["id"]) == []
-
-
-async def test_shutdown_lets_an_in_flight_reply_finish_within_the_grace_period(fake, tmp_path):
-    text = " ".join(["word"] * 50)
-    service = make_service(tmp_path, text, token_delay_s=0.01)
-    await service.start()
-    settings = settings_for(fake, shutdown_grace_s=5)
-    client = LorabotClient(service, settings, guild_ready_timeout=0.05)
-    task = asyncio.create_task(run_discord(service, settings, client=client))
-    await asyncio.wait_for(client.wait_until_ready(), 10)
-    message = await fake.user_message("go", mention_bot=True)
-    await fake.wait_until(lambda: fake.replies_to(message["id"]))
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert fake.replies_to(message["id"])[0]["content"] == text
-    await service.close()
-
-
-async def test_prompt_has_readable_names_instead_of_mention_markup(fake, start_bot):
-    client = await start_bot(lambda request: request.messages[-1]["content"])
-    fake.add_user(61, "alice")
-    message = await fake.user_message(
-        f"say hi to <@61> in <#{FakeDiscord.OTHER_CHANNEL_ID}>", mention_bot=True, mentions=[61]
-    )
-    assert (await answer(fake, client, message))[0]["content"] == "say hi to @alice in #other"
-
-
-async def test_no_permission_to_post_is_logged_not_fatal(fake, start_bot, caplog):
-    client = await start_bot("hi")
-    fake.fail_next("POST", r"^/channels/\d+/messages$", status=403)
-    refused = await fake.user_message("one", mention_bot=True)
-    await fake.wait_until(lambda: fake.find("POST", r"^/channels/\d+/messages$"))
-    await client.wait_idle()
-    assert "can't answer in channel" in caplog.text
-    message = await fake.user_message("two", mention_bot=True)
-    assert (await answer(fake, client, message))[0]["content"] == "hi"
-    assert fake.replies_to(refused["id"]) == []
-
-
-async def test_reply_in_thread_falls_back_to_inline_without_thread_permission(fake, start_bot):
-    client = await start_bot("inline answer", reply_in_thread=True)
-    fake.fail_next("POST", r"/threads$", status=403)
-    message = await fake.user_message("hi", mention_bot=True)
-    assert (await answer(fake, client, message))[0]["content"] == "inline answer"
-
-
-async def test_service_stopping_mid_reply_marks_it_interrupted(fake, start_bot):
-    client = await start_bot(" ".join(["long"] * 300), token_delay_s=0.01)
-    message = await fake.user_message("go", mention_bot=True)
-    await fake.wait_until(lambda: any("long" in m["content"] for m in fake.replies_to(message["id"])))
-    await client.service.close(drain_timeout_s=0)
-    await client.wait_idle()
-    reply = fake.replies_to(message["id"])[0]
-    assert reply["content"].startswith("long") and reply["content"].endswith(INTERRUPTED)
