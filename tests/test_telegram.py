@@ -13,9 +13,9 @@ import pytest
 from support.engines import make_service
 
 from bots.telegram_bot import TelegramSettings, load_telegram_settings, run_telegram
-from bots.telegram_bot.bot import INTERRUPTED, defuse_mentions
+from bots.telegram_bot.bot import INTERRUPTED
 from core.settings import SettingsError
-from fake_telegram import BOT_ID, BOT_USERNAME, FakeBotAPI, formatting_error
+from fake_telegram import BOT_USERNAME, FakeBotAPI, formatting_error, parse_entities
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
@@ -114,6 +114,10 @@ async def test_group_message_without_mention_is_ignored_with_mention_answered(fa
         fake.send_text(fake.carol, group, f"/ask@{BOT_USERNAME} tell me more")
         await fake.wait_for(lambda: len(fake.bot_texts(GROUP)) == 3 and fake.bot_texts(GROUP)[-1] == "Group answer.")
         assert service.engines[service.settings.default_model].requests[-1].messages[-1]["content"] == "tell me more"
+        human = fake.send_text(fake.alice, group, "Is a tomato a fruit?")
+        fake.send_text(fake.bob, group, "/ask", reply_to=human)
+        await fake.wait_for(lambda: len(fake.bot_texts(GROUP)) == 4 and fake.bot_texts(GROUP)[-1] == "Group answer.")
+        assert service.engines[service.settings.default_model].requests[-1].messages[-1]["content"] == "Is a tomato a fruit?"
 
 
 async def test_model_keyboard_then_callback_switches_next_reply(fake, tmp_path):
@@ -289,17 +293,34 @@ async def test_notice_about_trimmed_message_is_shown(fake, tmp_path):
         assert any(t.startswith("ℹ️ Your message was 150 characters long") for t in fake.bot_texts(ALICE))
 
 
-async def test_allow_lists_and_model_output_never_mentions(fake, tmp_path):
-    output = "Ask @alice_w or @bob_b about it"
-    async with running_bot(fake, tmp_path, reply=output, settings={"allowed_user_ids": frozenset({ALICE})}):
+async def test_allow_lists(fake, tmp_path):
+    settings = {"allowed_user_ids": frozenset({ALICE}), "allowed_chat_ids": frozenset({ALICE, GROUP})}
+    async with running_bot(fake, tmp_path, reply="ok", settings=settings):
         fake.send_text(fake.bob, fake.private_chat(fake.bob), "let me in")
         await fake.wait_for(lambda: fake.bot_texts(BOB))
         assert fake.bot_texts(BOB) == ["Sorry, this bot is private."]
+        other_group = fake.group_chat(-100999, "Elsewhere")
+        fake.send_text(fake.alice, other_group, f"@{BOT_USERNAME} hi")
+        fake.send_text(fake.bob, fake.group_chat(GROUP, "Allowed"), f"@{BOT_USERNAME} hi")
         fake.send_text(fake.alice, fake.private_chat(fake.alice), "hi")
-        await fake.wait_for(reply_done(fake, ALICE, defuse_mentions(output)))
-    from fake_telegram import parse_entities
+        await fake.wait_for(reply_done(fake, ALICE, "ok"))
+        await fake.wait_for(lambda: fake.pending_updates == 0)
+        await asyncio.sleep(0.2)
+        assert fake.bot_texts(-100999) == [] and fake.bot_texts(GROUP) == []
 
-    assert not [e for e in parse_entities(fake.bot_texts(ALICE)[0]) if e["type"] == "mention"]
+
+async def test_model_output_never_mentions_group_members(fake, tmp_path):
+    output = "Ask @alice_w or @bob_b (mail x@example.org); code stays: `@cache` ```py\n@dataclass\nclass A: ...\n```"
+    async with running_bot(fake, tmp_path, reply=output):
+        fake.send_text(fake.carol, fake.group_chat(GROUP, "Club"), f"@{BOT_USERNAME} who knows?")
+        await fake.wait_for(lambda: fake.bot_texts(GROUP) and "class A" in fake.bot_texts(GROUP)[-1])
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "who knows?")
+        await fake.wait_for(reply_done(fake, ALICE, output))  # private: nobody to notify, text as is
+    shown = fake.bot_texts(GROUP)[-1]
+    mentioned = [shown[e["offset"] : e["offset"] + e["length"]] for e in parse_entities(shown) if e["type"] == "mention"]
+    assert mentioned == ["@cache", "@dataclass"]  # only inside code, kept copyable (see docs/telegram.md)
+    assert "x@example.org" in shown and "`@cache`" in shown
+    assert shown.replace("\u2060", "") == output
 
 
 async def test_forum_topics_are_separate_conversations(fake, tmp_path):
@@ -403,7 +424,7 @@ async def test_real_embedded_model_answers_through_telegram(fake, tmp_path, embe
         history = await service.history.recent(f"telegram:{ALICE}", 10)
         answer = history[-1]["content"]
         assert answer.strip()
-        assert fake.bot_texts(ALICE) == [defuse_mentions(answer).strip()]
+        assert fake.bot_texts(ALICE) == [answer.strip()]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

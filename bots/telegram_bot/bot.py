@@ -103,9 +103,26 @@ def _thread_id(message: Message) -> int | None:
     return message.message_thread_id if message.is_topic_message else None
 
 
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.DOTALL)
+_MENTION = re.compile(r"(?<![\w@])@(?=[A-Za-z0-9_]{3})")
+
+
 def defuse_mentions(text: str) -> str:
-    """Put a WORD JOINER after '@' so model output never mentions (notifies) anyone."""
-    return re.sub(r"@(?=\w)", "@\u2060", text)
+    """Put a WORD JOINER after a mention-like '@' so model output never notifies a group member.
+
+    Code (``` fences, `inline`) is left alone so decorators like @dataclass stay copyable; emails
+    (word@host) are no mentions. Private chats don't need this: nobody else is there to notify.
+    """
+    parts, last = [], 0
+    for code in _CODE.finditer(text):
+        parts += [_MENTION.sub("@\u2060", text[last : code.start()]), code.group()]
+        last = code.end()
+    parts.append(_MENTION.sub("@\u2060", text[last:]))
+    return "".join(parts)
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 def retry_after_seconds(error: RetryAfter) -> float:
@@ -206,9 +223,10 @@ def _with_note(text: str, note: str) -> str:
 class ReplyView:
     """One answer on screen: a queue status, then the growing text, then the final text or why it stopped."""
 
-    def __init__(self, message: Message, live: LiveReply) -> None:
+    def __init__(self, message: Message, live: LiveReply, clean=_unchanged) -> None:
         self.message = message
         self.live = live
+        self.clean = clean  # defuse_mentions in groups
         self.shown = ""
         self.complete = False  # the final text is on screen; a late cancel must not mark it interrupted
         self._last_status = float("-inf")
@@ -224,15 +242,15 @@ class ReplyView:
                 await say(self.message, f"ℹ️ {note}")
             case Delta(text=piece):
                 self.shown += piece
-                await self.live.update(defuse_mentions(self.shown))
+                await self.live.update(self.clean(self.shown))
             case Done(text=full, finish_reason=reason):
-                final = defuse_mentions(full)
+                final = self.clean(full)
                 await self.live.finish(_with_note(final, INTERRUPTED) if reason == "interrupted" else final)
                 self.complete = True
 
     async def stop(self, note: str) -> None:
         """End the reply early: keep what was written and say why it stopped."""
-        await self.live.finish(_with_note(defuse_mentions(self.shown), note))
+        await self.live.finish(_with_note(self.clean(self.shown), note))
 
 
 async def answer(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
@@ -247,6 +265,7 @@ async def answer(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str
             limit=LIMIT,
             edit_interval_s=settings.edit_interval_s if private else settings.group_edit_interval_s,
         ),
+        clean=_unchanged if private else defuse_mentions,
     )
     user = message.from_user.id if message.from_user else message.chat_id
     typing = asyncio.create_task(_keep_typing(message, settings.typing_interval_s))
@@ -317,11 +336,17 @@ async def on_group_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 
 
 async def cmd_ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/ask question`, or `/ask` in reply to a message: that message's text is the question."""
+    message = update.effective_message
     question = " ".join(context.args or [])
+    if not question and message.reply_to_message and not (
+        message.is_topic_message and message.reply_to_message.message_id == message.message_thread_id
+    ):
+        question = message.reply_to_message.text or message.reply_to_message.caption or ""
     if not question:
-        await say(update.effective_message, "Usage: /ask <your question>")
+        await say(message, "Usage: /ask <your question> (or reply /ask to a message)")
         return
-    await answer(update.effective_message, context, question)
+    await answer(message, context, question)
 
 
 async def cmd_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
