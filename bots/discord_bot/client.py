@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import discord
@@ -61,7 +63,8 @@ class LorabotClient(discord.Client):
     """One bot: `service` answers, `settings` says who may ask and how fast to edit."""
 
     def __init__(self, service: ChatService, settings: DiscordSettings, **options: Any) -> None:
-        intents = discord.Intents.default()
+        # Only what the bot reads: servers (channels, threads, roles) and messages.
+        intents = discord.Intents(guilds=True, guild_messages=True, dm_messages=True)
         intents.message_content = settings.message_content_intent
         options.setdefault("allowed_mentions", NO_MENTIONS)
         super().__init__(intents=intents, **options)
@@ -159,12 +162,19 @@ class LorabotClient(discord.Client):
     def origin_of_interaction(self, interaction: discord.Interaction) -> Origin:
         return origin_of(interaction.user, interaction.channel, interaction.guild, interaction.channel_id or 0)
 
-    def track(self) -> _Tracked:
+    @contextlib.asynccontextmanager
+    async def track(self) -> AsyncIterator[None]:
         """Register the current task as an in-flight reply (shutdown waits for or interrupts it)."""
-        return _Tracked(self._inflight)
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            yield
+        finally:
+            self._inflight.discard(task)
 
     async def wait_idle(self, timeout: float = 30) -> None:
-        """Wait until no reply is in flight (used by shutdown and by tests)."""
+        """Wait until no reply is in flight (tests use it to know a reply is complete)."""
         async with asyncio.timeout(timeout):
             while self._inflight:
                 await asyncio.wait(set(self._inflight))
@@ -180,18 +190,3 @@ class LorabotClient(discord.Client):
         if pending:
             await asyncio.wait(pending, timeout=10)
         await self.close()
-
-
-class _Tracked:
-    def __init__(self, tasks: set[asyncio.Task[Any]]) -> None:
-        self.tasks = tasks
-        self.task: asyncio.Task[Any] | None = None
-
-    async def __aenter__(self) -> None:
-        self.task = asyncio.current_task()
-        if self.task is not None:
-            self.tasks.add(self.task)
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.task is not None:
-            self.tasks.discard(self.task)
