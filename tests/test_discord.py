@@ -454,6 +454,23 @@ async def test_rate_limited_user_gets_a_polite_message(fake, start_bot):
     assert "too fast" in (await answer(fake, client, second))[0]["content"]
 
 
+async def test_model_that_fails_to_load_is_reported_in_the_channel(fake, start_bot):
+    client = await start_bot("fine", models={"broken": "never shown"})
+    scripted = client.service.pool.factory
+
+    def factory(entry, settings):
+        if entry.name == "broken":
+            raise OSError("not a GGUF file")
+        return scripted(entry, settings)
+
+    client.service.pool.factory = factory
+    token = await fake.slash("model", {"name": "broken"})
+    await fake.wait_until(lambda: fake.interaction_messages(token))
+    message = await fake.user_message("hi", mention_bot=True)
+    text = (await answer(fake, client, message))[0]["content"]
+    assert text.startswith("⚠️") and "could not be loaded" in text and "broken" in text
+
+
 async def test_generation_timeout_is_reported_in_the_channel(fake, start_bot):
     client = await start_bot("a b c d e f g h", token_delay_s=0.2, core={"generation_timeout_s": 0.3})
     message = await fake.user_message("slow", mention_bot=True)
