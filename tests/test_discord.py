@@ -315,6 +315,17 @@ async def test_4500_character_reply_is_split_into_three_messages(fake, start_bot
     assert "\n\n".join(m["content"] for m in messages) == text
 
 
+async def test_long_chat_command_answer_continues_in_follow_ups(fake, start_bot):
+    text = "\n\n".join((f"Part {i}. " + "Words to fill the part up. " * 30).strip() for i in range(5))
+    client = await start_bot(text)
+    token = await fake.slash("chat", {"prompt": "long"})
+    await fake.wait_until(lambda: len(fake.interaction_messages(token)) == 3)
+    await client.wait_idle()
+    messages = fake.interaction_messages(token)
+    assert len(fake.find("POST", rf"^/webhooks/\d+/{token}$")) == 2  # follow-ups
+    assert "\n\n".join(m["content"] for m in messages) == text
+
+
 async def test_429_on_an_edit_is_retried_after_retry_after_and_no_text_is_lost(fake, start_bot):
     text = "Rate limits " + " ".join(f"t{i}" for i in range(50)) + " end."
     client = await start_bot(text, token_delay_s=0.01)
