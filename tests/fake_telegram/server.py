@@ -170,6 +170,11 @@ class FakeBotAPI:
         self.deliveries: list[tuple[int, int]] = []  # (update_id, HTTP status) of webhook POSTs
         self._delivery_tasks: set[asyncio.Task] = set()
 
+    @property
+    def _bot_as_sender(self) -> dict[str, Any]:
+        """A message's `from` carries only the basic User fields (getMe has more)."""
+        return {key: self.bot_user[key] for key in ("id", "is_bot", "first_name", "username")}
+
     # ------------------------------------------------------------------ server lifecycle
     async def start(self) -> None:
         app = web.Application()
@@ -475,7 +480,7 @@ class FakeBotAPI:
     async def _api_sendMessage(self, params):
         chat = self._chat(params)
         text = self._check_text(params.get("text"), params.get("parse_mode"))
-        message = self._new_message(chat, self.bot_user, text.strip())
+        message = self._new_message(chat, self._bot_as_sender, text.strip())
         reply = params.get("reply_parameters") or {}
         if "reply_to_message_id" in params:
             reply = {"message_id": int(params["reply_to_message_id"])}
