@@ -275,6 +275,8 @@ async def test_model_default_allowed_for_configured_admin_id(fake, start_bot):
     assert "now" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
     message = await fake.user_message("hi", mention_bot=True, user_id=8)
     assert (await answer(fake, client, message))[0]["content"] == "other"
+    token = await fake.slash("model-default", {"name": "other"}, user_id=77, guild=False)
+    assert "works in a server" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
 
 
 async def test_reset_help_and_stats(fake, start_bot):

@@ -95,13 +95,16 @@ async def model_name_autocomplete(interaction: discord.Interaction, current: str
 @app_commands.guild_only()
 async def model_default(interaction: discord.Interaction, name: str) -> None:
     client = _client(interaction)
+    server = scope_id(client.origin_of_interaction(interaction))
+    if server is None:  # guild_only hides it in DMs; an old client may still send it
+        await _say(interaction, "`/model-default` works in a server; in DMs use `/model`.")
+        return
     is_admin = interaction.user.id in client.settings.admin_ids or interaction.permissions.manage_guild
     if not is_admin:
         await _say(interaction, "Only members with **Manage Server** (or lorabot admins) can change the server default.")
         return
-    origin = client.origin_of_interaction(interaction)
     try:
-        entry = await client.service.set_scope_default(scope_id(origin) or "", name)
+        entry = await client.service.set_scope_default(server, name)
     except ChatError as error:
         await _say(interaction, f"⚠️ {error.user_message}")
         return
