@@ -9,6 +9,7 @@ even when several users take turns. See docs/engine.md.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import threading
 import time
 from collections.abc import Iterator
@@ -74,6 +75,7 @@ class LlamaEngine:
         self.batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
         self.slots = [Slot(seq_id) for seq_id in range(slots)]
+        self._piece_buffer = ctypes.create_string_buffer(64)
         metadata = llm.metadata
         template = metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
         bos, eos = self.model.token_bos(), self.model.token_eos()
@@ -122,6 +124,14 @@ class LlamaEngine:
         if len(tokens) <= max_tokens:
             return text
         return self.model.detokenize(tokens[: max(0, max_tokens)]).decode("utf-8", errors="ignore")
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes (llama-cpp-python's own helper returns a NUL-padded 32-byte buffer)."""
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False)
+        if size < 0:
+            self._piece_buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buffer, -size, 0, False)
+        return self._piece_buffer.raw[:size]
 
     # -- slots ------------------------------------------------------------------------------
     def _slot_for(self, conversation_id: str) -> Slot:
@@ -215,7 +225,7 @@ class LlamaEngine:
                 stats.finish_reason = "stop"
                 break
             stats.completion_tokens += 1
-            text = decoder.decode(self.model.token_to_piece(token, special=False))
+            text = decoder.decode(self._piece(token))
             if text:
                 yield text
             self._decode(slot, [token])
