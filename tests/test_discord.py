@@ -71,6 +71,7 @@ async def start_bot(fake, tmp_path):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await service.close()
+    assert fake.unexpected_errors() == [], "the bot sent requests Discord would refuse"
 
 
 async def answer(fake: FakeDiscord, client: LorabotClient, message: dict) -> list[dict]:

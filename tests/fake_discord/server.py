@@ -26,6 +26,23 @@ MANAGE_GUILD = 1 << 5
 EVERYDAY_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 16) | (1 << 31) | (1 << 38)  # view, send, embed, history, app cmds, threads
 
 
+class _Rejected(Exception):
+    """Discord refuses the request (status + Discord's JSON error body)."""
+
+    def __init__(self, status: int, message: str, code: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"message": message, "code": code}
+
+
+def _check_content(content: str) -> None:
+    """Discord's own rules for message text: not empty (we never send embeds/files), ≤ 2000."""
+    if not content.strip():
+        raise _Rejected(400, "Cannot send an empty message", 50006)
+    if len(content) > 2000:
+        raise _Rejected(400, "Invalid Form Body (content: Must be 2000 or fewer in length.)", 50035)
+
+
 @dataclass
 class Call:
     """One REST request as Discord received it."""
@@ -35,6 +52,7 @@ class Call:
     query: dict[str, str]
     json: Any
     status: int = 200
+    scripted: bool = False  # answered by fail_next()
     at: float = field(default_factory=time.monotonic)
 
 
@@ -265,6 +283,10 @@ class FakeDiscord:
         pattern = re.compile(path_regex)
         return [c for c in self.calls if (method is None or c.method == method) and pattern.search(c.path)]
 
+    def unexpected_errors(self) -> list[Call]:
+        """Requests Discord would have refused (4xx/5xx) that no test scripted."""
+        return [c for c in self.calls if c.status >= 400 and not c.scripted]
+
     def bot_messages(self, channel_id: int | None = None) -> list[dict[str, Any]]:
         """Messages the bot posted (channel messages, interaction responses and follow-ups), oldest first."""
         found = [m for m in self.messages.values() if channel_id is None or int(m["channel_id"]) == channel_id]
@@ -414,6 +436,7 @@ class FakeDiscord:
             if failure.times > 0 and failure.method == request.method and failure.pattern.search(path):
                 failure.times -= 1
                 call.status = failure.status
+                call.scripted = True
                 if failure.status == 429:
                     return _json(
                         {"message": "You are being rate limited.", "retry_after": failure.retry_after, "global": False},
@@ -430,7 +453,10 @@ class FakeDiscord:
                     )
                 return _json({"message": "fake failure", "code": 0}, status=failure.status)
 
-        status, answer = self._route(request.method, path, body, request.query)
+        try:
+            status, answer = self._route(request.method, path, body, request.query)
+        except _Rejected as rejected:
+            status, answer = rejected.status, rejected.body
         call.status = status
         if status == 204:
             return web.Response(status=204)
@@ -503,8 +529,8 @@ class FakeDiscord:
 
     def _create_message(self, channel_id: int, body: dict[str, Any], *, token: str | None = None, original: bool = False) -> dict[str, Any]:
         content = body.get("content") or ""
-        if len(content) > 2000:
-            raise web.HTTPBadRequest(text=json.dumps({"message": "Invalid Form Body", "code": 50035}), content_type="application/json")
+        if not original:
+            _check_content(content)
         message = {
             "id": str(self.snowflake()),
             "channel_id": str(channel_id),
@@ -548,8 +574,7 @@ class FakeDiscord:
         if message is None:
             return 404, {"message": "Unknown Message", "code": 10008}
         if "content" in body:
-            if len(body["content"] or "") > 2000:
-                return 400, {"message": "Invalid Form Body", "code": 50035}
+            _check_content(body["content"] or "")
             message["content"] = body["content"]
         message["edited_timestamp"] = _now()
         message["_edits"] += 1
