@@ -1,0 +1,153 @@
+"""`lorabot train`: config → data → model + LoRA → SFT → adapter (+ export, + register).
+
+Layout of a run folder (`--output`, default out/<preset>):
+    run.json          config, base checkpoint, backend, metrics (what `lorabot export` reads)
+    metrics.jsonl     one line per logged step (loss, eval_loss, lr, ...)
+    checkpoints/      trainer checkpoints (`--resume` continues from the latest)
+    adapter/          the LoRA adapter alone (+ tokenizer)
+    merged/, model-f16.gguf, model-<quant>.gguf   written by the export step
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from training.config import TrainConfig
+from training.conversations import load_conversations, split_heldout
+from training.errors import OutputDirError, TrainingError
+
+console = Console(stderr=True)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    adapter_dir: Path
+    backend: str
+    device: str
+    dtype: str
+    train_rows: int
+    eval_rows: int
+    skipped_rows: int
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    train_loss: float | None = None
+    seconds: float = 0.0
+    exported: dict[str, Any] = field(default_factory=dict)
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Fail early with a clear message rather than after an hour of training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise OutputDirError(f"output directory {folder} is not writable: {error.strerror or error}") from error
+    return folder
+
+
+def load_data(cfg: TrainConfig):
+    """(train, eval, skipped) conversations, checked before any model is loaded."""
+    train = load_conversations(cfg.dataset, cfg.on_bad_row, cfg.max_train_samples)
+    skipped = train.skipped
+    if train.reasons:
+        console.print(f"[yellow]skipped {train.skipped} bad row(s) in {train.source}[/yellow], e.g. {train.reasons[0]}")
+    if cfg.eval_dataset:
+        held = load_conversations(cfg.eval_dataset, cfg.on_bad_row)
+        skipped += held.skipped
+        train_rows, eval_rows = train.conversations, held.conversations
+    else:
+        train_rows, eval_rows = split_heldout(train.conversations, cfg.eval_fraction, cfg.seed)
+    if cfg.max_eval_samples:
+        eval_rows = eval_rows[: cfg.max_eval_samples]
+    return train_rows, eval_rows, skipped
+
+
+def metrics_callback(path: Path):
+    """A TrainerCallback appending every log (loss, eval_loss, lr, ...) to metrics.jsonl."""
+    from transformers import TrainerCallback
+
+    class MetricsLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+            if logs:
+                with open(path, "a", encoding="utf-8") as out:
+                    out.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return MetricsLog()
+
+
+def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -> RunResult:
+    """Run one fine-tune; returns where everything went and the before/after eval loss."""
+    started = time.time()
+    out = ensure_writable(cfg.resolved_output_dir)
+    train_rows, eval_rows, skipped = load_data(cfg)
+
+    from training.hardware import detect, pick_backend, pick_dtype
+
+    hw = detect()
+    backend_name = pick_backend(hw, cfg.backend, cfg.load_in_4bit, cfg.preset)
+    from training.backends import get_backend
+
+    backend = get_backend(backend_name)  # imports unsloth first when chosen
+    dtype = pick_dtype(hw, cfg.dtype)
+    console.print(f"[bold]lorabot train[/bold] preset={cfg.preset} backend={backend_name} device={hw.summary} dtype={dtype}")
+
+    from training.base_model import resolve_base
+    from training.chat_format import encode_all
+    from training.sft_args import sft_config
+
+    base = resolve_base(cfg.base_model, cfg.tokenizer, cfg.seed)
+    model, tokenizer = backend.load(cfg, hw, base, dtype)
+    train_ds = encode_all(tokenizer, train_rows, cfg.max_seq_length, "tokenizing train")
+    eval_ds = encode_all(tokenizer, eval_rows, cfg.max_seq_length, "tokenizing eval") if eval_rows else None
+    if len(train_ds) == 0:
+        raise TrainingError("no training row has an assistant reply left within max_seq_length")
+    console.print(f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} held-out conversations ({skipped} skipped)")
+
+    model = backend.add_lora(model, cfg)
+    args = sft_config(cfg, hw, dtype, out, has_eval=eval_ds is not None, disable_tqdm=not progress)
+    trainer = backend.trainer(model, tokenizer, args, train_ds, eval_ds)
+    trainer.add_callback(metrics_callback(out / "metrics.jsonl"))
+
+    before = trainer.evaluate()["eval_loss"] if eval_ds is not None and not resume else None
+    try:
+        stats = trainer.train(resume_from_checkpoint=resume or None)
+    except ValueError as error:
+        if "checkpoint" in str(error).lower():
+            raise TrainingError(f"cannot resume: {error} (looked in {out / 'checkpoints'})") from error
+        raise
+    after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+
+    adapter_dir = out / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    result = RunResult(
+        output_dir=out, adapter_dir=adapter_dir, backend=backend_name, device=hw.device_name, dtype=dtype,
+        train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds else 0, skipped_rows=skipped,
+        eval_loss_before=before, eval_loss_after=after, train_loss=stats.training_loss,
+        seconds=round(time.time() - started, 1),
+    )
+    write_run_file(out, cfg, base, result)
+    console.print(
+        f"[green]trained[/green] {result.seconds:.0f}s, train loss {result.train_loss:.3f}"
+        + (f", eval loss {before:.3f} → {after:.3f}" if before is not None and after is not None else "")
+        + f"; adapter in {adapter_dir}"
+    )
+    return result
+
+
+def write_run_file(out: Path, cfg: TrainConfig, base: Path | str, result: RunResult) -> None:
+    record = {
+        "config": cfg.model_dump(mode="json"),
+        "base": str(Path(base).resolve()) if Path(str(base)).exists() else str(base),
+        "result": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
+    }
+    (out / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
