@@ -52,7 +52,9 @@ async def start_bot(fake, tmp_path):
     """
     running: list[tuple[asyncio.Task, object]] = []
 
-    async def start(reply="Hello from the scripted engine.", *, models=None, token_delay_s=0.0, core=None, **discord):
+    async def start(
+        reply="Hello from the scripted engine.", *, models=None, token_delay_s=0.0, core=None, **discord
+    ):
         service = make_service(tmp_path, reply, models=models, token_delay_s=token_delay_s, **(core or {}))
         await service.start()
         settings = settings_for(fake, **discord)
@@ -60,7 +62,11 @@ async def start_bot(fake, tmp_path):
         task = asyncio.create_task(run_discord(service, settings, client=client))
         running.append((task, service))
         start.tasks[client] = task
-        done, _ = await asyncio.wait([task, asyncio.ensure_future(client.wait_until_ready())], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [task, asyncio.ensure_future(client.wait_until_ready())],
+            timeout=10,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         assert task not in done, task.exception() if task.done() else "bot did not start"
         assert client.is_ready()
         return client
@@ -85,7 +91,11 @@ def sent_payloads(fake: FakeDiscord) -> list[dict]:
     """Every message body the bot sent or edited (channel messages, callbacks, webhooks)."""
     bodies = []
     for call in fake.calls:
-        if call.method in ("POST", "PATCH") and re.search(r"/messages|/webhooks/|/callback", call.path) and call.json:
+        if (
+            call.method in ("POST", "PATCH")
+            and re.search(r"/messages|/webhooks/|/callback", call.path)
+            and call.json
+        ):
             body = call.json.get("data", call.json) if "/callback" in call.path else call.json
             if "content" in body:
                 bodies.append(body)
@@ -122,7 +132,7 @@ async def test_edits_are_throttled_to_the_edit_interval(fake, start_bot):
     reply = (await answer(fake, client, message))[0]
     edits = fake.find("PATCH", rf"/messages/{reply['id']}$")
     times = [c.at for c in edits[:-1]]  # the final edit may follow the last one immediately
-    assert all(b - a >= 0.19 for a, b in zip(times, times[1:]))
+    assert all(b - a >= 0.19 for a, b in zip(times, times[1:], strict=False))
 
 
 async def test_dm_is_answered_without_mention(fake, start_bot):
@@ -233,7 +243,9 @@ async def test_model_autocomplete_switch_and_next_reply_uses_new_model(fake, sta
     client = await start_bot("from the default model", models={"tiny-pirate": "Arr, from the pirate model"})
 
     await fake.slash("model", {"name": "pir"}, autocomplete="name")
-    choices = (await fake.wait_until(lambda: [c for c in fake.callbacks if c["type"] == 8]))[0]["data"]["choices"]
+    choices = (await fake.wait_until(lambda: [c for c in fake.callbacks if c["type"] == 8]))[0]["data"][
+        "choices"
+    ]
     assert [c["value"] for c in choices] == ["tiny-pirate"]
 
     token = await fake.slash("model", {})
@@ -264,7 +276,9 @@ async def test_model_default_refused_for_non_admin_allowed_for_manage_server(fak
     message = await fake.user_message("hi", mention_bot=True, user_id=6)
     assert (await answer(fake, client, message))[0]["content"] == "default says hi"
 
-    token = await fake.slash("model-default", {"name": "other"}, user_id=5, permissions=EVERYDAY_PERMISSIONS | MANAGE_GUILD)
+    token = await fake.slash(
+        "model-default", {"name": "other"}, user_id=5, permissions=EVERYDAY_PERMISSIONS | MANAGE_GUILD
+    )
     await fake.wait_until(lambda: fake.interaction_messages(token))
     message = await fake.user_message("hi", mention_bot=True, user_id=7)
     assert (await answer(fake, client, message))[0]["content"] == "other says hi"
@@ -277,7 +291,9 @@ async def test_model_default_allowed_for_configured_admin_id(fake, start_bot):
     message = await fake.user_message("hi", mention_bot=True, user_id=8)
     assert (await answer(fake, client, message))[0]["content"] == "other"
     token = await fake.slash("model-default", {"name": "other"}, user_id=77, guild=False)
-    assert "works in a server" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    assert (
+        "works in a server" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    )
 
 
 async def test_reset_help_and_stats(fake, start_bot):
@@ -412,13 +428,21 @@ async def test_denied_user_is_ignored(fake, start_bot):
 
 async def test_role_and_channel_lists(fake, start_bot):
     client = await start_bot(
-        "hi", allowed_role_ids=str(FakeDiscord.MEMBER_ROLE_ID), denied_channel_ids=str(FakeDiscord.OTHER_CHANNEL_ID)
+        "hi",
+        allowed_role_ids=str(FakeDiscord.MEMBER_ROLE_ID),
+        denied_channel_ids=str(FakeDiscord.OTHER_CHANNEL_ID),
     )
     no_role = await fake.user_message("hello", mention_bot=True, user_id=21)
     wrong_channel = await fake.user_message(
-        "hello", mention_bot=True, user_id=22, roles=[FakeDiscord.MEMBER_ROLE_ID], channel_id=FakeDiscord.OTHER_CHANNEL_ID
+        "hello",
+        mention_bot=True,
+        user_id=22,
+        roles=[FakeDiscord.MEMBER_ROLE_ID],
+        channel_id=FakeDiscord.OTHER_CHANNEL_ID,
     )
-    allowed = await fake.user_message("hello", mention_bot=True, user_id=23, roles=[FakeDiscord.MEMBER_ROLE_ID])
+    allowed = await fake.user_message(
+        "hello", mention_bot=True, user_id=23, roles=[FakeDiscord.MEMBER_ROLE_ID]
+    )
     await answer(fake, client, allowed)
     assert fake.replies_to(no_role["id"]) == [] and fake.replies_to(wrong_channel["id"]) == []
 
@@ -432,10 +456,18 @@ async def test_role_and_channel_lists(fake, start_bot):
         ({"allowed_guild_ids": "100"}, Origin(1, 10, 100), True),
         ({"allowed_guild_ids": "100"}, Origin(1, 10, 101), False),
         ({"denied_guild_ids": "100"}, Origin(1, 10, 100), False),
-        ({"allowed_channel_ids": "10"}, Origin(1, 99, 100, parent_channel_id=10), True),  # thread in allowed channel
+        (
+            {"allowed_channel_ids": "10"},
+            Origin(1, 99, 100, parent_channel_id=10),
+            True,
+        ),  # thread in allowed channel
         ({"denied_channel_ids": "10"}, Origin(1, 99, 100, parent_channel_id=10), False),
         ({"allowed_role_ids": "5"}, Origin(1, 10, 100, role_ids=frozenset({5})), True),
-        ({"allowed_role_ids": "5", "denied_role_ids": "6"}, Origin(1, 10, 100, role_ids=frozenset({5, 6})), False),
+        (
+            {"allowed_role_ids": "5", "denied_role_ids": "6"},
+            Origin(1, 10, 100, role_ids=frozenset({5, 6})),
+            False,
+        ),
         ({"allowed_guild_ids": "100"}, Origin(1, 10, None), True),  # DMs are not in a guild
         ({"allow_dms": False}, Origin(1, 10, None), False),
     ],
@@ -457,7 +489,9 @@ async def test_queue_full_gets_a_busy_message(fake, start_bot):
     busy = (await fake.wait_until(lambda: fake.replies_to(rejected["id"])))[0]
     await client.wait_idle()
     assert "busy" in fake.messages[int(busy["id"])]["content"]
-    assert fake.replies_to(waiting["id"])[0]["content"] == " ".join(["slow"] * 40)  # status replaced by the answer
+    assert fake.replies_to(waiting["id"])[0]["content"] == " ".join(
+        ["slow"] * 40
+    )  # status replaced by the answer
 
 
 async def test_rate_limited_user_gets_a_polite_message(fake, start_bot):
@@ -493,8 +527,13 @@ async def test_generation_timeout_is_reported_in_the_channel(fake, start_bot):
 
 
 async def test_twenty_users_mentioning_at_once_all_get_complete_replies(fake, start_bot):
-    client = await start_bot(lambda request: f"Answer for {request.messages[-1]['content']}: " + "ok " * 19 + "done.", token_delay_s=0.001)
-    messages = await asyncio.gather(*(fake.user_message(f"user {i}", mention_bot=True, user_id=1000 + i) for i in range(20)))
+    client = await start_bot(
+        lambda request: f"Answer for {request.messages[-1]['content']}: " + "ok " * 19 + "done.",
+        token_delay_s=0.001,
+    )
+    messages = await asyncio.gather(
+        *(fake.user_message(f"user {i}", mention_bot=True, user_id=1000 + i) for i in range(20))
+    )
     await fake.wait_until(lambda: all(fake.replies_to(m["id"]) for m in messages), timeout=30)
     await client.wait_idle()
     for i, message in enumerate(messages):
@@ -563,7 +602,10 @@ def test_settings_parse_id_lists_and_name_bad_values(monkeypatch):
     monkeypatch.setenv("DISCORD_DENIED_ROLE_IDS", "[4, 5]")
     settings = load_discord_settings(_env_file=None)
     assert settings.admin_ids == {1, 2, 3} and settings.denied_role_ids == {4, 5}
-    assert settings.api_base_url == "https://discord.com/api/v10" and settings.gateway_url == "wss://gateway.discord.gg/"
+    assert (
+        settings.api_base_url == "https://discord.com/api/v10"
+        and settings.gateway_url == "wss://gateway.discord.gg/"
+    )
     assert not settings.enabled
     monkeypatch.setenv("DISCORD_EDIT_INTERVAL_S", "soon")
     with pytest.raises(SettingsError, match="DISCORD_EDIT_INTERVAL_S"):

@@ -47,7 +47,9 @@ class LorabotTree(app_commands.CommandTree):
         if client.closing:
             if interaction.type is discord.InteractionType.application_command:
                 await interaction.response.send_message(
-                    "lorabot is shutting down; try again in a moment.", ephemeral=True, allowed_mentions=NO_MENTIONS
+                    "lorabot is shutting down; try again in a moment.",
+                    ephemeral=True,
+                    allowed_mentions=NO_MENTIONS,
                 )
             return False
         if is_allowed(client.settings, client.origin_of_interaction(interaction)):
@@ -160,7 +162,9 @@ class LorabotClient(discord.Client):
 
     # -- helpers for commands ----------------------------------------------------------
     def origin_of_interaction(self, interaction: discord.Interaction) -> Origin:
-        return origin_of(interaction.user, interaction.channel, interaction.guild, interaction.channel_id or 0)
+        return origin_of(
+            interaction.user, interaction.channel, interaction.guild, interaction.channel_id or 0
+        )
 
     @contextlib.asynccontextmanager
     async def track(self) -> AsyncIterator[None]:

@@ -79,7 +79,9 @@ async def model(interaction: discord.Interaction, name: str | None = None) -> No
 
 
 @model.autocomplete("name")
-async def model_name_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+async def model_name_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
     needle = current.lower()
     choices = []
     for entry in _client(interaction).service.models():
@@ -101,7 +103,10 @@ async def model_default(interaction: discord.Interaction, name: str) -> None:
         return
     is_admin = interaction.user.id in client.settings.admin_ids or interaction.permissions.manage_guild
     if not is_admin:
-        await _say(interaction, "Only members with **Manage Server** (or lorabot admins) can change the server default.")
+        await _say(
+            interaction,
+            "Only members with **Manage Server** (or lorabot admins) can change the server default.",
+        )
         return
     try:
         entry = await client.service.set_scope_default(server, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 import discord
 import discord.gateway
 import discord.http
@@ -44,7 +45,9 @@ async def run_discord(
     try:
         await client.start(token)
     except discord.LoginFailure:
-        raise SettingsError("DISCORD_TOKEN: Discord rejected the token (check it in the Developer Portal)") from None
+        raise SettingsError(
+            "DISCORD_TOKEN: Discord rejected the token (check it in the Developer Portal)"
+        ) from None
     except discord.PrivilegedIntentsRequired:
         raise SettingsError(
             "DISCORD_MESSAGE_CONTENT_INTENT: the Message Content intent is not enabled for this bot; "

@@ -25,20 +25,28 @@ class DiscordSettings(BaseSettings):
         env_prefix="DISCORD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    token: SecretStr | None = Field(None, description="Bot token; the Discord bot starts only when it is set.")
-    api_base_url: str = Field(DISCORD_API_BASE_URL, description="REST base URL incl. /api/v10 (e.g. a nirn-proxy).")
+    token: SecretStr | None = Field(
+        None, description="Bot token; the Discord bot starts only when it is set."
+    )
+    api_base_url: str = Field(
+        DISCORD_API_BASE_URL, description="REST base URL incl. /api/v10 (e.g. a nirn-proxy)."
+    )
     gateway_url: str = Field(DISCORD_GATEWAY_URL, description="Gateway websocket URL.")
     admin_ids: IdSet = Field(frozenset(), description="User IDs allowed to run /model-default anywhere.")
     allowed_guild_ids: IdSet = frozenset()
     denied_guild_ids: IdSet = frozenset()
-    allowed_channel_ids: IdSet = Field(frozenset(), description="Channels (a thread counts as its parent too).")
+    allowed_channel_ids: IdSet = Field(
+        frozenset(), description="Channels (a thread counts as its parent too)."
+    )
     denied_channel_ids: IdSet = frozenset()
     allowed_role_ids: IdSet = frozenset()
     denied_role_ids: IdSet = frozenset()
     allowed_user_ids: IdSet = frozenset()
     denied_user_ids: IdSet = frozenset()
     allow_dms: bool = Field(True, description="Answer direct messages (and commands in DMs).")
-    edit_interval_s: float = Field(1.0, ge=0.05, le=60, description="Minimum seconds between edits of a streaming reply.")
+    edit_interval_s: float = Field(
+        1.0, ge=0.05, le=60, description="Minimum seconds between edits of a streaming reply."
+    )
     message_content_intent: bool = Field(
         True,
         description="Ask for the privileged Message Content intent (needed to answer in bot threads without a mention).",
@@ -48,7 +56,9 @@ class DiscordSettings(BaseSettings):
         description="Answer a mention in a plain channel in a new thread (one conversation per thread).",
     )
     sync_commands: bool = Field(True, description="Overwrite the global slash commands on start.")
-    shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight replies may finish on shutdown.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="How long in-flight replies may finish on shutdown."
+    )
 
     @field_validator(
         "admin_ids",

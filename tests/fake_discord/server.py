@@ -14,8 +14,9 @@ import re
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -23,7 +24,9 @@ API_PREFIX = "/api/v10"
 TEXT_CHANNEL, DM_CHANNEL, PUBLIC_THREAD = 0, 1, 11
 PERMISSIONS_ALL = str((1 << 50) - 1)
 MANAGE_GUILD = 1 << 5
-EVERYDAY_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 16) | (1 << 31) | (1 << 38)  # view, send, embed, history, app cmds, threads
+EVERYDAY_PERMISSIONS = (
+    (1 << 10) | (1 << 11) | (1 << 14) | (1 << 16) | (1 << 31) | (1 << 38)
+)  # view, send, embed, history, app cmds, threads
 
 
 class _Rejected(Exception):
@@ -82,7 +85,9 @@ def _user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer with exactly `application/json`, as Discord sends (discord.py compares it)."""
     return web.Response(
-        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json", **(headers or {})}
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
 
 
@@ -156,7 +161,9 @@ class FakeDiscord:
 
     # ---- scripting -------------------------------------------------------------------
 
-    def fail_next(self, method: str, path_regex: str, *, status: int = 429, retry_after: float = 0.3, times: int = 1) -> None:
+    def fail_next(
+        self, method: str, path_regex: str, *, status: int = 429, retry_after: float = 0.3, times: int = 1
+    ) -> None:
         """Answer the next `times` matching requests with an error (429 carries retry_after)."""
         self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times))
 
@@ -209,7 +216,8 @@ class FakeDiscord:
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
-            "mentions": ([self._bot_user()] if mention_bot else []) + [self.add_user(u) for u in mentions or []],
+            "mentions": ([self._bot_user()] if mention_bot else [])
+            + [self.add_user(u) for u in mentions or []],
             "mention_roles": [str(self.BOT_ROLE_ID)] if mention_bot_role else [],
             "attachments": [],
             "embeds": [],
@@ -219,7 +227,11 @@ class FakeDiscord:
         }
         if reply_to is not None:
             message["type"] = 19
-            message["message_reference"] = {"message_id": reply_to["id"], "channel_id": reply_to["channel_id"], "type": 0}
+            message["message_reference"] = {
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+                "type": 0,
+            }
             message["referenced_message"] = self._public(self.messages.get(int(reply_to["id"]), reply_to))
         if guild:
             message["guild_id"] = str(self.GUILD_ID)
@@ -270,7 +282,9 @@ class FakeDiscord:
         if guild:
             payload["guild_id"] = str(self.GUILD_ID)
             payload["guild_locale"] = "en-US"
-            payload["member"] = dict(self._member(user_id, roles), user=self.add_user(user_id), permissions=str(permissions))
+            payload["member"] = dict(
+                self._member(user_id, roles), user=self.add_user(user_id), permissions=str(permissions)
+            )
         else:
             payload["user"] = self.add_user(user_id)
         self._interactions[token] = payload
@@ -289,12 +303,18 @@ class FakeDiscord:
 
     def bot_messages(self, channel_id: int | None = None) -> list[dict[str, Any]]:
         """Messages the bot posted (channel messages, interaction responses and follow-ups), oldest first."""
-        found = [m for m in self.messages.values() if channel_id is None or int(m["channel_id"]) == channel_id]
+        found = [
+            m for m in self.messages.values() if channel_id is None or int(m["channel_id"]) == channel_id
+        ]
         return sorted(found, key=lambda m: int(m["id"]))
 
     def replies_to(self, message_id: str) -> list[dict[str, Any]]:
         """The bot's messages that reply to user message `message_id`."""
-        return [m for m in self.bot_messages() if str((m.get("message_reference") or {}).get("message_id")) == str(message_id)]
+        return [
+            m
+            for m in self.bot_messages()
+            if str((m.get("message_reference") or {}).get("message_id")) == str(message_id)
+        ]
 
     def interaction_messages(self, token: str) -> list[dict[str, Any]]:
         """The original response and follow-ups of one interaction, oldest first."""
@@ -340,7 +360,12 @@ class FakeDiscord:
             "rate_limit_per_user": 0,
             "message_count": 0,
             "member_count": 1,
-            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": _now(), "locked": False},
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": _now(),
+                "locked": False,
+            },
             "flags": 0,
         }
 
@@ -398,7 +423,11 @@ class FakeDiscord:
                 role(self.GUILD_ID, "@everyone", EVERYDAY_PERMISSIONS, 0),
                 role(self.MEMBER_ROLE_ID, "member", EVERYDAY_PERMISSIONS, 1),
                 role(self.MOD_ROLE_ID, "mod", EVERYDAY_PERMISSIONS | MANAGE_GUILD, 2),
-                dict(role(self.BOT_ROLE_ID, "lorabot", EVERYDAY_PERMISSIONS, 3), managed=True, tags={"bot_id": str(self.BOT_ID)}),
+                dict(
+                    role(self.BOT_ROLE_ID, "lorabot", EVERYDAY_PERMISSIONS, 3),
+                    managed=True,
+                    tags={"bot_id": str(self.BOT_ID)},
+                ),
             ],
             "channels": [self._channel(self.CHANNEL_ID), self._channel(self.OTHER_CHANNEL_ID)],
             "threads": [self._channel(self.BOT_THREAD_ID)],
@@ -428,7 +457,9 @@ class FakeDiscord:
         call = Call(request.method, path, dict(request.query), body)
         self.calls.append(call)
 
-        if request.headers.get("Authorization") != f"Bot {self.token}" and not path.startswith(("/webhooks/", "/interactions/")):
+        if request.headers.get("Authorization") != f"Bot {self.token}" and not path.startswith(
+            ("/webhooks/", "/interactions/")
+        ):
             call.status = 401
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
 
@@ -439,7 +470,11 @@ class FakeDiscord:
                 call.scripted = True
                 if failure.status == 429:
                     return _json(
-                        {"message": "You are being rate limited.", "retry_after": failure.retry_after, "global": False},
+                        {
+                            "message": "You are being rate limited.",
+                            "retry_after": failure.retry_after,
+                            "global": False,
+                        },
                         status=429,
                         headers={
                             "Retry-After": str(max(1, round(failure.retry_after))),
@@ -484,11 +519,22 @@ class FakeDiscord:
             return 200, {
                 "url": self.gateway_url.rstrip("/"),
                 "shards": 1,
-                "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
             }
         if method == "PUT" and (match := m(r"/applications/(\d+)(?:/guilds/\d+)?/commands", path)):
             self.commands = [
-                dict(cmd, id=str(self.snowflake()), application_id=match.group(1), version="1", default_member_permissions=cmd.get("default_member_permissions"))
+                dict(
+                    cmd,
+                    id=str(self.snowflake()),
+                    application_id=match.group(1),
+                    version="1",
+                    default_member_permissions=cmd.get("default_member_permissions"),
+                )
                 for cmd in body
             ]
             return 200, self.commands
@@ -514,7 +560,9 @@ class FakeDiscord:
                 return 404, {"message": "Unknown Webhook", "code": 10015}
             message = self._create_message(int(interaction["channel_id"]), body, token=match.group(1))
             return 200, message
-        if method in ("GET", "PATCH") and (match := m(r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", path)):
+        if method in ("GET", "PATCH") and (
+            match := m(r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", path)
+        ):
             token, which = match.groups()
             if which == "@original":
                 found = next((x for x in self.interaction_messages(token) if x.get("_original")), None)
@@ -527,7 +575,9 @@ class FakeDiscord:
             return self._edit_message(int(found["id"]), body)
         return 404, {"message": f"fake Discord has no route {method} {path}", "code": 0}
 
-    def _create_message(self, channel_id: int, body: dict[str, Any], *, token: str | None = None, original: bool = False) -> dict[str, Any]:
+    def _create_message(
+        self, channel_id: int, body: dict[str, Any], *, token: str | None = None, original: bool = False
+    ) -> dict[str, Any]:
         content = body.get("content") or ""
         if not original:
             _check_content(content)
@@ -550,11 +600,18 @@ class FakeDiscord:
             "allowed_mentions": body.get("allowed_mentions"),
             "_edits": 0,
         }
-        if channel_id in (self.CHANNEL_ID, self.OTHER_CHANNEL_ID, self.BOT_THREAD_ID) or channel_id in self.threads:
+        if (
+            channel_id in (self.CHANNEL_ID, self.OTHER_CHANNEL_ID, self.BOT_THREAD_ID)
+            or channel_id in self.threads
+        ):
             message["guild_id"] = str(self.GUILD_ID)
         if body.get("message_reference"):
             ref = body["message_reference"]
-            message["message_reference"] = {"message_id": str(ref["message_id"]), "channel_id": str(ref.get("channel_id") or channel_id), "type": ref.get("type", 0)}
+            message["message_reference"] = {
+                "message_id": str(ref["message_id"]),
+                "channel_id": str(ref.get("channel_id") or channel_id),
+                "type": ref.get("type", 0),
+            }
         if token is not None:
             message["_interaction_token"] = token
             message["_original"] = original
@@ -589,7 +646,16 @@ class FakeDiscord:
         answer: dict[str, Any] = {"interaction": {"id": interaction["id"], "type": interaction["type"]}}
         if kind in (4, 5):  # message / deferred message: the response becomes the original message
             data = body.get("data") or {}
-            message = self._create_message(int(interaction["channel_id"]), {"content": data.get("content", ""), "flags": data.get("flags"), "allowed_mentions": data.get("allowed_mentions")}, token=token, original=True)
+            message = self._create_message(
+                int(interaction["channel_id"]),
+                {
+                    "content": data.get("content", ""),
+                    "flags": data.get("flags"),
+                    "allowed_mentions": data.get("allowed_mentions"),
+                },
+                token=token,
+                original=True,
+            )
             answer["interaction"].update(
                 response_message_id=message["id"],
                 response_message_loading=kind == 5,
@@ -635,7 +701,9 @@ class _GatewaySession:
             if self.ws.closed:
                 return
             if self._zlib is not None:
-                await self.ws.send_bytes(self._zlib.compress(data.encode()) + self._zlib.flush(zlib.Z_SYNC_FLUSH))
+                await self.ws.send_bytes(
+                    self._zlib.compress(data.encode()) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+                )
             else:
                 await self.ws.send_str(data)
 
