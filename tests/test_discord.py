@@ -197,6 +197,17 @@ async def test_reply_to_the_bot_and_mention_of_its_role_address_it(fake, start_b
     assert fake.replies_to(ignored["id"]) == []
 
 
+async def test_without_message_content_intent_blank_messages_are_not_answered(fake, start_bot):
+    client = await start_bot("answer", message_content_intent=False)
+    assert not fake.identify["intents"] & (1 << 15)
+    blank = await fake.user_message("", channel_id=FakeDiscord.BOT_THREAD_ID)  # what Discord delivers
+    message = await fake.user_message("hi", mention_bot=True, channel_id=FakeDiscord.BOT_THREAD_ID)
+    assert (await answer(fake, client, message))[0]["content"] == "answer"
+    assert fake.replies_to(blank["id"]) == []
+    bare = await fake.user_message("", mention_bot=True)  # a bare mention gets a hint
+    assert "empty" in (await answer(fake, client, bare))[0]["content"]
+
+
 async def test_other_bots_are_ignored(fake, start_bot):
     client = await start_bot("Hi.")
     from_bot = await fake.user_message("hey", mention_bot=True, user_id=55, bot_author=True)

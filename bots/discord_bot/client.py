@@ -94,18 +94,27 @@ class LorabotClient(discord.Client):
         `@everyone` / `@here` do not count: nobody wants every announcement answered.
         """
         assert self.user is not None
+        if self.mentions_me(message):
+            return True
+        if not message.content:
+            # Without the Message Content intent Discord blanks messages that don't mention us;
+            # a blank message (or a bare image/sticker) is nothing to answer.
+            return False
         if message.guild is None:
             return True
         channel = message.channel
         if isinstance(channel, discord.Thread) and channel.owner_id == self.user.id:
             return True
-        if any(user.id == self.user.id for user in message.mentions):
-            return True
-        own_role = message.guild.self_role  # people often pick the bot's role from the @ menu
-        if own_role is not None and own_role in message.role_mentions:
-            return True
         replied = message.reference.resolved if message.reference else None
         return isinstance(replied, discord.Message) and replied.author.id == self.user.id
+
+    def mentions_me(self, message: discord.Message) -> bool:
+        """The bot's user, or its managed role (people often pick it from the @ menu)."""
+        assert self.user is not None
+        if any(user.id == self.user.id for user in message.mentions):
+            return True
+        own_role = message.guild.self_role if message.guild else None
+        return own_role is not None and own_role in message.role_mentions
 
     def prompt_of(self, message: discord.Message) -> str:
         """The text for the model: the bot's own mention removed, other mentions as readable names."""
