@@ -385,6 +385,20 @@ async def test_429s_that_discord_py_gives_up_on_still_end_with_the_full_text(fak
     assert statuses[:5] == [429] * 5 and statuses[-1] == 200
 
 
+async def test_429_on_a_chat_command_edit_is_retried_and_no_text_is_lost(fake, start_bot):
+    text = "Slash limits " + " ".join(f"s{i}" for i in range(40)) + " end."
+    client = await start_bot(text, token_delay_s=0.01)
+    fake.fail_next("PATCH", r"^/webhooks/\d+/[^/]+/messages/@original$", status=429, retry_after=0.2)
+    token = await fake.slash("chat", {"prompt": "go"})
+    await fake.wait_until(lambda: any(m["content"] == text for m in fake.interaction_messages(token)))
+    await client.wait_idle()
+    edits = fake.find("PATCH", rf"/webhooks/\d+/{token}/messages/@original$")
+    limited = next(i for i, call in enumerate(edits) if call.status == 429)
+    assert edits[limited + 1].json["content"] == edits[limited].json["content"]
+    assert edits[limited + 1].at - edits[limited].at >= 0.2
+    assert [m["content"] for m in fake.interaction_messages(token)] == [text]
+
+
 async def test_429_on_the_first_send_is_retried(fake, start_bot):
     client = await start_bot("Still delivered.")
     fake.fail_next("POST", r"^/channels/\d+/messages$", status=429, retry_after=0.2)
@@ -575,6 +589,18 @@ async def test_shutdown_marks_an_in_flight_reply_as_interrupted(fake, start_bot)
     reply = fake.replies_to(message["id"])[0]
     assert reply["content"].startswith("long") and reply["content"].endswith(INTERRUPTED)
     assert client.is_closed()
+
+
+async def test_shutdown_while_a_message_is_being_sent_does_not_duplicate_it(fake, start_bot):
+    client = await start_bot(" ".join(["long"] * 500), token_delay_s=0.01, shutdown_grace_s=0)
+    fake.delay_next("POST", r"^/channels/\d+/messages$", 0.3)  # Discord created it, answer is slow
+    message = await fake.user_message("go", mention_bot=True)
+    await fake.wait_until(lambda: fake.replies_to(message["id"]))
+    start_bot.tasks[client].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start_bot.tasks[client]
+    assert len(fake.bot_messages()) == 1
+    assert fake.bot_messages()[0]["content"].endswith(INTERRUPTED)
 
 
 async def test_shutdown_lets_an_in_flight_reply_finish_within_the_grace_period(fake, start_bot):

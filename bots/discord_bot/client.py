@@ -74,6 +74,7 @@ class LorabotClient(discord.Client):
         self.settings = settings
         self.tree = LorabotTree(self)
         self.closing = False
+        self.interrupt = asyncio.Event()  # set when in-flight replies must stop (shutdown)
         self._inflight: set[asyncio.Task[Any]] = set()
 
     async def setup_hook(self) -> None:
@@ -167,6 +168,7 @@ class LorabotClient(discord.Client):
             scope_id=scope_id(origin),
             edit_interval_s=self.settings.edit_interval_s,
             typing_channel=channel,
+            interrupt=self.interrupt,
         )
 
     # -- helpers for commands ----------------------------------------------------------
@@ -198,6 +200,7 @@ class LorabotClient(discord.Client):
         pending = set(self._inflight)
         if pending and grace_s > 0:
             _, pending = await asyncio.wait(pending, timeout=grace_s)
+        self.interrupt.set()
         for task in pending:
             task.cancel()  # stream_reply marks the message as interrupted
         if pending:

@@ -53,6 +53,7 @@ async def chat(interaction: discord.Interaction, prompt: str) -> None:
             text=prompt,
             scope_id=scope_id(origin),
             edit_interval_s=client.settings.edit_interval_s,
+            interrupt=client.interrupt,
         )
 
 

@@ -30,8 +30,29 @@ INTERRUPTED = "*(interrupted: lorabot is shutting down)*"
 TYPING_EVERY_S = 8.0  # Discord shows "typing…" for about 10 s per trigger
 
 
-async def _rate_limited(call: Awaitable[Any]) -> Any:
-    """Await a discord.py call, turning a 429 that discord.py did not absorb into `SlowDown`."""
+async def _request(call: Awaitable[Any]) -> Any:
+    """Await one discord.py request; a 429 that discord.py did not absorb becomes `SlowDown`.
+
+    A request that has started is allowed to finish even if the reply is cancelled meanwhile
+    (shutdown): otherwise a message Discord already created would be unknown to LiveReply, which
+    would then post the interrupted text as a second message. The cancellation is re-delivered at
+    the reply's next await.
+    """
+    request = asyncio.ensure_future(call)
+    try:
+        return await _map_429(asyncio.shield(request))
+    except asyncio.CancelledError:
+        if request.cancelled():
+            raise
+        try:
+            return await _map_429(request)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                task.cancel()
+
+
+async def _map_429(call: Awaitable[Any]) -> Any:
     try:
         return await call
     except discord.RateLimited as error:
@@ -53,7 +74,7 @@ class ChannelSink:
 
     async def send(self, text: str) -> discord.Message:
         if self.sent == 0 and self.reply_to is not None:
-            sent = await _rate_limited(
+            sent = await _request(
                 self.channel.send(
                     text,
                     reference=self.reply_to.to_reference(fail_if_not_exists=False),
@@ -62,12 +83,12 @@ class ChannelSink:
                 )
             )
         else:
-            sent = await _rate_limited(self.channel.send(text, allowed_mentions=NO_MENTIONS))
+            sent = await _request(self.channel.send(text, allowed_mentions=NO_MENTIONS))
         self.sent += 1
         return sent
 
     async def edit(self, handle: discord.Message, text: str) -> None:
-        await _rate_limited(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+        await _request(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
 
 
 class InteractionSink:
@@ -79,18 +100,18 @@ class InteractionSink:
 
     async def send(self, text: str) -> discord.InteractionMessage | discord.WebhookMessage:
         if self.sent == 0:
-            sent = await _rate_limited(
+            sent = await _request(
                 self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
             )
         else:
-            sent = await _rate_limited(
+            sent = await _request(
                 self.interaction.followup.send(text, allowed_mentions=NO_MENTIONS, wait=True)
             )
         self.sent += 1
         return sent
 
     async def edit(self, handle: discord.InteractionMessage | discord.WebhookMessage, text: str) -> None:
-        await _rate_limited(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+        await _request(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
 
 
 @contextlib.asynccontextmanager
@@ -115,6 +136,10 @@ async def keep_typing(channel: discord.abc.Messageable | None) -> AsyncIterator[
                 await task
 
 
+class _Interrupted(Exception):
+    """The bot is shutting down and this reply's grace period is over."""
+
+
 def _with_tail(written: str, tail: str) -> str:
     """What was written so far, then a note (error, interruption) below it."""
     return f"{written}\n\n{tail}" if written.strip() else tail
@@ -130,11 +155,14 @@ async def stream_reply(
     scope_id: str | None,
     edit_interval_s: float,
     typing_channel: discord.abc.Messageable | None = None,
+    interrupt: asyncio.Event | None = None,
 ) -> str:
     """Stream the answer to `text` into `sink`; returns the text finally shown.
 
-    Queue position shows as a status line, errors as the reply itself (never swallowed), and a
-    cancelled reply (shutdown) keeps what was written and says it was interrupted.
+    Queue position shows as a status line, errors as the reply itself (never swallowed), and an
+    interrupted reply (shutdown) keeps what was written and says so. Shutdown sets `interrupt`
+    and cancels the task; the event is checked too because a cancel can be swallowed on the way
+    (Python 3.11's `asyncio.wait_for` drops it when its inner future finished at the same time).
     """
     live = LiveReply(sink, limit=DISCORD_LIMIT, edit_interval_s=edit_interval_s)
     written = ""
@@ -145,6 +173,8 @@ async def stream_reply(
                 service.reply(conversation_id, user_id, text, scope_id=scope_id)
             ) as events:
                 async for event in events:
+                    if interrupt is not None and interrupt.is_set():
+                        raise _Interrupted
                     match event:
                         case Queued(position=position):
                             # positions change for everyone at once: keep to the edit interval
@@ -169,9 +199,11 @@ async def stream_reply(
             final = _with_tail(written, f"⚠️ {error.user_message}")
         except discord.Forbidden:
             raise  # no permission to post here: nothing more we can show
-        except asyncio.CancelledError:
-            await live.finish(_with_tail(written, INTERRUPTED))
-            raise
+        except (asyncio.CancelledError, _Interrupted) as stop:
+            final = _with_tail(written, INTERRUPTED)
+            if isinstance(stop, asyncio.CancelledError):
+                await live.finish(final)
+                raise
         except Exception:
             log.exception("reply failed in conversation %s", conversation_id)
             final = _with_tail(written, "⚠️ Something went wrong while answering.")

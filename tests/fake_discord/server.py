@@ -118,6 +118,7 @@ class FakeDiscord:
         self.callbacks: list[dict[str, Any]] = []  # interaction callback bodies, in order
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._failures: list[Failure] = []
+        self._delays: list[tuple[str, re.Pattern[str], float]] = []
         self._sockets: list[_GatewaySession] = []
         self._ready = asyncio.Event()
         self._interactions: dict[str, dict[str, Any]] = {}  # token -> interaction payload
@@ -171,6 +172,10 @@ class FakeDiscord:
         """Close every gateway socket as Discord does on a hiccup; clients should RESUME."""
         for session in list(self._sockets):
             await session.ws.close(code=code, message=b"fake disconnect")
+
+    def delay_next(self, method: str, path_regex: str, seconds: float) -> None:
+        """Handle the next matching request at once but send its answer `seconds` later."""
+        self._delays.append((method, re.compile(path_regex), seconds))
 
     def add_user(self, user_id: int, name: str | None = None) -> dict[str, Any]:
         self.users.setdefault(user_id, _user(user_id, name or f"user{user_id % 10_000}"))
@@ -493,6 +498,11 @@ class FakeDiscord:
         except _Rejected as rejected:
             status, answer = rejected.status, rejected.body
         call.status = status
+        for delay in self._delays:
+            if delay[0] == request.method and delay[1].search(path):
+                self._delays.remove(delay)
+                await asyncio.sleep(delay[2])
+                break
         if status == 204:
             return web.Response(status=204)
         return _json(answer, status=status)
