@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 
 import pytest
 from fake_discord import FakeDiscord
@@ -505,18 +506,27 @@ def test_access_rules(settings, origin, allowed):
 
 
 async def test_queue_full_gets_a_busy_message(fake, start_bot):
-    client = await start_bot(" ".join(["slow"] * 40), token_delay_s=0.02, core={"queue_max": 1})
-    running = await fake.user_message("first", mention_bot=True, user_id=31)
-    await fake.wait_until(lambda: fake.replies_to(running["id"]))
-    waiting = await fake.user_message("second", mention_bot=True, user_id=32)
-    await fake.wait_until(lambda: any("queued, #1" in m["content"] for m in fake.replies_to(waiting["id"])))
-    rejected = await fake.user_message("third", mention_bot=True, user_id=33)
-    busy = (await fake.wait_until(lambda: fake.replies_to(rejected["id"])))[0]
+    gate = threading.Event()  # holds the first reply in the engine until the queue is full
+
+    def reply(request):
+        gate.wait(10)
+        return f"answer to {request.messages[-1]['content']}"
+
+    client = await start_bot(reply, core={"queue_max": 1})
+    try:
+        running = await fake.user_message("first", mention_bot=True, user_id=31)
+        await fake.wait_until(lambda: client.service.stats().running == 1)
+        waiting = await fake.user_message("second", mention_bot=True, user_id=32)
+        await fake.wait_until(lambda: fake.replies_to(waiting["id"]))
+        assert fake.replies_to(waiting["id"])[0]["content"] == "⏳ queued, #1"
+        rejected = await fake.user_message("third", mention_bot=True, user_id=33)
+        busy = (await fake.wait_until(lambda: fake.replies_to(rejected["id"])))[0]
+        assert "busy" in busy["content"]
+    finally:
+        gate.set()
     await client.wait_idle()
-    assert "busy" in fake.messages[int(busy["id"])]["content"]
-    assert fake.replies_to(waiting["id"])[0]["content"] == " ".join(
-        ["slow"] * 40
-    )  # status replaced by the answer
+    assert fake.replies_to(running["id"])[0]["content"] == "answer to first"
+    assert fake.replies_to(waiting["id"])[0]["content"] == "answer to second"  # status replaced
 
 
 async def test_rate_limited_user_gets_a_polite_message(fake, start_bot):
