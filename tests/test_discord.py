@@ -328,6 +328,7 @@ async def test_commands_are_synced_on_start(fake, start_bot):
     await start_bot()
     assert fake.find("PUT", r"^/applications/\d+/commands$")
     assert {c["name"] for c in fake.commands} == {"chat", "model", "model-default", "reset", "help", "stats"}
+    assert fake.identify["token"] == fake.token and fake.heartbeats >= 1  # gateway handshake done
 
 
 # ---- long replies, rate limits, mentions ---------------------------------------------

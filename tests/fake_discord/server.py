@@ -124,6 +124,7 @@ class FakeDiscord:
         self._interactions: dict[str, dict[str, Any]] = {}  # token -> interaction payload
         self._runner: web.AppRunner | None = None
         self._echoes: set[asyncio.Task[None]] = set()
+        self.heartbeats = 0
         self.resumes: list[dict[str, Any]] = []  # RESUME payloads received
         self.threads: dict[int, dict[str, Any]] = {}  # threads the bot started, by id
         self.port = 0
@@ -729,6 +730,7 @@ class _GatewaySession:
             payload = json.loads(msg.data)
             op = payload["op"]
             if op == 1:  # heartbeat
+                self.fake.heartbeats += 1
                 await self.send({"op": 11, "d": None, "s": None, "t": None})
             elif op == 2:  # identify
                 if payload["d"]["token"] != self.fake.token:
