@@ -16,7 +16,8 @@ from core.errors import ChatError
 
 HELP = """\
 **lorabot** answers with its own small language model, running on a CPU.
-• Mention me (`@lorabot your question`) in a channel, or DM me. In threads I started, just write.
+• Mention me (`@lorabot your question`) or reply to my message in a channel, or DM me.
+  In threads I started, just write.
 • `/chat prompt:` asks without a mention.
 • In a channel each person has their own conversation with me; a thread or a DM is one conversation.
 • `/model` shows or changes the model of this conversation; `/model-default` sets the server's default (Manage Server).
@@ -76,7 +77,14 @@ async def model(interaction: discord.Interaction, name: str | None = None) -> No
     except ChatError as error:
         await _say(interaction, f"⚠️ {error.user_message}")
         return
-    await _say(interaction, f"This conversation now uses {_code(entry.name)}.")
+    where = (
+        "Our DMs now use"
+        if origin.is_dm
+        else "This thread now uses"
+        if origin.is_thread
+        else "Your conversation with me in this channel now uses"
+    )
+    await _say(interaction, f"{where} {_code(entry.name)}.")
 
 
 @model.autocomplete("name")
