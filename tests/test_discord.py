@@ -655,6 +655,7 @@ def test_settings_parse_id_lists_and_name_bad_values(monkeypatch):
         and settings.gateway_url == "wss://gateway.discord.gg/"
     )
     assert not settings.enabled
+    assert load_discord_settings(_env_file=None, token=" Bot abc.def ").token.get_secret_value() == "abc.def"
     monkeypatch.setenv("DISCORD_EDIT_INTERVAL_S", "soon")
     with pytest.raises(SettingsError, match="DISCORD_EDIT_INTERVAL_S"):
         load_discord_settings(_env_file=None)

@@ -39,7 +39,7 @@ async def run_discord(
     """
     if not settings.enabled:
         raise SettingsError("DISCORD_TOKEN: not set; the Discord bot needs a bot token")
-    token = settings.token.get_secret_value().strip()  # type: ignore[union-attr]
+    token = settings.token.get_secret_value()  # type: ignore[union-attr]
     configure_endpoints(settings)
     client = client or LorabotClient(service, settings)
     try:

@@ -81,6 +81,15 @@ class DiscordSettings(BaseSettings):
             return [part for part in text.replace(",", " ").split() if part]
         return value
 
+    @field_validator("token")
+    @classmethod
+    def _bare_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """Accept a token pasted with its "Bot " prefix or stray whitespace."""
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        return SecretStr(text[4:].strip() if text.startswith("Bot ") else text)
+
     @field_validator("api_base_url", "gateway_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -96,7 +105,7 @@ class DiscordSettings(BaseSettings):
 
     @property
     def enabled(self) -> bool:
-        return self.token is not None and bool(self.token.get_secret_value().strip())
+        return self.token is not None and bool(self.token.get_secret_value())
 
     @classmethod
     def load(cls, **overrides: object) -> DiscordSettings:
