@@ -142,7 +142,7 @@ class _Interrupted(Exception):
 
 def _with_tail(written: str, tail: str) -> str:
     """What was written so far, then a note (error, interruption) below it."""
-    return f"{written}\n\n{tail}" if written.strip() else tail
+    return f"{written.rstrip()}\n\n{tail}" if written.strip() else tail
 
 
 async def stream_reply(
