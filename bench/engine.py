@@ -49,39 +49,46 @@ def _decode_rate(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else 0.0
 
 
-def measure_raw(settings: CoreSettings, model_path: Path, max_tokens: int) -> dict[str, float]:
-    """llama-cpp-python on its own: the same prompts through the model's chat template."""
-    import llama_cpp
+class RawLlama:
+    """llama-cpp-python on its own, fed the same prompt tokens the core builds."""
 
-    from core.engines.llama import LlamaEngine
-    from core.registry import ModelEntry
+    def __init__(self, settings: CoreSettings, model_path: Path, max_tokens: int) -> None:
+        import llama_cpp
 
-    engine = LlamaEngine.load(ModelEntry(name="raw", path=model_path), settings.model_copy(update={"kv_slots": 1}))
-    llm = llama_cpp.Llama(
-        str(model_path), n_ctx=settings.context_length, n_threads=settings.resolved_threads, verbose=False
-    )
-    rates, tokens = [], 0
-    for question in QUESTIONS:
-        prompt = engine.prompt_tokens(
-            [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": question}]
+        from core.engines.llama import LlamaEngine
+        from core.registry import ModelEntry
+
+        self.max_tokens = max_tokens
+        self.system = settings.system_prompt
+        self.template = LlamaEngine.load(ModelEntry(name="raw", path=model_path), settings.model_copy(update={"kv_slots": 1}))
+        self.llm = llama_cpp.Llama(
+            str(model_path), n_ctx=settings.context_length, n_threads=settings.resolved_threads, verbose=False
         )
-        llm.reset()
-        stamps = []
-        for _ in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
-            stamps.append(time.perf_counter())
-        rates.append(_decode_rate(stamps))
-        tokens += len(stamps)
-    # A cold prefill of a 10-turn history: what every turn would cost without a warm KV cache.
-    history = [{"role": "system", "content": settings.system_prompt}]
-    for question in QUESTIONS:
-        history += [{"role": "user", "content": question}, {"role": "assistant", "content": "word " * max_tokens}]
-    llm.reset()
-    started = time.perf_counter()
-    next(iter(llm.create_completion(engine.prompt_tokens(history[:-1]), max_tokens=1, temperature=0.0, stream=True)))
-    cold = time.perf_counter() - started
-    llm.close()
-    engine.close()
-    return {"raw_tok_s": statistics.median(rates), "raw_tokens": tokens, "raw_cold_ttft_turn10_s": cold}
+
+    def decode_rate(self, question: str) -> float:
+        prompt = self.template.prompt_tokens(
+            [{"role": "system", "content": self.system}, {"role": "user", "content": question}]
+        )
+        self.llm.reset()
+        stamps = [time.perf_counter() for _ in self.llm.create_completion(prompt, max_tokens=self.max_tokens, temperature=0.0, stream=True)]
+        return _decode_rate(stamps)
+
+    def cold_ttft(self, turns: int) -> float:
+        """First token after reading a `turns`-turn history from scratch (no warm KV cache)."""
+        history = [{"role": "system", "content": self.system}]
+        for turn in range(turns):
+            history += [
+                {"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]},
+                {"role": "assistant", "content": "word " * self.max_tokens},
+            ]
+        self.llm.reset()
+        started = time.perf_counter()
+        next(iter(self.llm.create_completion(self.template.prompt_tokens(history[:-1]), max_tokens=1, temperature=0.0, stream=True)))
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.llm.close()
+        self.template.close()
 
 
 async def _ask(service: ChatService, conversation: str, user: str, text: str) -> tuple[float, list[float], Done]:
@@ -97,15 +104,18 @@ async def _ask(service: ChatService, conversation: str, user: str, text: str) ->
     return stamps[0] - started, stamps, done
 
 
-async def measure_core(settings: CoreSettings, turns: int, conversations: int) -> dict[str, float]:
+async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversations: int, repeats: int = 3) -> dict[str, float]:
+    """Every comparison alternates its two sides so a busy machine slows both alike."""
     service = ChatService(settings)
     await service.start()
     try:
         await _ask(service, "warmup", "warmup", "Hello!")  # loads the model
-        rates = []
+        raw.decode_rate("Hello!")
+        raw_rates, core_rates = [], []
         for index, question in enumerate(QUESTIONS):
+            raw_rates.append(raw.decode_rate(question))
             _, stamps, _ = await _ask(service, f"rate-{index}", f"rate-{index}", question)
-            rates.append(_decode_rate(stamps))
+            core_rates.append(_decode_rate(stamps))
 
         # One conversation, `turns` turns.
         single = [(await _ask(service, "solo", "solo", QUESTIONS[t % len(QUESTIONS)]))[0] for t in range(turns)]
@@ -116,27 +126,33 @@ async def measure_core(settings: CoreSettings, turns: int, conversations: int) -
             for conv in range(conversations):
                 ttft, _, _ = await _ask(service, f"rr-{conv}", f"rr-{conv}", QUESTIONS[(turn + conv) % len(QUESTIONS)])
                 interleaved[conv].append(ttft)
+        cold = raw.cold_ttft(turns)
 
-        # Concurrency: one request alone, then `conversations` at once (fresh conversations).
-        started = time.perf_counter()
-        _, _, done = await _ask(service, "alone", "alone", QUESTIONS[0])
-        single_rate = done.completion_tokens / (time.perf_counter() - started)
-        started = time.perf_counter()
-        results = await asyncio.gather(
-            *(_ask(service, f"burst-{i}", f"burst-{i}", QUESTIONS[0]) for i in range(conversations))
-        )
-        aggregate = sum(done.completion_tokens for _, _, done in results) / (time.perf_counter() - started)
+        # Concurrency: one request alone, then `conversations` at once, `repeats` times.
+        singles, aggregates = [], []
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            _, _, done = await _ask(service, f"alone-{repeat}", f"alone-{repeat}", QUESTIONS[repeat])
+            singles.append(done.completion_tokens / (time.perf_counter() - started))
+            started = time.perf_counter()
+            results = await asyncio.gather(
+                *(_ask(service, f"burst-{repeat}-{i}", f"burst-{i}", QUESTIONS[repeat]) for i in range(conversations))
+            )
+            aggregates.append(sum(done.completion_tokens for _, _, done in results) / (time.perf_counter() - started))
     finally:
         await service.close()
-    turn1 = statistics.median(row[0] for row in interleaved)
     return {
-        "core_tok_s": statistics.median(rates),
+        "raw_tok_s": statistics.median(raw_rates),
+        "core_tok_s": statistics.median(core_rates),
+        "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates) if r > 0),
         "ttft_turn1_s": single[0],
         "ttft_turn10_s": single[-1],
-        "ttft_interleaved_turn1_s": turn1,
+        "ttft_interleaved_turn1_s": statistics.median(row[0] for row in interleaved),
         "ttft_interleaved_turn10_s": statistics.median(row[-1] for row in interleaved),
-        "single_stream_tok_s": single_rate,
-        "aggregate_tok_s_8_concurrent": aggregate,
+        "raw_cold_ttft_turn10_s": cold,
+        "single_stream_tok_s": statistics.median(singles),
+        "aggregate_tok_s_8_concurrent": statistics.median(aggregates),
+        "concurrency_ratio": statistics.median(a / s for a, s in zip(aggregates, singles)),
     }
 
 
@@ -154,20 +170,20 @@ def run(settings: CoreSettings, *, turns: int, conversations: int, max_tokens: i
             }
         )
         entry = ModelRegistry(bench_settings.resolved_models_file).get(bench_settings.default_model)
-        raw = measure_raw(bench_settings, entry.path, max_tokens)
-        core = asyncio.run(measure_core(bench_settings, turns, conversations))
+        raw = RawLlama(bench_settings, entry.path, max_tokens)
+        try:
+            measured = asyncio.run(measure(bench_settings, raw, turns, conversations))
+        finally:
+            raw.close()
     result: dict[str, object] = {
         "model": entry.name,
         "threads": bench_settings.resolved_threads,
         "max_tokens": max_tokens,
         "turns": turns,
         "conversations": conversations,
-        **raw,
-        **core,
-        "core_vs_raw": core["core_tok_s"] / raw["raw_tok_s"],
-        "ttft_turn10_vs_turn1": core["ttft_turn10_s"] / core["ttft_turn1_s"],
-        "ttft_interleaved_vs_turn1": core["ttft_interleaved_turn10_s"] / core["ttft_interleaved_turn1_s"],
-        "concurrency_ratio": core["aggregate_tok_s_8_concurrent"] / core["single_stream_tok_s"],
+        **measured,
+        "ttft_turn10_vs_turn1": measured["ttft_turn10_s"] / measured["ttft_turn1_s"],
+        "ttft_interleaved_vs_turn1": measured["ttft_interleaved_turn10_s"] / measured["ttft_interleaved_turn1_s"],
     }
     result["targets_met"] = all(_meets(result[name], *target) for name, target in TARGETS.items())
     return result

@@ -45,6 +45,9 @@ async def _with_service(settings: CoreSettings, body: Callable[[ChatService], Aw
         raise typer.Exit(2) from None
     try:
         await body(service)
+    except SettingsError as error:  # e.g. a platform rejected the configured token
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     finally:
         await service.close()
 
@@ -162,7 +165,11 @@ def run() -> None:
     from bots.platforms import configured_platforms
 
     settings = _settings()
-    runners = configured_platforms()
+    try:
+        runners = configured_platforms()
+    except RuntimeError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     if not runners:
         console.print("No DISCORD_TOKEN or TELEGRAM_TOKEN configured: starting the terminal chat.")
         chat(model=None, once=None)

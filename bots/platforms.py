@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dotenv import dotenv_values
 
 from core.service import ChatService
+from core.settings import SettingsError
 
 Runner = Callable[[ChatService], Awaitable[None]]
 
@@ -40,7 +41,10 @@ def platform_runner(name: str) -> Runner:
         raise RuntimeError(
             f"The {name} adapter is not available ({error}). Install it with `pip install -e '.[{name}]'`."
         ) from error
-    settings = settings_class.load() if hasattr(settings_class, "load") else settings_class()
+    try:
+        settings = settings_class.load() if hasattr(settings_class, "load") else settings_class()
+    except SettingsError as error:
+        raise RuntimeError(str(error)) from error
 
     async def runner(service: ChatService) -> None:
         await run(service, settings)

@@ -181,7 +181,9 @@ class ChatService:
         try:
             while not self._stopping.is_set():
                 try:
-                    piece = await asyncio.wait_for(anext(stream), timeout=max(0.0, deadline - time.perf_counter()))
+                    # asyncio.timeout (not wait_for: on 3.11 it can swallow a cancellation)
+                    async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                        piece = await anext(stream)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

@@ -66,7 +66,8 @@ def describe_validation_error(error: ValidationError, prefix: str) -> str:
     """Turn pydantic's error into one line per bad setting, named as the user writes it."""
     lines = []
     for item in error.errors():
-        name = prefix + "_".join(str(part) for part in item["loc"]).upper()
+        # list items add an index to the location; the user only knows the variable's name
+        name = prefix + "_".join(str(part) for part in item["loc"] if isinstance(part, str)).upper()
         lines.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
     return "Bad setting(s):\n  " + "\n  ".join(lines)
 

@@ -1,0 +1,65 @@
+"""The `lorabot` command as a user runs it (a real subprocess, the real embedded model)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LORABOT = [sys.executable, "-m", "bots.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lorabot(tmp_path: Path, *args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess:
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LORABOT_", "DISCORD_", "TELEGRAM_"))
+    }
+    environment.update({"LORABOT_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [*LORABOT, *args], cwd=tmp_path, env=environment, input=stdin, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_chat_once_answers_and_exits_zero(tmp_path):
+    result = lorabot(tmp_path, "chat", "--once", "Say hello in one short sentence.", env={"LORABOT_MAX_NEW_TOKENS": "24"})
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip()) > 0
+
+
+def test_chat_unknown_model_lists_valid_ones(tmp_path):
+    result = lorabot(tmp_path, "chat", "--model", "nope", "--once", "hi")
+    assert result.returncode == 1
+    assert "Unknown model 'nope'" in result.stdout and "smollm2-135m" in result.stdout
+
+
+def test_bad_setting_names_the_setting(tmp_path):
+    result = lorabot(tmp_path, "models", env={"LORABOT_QUEUE_MAX": "lots"})
+    assert result.returncode == 2
+    assert "LORABOT_QUEUE_MAX" in result.stdout
+
+
+def test_models_lists_the_embedded_model_and_added_ones(tmp_path, embedded_gguf):
+    added = lorabot(tmp_path, "models", "add", "copy", str(embedded_gguf), "--description", "same file")
+    assert added.returncode == 0, added.stdout + added.stderr
+    listed = lorabot(tmp_path, "models", env={"COLUMNS": "250"})
+    assert listed.returncode == 0
+    assert "smollm2-135m" in listed.stdout and "copy" in listed.stdout and "MiB" in listed.stdout
+
+
+def test_run_without_tokens_opens_terminal_chat(tmp_path):
+    script = "/models\n/model nope\n/help\nHi there\n/reset\n/quit\n"
+    result = lorabot(tmp_path, "run", stdin=script, env={"LORABOT_MAX_NEW_TOKENS": "16"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "terminal chat" in out
+    assert "Unknown model 'nope'" in out and "/reset" in out and "Conversation forgotten." in out
+    assert out.count("bot> ") == 1
+
+
+def test_run_with_unavailable_adapter_settings_is_clear(tmp_path):
+    result = lorabot(tmp_path, "telegram", env={"TELEGRAM_TOKEN": ""})
+    assert result.returncode == 2
+    assert "TELEGRAM_TOKEN is not set" in result.stdout
