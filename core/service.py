@@ -47,7 +47,7 @@ class ChatService:
         self.settings = settings
         self.registry = registry or ModelRegistry(settings.resolved_models_file)
         self.pool = ModelPool(self.registry, settings, engine_factory)
-        self.scheduler = FairScheduler(max_waiting=settings.queue_max)
+        self.scheduler = FairScheduler(max_waiting=settings.queue_max, concurrency=settings.parallel)
         self.limiter = UserRateLimiter(settings.rate_limit_messages, settings.rate_limit_period_s)
         self.history: HistoryStore | None = None
         self._speeds: deque[float] = deque(maxlen=20)

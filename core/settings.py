@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -41,6 +41,7 @@ class CoreSettings(BaseSettings):
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
     max_loaded_models: int = Field(2, ge=1, description="Loaded models kept in memory (LRU).")
     kv_slots: int = Field(8, ge=1, le=64, description="Conversations whose KV cache stays warm per model.")
+    parallel: int = Field(4, ge=1, le=64, description="Replies generated at once (batched together on the CPU).")
     context_length: int = Field(2048, ge=256, description="Context window per conversation.")
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
@@ -52,6 +53,15 @@ class CoreSettings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _parallel_fits_slots(self) -> CoreSettings:
+        if self.parallel > self.kv_slots:
+            raise ValueError(
+                f"LORABOT_PARALLEL ({self.parallel}) must not exceed LORABOT_KV_SLOTS ({self.kv_slots}): "
+                "each reply being generated needs its own KV cache slot"
+            )
+        return self
 
     @property
     def resolved_models_file(self) -> Path:
@@ -67,8 +77,11 @@ def describe_validation_error(error: ValidationError, prefix: str) -> str:
     lines = []
     for item in error.errors():
         # list items add an index to the location; the user only knows the variable's name
-        name = prefix + "_".join(str(part) for part in item["loc"] if isinstance(part, str)).upper()
-        lines.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
+        parts = [str(part) for part in item["loc"] if isinstance(part, str)]
+        if not parts:  # a check across several settings names them in its message
+            lines.append(item["msg"].removeprefix("Value error, "))
+            continue
+        lines.append(f"{prefix}{'_'.join(parts).upper()}: {item['msg']} (got {item.get('input')!r})")
     return "Bad setting(s):\n  " + "\n  ".join(lines)
 
 

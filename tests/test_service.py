@@ -73,7 +73,7 @@ async def test_model_switch_is_per_conversation_and_survives_restart(tmp_path):
 
 
 async def test_full_queue_says_busy(tmp_path):
-    async with make_service(tmp_path, reply="a b c d e f", token_delay_s=0.05, queue_max=1) as service:
+    async with make_service(tmp_path, reply="a b c d e f", token_delay_s=0.05, queue_max=1, parallel=1) as service:
         first = asyncio.create_task(collect(service, "c1", "u1"))
         await asyncio.sleep(0.05)
         second = asyncio.create_task(collect(service, "c2", "u2"))
@@ -100,7 +100,7 @@ async def test_cancel_mid_stream_stops_engine_and_stores_nothing(tmp_path):
 
 
 async def test_cancelling_consumer_task_leaves_queue(tmp_path):
-    async with make_service(tmp_path, reply="x " * 50, token_delay_s=0.02) as service:
+    async with make_service(tmp_path, reply="x " * 50, token_delay_s=0.02, parallel=1) as service:
         running = asyncio.create_task(collect(service, "c1", "u1"))
         await asyncio.sleep(0.05)
         queued = asyncio.create_task(collect(service, "c2", "u2"))
@@ -123,7 +123,7 @@ async def test_same_user_two_conversations_at_once(tmp_path):
 
 
 async def test_queue_positions_are_reported(tmp_path):
-    async with make_service(tmp_path, reply="a b c", token_delay_s=0.05) as service:
+    async with make_service(tmp_path, reply="a b c", token_delay_s=0.05, parallel=1) as service:
         first = asyncio.create_task(collect(service, "c0", "u0"))
         await asyncio.sleep(0.02)
         results = await asyncio.gather(*(collect(service, f"c{i}", f"u{i}") for i in range(1, 4)), first)
@@ -195,3 +195,20 @@ async def test_history_window_moves_in_jumps_to_keep_the_cached_prefix(tmp_path)
         assert windows[4] == ["q2", "q3", "q4"] and windows[5] == ["q2", "q3", "q4", "q5"]  # same start
         assert windows[6] == ["q4", "q5", "q6"]
         assert all(len(w) <= 4 for w in windows)
+
+
+async def test_parallel_replies_are_generated_together(tmp_path):
+    async with make_service(tmp_path, reply="a b c d e f g h", token_delay_s=0.02, parallel=3) as service:
+        results = await asyncio.gather(*(collect(service, f"c{i}", f"u{i}") for i in range(3)))
+        assert all(done.text == "a b c d e f g h" for _, done in results)
+        # tokens of the three replies were produced in turns, not one reply after the other
+        emitted = service.engines["smollm2-135m"].emitted
+        switches = sum(a != b for a, b in zip(emitted, emitted[1:]))
+        assert switches > 2, emitted  # one after the other would switch exactly twice
+
+
+async def test_parallel_must_fit_the_kv_slots(tmp_path):
+    from core.settings import SettingsError, load_core_settings
+
+    with pytest.raises(SettingsError, match="LORABOT_PARALLEL .9. must not exceed LORABOT_KV_SLOTS .8."):
+        load_core_settings(data_dir=tmp_path, parallel=9, kv_slots=8)

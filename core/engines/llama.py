@@ -53,6 +53,21 @@ class Slot:
     conversation_id: str | None = None
     tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
+    busy: bool = False
+    forget_after_use: bool = False
+
+
+@dataclass
+class Generation:
+    """One request in flight: its slot, the prompt tokens not yet read, its sampler."""
+
+    slot: Slot
+    stats: GenerationStats
+    pending: list[int]
+    budget: int
+    sampler: internals.LlamaSampler
+    decoder: codecs.IncrementalDecoder
+    logit_index: int | None = None
 
 
 class LlamaEngine:
@@ -135,10 +150,14 @@ class LlamaEngine:
 
     # -- slots ------------------------------------------------------------------------------
     def _slot_for(self, conversation_id: str) -> Slot:
-        for slot in self.slots:
+        """The conversation's idle slot if it has one, else the least recently used idle slot."""
+        idle = [slot for slot in self.slots if not slot.busy]
+        if not idle:
+            raise RuntimeError("all KV slots are busy (LORABOT_PARALLEL must not exceed LORABOT_KV_SLOTS)")
+        for slot in idle:
             if slot.conversation_id == conversation_id:
                 return slot
-        slot = min(self.slots, key=lambda s: (s.conversation_id is not None, s.last_used))
+        slot = min(idle, key=lambda s: (s.conversation_id is not None, s.last_used))
         self._clear(slot)
         slot.conversation_id = conversation_id
         return slot
@@ -151,26 +170,13 @@ class LlamaEngine:
     def forget(self, conversation_id: str) -> None:
         for slot in self.slots:
             if slot.conversation_id == conversation_id:
-                self._clear(slot)
+                if slot.busy:
+                    slot.forget_after_use = True
+                else:
+                    self._clear(slot)
 
-    # -- decoding ---------------------------------------------------------------------------
-    def _decode(self, slot: Slot, tokens: list[int]) -> None:
-        """Append `tokens` to the slot's sequence; logits are kept for the last one only."""
-        batch = self.batch.batch
-        start = len(slot.tokens)
-        batch.n_tokens = len(tokens)
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = start + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = slot.seq_id
-            batch.logits[i] = False
-        batch.logits[len(tokens) - 1] = True
-        self.ctx.decode(self.batch)
-        slot.tokens.extend(tokens)
-
-    def _prefill(self, slot: Slot, prompt: list[int], cancel: threading.Event) -> int:
-        """Bring the slot's KV cache to `prompt`, reusing the common prefix; returns reused tokens."""
+    def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> int:
+        """Drop the slot's tokens after the common prefix with `prompt`; returns its length."""
         common = 0
         limit = min(len(slot.tokens), len(prompt) - 1)  # re-read at least one token for logits
         while common < limit and slot.tokens[common] == prompt[common]:
@@ -178,14 +184,11 @@ class LlamaEngine:
         if common < len(slot.tokens):
             if not self.ctx.kv_cache_seq_rm(slot.seq_id, common, -1):
                 self._clear(slot)
-                common = 0
+                return 0
             del slot.tokens[common:]
-        for start in range(common, len(prompt), self.n_batch):
-            if cancel.is_set():
-                break
-            self._decode(slot, prompt[start : start + self.n_batch])
         return common
 
+    # -- generation -------------------------------------------------------------------------
     def _sampler(self, request: GenerationRequest) -> internals.LlamaSampler:
         sampler = internals.LlamaSampler()
         if request.temperature <= 0:
@@ -198,41 +201,103 @@ class LlamaEngine:
             sampler.add_dist(request.seed)
         return sampler
 
-    def generate(
-        self, request: GenerationRequest, cancel: threading.Event, stats: GenerationStats
-    ) -> Iterator[str]:
-        slot = self._slot_for(request.conversation_id)
-        slot.last_used = time.monotonic()
+    def begin(self, request: GenerationRequest, stats: GenerationStats) -> Generation:
+        """Claim a slot for the request and line up the prompt tokens it still has to read."""
         prompt = self.prompt_tokens(request.messages)
         stats.prompt_tokens = len(prompt)
         if len(prompt) >= self.context_length:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the {self.context_length}-token window")
-        try:
-            stats.reused_tokens = self._prefill(slot, prompt, cancel)
-        except RuntimeError:
-            self._clear(slot)
-            raise
-        sampler = self._sampler(request)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        room = self.context_length - len(slot.tokens)
-        stats.finish_reason = "length"
-        for _ in range(min(request.max_new_tokens, room)):
-            if cancel.is_set():
-                stats.finish_reason = "cancelled"
-                break
-            token = sampler.sample(self.ctx, self.batch.batch.n_tokens - 1)
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                stats.finish_reason = "stop"
-                break
-            stats.completion_tokens += 1
-            text = decoder.decode(self._piece(token))
-            if text:
-                yield text
-            self._decode(slot, [token])
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
+        slot = self._slot_for(request.conversation_id)
+        slot.busy = True
         slot.last_used = time.monotonic()
+        stats.reused_tokens = self._reuse_prefix(slot, prompt)
+        return Generation(
+            slot=slot,
+            stats=stats,
+            pending=prompt[stats.reused_tokens :],
+            budget=min(request.max_new_tokens, self.context_length - len(prompt)),
+            sampler=self._sampler(request),
+            decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        )
+
+    def step(self, generations: list[Generation]) -> list[tuple[str, bool]]:
+        """Advance every generation by one llama_decode: one new token each for those already
+        generating, and prompt chunks for those still reading, all in one batch (continuous
+        batching, as llama.cpp's server does). Returns (new text, finished) per generation."""
+        batch = self.batch.batch
+        used = 0
+        reading_last = [len(g.pending) == 1 for g in generations]
+        order = sorted(range(len(generations)), key=lambda i: not reading_last[i])  # decoders first
+        for index in order:
+            generation = generations[index]
+            generation.logit_index = None
+            take = generation.pending[: self.n_batch - used]
+            if not take:
+                continue
+            slot = generation.slot
+            start = len(slot.tokens)
+            for offset, token in enumerate(take):
+                batch.token[used + offset] = token
+                batch.pos[used + offset] = start + offset
+                batch.n_seq_id[used + offset] = 1
+                batch.seq_id[used + offset][0] = slot.seq_id
+                batch.logits[used + offset] = False
+            used += len(take)
+            if len(take) == len(generation.pending):
+                batch.logits[used - 1] = True
+                generation.logit_index = used - 1
+            slot.tokens.extend(take)
+            del generation.pending[: len(take)]
+        batch.n_tokens = used
+        self.ctx.decode(self.batch)
+        return [self._sample(generation) for generation in generations]
+
+    def _sample(self, generation: Generation) -> tuple[str, bool]:
+        if generation.logit_index is None:
+            return "", False  # still reading its prompt
+        stats = generation.stats
+        token = generation.sampler.sample(self.ctx, generation.logit_index)
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            stats.finish_reason = "stop"
+            return generation.decoder.decode(b"", final=True), True
+        stats.completion_tokens += 1
+        text = generation.decoder.decode(self._piece(token))
+        if stats.completion_tokens >= generation.budget:
+            stats.finish_reason = "length"
+            return text + generation.decoder.decode(b"", final=True), True
+        generation.pending = [token]
+        return text, False
+
+    def end(self, generation: Generation, *, failed: bool = False) -> None:
+        """Release the generation's slot (its KV cache stays for the conversation's next turn)."""
+        slot = generation.slot
+        slot.busy = False
+        slot.last_used = time.monotonic()
+        if failed or slot.forget_after_use:
+            slot.forget_after_use = False
+            self._clear(slot)
+
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event, stats: GenerationStats
+    ) -> Iterator[str]:
+        """One request on its own (the worker batches several through begin/step/end)."""
+        generation = self.begin(request, stats)
+        failed = False
+        try:
+            while True:
+                if cancel.is_set():
+                    stats.finish_reason = "cancelled"
+                    return
+                text, finished = self.step([generation])[0]
+                if text:
+                    yield text
+                if finished:
+                    return
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self.end(generation, failed=failed)
 
     def close(self) -> None:
         self.batch.close()

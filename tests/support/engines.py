@@ -31,6 +31,7 @@ class ScriptedEngine:
         self.forgotten: list[str] = []
         self.closed = False
         self.thread_ids: set[int] = set()
+        self.emitted: list[str] = []  # conversation id of each token, in the order generated
 
     def _tokens(self, text: str) -> list[str]:
         words = text.split(" ")
@@ -56,6 +57,7 @@ class ScriptedEngine:
             if self.token_delay_s:
                 time.sleep(self.token_delay_s)
             stats.completion_tokens += 1
+            self.emitted.append(request.conversation_id)
             yield piece
 
     def forget(self, conversation_id: str) -> None:
