@@ -89,8 +89,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         for index, prompt in enumerate(report["prompts"]):
             timing = model["per_prompt"][index]
+            cell = prompt.replace("|", "\\|")
             out.append(
-                f"| {prompt.replace('|', '\\|')} | {_num(timing['ttft_s'], 3)} | {_num(timing['decode_tok_s'], 1)} | {timing['tokens']} |"
+                f"| {cell} | {_num(timing['ttft_s'], 3)} | {_num(timing['decode_tok_s'], 1)} | {timing['tokens']} |"
             )
         out.append("")
     if report.get("judge"):
