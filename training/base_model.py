@@ -23,6 +23,9 @@ LLAMA_SHAPES: dict[str, dict[str, Any]] = {
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64),
     "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
                          num_attention_heads=24, num_key_value_heads=8, head_dim=128),
+    # a toy of the same family, for CPU tests of GPU code paths
+    "llama-test": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=49152),
 }
 LLAMA_COMMON = dict(
     vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
@@ -150,7 +153,7 @@ def random_checkpoint(shape: str, tokenizer_dir: Path, out: Path, seed: int) -> 
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(**LLAMA_SHAPES[shape], **LLAMA_COMMON)
+    config = LlamaConfig(**{**LLAMA_COMMON, **LLAMA_SHAPES[shape]})
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)

@@ -97,3 +97,16 @@ def bench_train(
                    conversations=conversations, shape=shape, lora_r=lora_r)
     except TrainingError as error:
         raise _fail(error) from None
+
+
+def app():
+    """A stand-alone app (`python -m training.cli ...`) for hosts without the bot extras."""
+    standalone = typer.Typer(no_args_is_help=True, add_completion=False)
+    standalone.command("train")(train)
+    standalone.command("export")(export)
+    standalone.command("bench-train")(bench_train)
+    return standalone
+
+
+if __name__ == "__main__":
+    app()()

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from training.errors import ExportError, OutputDirError
-from training.gguf_tools import check_free_space, convert_to_gguf, quantize
+from training.gguf_tools import QuantizerMissing, check_free_space, convert_to_gguf, quantize
 
 console = Console(stderr=True)
 
@@ -99,7 +99,10 @@ def export_run(
     quant = None
     if quantization:
         console.print(f"quantizing to {quantization}")
-        quant = quantize(f16, run_dir / f"model-{quantization}.gguf", quantization)
+        try:
+            quant = quantize(f16, run_dir / f"model-{quantization}.gguf", quantization)
+        except QuantizerMissing as error:
+            console.print(f"[yellow]{error}[/yellow]")
     if not keep_merged:
         shutil.rmtree(merged_dir, ignore_errors=True)
     result = ExportResult(merged_dir=merged_dir, f16_gguf=f16, quant_gguf=quant)

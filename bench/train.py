@@ -1,0 +1,230 @@
+"""`lorabot bench train`: QLoRA training throughput on one GPU, three ways, same data, same loss.
+
+    (a) the original notebook's settings, Unsloth: micro-batch 2 x grad-accum 4, 1024 tokens, padded
+    (b) the same settings, plain transformers + peft + trl
+    (c) lorabot's tuned baseline: same 8 x 1024 tokens per optimizer step and the same loss, but
+        padding-free packing (BFD) in one micro-batch of 8 rows, no recomputation, Unsloth
+
+Model: Llama-3.2-1B's architecture with random weights (no hub needed), 4-bit NF4 base, LoRA on
+q,k,v,o,gate,up,down. Data: synthetic conversations whose lengths are spread like FineTome-100k's
+(log-normal, median ~420 tokens, ~15% over 1024 and truncated), so padding waste shows.
+
+Each case runs in its own process: Unsloth patches transformers on import, so (b) must never see
+it, and each peak-memory figure is that case's alone.
+
+Reported: real (non-padding) tokens/s, MFU and peak GPU memory. MFU counts the FLOPs a LoRA step
+needs: forward 2N + input-gradient backward 2N per token (N = matmul weights incl. lm_head; the
+frozen base gets no weight gradients) plus causal attention, over the GPU's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from training.errors import HardwareError
+
+CASES = {
+    "a": dict(title="Unsloth, notebook settings (2x4, padded)", backend="unsloth", batch_size=2, grad_accum=4,
+              packing=False, padding_free=False, gradient_checkpointing="unsloth"),
+    "b": dict(title="transformers+peft+trl, same settings", backend="hf", batch_size=2, grad_accum=4,
+              packing=False, padding_free=False, gradient_checkpointing=True),
+    "c": dict(title="lorabot tuned (8x1, packed, padding-free)", backend="unsloth", batch_size=8, grad_accum=1,
+              packing=True, padding_free=None, gradient_checkpointing=False),
+}
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+WARMUP = 3
+WORDS = (
+    "the model learns from examples and each answer should be clear short and correct when a user asks "
+    "about code data science history travel cooking maths or writing we explain the idea step by step "
+    "then give an example because people remember concrete cases better than abstract rules"
+).split()
+
+
+def synthetic_conversations(count: int, seed: int = 3407) -> list[dict]:
+    """ShareGPT rows with FineTome-like total lengths (tokens ≈ 1.3 x words)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        total_words = int(min(1800, max(24, rng.lognormvariate(math.log(400), 0.75))))
+        turns = rng.choice([1, 1, 1, 2, 2, 3])
+        conv = []
+        for _ in range(turns):
+            share = total_words // turns
+            user = max(4, int(share * rng.uniform(0.1, 0.3)))
+            conv.append({"from": "human", "value": " ".join(rng.choices(WORDS, k=user)) + "?"})
+            conv.append({"from": "gpt", "value": " ".join(rng.choices(WORDS, k=max(4, share - user))) + "."})
+        rows.append({"conversations": conv})
+    return rows
+
+
+def matmul_params(config: Any) -> int:
+    """Weights that take part in a matmul per token (embedding lookup excluded, lm_head included)."""
+    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q, kv = config.num_attention_heads * head, config.num_key_value_heads * head
+    per_layer = d * q + 2 * d * kv + q * d + 3 * d * f
+    return layers * per_layer + d * config.vocab_size
+
+
+def lora_step_flops(config: Any, lengths: list[int]) -> float:
+    """FLOPs for these sequences: 4N per token (fwd + input grads) + causal attention (x3 for bwd)."""
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attn_width = config.num_attention_heads * head
+    dense = 4 * matmul_params(config) * sum(lengths)
+    attention = 3 * sum(2 * config.num_hidden_layers * attn_width * n * n for n in lengths)
+    return float(dense + attention)
+
+
+def peak_flops(device_name: str) -> float | None:
+    return next((flops for key, flops in PEAK_BF16.items() if key in device_name), None)
+
+
+# ----------------------------------------------------------------------------- one case (child)
+def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Path, backend: str | None = None,
+             max_seq_length: int = 1024) -> dict:
+    """Train `steps` optimizer steps with the case's settings; time steps after the warm-up.
+
+    `backend` overrides the case's (CPU tests run (a)/(c)'s settings through the hf backend)."""
+    spec = CASES[case]
+    from training.config import build_config
+    from training.hardware import detect, pick_dtype
+
+    hw = detect()
+    cfg = build_config(
+        "baseline", base_model=f"random:{shape}", tokenizer=os.environ.get("LORABOT_BENCH_TOKENIZER"),
+        dataset=str(data), eval_fraction=0.0, max_eval_samples=None, lora_r=lora_r, lora_alpha=2 * lora_r,
+        max_steps=steps, backend=backend or spec["backend"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
+        packing=spec["packing"], gradient_checkpointing=spec["gradient_checkpointing"], save_steps=10**6,
+        output_dir=out / f"case-{case}", export=False, chat_template="chatml", load_in_4bit=hw.cuda,
+        max_seq_length=max_seq_length,
+    )
+    from training.backends import get_backend
+
+    backend = get_backend(cfg.backend)  # unsloth first, when it is the one
+    import torch
+
+    from training.base_model import resolve_base
+    from training.chat_format import encode_all
+    from training.conversations import load_conversations
+    from training.sft_args import sft_config
+
+    dtype = pick_dtype(hw)
+    base = resolve_base(cfg.base_model, cfg.tokenizer, cfg.seed)
+    model, tokenizer = backend.load(cfg, hw, base, dtype)
+    rows = encode_all(tokenizer, load_conversations(str(data)).conversations, cfg.max_seq_length)
+    model = backend.add_lora(model, cfg)
+    extra: dict[str, Any] = {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
+                             "include_num_input_tokens_seen": "non_padding"}
+    if spec["padding_free"] is not None:
+        extra["padding_free"] = spec["padding_free"]
+    args = sft_config(cfg, hw, dtype, out / f"case-{case}", has_eval=False, **extra)
+    trainer = backend.trainer(model, tokenizer, args, rows, None)
+
+    seen: list[int] = []  # lengths of the real sequences each collated batch held
+    collate = trainer.data_collator
+
+    def counting_collator(examples):
+        for example in examples:
+            seen.extend(example.get("seq_lengths") or [len(example["input_ids"])])
+        return collate(examples)
+
+    trainer.data_collator = counting_collator
+    from transformers import TrainerCallback
+
+    marks: list[tuple[float, int]] = []
+    losses: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), len(seen), state.num_input_tokens_seen))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    trainer.add_callback(Timer())
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    (t0, n0, s0), (t1, n1, s1) = marks[WARMUP - 1], marks[-1]
+    lengths = seen[n0:n1]
+    if not lengths:  # a backend that bypassed our collator: fall back to the trainer's own count
+        lengths = [cfg.max_seq_length // 2] * max(1, (s1 - s0) // (cfg.max_seq_length // 2))
+    seconds = t1 - t0
+    flops = lora_step_flops(model.config, lengths)
+    peak = peak_flops(hw.device_name)
+    return {
+        "case": case, "title": spec["title"], "backend": cfg.backend, "device": hw.device_name,
+        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "packing": cfg.packing,
+        "timed_steps": len(marks) - WARMUP, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
+        "tokens_per_s": round(sum(lengths) / seconds, 1),
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "losses": [round(x, 4) for x in losses],
+        "trainer_non_padding_tokens": int(s1 - s0),
+    }
+
+
+# ----------------------------------------------------------------------------- all cases (parent)
+def main(json_output: bool = False, cases: list[str] | None = None, steps: int = 12, conversations: int = 2000,
+         shape: str = "llama-3.2-1b", lora_r: int = 16) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise HardwareError("`lorabot bench train` measures GPU training: no CUDA GPU found here")
+    cases = cases or list(CASES)
+    from training.base_model import resolve_base
+
+    resolve_base(f"random:{shape}", os.environ.get("LORABOT_BENCH_TOKENIZER"))  # build once, outside the timings
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "shape": shape, "lora_r": lora_r,
+                               "steps": steps, "warmup_steps": WARMUP, "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "conversations.jsonl"
+        data.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(conversations)) + "\n")
+        for case in cases:
+            out_file = Path(tmp) / f"{case}.json"
+            command = [sys.executable, "-m", "bench.train", case, str(data), str(steps), shape, str(lora_r), tmp, str(out_file)]
+            proc = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
+            results["cases"][case] = json.loads(out_file.read_text()) if proc.returncode == 0 else {"error": f"exit {proc.returncode}"}
+    speed = {k: v.get("tokens_per_s") for k, v in results["cases"].items()}
+    if speed.get("a") and speed.get("b"):
+        results["a_over_b"] = round(speed["a"] / speed["b"], 2)
+    if speed.get("c") and speed.get("a"):
+        results["c_over_a"] = round(speed["c"] / speed["a"], 2)
+    print(json.dumps(results) if json_output else table(results))
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"lorabot bench train — {results['device']}, random {results['shape']}, QLoRA r={results['lora_r']}, "
+             f"{results['steps']} steps ({results['warmup_steps']} warm-up)",
+             f"{'case':<4} {'setup':<44} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'loss first→last':>17}"]
+    for case, r in results["cases"].items():
+        if "error" in r:
+            lines.append(f"{case:<4} {CASES[case]['title']:<44} {r['error']}")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+        loss = f"{r['losses'][0]:.3f}→{r['losses'][-1]:.3f}" if r["losses"] else ""
+        peak = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "n/a"
+        lines.append(f"{case:<4} {r['title']:<44} {r['tokens_per_s']:>10,.0f} {mfu:>7} {peak:>9} {loss:>17}")
+    for key, label in (("a_over_b", "(a)/(b)"), ("c_over_a", "(c)/(a)")):
+        if key in results:
+            lines.append(f"{label} tokens/s: {results[key]:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # child process: one case
+    case, data, steps, shape, lora_r, tmp, out_file = sys.argv[1:8]
+    result = run_case(case, Path(data), int(steps), shape, int(lora_r), Path(tmp))
+    Path(out_file).write_text(json.dumps(result))
