@@ -64,3 +64,14 @@ def test_cli_reports_errors_and_exits_2(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["eval", "--models", "smollm2-135m,nope", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "Unknown model 'nope'" in result.output and "smollm2-135m" in result.output
+
+
+def test_unknown_judge_fails_before_any_model_is_measured(tmp_path):
+    from core.settings import load_core_settings
+    from training.evaluate.runner import EvalOptions, run_eval
+
+    settings = load_core_settings(data_dir=tmp_path, models_file=tmp_path / "models.toml")
+    options = EvalOptions(models=["smollm2-135m", "smollm2-135m"], out_dir=tmp_path / "o", judge="nope", progress=False)
+    with pytest.raises(EvalError, match="Unknown model 'nope'"):
+        run_eval(settings, options)
+    assert not (tmp_path / "o").exists()

@@ -122,15 +122,18 @@ def run_eval(settings: CoreSettings, options: EvalOptions) -> dict[str, Any]:
     entries = resolve_models(registry, options.models)
     prompts = load_prompts(options.prompts)
     heldout = load_heldout(options.heldout, options.heldout_limit)
-    judge = make_judge(settings, registry, options) if len(entries) > 1 else None
-    try:
-        models = [
-            evaluate_model(settings, entry, prompts, heldout, options)
-            for entry in tqdm(entries, desc="models", disable=not options.progress)
-        ]
-        judged = run_judge(judge, prompts, models, options.progress) if judge else None
-    finally:
-        if judge is not None:
+    if options.judge and not options.judge_url:
+        resolve_models(registry, [options.judge])  # a bad judge name fails before the long part
+    models = [
+        evaluate_model(settings, entry, prompts, heldout, options)
+        for entry in tqdm(entries, desc="models", disable=not options.progress)
+    ]
+    judged = None
+    # Loaded only now, so the judge takes no memory or CPU while the models are measured.
+    if len(models) > 1 and (judge := make_judge(settings, registry, options)) is not None:
+        try:
+            judged = run_judge(judge, prompts, models, options.progress)
+        finally:
             judge.close()
     report: dict[str, Any] = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
