@@ -157,7 +157,8 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    (t0, n0, s0), (t1, n1, s1) = marks[WARMUP - 1], marks[-1]
+    warmup = max(WARMUP, steps // 4)
+    (t0, n0, s0), (t1, n1, s1) = marks[warmup - 1], marks[-1]
     lengths = seen[n0:n1]
     if not lengths:  # a backend that bypassed our collator: fall back to the trainer's own count
         lengths = [cfg.max_seq_length // 2] * max(1, (s1 - s0) // (cfg.max_seq_length // 2))
@@ -167,7 +168,7 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
     return {
         "case": case, "title": spec["title"], "backend": cfg.backend, "device": hw.device_name,
         "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "packing": cfg.packing,
-        "timed_steps": len(marks) - WARMUP, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
+        "timed_steps": len(marks) - warmup, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
         "tokens_per_s": round(sum(lengths) / seconds, 1),
         "mfu": round(flops / seconds / peak, 4) if peak else None,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
@@ -188,7 +189,7 @@ def main(json_output: bool = False, cases: list[str] | None = None, steps: int =
 
     resolve_base(f"random:{shape}", os.environ.get("LORABOT_BENCH_TOKENIZER"))  # build once, outside the timings
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "shape": shape, "lora_r": lora_r,
-                               "steps": steps, "warmup_steps": WARMUP, "cases": {}}
+                               "steps": steps, "warmup_steps": max(WARMUP, steps // 4), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "conversations.jsonl"
         data.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(conversations)) + "\n")

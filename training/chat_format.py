@@ -3,8 +3,9 @@
 Both backends get the same `input_ids`/`labels` rows from here, so they optimise the same loss.
 Assistant spans are found by rendering the conversation prefix by prefix with the template itself
 (what precedes reply i is `template(messages[:i], add_generation_prompt=True)`), which works for
-any template and for packed rows. It matches Unsloth's `train_on_responses_only`: the reply text,
-its end-of-turn token and the newline after it are learned; headers, system and user turns are not.
+any template and for packed rows. It matches Unsloth's `train_on_responses_only` (2026.10): the
+reply text and its end-of-turn token are learned; headers, system and user turns, and the newline
+after the end-of-turn token are not.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]], text: str) -
                 raise ConfigError("the chat template changes earlier turns; cannot find assistant replies")
             spans.append((start, start + len(message["content"].strip())))
             continue
-        spans.append((len(before), len(through)))
+        # the reply and its end-of-turn token; not the whitespace the template puts after it
+        spans.append((len(before), len(through.rstrip())))
     return spans
 
 

@@ -74,7 +74,11 @@ class UnslothBackend:
 
         ours = [list(row["labels"]) for row in trainer.train_dataset.select(range(min(32, len(trainer.train_dataset))))]
         instruction, response = RESPONSE_PARTS[family]
-        trainer = train_on_responses_only(trainer, instruction_part=instruction, response_part=response)
+        try:
+            trainer = train_on_responses_only(trainer, instruction_part=instruction, response_part=response)
+        except ValueError as error:  # markers not tokenized alike in context (a foreign tokenizer)
+            log.warning("train_on_responses_only could not find the markers (%s); keeping lorabot's labels", error)
+            return trainer
         theirs = [list(row["labels"]) for row in trainer.train_dataset.select(range(len(ours)))]
         same = sum(a == b for a, b in zip(ours, theirs))
         log.warning("train_on_responses_only: labels identical to lorabot's on %d/%d rows", same, len(ours))
