@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from core.engines.base import Engine, GenerationRequest, GenerationStats, Message
@@ -23,6 +23,9 @@ from core.registry import ModelEntry, ModelRegistry
 from core.scheduler import FairScheduler
 from core.settings import CoreSettings
 from core.worker import EngineWorker
+
+
+Scopes = str | Sequence[str] | None  # where a model choice may be set, most specific first
 
 
 @dataclass
@@ -86,9 +89,12 @@ class ChatService:
     def model_names(self) -> list[str]:
         return self.registry.names()
 
-    async def current_model(self, conversation_id: str, scope_id: str | None = None) -> str:
-        for key in (conversation_id, f"scope:{scope_id}" if scope_id else None):
-            if key and (name := await self._store.model_choice(key)) and name in self.registry:
+    async def current_model(self, conversation_id: str, scope_id: Scopes = None) -> str:
+        """The conversation's own choice, else the first scope (e.g. channel, then server) that
+        has one, else the global default. Choices naming a model no longer registered are skipped."""
+        scopes = [scope_id] if isinstance(scope_id, str) else list(scope_id or ())
+        for key in (conversation_id, *(f"scope:{scope}" for scope in scopes)):
+            if (name := await self._store.model_choice(key)) and name in self.registry:
                 return name
         return self.settings.default_model
 
@@ -121,7 +127,7 @@ class ChatService:
         )
 
     async def reply(
-        self, conversation_id: str, user_id: str, text: str, *, scope_id: str | None = None
+        self, conversation_id: str, user_id: str, text: str, *, scope_id: Scopes = None
     ) -> AsyncIterator[ReplyEvent]:
         """Answer `text`; see docs/core-api.md. Raises `ChatError`s with user-facing text."""
         text, notice = clean_user_text(text, self.settings.max_input_chars)
@@ -178,8 +184,12 @@ class ChatService:
         deadline = started + settings.generation_timeout_s
         pieces: list[str] = []
         stream = worker.stream(request, stats)
+        interrupted = False
         try:
-            while not self._stopping.is_set():
+            while True:
+                if self._stopping.is_set():  # close() ran out of patience: end this reply here
+                    interrupted = True
+                    break
                 try:
                     # asyncio.timeout (not wait_for: on 3.11 it can swallow a cancellation)
                     async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
@@ -192,10 +202,10 @@ class ChatService:
                     first_piece_at = time.perf_counter()
                 pieces.append(piece)
                 yield Delta(piece)
-            else:
-                stats.finish_reason = "interrupted"
         finally:
             await stream.aclose()
+        if interrupted:  # after aclose: the worker marks the stopped job "cancelled"
+            stats.finish_reason = "interrupted"
         reply = "".join(pieces)
         elapsed = time.perf_counter() - (first_piece_at or started)
         speed = stats.completion_tokens / elapsed if elapsed > 0 and stats.completion_tokens > 1 else 0.0

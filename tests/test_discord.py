@@ -270,6 +270,11 @@ async def test_model_autocomplete_switch_and_next_reply_uses_new_model(fake, sta
 
     message = await fake.user_message("hello", mention_bot=True)
     assert (await answer(fake, client, message))[0]["content"] == "Arr, from the pirate model"
+    # the switch is the channel's: another member here gets the new model, another channel doesn't
+    message = await fake.user_message("hello", mention_bot=True, user_id=6)
+    assert (await answer(fake, client, message))[0]["content"] == "Arr, from the pirate model"
+    message = await fake.user_message("hello", mention_bot=True, channel_id=fake.OTHER_CHANNEL_ID)
+    assert (await answer(fake, client, message))[0]["content"] == "from the default model"
 
 
 async def test_unknown_model_is_reported(fake, start_bot):
@@ -513,7 +518,7 @@ async def test_queue_full_gets_a_busy_message(fake, start_bot):
         gate.wait(10)
         return f"answer to {request.messages[-1]['content']}"
 
-    client = await start_bot(reply, core={"queue_max": 1})
+    client = await start_bot(reply, core={"queue_max": 1, "parallel": 1})
     try:
         running = await fake.user_message("first", mention_bot=True, user_id=31)
         await fake.wait_until(lambda: client.service.stats().running == 1)

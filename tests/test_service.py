@@ -212,3 +212,13 @@ async def test_parallel_must_fit_the_kv_slots(tmp_path):
 
     with pytest.raises(SettingsError, match="LORABOT_PARALLEL .9. must not exceed LORABOT_KV_SLOTS .8."):
         load_core_settings(data_dir=tmp_path, parallel=9, kv_slots=8)
+
+
+async def test_close_without_patience_marks_running_reply_interrupted(tmp_path):
+    service = make_service(tmp_path, reply="w " * 300, token_delay_s=0.01)
+    await service.start()
+    task = asyncio.create_task(collect(service))
+    await asyncio.sleep(0.1)
+    await service.close(drain_timeout_s=0)
+    events, done = await task
+    assert done.finish_reason == "interrupted" and 0 < len(done.text) < len("w " * 300)

@@ -12,7 +12,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bots.discord_bot.policy import Origin, conversation_id, is_allowed, scope_id
+from bots.discord_bot.policy import Origin, conversation_id, is_allowed, model_scopes
 from bots.discord_bot.replies import NO_MENTIONS, ChannelSink, stream_reply
 from bots.discord_bot.settings import DiscordSettings
 from core.service import ChatService
@@ -165,7 +165,7 @@ class LorabotClient(discord.Client):
             conversation_id=conversation_id(origin),
             user_id=f"discord:{origin.user_id}",
             text=self.prompt_of(message),
-            scope_id=scope_id(origin),
+            scope_id=model_scopes(origin),
             edit_interval_s=self.settings.edit_interval_s,
             typing_channel=channel,
             interrupt=self.interrupt,

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 
 from bots.discord_bot.client import LorabotClient
-from bots.discord_bot.policy import conversation_id, scope_id
+from bots.discord_bot.policy import channel_scope, conversation_id, model_scopes, scope_id
 from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink, stream_reply
 from core.errors import ChatError
 
@@ -52,20 +52,19 @@ async def chat(interaction: discord.Interaction, prompt: str) -> None:
             conversation_id=conversation_id(origin),
             user_id=f"discord:{origin.user_id}",
             text=prompt,
-            scope_id=scope_id(origin),
+            scope_id=model_scopes(origin),
             edit_interval_s=client.settings.edit_interval_s,
             interrupt=client.interrupt,
         )
 
 
-@app_commands.command(name="model", description="Show or change the model of this conversation.")
+@app_commands.command(name="model", description="Show or change the model used in this channel.")
 @app_commands.describe(name="Model to use here (leave empty to list the models)")
 async def model(interaction: discord.Interaction, name: str | None = None) -> None:
     client = _client(interaction)
     origin = client.origin_of_interaction(interaction)
-    conversation = conversation_id(origin)
     if not name:
-        current = await client.service.current_model(conversation, scope_id(origin))
+        current = await client.service.current_model(conversation_id(origin), model_scopes(origin))
         lines = [f"Model here: {_code(current)}", "Available:"]
         for entry in client.service.models():
             about = f" — {entry.description}" if entry.description else ""
@@ -73,18 +72,12 @@ async def model(interaction: discord.Interaction, name: str | None = None) -> No
         await _say(interaction, "\n".join(lines))
         return
     try:
-        entry = await client.service.set_model(conversation, name)
+        entry = await client.service.set_scope_default(channel_scope(origin), name)
     except ChatError as error:
         await _say(interaction, f"⚠️ {error.user_message}")
         return
-    where = (
-        "Our DMs now use"
-        if origin.is_dm
-        else "This thread now uses"
-        if origin.is_thread
-        else "Your conversation with me in this channel now uses"
-    )
-    await _say(interaction, f"{where} {_code(entry.name)}.")
+    where = "Our DMs now use" if origin.is_dm else "This thread now uses" if origin.is_thread else "This channel now uses"
+    await _say(interaction, f"{where} {_code(entry.name)}.", ephemeral=origin.is_dm)
 
 
 @model.autocomplete("name")

@@ -48,6 +48,17 @@ def scope_id(origin: Origin) -> str | None:
     return None if origin.guild_id is None else f"discord:guild:{origin.guild_id}"
 
 
+def channel_scope(origin: Origin) -> str:
+    """The channel (or thread, or DM): `/model` sets the model everyone there talks to."""
+    return f"discord:channel:{origin.channel_id}"
+
+
+def model_scopes(origin: Origin) -> tuple[str, ...]:
+    """Where a model choice can come from, most specific first: this channel, then the server."""
+    server = scope_id(origin)
+    return (channel_scope(origin), server) if server else (channel_scope(origin),)
+
+
 def is_allowed(settings: DiscordSettings, origin: Origin) -> bool:
     """Deny lists always win; a non-empty allow list must contain the ID (roles: any of them)."""
     if origin.is_dm and not settings.allow_dms:
