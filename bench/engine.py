@@ -117,8 +117,11 @@ async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversatio
             _, stamps, _ = await _ask(service, f"rate-{index}", f"rate-{index}", question)
             core_rates.append(_decode_rate(stamps))
 
-        # One conversation, `turns` turns.
-        single = [(await _ask(service, "solo", "solo", QUESTIONS[t % len(QUESTIONS)]))[0] for t in range(turns)]
+        # One conversation at a time, `turns` turns each (`repeats` conversations, for medians).
+        single = [
+            [(await _ask(service, f"solo-{r}", "solo", QUESTIONS[(t + r) % len(QUESTIONS)]))[0] for t in range(turns)]
+            for r in range(repeats)
+        ]
 
         # `conversations` conversations taking turns round-robin.
         interleaved: list[list[float]] = [[] for _ in range(conversations)]
@@ -145,8 +148,8 @@ async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversatio
         "raw_tok_s": statistics.median(raw_rates),
         "core_tok_s": statistics.median(core_rates),
         "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates) if r > 0),
-        "ttft_turn1_s": single[0],
-        "ttft_turn10_s": single[-1],
+        "ttft_turn1_s": statistics.median(row[0] for row in single),
+        "ttft_turn10_s": statistics.median(row[-1] for row in single),
         "ttft_interleaved_turn1_s": statistics.median(row[0] for row in interleaved),
         "ttft_interleaved_turn10_s": statistics.median(row[-1] for row in interleaved),
         "raw_cold_ttft_turn10_s": cold,
