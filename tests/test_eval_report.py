@@ -79,7 +79,10 @@ def test_judge_result_has_counts_and_both_orders(report):
     assert (pair["model"], pair["other"]) == ("tiny-tune", "smollm2-135m")
     assert pair["wins"] + pair["losses"] + pair["ties"] == pair["n"] == 2
     assert 0.0 <= pair["win_rate"] <= 1.0
-    assert all(d["straight"] in "AB tie" and d["swapped"] in "AB tie" for d in pair["decisions"])
+    verdicts = [d[order] for d in pair["decisions"] for order in ("straight", "swapped")]
+    assert set(verdicts) <= {"A", "B", "tie"} and len(verdicts) == 4
+    assert set(verdicts) & {"A", "B"}, "the local judge never expressed a preference (logits not read?)"
+    assert pair["first_position_picks"] == verdicts[::2].count("A") + verdicts[1::2].count("A")
 
 
 def test_markdown_and_png(report):

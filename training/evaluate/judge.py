@@ -115,13 +115,16 @@ class LocalJudge:
         return self.llm._model.tokenize(text.encode(), add_bos=False, special=False)[0]
 
     def choose(self, prompt: str, first: str, second: str) -> Verdict:
+        import llama_cpp
+
         messages = [{"role": "user", "content": judge_message(prompt, first, second)}]
         text = self.template.render(messages, generation_prompt=True)
         tokens = self.llm._model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         tokens = tokens[-(self.llm.n_ctx() - 1) :]
         self.llm.reset()
         self.llm.eval(tokens)
-        logits = self.llm.scores[len(tokens) - 1]
+        # Without logits_all, Llama.eval keeps no scores: read the last token's logits from llama.cpp.
+        logits = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         a, b = (float(logits[token]) for token in self.choices)
         return "A" if a > b else "B" if b > a else "tie"
 

@@ -25,7 +25,7 @@ def plot_tradeoff(models: list[dict[str, Any]], path: Path) -> Path:
             (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8, color=color,
         )
     ax.set_xlabel("held-out perplexity on assistant tokens (lower is better)")
-    ax.set_ylabel("decode tokens/s, median over prompts (higher is better)")
+    ax.set_ylabel("decode tokens/s: median, bars min–max (higher is better)")
     ax.set_title("lorabot eval: speed vs quality on this CPU")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.35, y=0.25)
