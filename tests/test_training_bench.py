@@ -28,7 +28,7 @@ def test_synthetic_lengths_are_spread_like_finetome():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["a", "c"])
+@pytest.mark.parametrize("case", ["c"])  # packed + padding-free: the path with the most bookkeeping
 def test_bench_case_runs_on_a_toy_model(case, tmp_path, monkeypatch):
     monkeypatch.setenv("LORABOT_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data.jsonl"

@@ -57,7 +57,8 @@ def test_merged_model_matches_the_peft_model(tiny_run):
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         expected, got = peft_model(ids).logits, merged(ids).logits
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)  # logits ~10: fp32 rounding of W + BA
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
     # and the adapter really changed the model
     with torch.no_grad(), peft_model.disable_adapter():
         assert (peft_model(ids).logits - expected).abs().max() > 1e-3
