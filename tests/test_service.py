@@ -222,3 +222,16 @@ async def test_close_without_patience_marks_running_reply_interrupted(tmp_path):
     await service.close(drain_timeout_s=0)
     events, done = await task
     assert done.finish_reason == "interrupted" and 0 < len(done.text) < len("w " * 300)
+
+
+async def test_models_load_lazily_and_least_recently_used_is_unloaded(tmp_path):
+    async with make_service(tmp_path, reply="base", models={"m2": "two", "m3": "three"}, max_loaded_models=2) as service:
+        assert service.pool.loaded == []  # nothing loads before it is needed
+        for conversation, model in (("c1", "smollm2-135m"), ("c2", "m2"), ("c3", "m3")):
+            if model != "smollm2-135m":
+                await service.set_model(conversation, model)
+            await collect(service, conversation)
+        assert service.pool.loaded == ["m2", "m3"]
+        assert service.engines["smollm2-135m"].closed and not service.engines["m2"].closed
+        assert (await collect(service, "c1"))[1].text == "base"  # reloads on demand
+        assert service.pool.loaded == ["m3", "smollm2-135m"]
