@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from core.events import Delta, Done
+from core.timing import decode_rate, timed_reply
 from core.registry import ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
@@ -44,11 +44,6 @@ TARGETS = {
 }
 
 
-def _decode_rate(stamps: list[float]) -> float:
-    """Tokens/s between the first and the last streamed piece (prefill excluded)."""
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else 0.0
-
-
 class RawLlama:
     """llama-cpp-python on its own, fed the same prompt tokens the core builds."""
 
@@ -65,13 +60,13 @@ class RawLlama:
             str(model_path), n_ctx=settings.context_length, n_threads=settings.resolved_threads, verbose=False
         )
 
-    def decode_rate(self, question: str) -> float:
+    def decode_tok_s(self, question: str) -> float:
         prompt = self.template.prompt_tokens(
             [{"role": "system", "content": self.system}, {"role": "user", "content": question}]
         )
         self.llm.reset()
         stamps = [time.perf_counter() for _ in self.llm.create_completion(prompt, max_tokens=self.max_tokens, temperature=0.0, stream=True)]
-        return _decode_rate(stamps)
+        return decode_rate(stamps)
 
     def cold_ttft(self, turns: int) -> float:
         """First token after reading a `turns`-turn history from scratch (no warm KV cache)."""
@@ -91,35 +86,21 @@ class RawLlama:
         self.template.close()
 
 
-async def _ask(service: ChatService, conversation: str, user: str, text: str) -> tuple[float, list[float], Done]:
-    started = time.perf_counter()
-    stamps: list[float] = []
-    done = None
-    async for event in service.reply(conversation, user, text):
-        if isinstance(event, Delta):
-            stamps.append(time.perf_counter())
-        elif isinstance(event, Done):
-            done = event
-    assert done is not None and stamps, "no reply"
-    return stamps[0] - started, stamps, done
-
-
 async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversations: int, repeats: int = 3) -> dict[str, float]:
     """Every comparison alternates its two sides so a busy machine slows both alike."""
     service = ChatService(settings)
     await service.start()
     try:
-        await _ask(service, "warmup", "warmup", "Hello!")  # loads the model
-        raw.decode_rate("Hello!")
+        await timed_reply(service, "warmup", "warmup", "Hello!")  # loads the model
+        raw.decode_tok_s("Hello!")
         raw_rates, core_rates = [], []
         for index, question in enumerate(QUESTIONS):
-            raw_rates.append(raw.decode_rate(question))
-            _, stamps, _ = await _ask(service, f"rate-{index}", f"rate-{index}", question)
-            core_rates.append(_decode_rate(stamps))
+            raw_rates.append(raw.decode_tok_s(question))
+            core_rates.append((await timed_reply(service, f"rate-{index}", f"rate-{index}", question)).decode_tok_s)
 
         # One conversation at a time, `turns` turns each (`repeats` conversations, for medians).
         single = [
-            [(await _ask(service, f"solo-{r}", "solo", QUESTIONS[(t + r) % len(QUESTIONS)]))[0] for t in range(turns)]
+            [(await timed_reply(service, f"solo-{r}", "solo", QUESTIONS[(t + r) % len(QUESTIONS)])).ttft_s for t in range(turns)]
             for r in range(repeats)
         ]
 
@@ -127,21 +108,21 @@ async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversatio
         interleaved: list[list[float]] = [[] for _ in range(conversations)]
         for turn in range(turns):
             for conv in range(conversations):
-                ttft, _, _ = await _ask(service, f"rr-{conv}", f"rr-{conv}", QUESTIONS[(turn + conv) % len(QUESTIONS)])
-                interleaved[conv].append(ttft)
+                question = QUESTIONS[(turn + conv) % len(QUESTIONS)]
+                interleaved[conv].append((await timed_reply(service, f"rr-{conv}", f"rr-{conv}", question)).ttft_s)
         cold = raw.cold_ttft(turns)
 
         # Concurrency: one request alone, then `conversations` at once, `repeats` times.
         singles, aggregates = [], []
         for repeat in range(repeats):
             started = time.perf_counter()
-            _, _, done = await _ask(service, f"alone-{repeat}", f"alone-{repeat}", QUESTIONS[repeat])
+            done = (await timed_reply(service, f"alone-{repeat}", f"alone-{repeat}", QUESTIONS[repeat])).done
             singles.append(done.completion_tokens / (time.perf_counter() - started))
             started = time.perf_counter()
             results = await asyncio.gather(
-                *(_ask(service, f"burst-{repeat}-{i}", f"burst-{i}", QUESTIONS[repeat]) for i in range(conversations))
+                *(timed_reply(service, f"burst-{repeat}-{i}", f"burst-{i}", QUESTIONS[repeat]) for i in range(conversations))
             )
-            aggregates.append(sum(done.completion_tokens for _, _, done in results) / (time.perf_counter() - started))
+            aggregates.append(sum(reply.done.completion_tokens for reply in results) / (time.perf_counter() - started))
     finally:
         await service.close()
     return {

@@ -223,13 +223,13 @@ def _mount_optional() -> None:
     """Commands from the training/eval side; missing extras give a clear message, not a crash."""
     try:
         from training import cli as training_cli
+        from training.evaluate.cli import eval as eval_command
     except ImportError:
         return
-    for name in ("train", "export", "eval"):
-        if hasattr(training_cli, name):
-            app.command(name)(getattr(training_cli, name))
-    if hasattr(training_cli, "bench_train"):
-        bench_app.command("train")(training_cli.bench_train)
+    app.command("train")(training_cli.train)
+    app.command("export")(training_cli.export)
+    app.command("eval")(eval_command)
+    bench_app.command("train")(training_cli.bench_train)
 
 
 _mount_optional()

@@ -63,3 +63,14 @@ def test_run_with_unavailable_adapter_settings_is_clear(tmp_path):
     result = lorabot(tmp_path, "telegram", env={"TELEGRAM_TOKEN": ""})
     assert result.returncode == 2
     assert "TELEGRAM_TOKEN is not set" in result.stdout
+
+
+def test_bench_engine_json_reports_every_ratio(tmp_path):
+    import json
+
+    result = lorabot(tmp_path, "bench", "engine", "--json", "--turns", "2", "--conversations", "2", "--max-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("core_vs_raw", "ttft_turn10_vs_turn1", "ttft_interleaved_vs_turn1", "concurrency_ratio"):
+        assert report[key] > 0
+    assert report["model"] == "smollm2-135m" and isinstance(report["targets_met"], bool)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.engine import _ask, _decode_rate
+from core.timing import decode_rate, timed_reply
 from core.registry import ModelEntry, ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
@@ -72,18 +72,19 @@ async def measure_speed(
             async with service.pool.use(entry.name):
                 pass
             load_s = time.perf_counter() - started
-            await _ask(service, "warmup", "eval", "Hello!")
+            await timed_reply(service, "warmup", "eval", "Hello!")
             rss_after = _rss_mib()
             ttfts, rates, answers, per_prompt, empty = [], [], [], [], 0
             for index, prompt in enumerate(tqdm(prompts, desc=f"answers {entry.name}", disable=not progress, leave=False)):
                 try:
-                    ttft, stamps, done = await _ask(service, f"eval-{index}", "eval", prompt)
+                    timed = await timed_reply(service, f"eval-{index}", "eval", prompt)
+                    ttft, stamps, done = timed.ttft_s, timed.stamps, timed.done
                 except AssertionError:  # bench's helper asserts a non-empty reply
                     answers.append("")
                     per_prompt.append({"ttft_s": None, "decode_tok_s": None, "tokens": 0})
                     empty += 1
                     continue
-                rate = _decode_rate(stamps) or None  # needs 3+ pieces
+                rate = decode_rate(stamps) or None  # needs 3+ pieces
                 ttfts.append(ttft)
                 if rate:
                     rates.append(rate)
