@@ -146,6 +146,11 @@ def test_cli_errors_exit_cleanly_before_loading_any_model(tmp_path):
     assert result.exit_code == 2 and "dataset not found" in result.output
     result = runner.invoke(app, ["export", str(tmp_path)])
     assert result.exit_code == 2 and "run.json" in result.output
+    import torch
+
+    if not torch.cuda.is_available():  # checked before any dataset download
+        result = runner.invoke(app, ["train", "--preset", "baseline", "--output", str(tmp_path / "b")])
+        assert result.exit_code == 2 and "needs an NVIDIA GPU" in result.output and "--preset tiny" in result.output
 
 
 def test_cli_module_imports_no_torch():

@@ -88,12 +88,11 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
     """Run one fine-tune; returns where everything went and the before/after eval loss."""
     started = time.time()
     out = ensure_writable(cfg.resolved_output_dir)
-    train_rows, eval_rows, skipped = load_data(cfg)
-
     from training.hardware import detect, pick_backend, pick_dtype
 
     hw = detect()
-    backend_name = pick_backend(hw, cfg.backend, cfg.load_in_4bit, cfg.preset)
+    backend_name = pick_backend(hw, cfg.backend, cfg.load_in_4bit, cfg.preset)  # before any download
+    train_rows, eval_rows, skipped = load_data(cfg)
     from training.backends import get_backend
 
     backend = get_backend(backend_name)  # imports unsloth first when chosen
