@@ -2,8 +2,9 @@
 
     (a) the original notebook's settings, Unsloth: micro-batch 2 x grad-accum 4, 1024 tokens, padded
     (b) the same settings, plain transformers + peft + trl
-    (c) lorabot's tuned baseline: same 8 x 1024 tokens per optimizer step and the same loss, but
-        padding-free packing (BFD) in one micro-batch of 8 rows, no recomputation, Unsloth
+    (c) lorabot's tuned baseline (preset `baseline-tuned`): same 8 x 1024 tokens per optimizer step
+        and the same loss, but padding-free packing (BFD) in one micro-batch of 8 rows, no
+        recomputation, Unsloth
 
 Model: Llama-3.2-1B's architecture with random weights (no hub needed), 4-bit NF4 base, LoRA on
 q,k,v,o,gate,up,down. Data: synthetic conversations whose lengths are spread like FineTome-100k's
@@ -27,18 +28,21 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
+from training.config import PRESETS_DIR
 from training.errors import HardwareError
 
+PRESET_C = tomllib.loads((PRESETS_DIR / "baseline-tuned.toml").read_text(encoding="utf-8"))
 CASES = {
     "a": dict(title="Unsloth, notebook settings (2x4, padded)", backend="unsloth", batch_size=2, grad_accum=4,
               packing=False, padding_free=False, gradient_checkpointing="unsloth"),
     "b": dict(title="transformers+peft+trl, same settings", backend="hf", batch_size=2, grad_accum=4,
               packing=False, padding_free=False, gradient_checkpointing=True),
-    "c": dict(title="lorabot tuned (8x1, packed, padding-free)", backend="unsloth", batch_size=8, grad_accum=1,
-              packing=True, padding_free=None, gradient_checkpointing=False),
+    "c": dict(title="lorabot tuned (8x1, packed, padding-free)", backend="unsloth", padding_free=None,
+              **{key: PRESET_C[key] for key in ("batch_size", "grad_accum", "packing", "gradient_checkpointing")}),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 WARMUP = 3
