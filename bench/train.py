@@ -104,7 +104,7 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
 
     hw = detect()
     cfg = build_config(
-        "baseline", base_model=f"random:{shape}", tokenizer=os.environ.get("LORABOT_BENCH_TOKENIZER"),
+        "baseline", base_model=f"random:{shape}", tokenizer=os.environ.get("LORABOT_RANDOM_TOKENIZER"),
         dataset=str(data), eval_fraction=0.0, max_eval_samples=None, lora_r=lora_r, lora_alpha=2 * lora_r,
         max_steps=steps, backend=backend or spec["backend"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
         packing=spec["packing"], gradient_checkpointing=spec["gradient_checkpointing"], save_steps=10**6,
@@ -191,7 +191,7 @@ def main(json_output: bool = False, cases: list[str] | None = None, steps: int =
     cases = cases or list(CASES)
     from training.base_model import resolve_base
 
-    resolve_base(f"random:{shape}", os.environ.get("LORABOT_BENCH_TOKENIZER"))  # build once, outside the timings
+    resolve_base(f"random:{shape}", os.environ.get("LORABOT_RANDOM_TOKENIZER"))  # build once, outside the timings
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "shape": shape, "lora_r": lora_r,
                                "steps": steps, "warmup_steps": max(WARMUP, steps // 4), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:

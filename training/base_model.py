@@ -53,7 +53,7 @@ def resolve_base(spec: str, tokenizer_spec: str | None = None, seed: int = 3407)
         shape = spec.split(":", 1)[1]
         if shape not in LLAMA_SHAPES:
             raise ConfigError(f"unknown random base {spec!r}; use one of: random:{', random:'.join(LLAMA_SHAPES)}")
-        tok_dir = resolve_base(tokenizer_spec or "embedded")
+        tok_dir = resolve_base(tokenizer_spec or os.environ.get("LORABOT_RANDOM_TOKENIZER") or "embedded")
         key = f"random-{shape}-seed{seed}"
         return _materialise(key, lambda out: random_checkpoint(shape, Path(tok_dir), out, seed))
     path = Path(spec).expanduser()

@@ -4,10 +4,11 @@
 #   bash training/gpu/device_run.sh install p1        # first transfer: install + probe
 #   bash training/gpu/device_run.sh train p2          # second: install the rest, Unsloth baseline run + export
 #   bash training/gpu/device_run.sh bench             # `lorabot bench train` (a)/(b)/(c)
+#   bash training/gpu/device_run.sh test ../.gpu/whl  # the CUDA-only pytest tests (pytest wheels in .gpu/whl)
 set -uo pipefail
 stage=$1; shift
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export LORABOT_CACHE_DIR=/tmp/lorabot-cache LORABOT_BENCH_TOKENIZER=$PWD/.gpu/tokenizer
+export LORABOT_CACHE_DIR=/tmp/lorabot-cache LORABOT_RANDOM_TOKENIZER=$PWD/.gpu/tokenizer
 export TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/lorabot-out}; mkdir -p "$OUT" /tmp/lorabot-gpu
 wheel_dirs=(); for part in "$@"; do wheel_dirs+=(".wheels/$part"); done
@@ -36,6 +37,10 @@ open('/tmp/lorabot-gpu/finetome-like.jsonl','w').write('\n'.join(json.dumps(r) f
       | grep -v "it/s]\|s/it]" | tee "$OUT/train.log" | tail -60
     cp /tmp/lorabot-gpu/baseline-random-1b/metrics.jsonl /tmp/lorabot-gpu/baseline-random-1b/run.json "$OUT/" 2>/dev/null
     ls -la /tmp/lorabot-gpu/baseline-random-1b/ | tee -a "$OUT/train.log"
+    ;;
+  test)  # the CUDA-only tests (they skip on CPU-only CI)
+    python3 -m pytest -q -p no:cacheprovider -o log_cli=true --log-cli-level=WARNING \
+      tests/test_training_gpu.py tests/test_training_bench.py 2>&1 | grep -v "it/s]\|s/it]\|examples/s]" | tail -60
     ;;
   bench)
     python3 -m training.cli bench-train --json "$@" 2> "$OUT/bench.stderr" | tee "$OUT/bench.json"
