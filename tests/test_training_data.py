@@ -160,3 +160,12 @@ def test_cli_module_imports_no_torch():
     code = "import sys, training.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_export_refuses_early_when_the_disk_is_too_full(tmp_path):
+    from training.errors import ExportError
+    from training.gguf_tools import check_free_space
+
+    check_free_space(tmp_path, 1)
+    with pytest.raises(ExportError, match="not enough disk space .* GiB free, about .* GiB needed"):
+        check_free_space(tmp_path, 10**18)
