@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.timing import decode_rate, timed_reply
+from core.worker import compute_thread
 from core.registry import ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
@@ -86,16 +87,24 @@ class RawLlama:
         self.template.close()
 
 
-async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversations: int, repeats: int = 3) -> dict[str, float]:
-    """Every comparison alternates its two sides so a busy machine slows both alike."""
+async def measure(
+    settings: CoreSettings, model_path: Path, turns: int, conversations: int, max_tokens: int, repeats: int = 3
+) -> dict[str, float]:
+    """Every comparison alternates its two sides so a busy machine slows both alike.
+
+    The raw side runs on the core's compute thread too: llama.cpp calls from a second thread
+    would start a second OpenMP team, which slows both sides (see core/worker.py).
+    """
+    compute = compute_thread()
+    raw = await compute.call(RawLlama, settings, model_path, max_tokens)
     service = ChatService(settings)
     await service.start()
     try:
         await timed_reply(service, "warmup", "warmup", "Hello!")  # loads the model
-        raw.decode_tok_s("Hello!")
+        await compute.call(raw.decode_tok_s, "Hello!")
         raw_rates, core_rates = [], []
         for index, question in enumerate(QUESTIONS):
-            raw_rates.append(raw.decode_tok_s(question))
+            raw_rates.append(await compute.call(raw.decode_tok_s, question))
             core_rates.append((await timed_reply(service, f"rate-{index}", f"rate-{index}", question)).decode_tok_s)
 
         # One conversation at a time, `turns` turns each (`repeats` conversations, for medians).
@@ -110,7 +119,7 @@ async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversatio
             for conv in range(conversations):
                 question = QUESTIONS[(turn + conv) % len(QUESTIONS)]
                 interleaved[conv].append((await timed_reply(service, f"rr-{conv}", f"rr-{conv}", question)).ttft_s)
-        cold = raw.cold_ttft(turns)
+        cold = await compute.call(raw.cold_ttft, turns)
 
         # Concurrency: one request alone, then `conversations` at once, `repeats` times.
         singles, aggregates = [], []
@@ -125,6 +134,7 @@ async def measure(settings: CoreSettings, raw: RawLlama, turns: int, conversatio
             aggregates.append(sum(reply.done.completion_tokens for reply in results) / (time.perf_counter() - started))
     finally:
         await service.close()
+        await compute.call(raw.close)
     return {
         "raw_tok_s": statistics.median(raw_rates),
         "core_tok_s": statistics.median(core_rates),
@@ -154,11 +164,7 @@ def run(settings: CoreSettings, *, turns: int, conversations: int, max_tokens: i
             }
         )
         entry = ModelRegistry(bench_settings.resolved_models_file).get(bench_settings.default_model)
-        raw = RawLlama(bench_settings, entry.path, max_tokens)
-        try:
-            measured = asyncio.run(measure(bench_settings, raw, turns, conversations))
-        finally:
-            raw.close()
+        measured = asyncio.run(measure(bench_settings, entry.path, turns, conversations, max_tokens))
     result: dict[str, object] = {
         "model": entry.name,
         "threads": bench_settings.resolved_threads,
