@@ -19,7 +19,9 @@ class TelegramSettings(BaseSettings):
         env_prefix="TELEGRAM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    token: SecretStr | None = Field(None, description="Bot token from @BotFather; the bot starts only when set.")
+    token: SecretStr | None = Field(
+        None, description="Bot token from @BotFather; the bot starts only when set."
+    )
     api_base_url: str = Field(
         "https://api.telegram.org/bot",
         description="Bot API URL up to '/bot'; the token is appended (or replaces '{token}').",
@@ -27,13 +29,25 @@ class TelegramSettings(BaseSettings):
     file_base_url: str = Field("https://api.telegram.org/file/bot", description="Bot API file URL.")
     admin_ids: IdSet = Field(frozenset(), description="User ids that may change the model in any chat.")
     allowed_user_ids: IdSet = Field(frozenset(), description="Only these users may use the bot (empty: all).")
-    allowed_chat_ids: IdSet = Field(frozenset(), description="Only in these chats (empty: all). A private chat's id is the user's id.")
-    edit_interval_s: float = Field(1.5, gt=0, description="Least seconds between edits of a streaming reply in a private chat.")
-    group_edit_interval_s: float = Field(3.0, gt=0, description="Same in groups (Telegram allows ~20 messages a minute per group).")
-    typing_interval_s: float = Field(4.0, gt=0, description="How often the 'typing' action is renewed (it lasts ~5 s).")
+    allowed_chat_ids: IdSet = Field(
+        frozenset(), description="Only in these chats (empty: all). A private chat's id is the user's id."
+    )
+    edit_interval_s: float = Field(
+        1.5, gt=0, description="Least seconds between edits of a streaming reply in a private chat."
+    )
+    group_edit_interval_s: float = Field(
+        3.0, gt=0, description="Same in groups (Telegram allows ~20 messages a minute per group)."
+    )
+    typing_interval_s: float = Field(
+        4.0, gt=0, description="How often the 'typing' action is renewed (it lasts ~5 s)."
+    )
     poll_timeout_s: int = Field(30, ge=0, le=50, description="Long-polling timeout for getUpdates.")
-    drop_pending_updates: bool = Field(False, description="Skip messages that arrived while the bot was offline.")
-    webhook_url: str | None = Field(None, description="Public HTTPS URL for webhook mode; empty: long polling.")
+    drop_pending_updates: bool = Field(
+        False, description="Skip messages that arrived while the bot was offline."
+    )
+    webhook_url: str | None = Field(
+        None, description="Public HTTPS URL for webhook mode; empty: long polling."
+    )
     webhook_listen: str = Field("0.0.0.0", description="Address the webhook server binds to.")
     webhook_port: int = Field(8443, ge=1, le=65535, description="Port the webhook server listens on.")
     webhook_secret: SecretStr | None = Field(
