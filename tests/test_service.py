@@ -11,6 +11,13 @@ from core.events import Delta, Done, Notice, Queued, Started
 from support.engines import make_service
 
 
+async def until(condition, timeout=10.0):
+    """Wait for `condition()` instead of guessing a sleep (the machine may be busy)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 async def collect(service, conversation="c1", user="u1", text="hi", **kwargs):
     events = [event async for event in service.reply(conversation, user, text, **kwargs)]
     return events, next(e for e in events if isinstance(e, Done))
@@ -75,9 +82,9 @@ async def test_model_switch_is_per_conversation_and_survives_restart(tmp_path):
 async def test_full_queue_says_busy(tmp_path):
     async with make_service(tmp_path, reply="a b c d e f", token_delay_s=0.05, queue_max=1, parallel=1) as service:
         first = asyncio.create_task(collect(service, "c1", "u1"))
-        await asyncio.sleep(0.05)
+        await until(lambda: service.scheduler.running == 1)
         second = asyncio.create_task(collect(service, "c2", "u2"))
-        await asyncio.sleep(0.05)
+        await until(lambda: service.scheduler.waiting == 1)
         with pytest.raises(Busy):
             await collect(service, "c3", "u3")
         assert (await first)[1].text == (await second)[1].text == "a b c d e f"
@@ -92,9 +99,9 @@ async def test_cancel_mid_stream_stops_engine_and_stores_nothing(tmp_path):
                 seen += 1
                 if seen == 5:
                     break
-        await asyncio.sleep(0.1)
-        assert service.scheduler.running == 0 and service.scheduler.waiting == 0
+        await until(lambda: service.scheduler.running == 0 and service.scheduler.waiting == 0)
         assert await service.history.recent("c1", 10) == []
+        assert service.engines["smollm2-135m"].emitted.count("c1") < 50  # the engine stopped early
         # the next request runs at once: the worker thread is free again
         assert (await collect(service, "c2"))[1].text == words
 
@@ -102,13 +109,11 @@ async def test_cancel_mid_stream_stops_engine_and_stores_nothing(tmp_path):
 async def test_cancelling_consumer_task_leaves_queue(tmp_path):
     async with make_service(tmp_path, reply="x " * 50, token_delay_s=0.02, parallel=1) as service:
         running = asyncio.create_task(collect(service, "c1", "u1"))
-        await asyncio.sleep(0.05)
+        await until(lambda: service.scheduler.running == 1)
         queued = asyncio.create_task(collect(service, "c2", "u2"))
-        await asyncio.sleep(0.02)
-        assert service.scheduler.waiting == 1
+        await until(lambda: service.scheduler.waiting == 1)
         queued.cancel()
-        await asyncio.sleep(0.02)
-        assert service.scheduler.waiting == 0
+        await until(lambda: service.scheduler.waiting == 0)
         await running
 
 
@@ -124,11 +129,15 @@ async def test_same_user_two_conversations_at_once(tmp_path):
 
 async def test_queue_positions_are_reported(tmp_path):
     async with make_service(tmp_path, reply="a b c", token_delay_s=0.05, parallel=1) as service:
-        first = asyncio.create_task(collect(service, "c0", "u0"))
-        await asyncio.sleep(0.02)
-        results = await asyncio.gather(*(collect(service, f"c{i}", f"u{i}") for i in range(1, 4)), first)
-        positions = [[e.position for e in events if isinstance(e, Queued)] for events, _ in results[:3]]
-        assert positions[2][0] == 3 and positions[2][-1] == 1  # moved up as the queue drained
+        tasks = []
+        for i in range(4):  # one at a time, so the arrival order is known
+            tasks.append(asyncio.create_task(collect(service, f"c{i}", f"u{i}")))
+            while service.scheduler.running + service.scheduler.waiting < i + 1:
+                await asyncio.sleep(0.005)
+        results = await asyncio.gather(*tasks)
+        positions = [[e.position for e in events if isinstance(e, Queued)] for events, _ in results]
+        assert positions[0] == [] and positions[1][0] == 1
+        assert positions[3] == [3, 2, 1]  # moved up as the queue drained
         assert all(done.text == "a b c" for _, done in results)
 
 
@@ -179,7 +188,7 @@ async def test_close_drains_running_reply(tmp_path):
     service = make_service(tmp_path, reply="a b c d", token_delay_s=0.05)
     await service.start()
     task = asyncio.create_task(collect(service))
-    await asyncio.sleep(0.05)
+    await until(lambda: service.scheduler.running == 1)
     await service.close(drain_timeout_s=5)
     assert (await task)[1].text == "a b c d"
 
@@ -218,7 +227,7 @@ async def test_close_without_patience_marks_running_reply_interrupted(tmp_path):
     service = make_service(tmp_path, reply="w " * 300, token_delay_s=0.01)
     await service.start()
     task = asyncio.create_task(collect(service))
-    await asyncio.sleep(0.1)
+    await until(lambda: service.engines.get("smollm2-135m") and service.engines["smollm2-135m"].emitted)
     await service.close(drain_timeout_s=0)
     events, done = await task
     assert done.finish_reason == "interrupted" and 0 < len(done.text) < len("w " * 300)
