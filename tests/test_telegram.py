@@ -246,7 +246,7 @@ async def test_reset_forgets_the_conversation(fake, tmp_path):
 
 
 async def test_queue_full_shows_busy_message(fake, tmp_path):
-    async with running_bot(fake, tmp_path, reply="slow " * 40, token_delay_s=0.02, queue_max=1, parallel=1):
+    async with running_bot(fake, tmp_path, reply="slow " * 40, token_delay_s=0.05, queue_max=1, parallel=1):
         for user in (fake.alice, fake.bob, fake.carol):
             fake.private_chat(user)
         fake.send_text(fake.alice, fake.chats[ALICE], "first (runs)")
