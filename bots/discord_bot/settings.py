@@ -6,15 +6,11 @@ everyone; a deny list always wins over an allow list.
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
-
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bots.settings_types import IdSet
 from core.settings import SettingsError, describe_validation_error
-
-IdSet = Annotated[frozenset[int], NoDecode]
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -59,27 +55,6 @@ class DiscordSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="How long in-flight replies may finish on shutdown."
     )
-
-    @field_validator(
-        "admin_ids",
-        "allowed_guild_ids",
-        "denied_guild_ids",
-        "allowed_channel_ids",
-        "denied_channel_ids",
-        "allowed_role_ids",
-        "denied_role_ids",
-        "allowed_user_ids",
-        "denied_user_ids",
-        mode="before",
-    )
-    @classmethod
-    def _parse_ids(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part for part in text.replace(",", " ").split() if part]
-        return value
 
     @field_validator("token")
     @classmethod

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bots.settings_types import IdSet
 from core.settings import SettingsError, describe_validation_error
-
-IdSet = Annotated[frozenset[int], NoDecode]
-"""Comma- or space-separated Telegram ids in the environment ("123, -100456")."""
 
 
 class TelegramSettings(BaseSettings):
@@ -53,17 +50,6 @@ class TelegramSettings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         None, description="Checks that webhook calls come from Telegram; default: random per start."
     )
-
-    @field_validator("admin_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
-    @classmethod
-    def _split_ids(cls, value: object) -> object:
-        if isinstance(value, str):
-            parts = value.replace(",", " ").split()
-            try:
-                return frozenset(int(part) for part in parts)
-            except ValueError:
-                raise ValueError("must be Telegram ids (integers) separated by commas") from None
-        return value
 
     @field_validator("api_base_url", "file_base_url")
     @classmethod
