@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from collections.abc import AsyncIterator
 
 from core.engines.base import Engine
 from core.errors import ModelLoadError
@@ -60,13 +59,12 @@ class ModelPool:
             if worker is None or self._stale(worker, entry):
                 if worker is not None:
                     await self.unload(name)
-                worker = EngineWorker(name)
+                worker = EngineWorker(name, entry.path)
                 try:
                     await worker.load(lambda: self.factory(entry, self.settings))
                 except Exception as error:  # any loader failure becomes a clear user message
                     await worker.close()
                     raise ModelLoadError(name, _reason(error)) from error
-                worker.entry_path = entry.path  # type: ignore[attr-defined]
                 self._workers[name] = worker
             self._workers.move_to_end(name)
         await self._evict()
@@ -75,7 +73,7 @@ class ModelPool:
     @staticmethod
     def _stale(worker: EngineWorker, entry: ModelEntry) -> bool:
         """Re-registering a name with a new file loads the new file."""
-        return getattr(worker, "entry_path", entry.path) != entry.path
+        return worker.path != entry.path
 
     async def _evict(self) -> None:
         for name in list(self._workers):

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from core.engines.base import Engine, GenerationRequest, GenerationStats
@@ -166,8 +167,9 @@ def compute_thread() -> ComputeThread:
 class EngineWorker:
     """One loaded model, run on the shared compute thread; asyncio code talks to it here."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, path: Path | None = None) -> None:
         self.name = name
+        self.path = path  # the file it was loaded from: a re-registered name reloads
         self.engine: Engine | None = None
         self._compute = compute_thread()
 

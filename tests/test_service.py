@@ -244,3 +244,15 @@ async def test_models_load_lazily_and_least_recently_used_is_unloaded(tmp_path):
         assert service.engines["smollm2-135m"].closed and not service.engines["m2"].closed
         assert (await collect(service, "c1"))[1].text == "base"  # reloads on demand
         assert service.pool.loaded == ["m3", "smollm2-135m"]
+
+
+async def test_reregistering_a_name_with_a_new_file_reloads_it(tmp_path):
+    async with make_service(tmp_path, models={"tuned": "tuned"}) as service:
+        await service.set_model("c1", "tuned")
+        await collect(service, "c1")
+        first = service.engines["tuned"]
+        new_file = tmp_path / "tuned-v2.gguf"
+        new_file.write_bytes(b"GGUF")
+        service.registry.add("tuned", new_file)
+        await collect(service, "c1")
+        assert first.closed and service.engines["tuned"] is not first
