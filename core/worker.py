@@ -10,6 +10,7 @@ generator engines. asyncio code talks to it through `EngineWorker.call` and `.st
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -59,6 +60,15 @@ class ComputeThread:
         self.post("call", fn, args, loop, future)
         return await future
 
+    def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Blocking version of `call`, for synchronous code (e.g. `lorabot eval` scoring a GGUF
+        with llama-cpp-python directly): it too must not start a second OpenMP team."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self.post("sync", fn, args, future)
+        return future.result()
+
     def _loop(self) -> None:
         active: list[_Job] = []
         while True:
@@ -88,6 +98,12 @@ class ComputeThread:
                 _resolve(loop, future, None, error)
             else:
                 _resolve(loop, future, result, None)
+        elif kind == "sync":
+            _, fn, args, future = message
+            try:
+                future.set_result(fn(*args))
+            except BaseException as error:  # handed to the caller
+                future.set_exception(error)
         elif kind == "job":
             self._admit(message[1], active)
         elif kind == "close":

@@ -12,12 +12,14 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from core.errors import UnknownModel
 from core.registry import ModelEntry, ModelRegistry, RegistryError
 from core.settings import CoreSettings
+from core.worker import compute_thread
 from training.evaluate.errors import EvalError
 from training.evaluate.inputs import DEFAULT_HELDOUT, DEFAULT_PROMPTS, load_heldout, load_prompts
 
@@ -71,8 +73,17 @@ def evaluate_model(settings: CoreSettings, entry: ModelEntry, prompts: list[str]
     from training.evaluate.speed import measure_speed
 
     speed = asyncio.run(measure_speed(settings, entry, prompts, max_new_tokens=options.max_new_tokens, progress=options.progress))
-    quality = gguf_perplexity(
-        entry.path, heldout, threads=settings.resolved_threads, n_ctx=settings.context_length, progress=options.progress
+    # llama.cpp work runs on the core's compute thread: a second calling thread would start a
+    # second OpenMP team and slow every later measurement (see core/worker.py).
+    quality = compute_thread().run(
+        partial(
+            gguf_perplexity,
+            entry.path,
+            heldout,
+            threads=settings.resolved_threads,
+            n_ctx=settings.context_length,
+            progress=options.progress,
+        )
     )
     return {
         "name": entry.name,
@@ -130,11 +141,12 @@ def run_eval(settings: CoreSettings, options: EvalOptions) -> dict[str, Any]:
     ]
     judged = None
     # Loaded only now, so the judge takes no memory or CPU while the models are measured.
-    if len(models) > 1 and (judge := make_judge(settings, registry, options)) is not None:
+    compute = compute_thread()
+    if len(models) > 1 and (judge := compute.run(make_judge, settings, registry, options)) is not None:
         try:
-            judged = run_judge(judge, prompts, models, options.progress)
+            judged = compute.run(run_judge, judge, prompts, models, options.progress)
         finally:
-            judge.close()
+            compute.run(judge.close)
     report: dict[str, Any] = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
