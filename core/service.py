@@ -24,7 +24,6 @@ from core.scheduler import FairScheduler
 from core.settings import CoreSettings
 from core.worker import EngineWorker
 
-
 Scopes = str | Sequence[str] | None  # where a model choice may be set, most specific first
 
 
