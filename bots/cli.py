@@ -235,9 +235,5 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
-def main() -> None:  # pragma: no cover - console-script convenience
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -23,10 +23,6 @@ class Ticket:
     seq: int = 0
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
-    @property
-    def running(self) -> bool:
-        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
-
 
 class FairScheduler:
     def __init__(self, max_waiting: int, concurrency: int = 1) -> None:
