@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar, get_args
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are lorabot, a friendly and concise assistant in a group chat. "
-    "Answer clearly and briefly."
+    "You are lorabot, a friendly and concise assistant in a group chat. Answer clearly and briefly."
 )
+
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class SettingsError(Exception):
@@ -41,7 +44,9 @@ class CoreSettings(BaseSettings):
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
     max_loaded_models: int = Field(2, ge=1, description="Loaded models kept in memory (LRU).")
     kv_slots: int = Field(8, ge=1, le=64, description="Conversations whose KV cache stays warm per model.")
-    parallel: int = Field(4, ge=1, le=64, description="Replies generated at once (batched together on the CPU).")
+    parallel: int = Field(
+        4, ge=1, le=64, description="Replies generated at once (batched together on the CPU)."
+    )
     context_length: int = Field(2048, ge=256, description="Context window per conversation.")
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
@@ -72,8 +77,17 @@ class CoreSettings(BaseSettings):
         return self.threads or max(1, os.cpu_count() or 1)
 
 
-def describe_validation_error(error: ValidationError, prefix: str) -> str:
-    """Turn pydantic's error into one line per bad setting, named as the user writes it."""
+def _is_secret(annotation: object) -> bool:
+    return annotation is SecretStr or any(_is_secret(arg) for arg in get_args(annotation))
+
+
+def describe_validation_error(
+    error: ValidationError, prefix: str, hidden: frozenset[str] = frozenset()
+) -> str:
+    """Turn pydantic's error into one line per bad setting, named as the user writes it.
+
+    The values of `hidden` settings (tokens, secrets) are never repeated back.
+    """
     lines = []
     for item in error.errors():
         # list items add an index to the location; the user only knows the variable's name
@@ -81,13 +95,23 @@ def describe_validation_error(error: ValidationError, prefix: str) -> str:
         if not parts:  # a check across several settings names them in its message
             lines.append(item["msg"].removeprefix("Value error, "))
             continue
-        lines.append(f"{prefix}{'_'.join(parts).upper()}: {item['msg']} (got {item.get('input')!r})")
+        shown = "'<hidden>'" if parts[0] in hidden else repr(item.get("input"))
+        lines.append(f"{prefix}{'_'.join(parts).upper()}: {item['msg']} (got {shown})")
     return "Bad setting(s):\n  " + "\n  ".join(lines)
+
+
+def load_settings(settings_class: type[S], prefix: str, **overrides: object) -> S:
+    """Build `settings_class` from the environment and `.env`, or raise `SettingsError` naming each
+    bad value — the one loader behind the core's, Discord's and Telegram's settings."""
+    try:
+        return settings_class(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        hidden = frozenset(
+            name for name, field in settings_class.model_fields.items() if _is_secret(field.annotation)
+        )
+        raise SettingsError(describe_validation_error(error, prefix, hidden)) from error
 
 
 def load_core_settings(**overrides: object) -> CoreSettings:
     """Load settings or raise `SettingsError` naming each bad value."""
-    try:
-        return CoreSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as error:
-        raise SettingsError(describe_validation_error(error, "LORABOT_")) from error
+    return load_settings(CoreSettings, "LORABOT_", **overrides)

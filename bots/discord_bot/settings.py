@@ -6,11 +6,11 @@ everyone; a deny list always wins over an allow list.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bots.settings_types import IdSet
-from core.settings import SettingsError, describe_validation_error
+from core.settings import load_settings
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -89,8 +89,5 @@ class DiscordSettings(BaseSettings):
 
 
 def load_discord_settings(**overrides: object) -> DiscordSettings:
-    """Load settings or raise `SettingsError` naming each bad value."""
-    try:
-        return DiscordSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as error:
-        raise SettingsError(describe_validation_error(error, "DISCORD_")) from error
+    """Load settings or raise `SettingsError` naming each bad value (never echoing the token)."""
+    return load_settings(DiscordSettings, "DISCORD_", **overrides)

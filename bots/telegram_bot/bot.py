@@ -39,9 +39,10 @@ from bots.telegram_bot.handlers import (
     on_model_button,
     on_private_text,
 )
-from bots.telegram_bot.settings import SettingsError, TelegramSettings
+from bots.telegram_bot.settings import TelegramSettings
 from bots.telegram_bot.state import BotState
 from core.service import ChatService
+from core.settings import SettingsError
 
 log = logging.getLogger(__name__)
 

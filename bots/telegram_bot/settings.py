@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bots.settings_types import IdSet
-from core.settings import SettingsError, describe_validation_error
+from core.settings import load_settings
 
 
 class TelegramSettings(BaseSettings):
@@ -107,12 +107,4 @@ class TelegramSettings(BaseSettings):
 
 def load_telegram_settings(**overrides: object) -> TelegramSettings:
     """Load settings or raise `SettingsError` naming each bad value (never echoing the token)."""
-    try:
-        return TelegramSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as error:
-        message = describe_validation_error(error, "TELEGRAM_")
-        for item in error.errors():
-            secret = item.get("input")
-            if item["loc"][:1] in {("token",), ("webhook_secret",)} and isinstance(secret, str) and secret:
-                message = message.replace(repr(secret), "'<hidden>'")
-        raise SettingsError(message) from error
+    return load_settings(TelegramSettings, "TELEGRAM_", **overrides)
