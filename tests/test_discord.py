@@ -270,9 +270,9 @@ async def test_model_autocomplete_switch_and_next_reply_uses_new_model(fake, sta
 
     message = await fake.user_message("hello", mention_bot=True)
     assert (await answer(fake, client, message))[0]["content"] == "Arr, from the pirate model"
-    # the switch is the channel's: another member here gets the new model, another channel doesn't
+    # the switch is the caller's conversation: another member here keeps the default, so does another channel
     message = await fake.user_message("hello", mention_bot=True, user_id=6)
-    assert (await answer(fake, client, message))[0]["content"] == "Arr, from the pirate model"
+    assert (await answer(fake, client, message))[0]["content"] == "from the default model"
     message = await fake.user_message("hello", mention_bot=True, channel_id=fake.OTHER_CHANNEL_ID)
     assert (await answer(fake, client, message))[0]["content"] == "from the default model"
 
@@ -500,7 +500,7 @@ async def test_role_and_channel_lists(fake, start_bot):
             Origin(1, 10, 100, role_ids=frozenset({5, 6})),
             False,
         ),
-        ({"allowed_guild_ids": "100"}, Origin(1, 10, None), True),  # DMs are not in a guild
+        ({"allowed_guild_ids": "100"}, Origin(1, 10, None), False),  # a DM would bypass the server list
         ({"allow_dms": False}, Origin(1, 10, None), False),
     ],
 )
@@ -642,12 +642,22 @@ async def test_service_stopping_mid_reply_marks_it_interrupted(fake, start_bot):
 
 
 async def test_token_is_never_logged(fake, start_bot, caplog):
+    """The token travels with every request and the IDENTIFY; discord.py logs those at DEBUG.
+
+    Asserting only that the token is absent would hold even if nothing were captured, so first
+    check that the lines about those requests were captured, then that none has the token."""
     caplog.set_level(logging.DEBUG)
     client = await start_bot("hi")
     message = await fake.user_message("hello", mention_bot=True)
     await answer(fake, client, message)
-    assert fake.token not in caplog.text
+    logged = [record.getMessage() for record in caplog.records]
+    assert any("/users/@me" in line and "has returned 200" in line for line in logged), "REST log captured"
+    assert any("sent the IDENTIFY payload" in line for line in logged), "gateway log captured"
+    assert all(fake.token not in line for line in logged) and fake.token not in caplog.text
     assert fake.token not in repr(client.settings) and fake.token not in str(client.settings.model_dump())
+    with pytest.raises(SettingsError) as error:
+        load_discord_settings(_env_file=None, token=fake.token, edit_interval_s="soon")
+    assert "DISCORD_EDIT_INTERVAL_S" in str(error.value) and fake.token not in str(error.value)
 
 
 def test_settings_parse_id_lists_and_name_bad_values(monkeypatch):
@@ -670,3 +680,166 @@ async def test_missing_token_is_a_clear_error(tmp_path):
     service = make_service(tmp_path)
     with pytest.raises(SettingsError, match="DISCORD_TOKEN"):
         await run_discord(service, DiscordSettings(_env_file=None))
+
+
+# ---- model scopes, DMs and mentions (issue 10) ----------------------------------------
+
+MANAGE_CHANNELS = 1 << 4
+EPHEMERAL = 64
+
+
+async def said(fake: FakeDiscord, token: str) -> dict:
+    """The bot's (first) answer to one slash command."""
+    return (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]
+
+
+async def answer_text(fake: FakeDiscord, client: LorabotClient, **message) -> str:
+    sent = await fake.user_message("hi", mention_bot=True, **message)
+    return (await answer(fake, client, sent))[0]["content"]
+
+
+async def test_model_scopes_conversation_channel_and_server_each_with_its_permission(fake, start_bot):
+    client = await start_bot(
+        "default", models={"pirate": "Arr", "robot": "Beep", "owl": "Hoo"}, admin_ids="77"
+    )
+    other = {"channel_id": FakeDiscord.OTHER_CHANNEL_ID}
+
+    # /model name: — anyone, for their own conversation in this channel only
+    mine = await said(fake, await fake.slash("model", {"name": "pirate"}, user_id=5))
+    assert "Your conversation here now uses `pirate`" in mine["content"] and mine["flags"] & EPHEMERAL
+    assert await answer_text(fake, client, user_id=5) == "Arr"
+    assert await answer_text(fake, client, user_id=6) == "default"  # other people here: unchanged
+    assert await answer_text(fake, client, user_id=5, **other) == "default"  # other channels too
+
+    # scope:channel — Manage Channels (or an admin id); the caller's own choice still wins
+    refused = await said(fake, await fake.slash("model", {"name": "robot", "scope": "channel"}, user_id=6))
+    assert "Manage Channels" in refused["content"] and refused["flags"] & EPHEMERAL
+    assert await answer_text(fake, client, user_id=7) == "default"
+    allowed = await said(
+        fake,
+        await fake.slash(
+            "model",
+            {"name": "robot", "scope": "channel"},
+            user_id=6,
+            permissions=EVERYDAY_PERMISSIONS | MANAGE_CHANNELS,
+        ),
+    )
+    assert "This channel now uses `robot`" in allowed["content"] and not allowed["flags"] & EPHEMERAL
+    assert await answer_text(fake, client, user_id=7) == "Beep"
+    assert await answer_text(fake, client, user_id=5) == "Arr"
+    assert await answer_text(fake, client, user_id=7, **other) == "default"
+
+    # /model-default — Manage Server (or an admin id); a channel's choice wins over it
+    refused = await said(fake, await fake.slash("model-default", {"name": "owl"}, user_id=8))
+    assert "Manage Server" in refused["content"] and refused["flags"] & EPHEMERAL
+    assert await answer_text(fake, client, user_id=9, **other) == "default"
+    await said(
+        fake,
+        await fake.slash(
+            "model-default", {"name": "owl"}, user_id=8, permissions=EVERYDAY_PERMISSIONS | MANAGE_GUILD
+        ),
+    )
+    assert await answer_text(fake, client, user_id=9, **other) == "Hoo"
+    assert await answer_text(fake, client, user_id=9) == "Beep"
+
+    # a configured admin id may set a channel's model without Manage Channels
+    admin = await said(fake, await fake.slash("model", {"name": "pirate", "scope": "channel"}, user_id=77))
+    assert "This channel now uses `pirate`" in admin["content"]
+    assert await answer_text(fake, client, user_id=10) == "Arr"
+
+    # in a DM there is one conversation: scope:channel changes just that
+    dm = await said(
+        fake, await fake.slash("model", {"name": "owl", "scope": "channel"}, user_id=42, guild=False)
+    )
+    assert "Our DMs now use `owl`" in dm["content"]
+    message = await fake.user_message("hello", guild=False, user_id=42)
+    assert (await answer(fake, client, message))[0]["content"] == "Hoo"
+
+
+async def test_help_and_command_descriptions_say_who_may_change_the_model_where(fake, start_bot):
+    await start_bot()
+    help_text = (await said(fake, await fake.slash("help", {})))["content"]
+    for phrase in ("your conversation here only", "scope:channel", "Manage Channels", "Manage Server"):
+        assert phrase in help_text
+    assert "this conversation" not in help_text.split("/model-default")[0].split("`/model`")[-1]
+    commands = {command["name"]: command for command in fake.commands}
+    model_command = commands["model"]
+    assert "your conversation" in model_command["description"]
+    scope = next(option for option in model_command["options"] if option["name"] == "scope")
+    assert [choice["value"] for choice in scope["choices"]] == ["conversation", "channel"]
+    assert "Manage Channels" in scope["description"]
+    assert "Manage Server" in commands["model-default"]["description"]
+
+
+async def test_dms_are_refused_while_a_server_allow_list_is_set(fake, start_bot):
+    client = await start_bot("hi", allowed_guild_ids=str(FakeDiscord.GUILD_ID), admin_ids="43")
+    stranger = await fake.user_message("let me in", guild=False, user_id=42)
+    token = await fake.slash("chat", {"prompt": "hi"}, user_id=42, guild=False)
+    refusal = await said(fake, token)
+    assert "can't use lorabot" in refusal["content"] and refusal["flags"] & EPHEMERAL
+    admin = await fake.user_message("hello", guild=False, user_id=43)
+    assert (await answer(fake, client, admin))[0]["content"] == "hi"  # answered after the stranger's DM
+    assert await answer_text(fake, client, user_id=42) == "hi"  # the same user is welcome in the server
+    assert fake.replies_to(stranger["id"]) == []
+    assert not fake.find("POST", rf"/channels/{fake.dm_channel_id(42)}/")
+
+
+async def test_open_dms_lets_anyone_dm_despite_a_server_allow_list(fake, start_bot):
+    client = await start_bot("hi", allowed_guild_ids=str(FakeDiscord.GUILD_ID), open_dms=True)
+    message = await fake.user_message("hello", guild=False, user_id=42)
+    assert (await answer(fake, client, message))[0]["content"] == "hi"
+
+
+@pytest.mark.parametrize(
+    ("settings", "user", "allowed"),
+    [
+        ({}, 1, True),
+        ({"allowed_guild_ids": "100"}, 1, False),
+        ({"allowed_channel_ids": "10"}, 1, False),
+        ({"allowed_role_ids": "5"}, 1, False),
+        ({"allowed_guild_ids": "100", "allowed_user_ids": "1"}, 1, True),
+        ({"allowed_guild_ids": "100", "admin_ids": "1"}, 1, True),
+        ({"allowed_guild_ids": "100", "open_dms": True}, 1, True),
+        ({"allowed_guild_ids": "100", "open_dms": True, "denied_user_ids": "1"}, 1, False),
+        ({"open_dms": True, "allow_dms": False}, 1, False),
+        ({"denied_guild_ids": "100"}, 1, True),  # deny lists name servers: a DM is in none
+    ],
+)
+def test_dm_access_rules(settings, user, allowed):
+    assert is_allowed(DiscordSettings(_env_file=None, **settings), Origin(user, 10, None)) is allowed
+
+
+async def test_every_message_the_bot_sends_or_edits_pings_nobody(fake, start_bot):
+    """Model output and echoed user input with @everyone, @here, role and user mentions."""
+    pings = f"@everyone @here <@&{FakeDiscord.MOD_ROLE_ID}> <@{FakeDiscord.OWNER_ID}>"
+    text = "\n\n".join(f"{pings} part {i}. " + "words " * 60 for i in range(8))  # ~3500 characters
+    client = await start_bot(text, token_delay_s=0.001)
+    message = await fake.user_message("ping them", mention_bot=True)
+    assert len(await answer(fake, client, message)) >= 2  # continuation messages too
+    dm = await fake.user_message("ping them", guild=False, user_id=42)
+    await answer(fake, client, dm)
+    token = await fake.slash("chat", {"prompt": "again"})
+    await fake.wait_until(lambda: len(fake.interaction_messages(token)) >= 2)
+    await client.wait_idle()
+    unknown = await said(fake, await fake.slash("model", {"name": pings}))  # echoed in the error
+    assert "@everyone" in unknown["content"]
+    await said(fake, await fake.slash("help", {}))
+
+    routes = set()
+    for call in fake.calls:
+        body = call.json if isinstance(call.json, dict) else {}
+        body = body.get("data") or {} if "/callback" in call.path else body
+        if call.method not in ("POST", "PATCH") or "content" not in body:
+            continue
+        routes.add(re.sub(r"\d+|itoken-\d+", "N", f"{call.method} {call.path}"))
+        assert body.get("allowed_mentions") == {"parse": []} or body.get("allowed_mentions") == {
+            "parse": [],
+            "replied_user": False,
+        }, (call.path, body)
+    assert {
+        "POST /channels/N/messages",  # replies, continuations, DMs
+        "PATCH /channels/N/messages/N",  # streamed edits
+        "POST /interactions/N/N/callback",  # command answers
+        "PATCH /webhooks/N/N/messages/@original",  # /chat's streamed answer
+        "POST /webhooks/N/N",  # /chat's continuation messages
+    } <= routes, routes

@@ -10,8 +10,16 @@ import discord
 from discord import app_commands
 
 from bots.discord_bot.client import LorabotClient
-from bots.discord_bot.policy import channel_scope, conversation_id, model_scopes, scope_id
-from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink, stream_reply
+from bots.discord_bot.policy import (
+    Origin,
+    channel_scope,
+    conversation_id,
+    may_set_channel_model,
+    may_set_server_model,
+    model_scopes,
+    scope_id,
+)
+from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
 from core.errors import ChatError
 
 HELP = """\
@@ -20,9 +28,18 @@ HELP = """\
   In threads I started, just write.
 • `/chat prompt:` asks without a mention.
 • In a channel each person has their own conversation with me; a thread or a DM is one conversation.
-• `/model` shows or changes the model of this conversation; `/model-default` sets the server's default (Manage Server).
+• `/model` shows the model here. `/model name:` changes it for your conversation here only (in a \
+thread: the thread's, shared by everyone in it). `/model name: scope:channel` changes it for the whole \
+channel (Manage Channels). `/model-default name:` sets the server's default (Manage Server).
+  Your conversation's choice wins over the channel's, the channel's over the server's.
 • `/reset` makes me forget this conversation; `/stats` shows the queue and speed.
 Replies stream in as they are written; when many people ask at once you'll see your place in the queue."""
+
+CONVERSATION, CHANNEL = "conversation", "channel"
+SCOPES = [
+    app_commands.Choice(name="my conversation here (default)", value=CONVERSATION),
+    app_commands.Choice(name="the whole channel (Manage Channels)", value=CHANNEL),
+]
 
 
 def _client(interaction: discord.Interaction) -> LorabotClient:
@@ -45,39 +62,73 @@ async def chat(interaction: discord.Interaction, prompt: str) -> None:
     client = _client(interaction)
     origin = client.origin_of_interaction(interaction)
     await interaction.response.defer(thinking=True)  # Discord shows "lorabot is thinking…"
-    async with client.track():
-        await stream_reply(
-            client.service,
-            InteractionSink(interaction),
-            conversation_id=conversation_id(origin),
-            user_id=f"discord:{origin.user_id}",
-            text=prompt,
-            scope_id=model_scopes(origin),
-            edit_interval_s=client.settings.edit_interval_s,
-            interrupt=client.interrupt,
-        )
+    async with client.inflight.track():
+        await client.answer(InteractionSink(interaction), origin, prompt)
 
 
-@app_commands.command(name="model", description="Show or change the model used in this channel.")
-@app_commands.describe(name="Model to use here (leave empty to list the models)")
-async def model(interaction: discord.Interaction, name: str | None = None) -> None:
+async def _list_models(interaction: discord.Interaction, origin: Origin) -> None:
+    service = _client(interaction).service
+    current = await service.current_model(conversation_id(origin), model_scopes(origin))
+    lines = [f"Model here: {_code(current)}", "Available:"]
+    for entry in service.models():
+        about = f" — {entry.description}" if entry.description else ""
+        lines.append(f"• {_code(entry.name)}{about}")
+    await _say(interaction, "\n".join(lines))
+
+
+async def _set_conversation_model(interaction: discord.Interaction, origin: Origin, name: str) -> None:
+    """Anyone may pick the model of their own conversation (a thread's is shared: say it publicly)."""
+    entry = await _client(interaction).service.set_model(conversation_id(origin), name)
+    if origin.is_dm:
+        await _say(interaction, f"Our DMs now use {_code(entry.name)}.")
+    elif origin.is_thread:
+        await _say(interaction, f"This thread now uses {_code(entry.name)}.", ephemeral=False)
+    else:
+        await _say(interaction, f"Your conversation here now uses {_code(entry.name)}.")
+
+
+async def _set_channel_model(interaction: discord.Interaction, origin: Origin, name: str) -> None:
+    """The channel's model is everyone's default there: Manage Channels (or a lorabot admin)."""
     client = _client(interaction)
-    origin = client.origin_of_interaction(interaction)
+    if not may_set_channel_model(
+        client.settings, origin, manage_channels=interaction.permissions.manage_channels
+    ):
+        await _say(
+            interaction,
+            "Only members with **Manage Channels** (or lorabot admins) can change the model for the "
+            "whole channel; `/model name:` alone changes it for your own conversation.",
+        )
+        return
+    entry = await client.service.set_scope_default(channel_scope(origin), name)
+    await _say(
+        interaction,
+        f"This channel now uses {_code(entry.name)} (conversations here that picked their own keep it).",
+        ephemeral=False,
+    )
+
+
+@app_commands.command(
+    name="model", description="Show the model here, or change it for your conversation (or the channel)."
+)
+@app_commands.describe(
+    name="Model to use (leave empty to list the models)",
+    scope="Change it for your conversation here (default) or the whole channel (Manage Channels)",
+)
+@app_commands.choices(scope=SCOPES)
+async def model(
+    interaction: discord.Interaction, name: str | None = None, scope: app_commands.Choice[str] | None = None
+) -> None:
+    origin = _client(interaction).origin_of_interaction(interaction)
     if not name:
-        current = await client.service.current_model(conversation_id(origin), model_scopes(origin))
-        lines = [f"Model here: {_code(current)}", "Available:"]
-        for entry in client.service.models():
-            about = f" — {entry.description}" if entry.description else ""
-            lines.append(f"• {_code(entry.name)}{about}")
-        await _say(interaction, "\n".join(lines))
+        await _list_models(interaction, origin)
         return
     try:
-        entry = await client.service.set_scope_default(channel_scope(origin), name)
+        if scope is not None and scope.value == CHANNEL and not origin.is_dm:  # a DM is one conversation
+            await _set_channel_model(interaction, origin, name)
+        else:
+            await _set_conversation_model(interaction, origin, name)
     except ChatError as error:
         await _say(interaction, f"⚠️ {error.user_message}")
-        return
-    where = "Our DMs now use" if origin.is_dm else "This thread now uses" if origin.is_thread else "This channel now uses"
-    await _say(interaction, f"{where} {_code(entry.name)}.", ephemeral=origin.is_dm)
 
 
 @model.autocomplete("name")
@@ -93,18 +144,20 @@ async def model_name_autocomplete(
     return choices[:25]
 
 
-@app_commands.command(name="model-default", description="Set the server's default model (Manage Server).")
+@app_commands.command(
+    name="model-default", description="Set the server's default model (Manage Server or lorabot admins)."
+)
 @app_commands.describe(name="Model every conversation here uses unless it picked its own")
 @app_commands.autocomplete(name=model_name_autocomplete)
 @app_commands.guild_only()
 async def model_default(interaction: discord.Interaction, name: str) -> None:
     client = _client(interaction)
-    server = scope_id(client.origin_of_interaction(interaction))
+    origin = client.origin_of_interaction(interaction)
+    server = scope_id(origin)
     if server is None:  # guild_only hides it in DMs; an old client may still send it
         await _say(interaction, "`/model-default` works in a server; in DMs use `/model`.")
         return
-    is_admin = interaction.user.id in client.settings.admin_ids or interaction.permissions.manage_guild
-    if not is_admin:
+    if not may_set_server_model(client.settings, origin, manage_guild=interaction.permissions.manage_guild):
         await _say(
             interaction,
             "Only members with **Manage Server** (or lorabot admins) can change the server default.",

@@ -49,19 +49,46 @@ def scope_id(origin: Origin) -> str | None:
 
 
 def channel_scope(origin: Origin) -> str:
-    """The channel (or thread, or DM): `/model` sets the model everyone there talks to."""
-    return f"discord:channel:{origin.channel_id}"
+    """The text channel (a thread's parent): `/model scope:channel` sets its model for everyone.
+
+    A thread follows its channel's choice; the thread's own conversation can still pick one.
+    """
+    return f"discord:channel:{origin.parent_channel_id or origin.channel_id}"
 
 
 def model_scopes(origin: Origin) -> tuple[str, ...]:
-    """Where a model choice can come from, most specific first: this channel, then the server."""
+    """Where a model choice comes from after the conversation's own: the channel, then the server."""
     server = scope_id(origin)
     return (channel_scope(origin), server) if server else (channel_scope(origin),)
 
 
+def may_set_channel_model(settings: DiscordSettings, origin: Origin, *, manage_channels: bool) -> bool:
+    """A channel-wide model changes everyone's default there: Manage Channels or a lorabot admin."""
+    return manage_channels or origin.user_id in settings.admin_ids
+
+
+def may_set_server_model(settings: DiscordSettings, origin: Origin, *, manage_guild: bool) -> bool:
+    """The server default changes every conversation in it: Manage Server or a lorabot admin."""
+    return manage_guild or origin.user_id in settings.admin_ids
+
+
+def _server_lists_set(settings: DiscordSettings) -> bool:
+    return bool(settings.allowed_guild_ids or settings.allowed_channel_ids or settings.allowed_role_ids)
+
+
+def dm_allowed(settings: DiscordSettings, origin: Origin) -> bool:
+    """DMs are in no server, so server allow lists can't be checked there; while one is set, a DM
+    would let anyone past it. Then only listed users and admins may DM, unless DISCORD_OPEN_DMS."""
+    if not settings.allow_dms:
+        return False
+    if settings.open_dms or not _server_lists_set(settings):
+        return True
+    return origin.user_id in settings.allowed_user_ids or origin.user_id in settings.admin_ids
+
+
 def is_allowed(settings: DiscordSettings, origin: Origin) -> bool:
     """Deny lists always win; a non-empty allow list must contain the ID (roles: any of them)."""
-    if origin.is_dm and not settings.allow_dms:
+    if origin.is_dm and not dm_allowed(settings, origin):
         return False
     channels = {origin.channel_id} | ({origin.parent_channel_id} if origin.parent_channel_id else set())
     if origin.user_id in settings.denied_user_ids or origin.role_ids & settings.denied_role_ids:
@@ -73,7 +100,7 @@ def is_allowed(settings: DiscordSettings, origin: Origin) -> bool:
     if settings.allowed_user_ids and origin.user_id not in settings.allowed_user_ids:
         return False
     if origin.is_dm:
-        return True  # guild, channel and role allow lists are about servers
+        return True  # dm_allowed stood in for the guild, channel and role allow lists
     if settings.allowed_guild_ids and origin.guild_id not in settings.allowed_guild_ids:
         return False
     if settings.allowed_channel_ids and not channels & settings.allowed_channel_ids:

@@ -28,7 +28,9 @@ class DiscordSettings(BaseSettings):
         DISCORD_API_BASE_URL, description="REST base URL incl. /api/v10 (e.g. a nirn-proxy)."
     )
     gateway_url: str = Field(DISCORD_GATEWAY_URL, description="Gateway websocket URL.")
-    admin_ids: IdSet = Field(frozenset(), description="User IDs allowed to run /model-default anywhere.")
+    admin_ids: IdSet = Field(
+        frozenset(), description="User IDs that may set channel models and server defaults anywhere."
+    )
     allowed_guild_ids: IdSet = frozenset()
     denied_guild_ids: IdSet = frozenset()
     allowed_channel_ids: IdSet = Field(
@@ -40,6 +42,11 @@ class DiscordSettings(BaseSettings):
     allowed_user_ids: IdSet = frozenset()
     denied_user_ids: IdSet = frozenset()
     allow_dms: bool = Field(True, description="Answer direct messages (and commands in DMs).")
+    open_dms: bool = Field(
+        False,
+        description="While a guild/channel/role allow list is set, answer DMs from anyone "
+        "(default: only DISCORD_ALLOWED_USER_IDS and DISCORD_ADMIN_IDS).",
+    )
     edit_interval_s: float = Field(
         1.0, ge=0.05, le=60, description="Minimum seconds between edits of a streaming reply."
     )
