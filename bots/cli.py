@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core.errors import ChatError
@@ -109,12 +110,7 @@ def models(ctx: typer.Context) -> None:
     table = Table(title=f"Models ({settings.resolved_models_file})")
     for column in ("name", "file", "size", "context", "default", "description"):
         table.add_column(column)
-    try:
-        entries = registry.all()
-    except RegistryError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
-    for entry in entries:
+    for entry in registry.all():  # a broken file still lists the embedded model
         size = entry.size_bytes
         table.add_row(
             entry.name,
@@ -125,6 +121,10 @@ def models(ctx: typer.Context) -> None:
             entry.description,
         )
     console.print(table)
+    if problem := registry.problem:  # escape: the text holds [models.NAME], not markup
+        note = "Error in the models file (running bots keep its last good version)"
+        console.print(f"[red]{note}: {escape(problem)}[/red]")
+        raise typer.Exit(1)
 
 
 @models_app.command("add")
@@ -217,6 +217,32 @@ def bench_engine(
     from bench.engine import main as bench_main
 
     bench_main(_settings(), json_output=json_output, turns=turns, conversations=conversations, max_tokens=max_tokens)
+
+
+@bench_app.command("load")
+def bench_load(
+    platform: Annotated[str, typer.Option(help="telegram or discord.")] = "telegram",
+    users: Annotated[int, typer.Option(min=1, help="Users in private chats (Telegram) or own channels (Discord).")] = 100,
+    messages: Annotated[int, typer.Option(min=1, help="Questions per user, each after the last answer.")] = 3,
+    groups: Annotated[int, typer.Option(min=0, help="Telegram: extra groups whose members mention the bot.")] = 5,
+    group_users: Annotated[int, typer.Option(min=1, help="Telegram: members asking in each group.")] = 2,
+    dms: Annotated[int, typer.Option(min=0, help="Discord: extra users writing in direct messages.")] = 10,
+    timeout_s: Annotated[float, typer.Option(min=1, help="Stop the users after this many seconds.")] = 900.0,
+    think_s: Annotated[float, typer.Option(min=0, help="Mean pause between an answer and the next question.")] = 2.0,
+    ramp_s: Annotated[float, typer.Option(min=0, help="Users start spread over this many seconds.")] = 10.0,
+    engine: Annotated[bool, typer.Option(help="Also measure the engine alone (delivery_vs_engine).")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The real bot process against a fake Telegram/Discord (rate limits on), N users at once."""
+    from bench.load import main as load_main
+
+    if platform not in ("telegram", "discord"):
+        console.print(f"[red]--platform must be telegram or discord, not {platform!r}[/red]")
+        raise typer.Exit(2)
+    load_main(
+        platform, json_output=json_output, users=users, messages=messages, groups=groups, group_users=group_users,
+        dms=dms, timeout_s=timeout_s, think_s=think_s, ramp_s=ramp_s, engine=engine,
+    )
 
 
 def _mount_optional() -> None:

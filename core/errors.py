@@ -59,3 +59,16 @@ class GenerationTimeout(ChatError):
 class ShuttingDown(ChatError):
     def __init__(self) -> None:
         super().__init__("lorabot is shutting down; your request was not answered.")
+
+
+class StoreUnavailable(ChatError):
+    """The history database refused a read or write (locked too long, disk full, read-only).
+
+    Nothing else is affected: the store rolled back, and the next write works once the cause is gone.
+    """
+
+    def __init__(self, action: str = "save this conversation") -> None:
+        self.action = action
+        super().__init__(
+            f"I couldn't {action} right now (my storage is busy or full). Please try again in a moment."
+        )

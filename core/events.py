@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """The question is stored; `turn_id` names it for `record_delivery`."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
 class Queued:
     """The request waits; `position` is 1 for 'next to run'."""
 
@@ -47,4 +54,4 @@ class Done:
     extras: dict[str, float] = field(default_factory=dict)
 
 
-ReplyEvent = Queued | Started | Notice | Delta | Done
+ReplyEvent = Accepted | Queued | Started | Notice | Delta | Done

@@ -11,11 +11,15 @@ max_new_tokens = 300
 ```
 
 The embedded SmolLM2 model is always present. The file is re-read when it changes, so a
-model registered by `lorabot train --register` shows up in running bots without a restart.
+model registered by `lorabot train --register` shows up in running bots without a restart. A file
+that fails to parse never stops replies: the last good registry stays in use (at least the
+embedded model), the error is logged once per change of the file and shown by `problem`.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import tomllib
 from pathlib import Path
@@ -25,6 +29,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from core.errors import UnknownModel
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -59,58 +65,71 @@ class ModelRegistry:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._cache_key: tuple[float, int] | None = None
+        self._cache_key: tuple[int, int, int] | None = None
         self._entries: dict[str, ModelEntry] = {}
+        self._problem: str | None = None
 
-    def _file_key(self) -> tuple[float, int] | None:
+    def _file_key(self) -> tuple[int, int, int] | None:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             return None
-        return (stat.st_mtime, stat.st_size)
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def _read_file(self) -> dict[str, dict]:
+        return self._parse()[0]
+
+    def _parse(self) -> tuple[dict[str, dict], str]:
+        """The [models] table and the file's text (for line numbers)."""
         if not self.path.exists():
-            return {}
+            return {}, ""
         try:
-            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as error:
+            text = self.path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise RegistryError(f"{self.path}: cannot read models file: {error}") from error
         models = data.get("models", {})
         if not isinstance(models, dict):
             raise RegistryError(f"{self.path}: [models] must be a table of tables")
-        return models
+        return models, text
+
+    def _entry(self, name: str, raw: object, text: str) -> ModelEntry:
+        where = f"{self.path}: [models.{name}]"
+        if (line := _header_line(text, name)) is not None:
+            where += f" (line {line})"
+        if not isinstance(raw, dict):
+            raise RegistryError(f"{where} must be a table")
+        try:
+            entry = ModelEntry(name=name, **raw)
+        except (ValidationError, TypeError) as error:
+            raise RegistryError(f"{where}: {error}") from error
+        if not entry.path.is_absolute():
+            entry.path = (self.path.parent / entry.path).resolve()
+        return entry
 
     def _load(self) -> dict[str, ModelEntry]:
         with self._lock:
             key = self._file_key()
             if self._entries and key == self._cache_key:
                 return self._entries
-            entries: dict[str, ModelEntry] = {}
+            entries = _embedded_entries()
             try:
-                embedded = embedded_model_path()
-            except FileNotFoundError:
-                embedded = None
-            if embedded is not None:
-                entries[EMBEDDED_MODEL_NAME] = ModelEntry(
-                    name=EMBEDDED_MODEL_NAME,
-                    path=embedded,
-                    context_length=None,
-                    description="SmolLM2-135M-Instruct Q4_1 (embedded, fast)",
-                    embedded=True,
-                )
-            for name, raw in self._read_file().items():
-                if not isinstance(raw, dict):
-                    raise RegistryError(f"{self.path}: [models.{name}] must be a table")
-                try:
-                    entry = ModelEntry(name=name, **raw)
-                except (ValidationError, TypeError) as error:
-                    raise RegistryError(f"{self.path}: [models.{name}]: {error}") from error
-                if not entry.path.is_absolute():
-                    entry.path = (self.path.parent / entry.path).resolve()
-                entries[name] = entry
-            self._entries, self._cache_key = entries, key
+                models, text = self._parse()
+                entries.update((name, self._entry(name, raw, text)) for name, raw in models.items())
+            except RegistryError as error:
+                # keep serving the last good registry; parse this version of the file only once
+                log.warning("%s; still using the last good models registry", error)
+                self._problem, self._cache_key = str(error), key
+                self._entries = self._entries or entries
+                return self._entries
+            self._entries, self._cache_key, self._problem = entries, key, None
             return entries
+
+    @property
+    def problem(self) -> str | None:
+        """Why the models file is not in use (its error, with the line), or None when it is."""
+        self._load()
+        return self._problem
 
     def names(self) -> list[str]:
         return list(self._load())
@@ -165,3 +184,28 @@ class ModelRegistry:
         tmp.replace(self.path)
         with self._lock:
             self._cache_key = None
+
+
+def _embedded_entries() -> dict[str, ModelEntry]:
+    try:
+        embedded = embedded_model_path()
+    except FileNotFoundError:
+        return {}
+    return {
+        EMBEDDED_MODEL_NAME: ModelEntry(
+            name=EMBEDDED_MODEL_NAME,
+            path=embedded,
+            context_length=None,
+            description="SmolLM2-135M-Instruct Q4_1 (embedded, fast)",
+            embedded=True,
+        )
+    }
+
+
+def _header_line(text: str, name: str) -> int | None:
+    """The line (1-based) of the `[models.NAME]` header, so an error in an entry names its line."""
+    header = re.compile(rf"""\s*\[\s*models\s*\.\s*(["']?){re.escape(name)}\1\s*\]""")
+    for number, line in enumerate(text.splitlines(), 1):
+        if header.match(line):
+            return number
+    return None

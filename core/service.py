@@ -2,27 +2,33 @@
 
 A reply travels: clean + rate-limit the text → pick the conversation's model → wait for a
 fair turn in the queue → load the model → fit history into the context window → stream the
-reply → store the finished turn. See docs/core-api.md for how adapters use it.
+reply → mark the turn answered. The question is stored as a pending turn as soon as the queue
+accepts it, so a killed process loses nothing. See docs/core-api.md for how adapters use it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from core.engines.base import Engine, GenerationRequest, GenerationStats, Message
-from core.errors import ChatError, GenerationTimeout
-from core.events import Delta, Done, Notice, Queued, ReplyEvent, Started
+from core.errors import Busy, ChatError, GenerationTimeout, TooManyWaiting
+from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
 from core.history import HistoryStore
 from core.limits import UserRateLimiter, clean_user_text
 from core.models import EngineFactory, ModelPool
 from core.registry import ModelEntry, ModelRegistry
 from core.scheduler import FairScheduler
 from core.settings import CoreSettings
+from core.turns import InterruptedReply, TurnState
 from core.worker import EngineWorker
+
+log = logging.getLogger(__name__)
 
 Scopes = str | Sequence[str] | None  # where a model choice may be set, most specific first
 
@@ -36,6 +42,7 @@ class ServiceStats:
     replies: int
     default_model: str
     models: list[str] = field(default_factory=list)
+    registry_problem: str | None = None  # the models file's error (the last good registry is used)
 
 
 class ChatService:
@@ -53,12 +60,15 @@ class ChatService:
         self.limiter = UserRateLimiter(settings.rate_limit_messages, settings.rate_limit_period_s)
         self.history: HistoryStore | None = None
         self._speeds: deque[float] = deque(maxlen=20)
+        self._reply_seconds: deque[float] = deque(maxlen=50)  # Started → Done, for wait estimates
         self._replies = 0
         self._stopping = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self.history = HistoryStore(self.settings.data_dir / "history.sqlite3")
+        path, keep_days = self.settings.data_dir / "history.sqlite3", self.settings.history_keep_days
+        self.history = await asyncio.to_thread(HistoryStore, path, keep_days=keep_days)
+        await self.history.recover()  # a killed process's pending turns become interrupted
         self.registry.get(self.settings.default_model)  # fail at start-up, not on first message
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
@@ -109,9 +119,22 @@ class ChatService:
 
     # -- conversations ---------------------------------------------------------------------
     async def reset(self, conversation_id: str) -> int:
-        """Forget the conversation (history and cached KV state); returns messages removed."""
+        """Forget the conversation (history, pending turns included, and cached KV state); returns
+        messages removed. Raises `StoreUnavailable` (nothing forgotten) when the store refuses."""
+        removed = await self._store.forget(conversation_id)
         await self.pool.each_loaded("forget", conversation_id)
-        return await self._store.forget(conversation_id)
+        return removed
+
+    async def record_delivery(self, turn_id: int, platform: str, handles: list[str], shown: str) -> None:
+        """Remember where turn `turn_id`'s reply is shown (adapter handles, e.g. "chat:message") and
+        the text shown so far, so a restart after a crash can mark it. Call it throttled and when a
+        platform message is created; it never raises for a store error (it is retried later)."""
+        await self._store.record_delivery(turn_id, platform, handles, shown)
+
+    async def take_interrupted(self, platform: str) -> list[InterruptedReply]:
+        """Replies on `platform` that a previous process left unfinished (with their handles),
+        each returned once: call it when the adapter starts, and mark them on the platform."""
+        return await self._store.take_interrupted(platform)
 
     def stats(self) -> ServiceStats:
         speeds = list(self._speeds)
@@ -123,6 +146,7 @@ class ChatService:
             replies=self._replies,
             default_model=self.settings.default_model,
             models=self.model_names(),
+            registry_problem=self.registry.problem,
         )
 
     async def reply(
@@ -133,10 +157,16 @@ class ChatService:
         await self.limiter.check(user_id)
         model = await self.current_model(conversation_id, scope_id)
         entry = self.registry.get(model)
-        if notice:
-            yield Notice(notice)
+        self._admit(user_id)
         ticket = self.scheduler.enqueue(user_id)
+        turn_id: int | None = None
+        settled = False  # _generate marked the turn answered/interrupted
+        outcome: TurnState = "failed"
         try:
+            turn_id = await self._store.begin_turn(conversation_id, text)
+            yield Accepted(turn_id)
+            if notice:
+                yield Notice(notice)
             shown = None
             while not ticket.ready.done():
                 if (position := self.scheduler.position(ticket)) != shown:
@@ -146,10 +176,49 @@ class ChatService:
             ticket.ready.result()  # ShuttingDown if the service closed while we waited
             async with self.pool.use(model) as worker:
                 yield Started(model)
-                async for event in self._generate(worker, entry, conversation_id, text):
+                started_at = time.monotonic()
+                async for event in self._generate(worker, entry, conversation_id, text, turn_id):
+                    if isinstance(event, Done):
+                        settled = True
+                        self._reply_seconds.append(time.monotonic() - started_at)
                     yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "interrupted"
+            raise
         finally:
-            self.scheduler.release(ticket)
+            try:
+                if turn_id is not None and not settled:
+                    # shielded: a cancelled reply is still recorded (a store error keeps the write)
+                    await asyncio.shield(self._store.finish_turn(turn_id, outcome))
+            except Exception:  # never hide the reply's own outcome; a restart marks the turn
+                log.warning("could not record the end of turn %s", turn_id, exc_info=True)
+            finally:
+                self.scheduler.release(ticket)
+
+    # -- admission -------------------------------------------------------------------------
+    def estimated_wait_s(self, position: int) -> float | None:
+        """Rough seconds until the request at queue `position` starts (None before any reply).
+
+        Replies run `parallel` at a time, so the queue drains at about parallel ÷ (seconds per
+        reply); the recent median is used so one very long answer does not scare everyone off."""
+        if not self._reply_seconds:
+            return None
+        per_reply = statistics.median(self._reply_seconds)
+        return position * per_reply / self.settings.parallel
+
+    def _admit(self, user_id: str) -> None:
+        """Accept while the expected wait stays under `max_wait_s`; refuse with the estimate beyond.
+
+        A user's further questions queue behind their first (answered in order) up to
+        `max_waiting_per_user`; the queue's hard cap (`queue_max`) is checked by the scheduler."""
+        mine = self.scheduler.waiting_for(user_id)
+        if mine >= self.settings.max_waiting_per_user:
+            raise TooManyWaiting(mine)
+        ahead = self.scheduler.waiting
+        wait = self.estimated_wait_s(ahead + 1)
+        free_slot = self.scheduler.running < self.settings.parallel and ahead == 0
+        if wait is not None and not free_slot and wait > self.settings.max_wait_s:
+            raise Busy(ahead, wait)
 
     # -- internals -------------------------------------------------------------------------
     @property
@@ -159,10 +228,9 @@ class ChatService:
         return self.history
 
     async def _generate(
-        self, worker: EngineWorker, entry: ModelEntry, conversation_id: str, text: str
+        self, worker: EngineWorker, entry: ModelEntry, conversation_id: str, text: str, turn_id: int
     ) -> AsyncIterator[ReplyEvent]:
-        engine = worker.engine
-        assert engine is not None
+        engine = worker.require_engine()  # EngineClosed, never a freed model
         settings = self.settings
         max_new = min(entry.max_new_tokens or settings.max_new_tokens, engine.context_length // 2)
         messages, text, trimmed = await self._fit_context(worker, engine, conversation_id, text, max_new)
@@ -210,8 +278,8 @@ class ChatService:
         speed = stats.completion_tokens / elapsed if elapsed > 0 and stats.completion_tokens > 1 else 0.0
         if speed:
             self._speeds.append(speed)
-        if stats.finish_reason != "interrupted":
-            await self._store.add_turn(conversation_id, text, reply)
+        state: TurnState = "interrupted" if stats.finish_reason == "interrupted" else "answered"
+        await self._store.finish_turn(turn_id, state, reply, question=text)  # text: the part the model read
         self._replies += 1
         yield Done(
             text=reply,

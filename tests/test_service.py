@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 
 import pytest
 
 from core.errors import Busy, EmptyMessage, GenerationTimeout, RateLimited, UnknownModel
-from core.events import Delta, Done, Notice, Queued, Started
+from core.events import Accepted, Delta, Done, Notice, Queued, Started
+from core.history import HistoryStore
+from core.service import InterruptedReply
 from support.engines import make_service
 
 
@@ -26,7 +30,8 @@ async def collect(service, conversation="c1", user="u1", text="hi", **kwargs):
 async def test_reply_streams_and_remembers(tmp_path):
     async with make_service(tmp_path, reply="one two three") as service:
         events, done = await collect(service, text="first")
-        assert isinstance(events[0], Queued) or isinstance(events[0], Started)
+        assert isinstance(events[0], Accepted)  # the question is stored before anything else
+        assert [type(e) for e in events if not isinstance(e, Delta)] == [Accepted, Started, Done]
         assert "".join(e.text for e in events if isinstance(e, Delta)) == done.text == "one two three"
         await collect(service, text="second")
         request = service.engines["smollm2-135m"].requests[-1]
@@ -256,3 +261,122 @@ async def test_reregistering_a_name_with_a_new_file_reloads_it(tmp_path):
         service.registry.add("tuned", new_file)
         await collect(service, "c1")
         assert first.closed and service.engines["tuned"] is not first
+
+
+# -- turns: stored when accepted, settled when the reply ends ------------------------------------
+async def test_question_is_stored_when_accepted_and_answered_when_done(tmp_path):
+    async with make_service(tmp_path, reply="a b c d e f", token_delay_s=0.02) as service:
+        events = service.reply("c1", "u1", "the question")
+        first = await anext(events)
+        assert isinstance(first, Accepted)
+        assert await service.history.turn_state(first.turn_id) == "pending"
+        assert await service.history.recent("c1", 10) == []  # not in the model's context yet
+        rest = [event async for event in events]
+        assert isinstance(rest[-1], Done)
+        assert await service.history.turn_state(first.turn_id) == "answered"
+        assert [m["content"] for m in await service.history.recent("c1", 10)] == ["the question", "a b c d e f"]
+
+
+async def test_cancelled_reply_is_marked_interrupted_and_kept_out_of_context(tmp_path):
+    reply = lambda request: "w " * 200 if request.messages[-1]["content"] == "go" else "short"
+    async with make_service(tmp_path, reply=reply, token_delay_s=0.01) as service:
+        turn_id = None
+        async with contextlib.aclosing(service.reply("c1", "u1", "go")) as events:  # as the adapters do
+            async for event in events:
+                if isinstance(event, Accepted):
+                    turn_id = event.turn_id
+                if isinstance(event, Delta):
+                    break
+        assert await service.history.turn_state(turn_id) == "interrupted"
+        await collect(service, "c1", text="again")
+        request = service.engines["smollm2-135m"].requests[-1]
+        assert [m["content"] for m in request.messages[1:]] == ["again"]
+
+
+async def test_consumer_task_cancelled_mid_reply_still_records_the_turn(tmp_path):
+    async with make_service(tmp_path, reply="w " * 200, token_delay_s=0.01) as service:
+        accepted: list[int] = []
+
+        async def consume():
+            async for event in service.reply("c1", "u1", "go"):
+                if isinstance(event, Accepted):
+                    accepted.append(event.turn_id)
+
+        task = asyncio.create_task(consume())
+        await until(lambda: service.engines.get("smollm2-135m") and service.engines["smollm2-135m"].emitted)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await service.history.turn_state(accepted[0]) == "interrupted"
+
+
+async def test_timed_out_reply_is_marked_failed(tmp_path):
+    async with make_service(tmp_path, reply="slow " * 100, token_delay_s=0.05, generation_timeout_s=0.3) as service:
+        events = service.reply("c1", "u1", "hi")
+        accepted = await anext(events)
+        with pytest.raises(GenerationTimeout):
+            async for _ in events:
+                pass
+        assert await service.history.turn_state(accepted.turn_id) == "failed"
+        assert await service.history.recent("c1", 10) == []
+
+
+async def test_record_delivery_and_take_interrupted_after_a_killed_process(tmp_path):
+    # what a killed process leaves: an accepted question, part of its reply shown, never settled
+    # (tests/faults/test_store_faults.py does it with a real SIGKILL)
+    store = HistoryStore(tmp_path / "data" / "history.sqlite3")
+    turn_id = await store.begin_turn("telegram:5", "tell me")
+    await store.record_delivery(turn_id, "telegram", ["5:77"], "w ")
+    await store.record_delivery(turn_id, "telegram", ["5:77", "5:78"], "w w ")  # the latest one counts
+    store.close()
+    async with make_service(tmp_path) as service:
+        assert await service.history.turn_state(turn_id) == "interrupted"
+        assert await service.take_interrupted("discord") == []
+        assert await service.take_interrupted("telegram") == [
+            InterruptedReply(turn_id=turn_id, conversation_id="telegram:5", handles=["5:77", "5:78"], shown="w w ")
+        ]
+        assert await service.take_interrupted("telegram") == []  # returned once
+        assert await service.history.recent("telegram:5", 10) == []
+
+
+async def test_interrupted_turn_without_handles_is_not_returned(tmp_path):
+    store = HistoryStore(tmp_path / "data" / "history.sqlite3")
+    await store.begin_turn("c1", "never shown")
+    store.close()
+    async with make_service(tmp_path) as service:
+        assert await service.take_interrupted("telegram") == []
+
+
+async def test_reset_forgets_pending_turns(tmp_path):
+    async with make_service(tmp_path, reply="w " * 20, token_delay_s=0.01) as service:
+        events = service.reply("c1", "u1", "go")
+        turn_id = (await anext(events)).turn_id
+        assert await service.reset("c1") == 1
+        assert await service.history.turn_state(turn_id) is None
+        async for _ in events:  # the reply still ends normally, and stores nothing
+            pass
+        assert await service.history.recent("c1", 10) == []
+
+
+async def test_old_history_is_pruned(tmp_path):
+    async with make_service(tmp_path, history_keep_days=30) as service:
+        await service.history.add_turn("c1", "old", "old answer")
+        await service.history.add_turn("c1", "new", "new answer")
+    with sqlite3.connect(tmp_path / "data" / "history.sqlite3") as db:
+        db.execute("UPDATE turns SET created_at = created_at - 31 * 86400 WHERE question = 'old'")
+    async with make_service(tmp_path, history_keep_days=0) as service:  # 0 keeps everything
+        assert len(await service.history.recent("c1", 10)) == 4
+    async with make_service(tmp_path, history_keep_days=30) as service:  # pruned at start
+        assert [m["content"] for m in await service.history.recent("c1", 10)] == ["new", "new answer"]
+
+
+async def test_recent_reads_only_the_window(tmp_path):
+    async with make_service(tmp_path) as service:
+        for turn in range(31):
+            await service.history.add_turn("c", f"q{turn}", f"a{turn}")
+        statements: list[str] = []
+        service.history._db.set_trace_callback(statements.append)
+        window = await service.history.recent("c", 4)  # 31 turns: the window jumped to q28 (steps of 2)
+        assert [m["content"] for m in window if m["role"] == "user"] == ["q28", "q29", "q30"]
+        service.history._db.set_trace_callback(None)
+        assert any("LIMIT 3" in sql for sql in statements), statements
