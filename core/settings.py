@@ -34,13 +34,7 @@ class CoreSettings(BaseSettings):
     models_file: Path | None = Field(None, description="TOML models registry; default DATA_DIR/models.toml.")
     default_model: str = Field("smollm2-135m", description="Model used when a conversation picked none.")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    queue_max: int = Field(1000, ge=1, description="Hard cap on requests waiting at once (see max_wait_s).")
-    max_wait_s: float = Field(
-        120.0, gt=0, description="Refuse a new request when its estimated wait in the queue exceeds this."
-    )
-    max_waiting_per_user: int = Field(
-        3, ge=1, description="Questions one user may have waiting; later ones are queued behind them up to this."
-    )
+    queue_max: int = Field(32, ge=1, description="Requests waiting at once before 'busy'.")
     rate_limit_messages: int = Field(6, ge=1, description="Messages a user may send per period.")
     rate_limit_period_s: float = Field(60.0, gt=0)
     history_max_turns: int = Field(20, ge=1, description="Stored turns kept per conversation.")
