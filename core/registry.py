@@ -101,7 +101,10 @@ class ModelRegistry:
             raise RegistryError(f"{where} must be a table")
         try:
             entry = ModelEntry(name=name, **raw)
-        except (ValidationError, TypeError) as error:
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise RegistryError(f"{where}: {problems}") from error
+        except TypeError as error:
             raise RegistryError(f"{where}: {error}") from error
         if not entry.path.is_absolute():
             entry.path = (self.path.parent / entry.path).resolve()
@@ -115,7 +118,7 @@ class ModelRegistry:
             entries = _embedded_entries()
             try:
                 models, text = self._parse()
-                entries.update((name, self._entry(name, raw, text)) for name, raw in models.items())
+                entries |= {name: self._entry(name, raw, text) for name, raw in models.items()}
             except RegistryError as error:
                 # keep serving the last good registry; parse this version of the file only once
                 log.warning("%s; still using the last good models registry", error)
