@@ -19,7 +19,7 @@ from telegram.ext import (
     ContextTypes,
 )
 
-from bots.telegram_bot.policy import addressed_text, conversation_id, scope_id
+from bots.telegram_bot.policy import addressed_text, conversation_id, is_anonymous_admin, scope_id
 from bots.telegram_bot.replies import (
     answer,
     say,
@@ -35,7 +35,7 @@ COMMANDS = [
     BotCommand("help", "How to talk to me"),
     BotCommand("ask", "Ask a question: /ask your question"),
     BotCommand("model", "Choose the model for this chat"),
-    BotCommand("reset", "Forget this conversation"),
+    BotCommand("reset", "Forget this conversation (in groups: admins only)"),
     BotCommand("stats", "Queue, speed and loaded models"),
 ]
 HELP = (
@@ -43,7 +43,7 @@ HELP = (
     "In a private chat just write to me. In a group, mention me (@{username}), reply to one of my "
     "messages, or use /ask <question>.\n\n"
     "/model – choose the model for this chat (in groups: admins only)\n"
-    "/reset – forget this conversation\n"
+    "/reset – forget this conversation (in groups: admins only, the group shares it)\n"
     "/stats – queue, speed and loaded models\n\n"
     "Model here: {model}"
 )
@@ -133,19 +133,31 @@ async def cmd_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await say(message, "\n".join(lines), reply_markup=_model_keyboard(service.model_names(), current))
 
 
-async def may_change_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
-    """Private chats: the user. Groups: chat administrators and configured admins."""
+async def is_chat_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """May change what the whole chat shares (model, conversation)? Private chats: the user.
+
+    Groups: chat administrators (asked with getChatMember at that moment), admins posting
+    anonymously as the group (Telegram hides who, but only admins can), and TELEGRAM_ADMIN_IDS.
+    """
     user, chat = update.effective_user, update.effective_chat
-    if chat.type == Chat.PRIVATE or user.id in bot_state(context).settings.admin_ids:
+    if chat.type == Chat.PRIVATE or is_anonymous_admin(update.message):
         return True
-    member = await context.bot.get_chat_member(chat.id, user.id)
+    if user is None:
+        return False
+    if user.id in bot_state(context).settings.admin_ids:
+        return True
+    try:
+        member = await context.bot.get_chat_member(chat.id, user.id)
+    except BadRequest as error:  # e.g. "user not found": not a member, so no admin
+        log.info("getChatMember(%s, %s) failed: %s", chat.id, user.id, error)
+        return False
     return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
 
 async def on_model_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     service = bot_state(context).service
-    if not await may_change_model(update, context):
+    if not await is_chat_admin(update, context):
         await query.answer("Only chat admins can change the model here.", show_alert=True)
         return
     choice = query.data.removeprefix(MODEL_PREFIX)
@@ -166,6 +178,12 @@ async def on_model_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 
 
 async def cmd_reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Forget the conversation; in a group it is everyone's, so only chat admins may."""
+    if not await is_chat_admin(update, context):
+        await say(
+            update.effective_message, "Only chat admins can reset this conversation (the group shares it)."
+        )
+        return
     removed = await bot_state(context).service.reset(conversation_id(update.effective_message))
     await say(update.effective_message, f"🧹 Forgot this conversation ({removed} messages).")
 

@@ -32,22 +32,38 @@ def thread_id(message: Message) -> int | None:
     return message.message_thread_id if message.is_topic_message else None
 
 
-_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.DOTALL)
 _MENTION = re.compile(r"(?<![\w@])@(?=[A-Za-z0-9_]{3})")
 
 
 def defuse_mentions(text: str) -> str:
-    """Put a WORD JOINER after a mention-like '@' so model output never notifies a group member.
+    """Put a WORD JOINER after every mention-like '@' so model output never notifies a group member.
 
-    Code (``` fences, `inline`) is left alone so decorators like @dataclass stay copyable; emails
-    (word@host) are no mentions. Private chats don't need this: nobody else is there to notify.
+    Replies are plain text, so backticks are just characters to Telegram: a `@name` in "code"
+    notifies as much as one outside it, and an unclosed ``` must not exempt the rest of the reply.
+    Emails (word@host) are no mentions. Private chats don't need this: nobody else is there.
     """
-    parts, last = [], 0
-    for code in _CODE.finditer(text):
-        parts += [_MENTION.sub("@\u2060", text[last : code.start()]), code.group()]
-        last = code.end()
-    parts.append(_MENTION.sub("@\u2060", text[last:]))
-    return "".join(parts)
+    return _MENTION.sub("@\u2060", text)
+
+
+def sender_key(message: Message) -> str:
+    """Whose rate-limit bucket a message counts against: the user, or the chat it was sent as.
+
+    Anonymous group admins all write as GroupAnonymousBot (one user id in every group) and
+    channel posts as the channel; `sender_chat` is the closest thing to a sender they have, so
+    the admins of one group share a bucket instead of every anonymous admin on Telegram.
+    """
+    if message.sender_chat is not None:
+        return f"telegram:chat:{message.sender_chat.id}"
+    if message.from_user is not None:
+        return f"telegram:{message.from_user.id}"
+    return f"telegram:chat:{message.chat_id}"
+
+
+def is_anonymous_admin(message: Message | None) -> bool:
+    """Sent by an admin of this group who posts as the group (Telegram hides which admin)."""
+    if message is None or message.sender_chat is None:
+        return False
+    return message.sender_chat.id == message.chat_id
 
 
 def addressed_text(message: Message, bot_username: str, bot_id: int) -> str | None:
