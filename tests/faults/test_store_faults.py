@@ -10,16 +10,17 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from core import history
 from core.errors import StoreUnavailable
 from core.events import Accepted, Delta, Done
 from core.history import HistoryStore
+from bots.cli import app
 from core.service import InterruptedReply
 from support.engines import make_service
 
@@ -176,12 +177,12 @@ asyncio.run(main())
 
 async def test_killed_process_leaves_an_interrupted_turn_returned_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    bot = subprocess.Popen(
-        [sys.executable, "-c", KILLED_BOT, str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLED_BOT, str(tmp_path), cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
     )
     try:
         async with asyncio.timeout(120):
-            line = await asyncio.to_thread(bot.stdout.readline)
+            line = (await bot.stdout.readline()).decode()
         assert line.startswith("shown"), line
         turn_id = int(line.split()[1])
         # a second process starting on the same data meanwhile leaves the live reply alone
@@ -190,8 +191,7 @@ async def test_killed_process_leaves_an_interrupted_turn_returned_once(tmp_path)
             assert await other.take_interrupted("telegram") == []
     finally:
         bot.send_signal(signal.SIGKILL)
-        bot.wait()
-        bot.stdout.close()
+        await bot.wait()
     assert bot.returncode == -signal.SIGKILL
     async with make_service(tmp_path, reply="I'm back") as service:
         assert await service.history.turn_state(turn_id) == "interrupted"
@@ -278,3 +278,14 @@ async def test_bad_entry_names_its_line_and_a_fresh_start_keeps_the_embedded_mod
         assert service.model_names() == ["smollm2-135m"]
         assert (await collect(service, "c1"))[1].text == "base"
         assert service.stats().registry_problem
+
+
+def test_lorabot_models_prints_the_problem(tmp_path, monkeypatch, embedded_gguf):
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    monkeypatch.setenv("LORABOT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "250")
+    (tmp_path / "models.toml").write_text(f'[models.mine]\npath = "{embedded_gguf}"\n\n[models.oops\n')
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 1, result.output
+    assert "smollm2-135m" in result.output  # the embedded model is still listed
+    assert "Error in the models file" in result.output and "line 4" in result.output, result.output
