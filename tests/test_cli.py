@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import os
 import subprocess
 import sys
@@ -23,10 +25,26 @@ def lorabot(tmp_path: Path, *args: str, env: dict[str, str] | None = None, stdin
     )
 
 
+def stored_history(tmp_path: Path) -> list[dict]:
+    """The terminal conversation as the core stored it (what the model was asked and answered)."""
+    from core.history import HistoryStore
+
+    store = HistoryStore(tmp_path / "data" / "history.sqlite3")
+    try:
+        return asyncio.run(store.recent(f"console:{getpass.getuser()}", 10))
+    finally:
+        store.close()
+
+
 def test_chat_once_answers_and_exits_zero(tmp_path):
-    result = lorabot(tmp_path, "chat", "--once", "Say hello in one short sentence.", env={"LORABOT_MAX_NEW_TOKENS": "24"})
+    question = "Say hello in one short sentence."
+    result = lorabot(tmp_path, "chat", "--once", question, env={"LORABOT_MAX_NEW_TOKENS": "24"})
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.strip()) > 0
+    stored = stored_history(tmp_path)
+    assert [message["role"] for message in stored] == ["user", "assistant"]
+    assert stored[0]["content"] == question
+    answer = stored[1]["content"].strip()
+    assert answer and result.stdout.strip() == answer  # what was printed is the model's whole answer
 
 
 def test_chat_unknown_model_lists_valid_ones(tmp_path):
