@@ -274,7 +274,8 @@ async def test_question_is_stored_when_accepted_and_answered_when_done(tmp_path)
         rest = [event async for event in events]
         assert isinstance(rest[-1], Done)
         assert await service.history.turn_state(first.turn_id) == "answered"
-        assert [m["content"] for m in await service.history.recent("c1", 10)] == ["the question", "a b c d e f"]
+        stored = [m["content"] for m in await service.history.recent("c1", 10)]
+        assert stored == ["the question", "a b c d e f"]
 
 
 async def test_cancelled_reply_is_marked_interrupted_and_kept_out_of_context(tmp_path):
@@ -311,7 +312,8 @@ async def test_consumer_task_cancelled_mid_reply_still_records_the_turn(tmp_path
 
 
 async def test_timed_out_reply_is_marked_failed(tmp_path):
-    async with make_service(tmp_path, reply="slow " * 100, token_delay_s=0.05, generation_timeout_s=0.3) as service:
+    slow = {"reply": "slow " * 100, "token_delay_s": 0.05, "generation_timeout_s": 0.3}
+    async with make_service(tmp_path, **slow) as service:
         events = service.reply("c1", "u1", "hi")
         accepted = await anext(events)
         with pytest.raises(GenerationTimeout):
@@ -333,7 +335,7 @@ async def test_record_delivery_and_take_interrupted_after_a_killed_process(tmp_p
         assert await service.history.turn_state(turn_id) == "interrupted"
         assert await service.take_interrupted("discord") == []
         assert await service.take_interrupted("telegram") == [
-            InterruptedReply(turn_id=turn_id, conversation_id="telegram:5", handles=["5:77", "5:78"], shown="w w ")
+            InterruptedReply(turn_id, conversation_id="telegram:5", handles=["5:77", "5:78"], shown="w w ")
         ]
         assert await service.take_interrupted("telegram") == []  # returned once
         assert await service.history.recent("telegram:5", 10) == []

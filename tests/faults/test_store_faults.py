@@ -159,7 +159,8 @@ from core.events import Accepted, Delta
 from support.engines import make_service
 
 async def main():
-    service = make_service(Path(sys.argv[1]), reply=" ".join(f"w{i}" for i in range(5000)), token_delay_s=0.01)
+    words = " ".join(f"w{i}" for i in range(5000))
+    service = make_service(Path(sys.argv[1]), reply=words, token_delay_s=0.01)
     await service.start()
     shown = ""
     async for event in service.reply("telegram:42", "telegram:7", "tell me a long story"):
