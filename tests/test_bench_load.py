@@ -35,7 +35,10 @@ def check_result(result: dict, *, platform: str, users: int) -> None:
     assert result["answered"] + result["refused"] + result["errors"] + result["unanswered"] == users
     for name in TARGETS:
         assert name in result, name
-    assert result["first_text_p50_s"] is not None and 0 < result["first_text_p50_s"] <= result["final_text_p95_s"]
+    assert (
+        result["first_text_p50_s"] is not None
+        and 0 < result["first_text_p50_s"] <= result["final_text_p95_s"]
+    )
     assert result["final_text_p50_s"] <= result["final_text_p95_s"]
     assert result["api_calls"]["send"] >= result["answered"]
     assert result["api_calls_per_reply"] >= 1
