@@ -355,5 +355,7 @@ class HistoryStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._deferred:  # the store refused writes until the end: these turns stay pending
+                log.warning("history store: %d write(s) could not be stored before closing", len(self._deferred))
             self._rollback()
             self._db.close()

@@ -39,10 +39,13 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-@cache
 def process_owner() -> str:
     """This process, as stored with its turns: host, pid and start time."""
-    pid = os.getpid()
+    return _owner(os.getpid())
+
+
+@cache
+def _owner(pid: int) -> str:  # by pid: a forked child is another owner
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or ''}"
 
 
