@@ -44,6 +44,10 @@ class FairScheduler:
     def running(self) -> int:
         return len(self._running)
 
+    def waiting_for(self, user_id: str) -> int:
+        """How many of `user_id`'s requests wait (not counting one that runs)."""
+        return len(self._waiting.get(user_id, ()))
+
     def position(self, ticket: Ticket) -> int:
         """1-based place in the order the queue will be served (0 once running)."""
         if ticket in self._running:

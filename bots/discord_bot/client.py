@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import discord
 from discord import app_commands
 
+from bots.delivery import Sink
 from bots.discord_bot.policy import Origin, conversation_id, is_allowed, model_scopes
-from bots.discord_bot.replies import NO_MENTIONS, ChannelSink, stream_reply
+from bots.discord_bot.replies import (
+    DISCORD_LIMIT,
+    NO_MENTIONS,
+    NOTES,
+    RESTARTED,
+    ChannelSink,
+    discord_pacer,
+    request,
+)
 from bots.discord_bot.settings import DiscordSettings
+from bots.inflight import InFlight, mark_interrupted
+from bots.replying import Outcome, Pace, Question, answer
 from core.service import ChatService
 
 log = logging.getLogger(__name__)
@@ -73,9 +82,14 @@ class LorabotClient(discord.Client):
         self.service = service
         self.settings = settings
         self.tree = LorabotTree(self)
-        self.closing = False
-        self.interrupt = asyncio.Event()  # set when in-flight replies must stop (shutdown)
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self.inflight = InFlight()
+        self.pacer = discord_pacer()
+        self.pace = Pace(edit_interval_s=settings.edit_interval_s, typing_interval_s=8.0)
+        self._restart_marked = False
+
+    @property
+    def closing(self) -> bool:
+        return self.inflight.closing
 
     async def setup_hook(self) -> None:
         from bots.discord_bot.commands import register_commands  # commands import this module
@@ -86,7 +100,18 @@ class LorabotClient(discord.Client):
             log.info("synced %d slash commands", len(synced))
 
     async def on_ready(self) -> None:
-        log.info("Discord: logged in as %s (id %s)", self.user, self.user.id if self.user else "?")
+        log.info(
+            "Discord: logged in as %s (id %s) in %d servers", self.user, self.user.id if self.user else "?",
+            len(self.guilds),
+        )
+        if not self._restart_marked:  # on_ready repeats after reconnects
+            self._restart_marked = True
+            await mark_interrupted(self.service, "discord", self._edit_by_ref, limit=DISCORD_LIMIT, note=RESTARTED)
+
+    async def _edit_by_ref(self, ref: str, text: str) -> None:
+        channel_id, message_id = (int(part) for part in ref.split(":"))
+        message = self.get_partial_messageable(channel_id).get_partial_message(message_id)
+        await request(message.edit(content=text, allowed_mentions=NO_MENTIONS))
 
     # -- messages ----------------------------------------------------------------------
     def addressed(self, message: discord.Message) -> bool:
@@ -141,7 +166,7 @@ class LorabotClient(discord.Client):
         if not is_allowed(self.settings, origin):
             log.debug("ignoring message %s from %s: not allowed", message.id, origin.user_id)
             return
-        async with self.track():
+        async with self.inflight.track():
             try:
                 await self._answer(message, origin)
             except discord.Forbidden as error:  # no Send Messages / thread permission here
@@ -159,16 +184,21 @@ class LorabotClient(discord.Client):
             else:
                 origin = origin_of(message.author, channel, message.guild, channel.id)
                 reply_to = None  # the thread hangs off the user's message already
-        await stream_reply(
-            self.service,
-            ChannelSink(channel, reply_to),
+        await self.answer(ChannelSink(channel, reply_to), origin, self.prompt_of(message))
+
+    async def answer(self, sink: Sink, origin: Origin, prompt: str) -> Outcome:
+        """Answer `prompt` from `origin` into `sink` (a channel message or an interaction).
+
+        Callers wrap it in `self.inflight.track()` so shutdown waits for (or interrupts) it."""
+        question = Question(
             conversation_id=conversation_id(origin),
             user_id=f"discord:{origin.user_id}",
-            text=self.prompt_of(message),
+            text=prompt,
             scope_id=model_scopes(origin),
-            edit_interval_s=self.settings.edit_interval_s,
-            typing_channel=channel,
-            interrupt=self.interrupt,
+            platform="discord",
+        )
+        return await answer(
+            self.service, sink, self.pacer, question, pace=self.pace, notes=NOTES, interrupt=self.inflight.interrupt
         )
 
     # -- helpers for commands ----------------------------------------------------------
@@ -177,32 +207,18 @@ class LorabotClient(discord.Client):
             interaction.user, interaction.channel, interaction.guild, interaction.channel_id or 0
         )
 
-    @contextlib.asynccontextmanager
-    async def track(self) -> AsyncIterator[None]:
-        """Register the current task as an in-flight reply (shutdown waits for or interrupts it)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._inflight.add(task)
-        try:
-            yield
-        finally:
-            self._inflight.discard(task)
-
     async def wait_idle(self, timeout: float = 30) -> None:
         """Wait until no reply is in flight (tests use it to know a reply is complete)."""
-        async with asyncio.timeout(timeout):
-            while self._inflight:
-                await asyncio.wait(set(self._inflight))
+        await self.inflight.wait_idle(timeout)
 
     async def shutdown(self, grace_s: float) -> None:
-        """Stop taking requests, give in-flight replies `grace_s` to finish, interrupt the rest."""
-        self.closing = True
-        pending = set(self._inflight)
-        if pending and grace_s > 0:
-            _, pending = await asyncio.wait(pending, timeout=grace_s)
-        self.interrupt.set()
-        for task in pending:
-            task.cancel()  # stream_reply marks the message as interrupted
-        if pending:
-            await asyncio.wait(pending, timeout=10)
-        await self.close()
+        """Stop taking requests, give in-flight replies `grace_s`, interrupt the rest, log out.
+
+        Bounded even when Discord is unreachable: replies get a few seconds to show their note,
+        and closing the gateway connection gets a few more."""
+        await self.inflight.shutdown(grace_s)
+        try:
+            async with asyncio.timeout(5):
+                await self.close()
+        except TimeoutError:
+            log.warning("Discord did not answer while logging out; exiting anyway")

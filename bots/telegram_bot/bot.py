@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from telegram import Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
+    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     CommandHandler,
@@ -39,6 +40,8 @@ from bots.telegram_bot.handlers import (
     on_model_button,
     on_private_text,
 )
+from bots.inflight import mark_interrupted
+from bots.telegram_bot.replies import LIMIT, RESTARTED, edit_message, telegram_pacer, utf16_length
 from bots.telegram_bot.settings import TelegramSettings
 from bots.telegram_bot.state import BotState
 from core.service import ChatService
@@ -58,9 +61,10 @@ def build_application(service: ChatService, settings: TelegramSettings) -> Appli
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
         .concurrent_updates(True)  # 20 chats at once must not wait for each other
+        .rate_limiter(_rate_limiter())
         .build()
     )
-    app.bot_data["lorabot"] = BotState(service, settings)
+    app.bot_data["lorabot"] = BotState(service, settings, telegram_pacer())
     private = filters.ChatType.PRIVATE
     groups = filters.ChatType.GROUPS
     app.add_handler(TypeHandler(Update, check_access), group=-1)
@@ -75,6 +79,15 @@ def build_application(service: ChatService, settings: TelegramSettings) -> Appli
     app.add_handler(MessageHandler(text & groups, on_group_text))
     app.add_error_handler(on_error)
     return app
+
+
+def _rate_limiter() -> AIORateLimiter:
+    """PTB's limiter keeps *every* call (commands, buttons, replies) within 30/s overall and
+    20/min per group. It does not retry: a 429 goes back to the caller, so a reply's delivery task
+    can send newer text later instead of the stale text waiting here (docs/telegram.md)."""
+    return AIORateLimiter(
+        overall_max_rate=29, overall_time_period=1, group_max_rate=20, group_time_period=60, max_retries=0
+    )
 
 
 class _RedactToken(logging.Filter):
@@ -108,6 +121,8 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
                 f"TELEGRAM_TOKEN was rejected by the Bot API at {settings.api_base_url} "
                 "(check the token from @BotFather)."
             ) from None
+        log.info("Telegram: logged in as @%s (id %s)", app.bot.username, app.bot.id)
+        marking = asyncio.create_task(_mark_restarted(app))
         try:
             with contextlib.suppress(TelegramError):
                 await app.bot.set_my_commands(COMMANDS)
@@ -115,7 +130,8 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
             await app.start()
             await asyncio.Future()  # until cancelled
         finally:
-            await _stop(app)
+            marking.cancel()
+            await _stop(app, settings.shutdown_grace_s)
             await app.shutdown()
     finally:
         for handler in handlers:
@@ -154,15 +170,31 @@ async def _start_updates(app: Application, settings: TelegramSettings) -> None:
     )
 
 
-async def _stop(app: Application) -> None:
-    """Stop fetching, interrupt the replies in flight (they mark themselves), stop PTB."""
+async def _mark_restarted(app: Application) -> None:
+    """Edit the replies a killed process left half-written, so none stays without a note."""
+    state = app.bot_data["lorabot"]
+
+    async def edit(ref: str, text: str) -> None:
+        chat_id, message_id = (int(part) for part in ref.split(":"))
+        await edit_message(app.bot, chat_id, message_id, text)
+
+    try:
+        await mark_interrupted(state.service, "telegram", edit, limit=LIMIT, length=utf16_length, note=RESTARTED)
+    except Exception:
+        log.exception("could not mark the replies interrupted by the last restart")
+
+
+async def _stop(app: Application, grace_s: float) -> None:
+    """Stop fetching, let replies finish within `grace_s`, interrupt the rest, stop PTB."""
+    state = app.bot_data["lorabot"]
+    state.inflight.closing = True
     if app.updater and app.updater.running:
-        await app.updater.stop()
-    replies = list(app.bot_data["lorabot"].replies)
-    for task in replies:
-        task.cancel()
-    if replies:
-        await asyncio.wait(replies, timeout=10)
+        try:
+            async with asyncio.timeout(5):
+                await app.updater.stop()
+        except TimeoutError:
+            log.warning("Telegram did not answer while stopping the updates; going on")
+    await state.inflight.shutdown(grace_s)
     if app.running:
         await app.stop()
     log.info("Telegram bot stopped")

@@ -1,11 +1,12 @@
-"""Sending replies: a LiveReply sink over PTB (429 → SlowDown), typing, and the answer flow.
+"""Telegram's sink for the shared delivery layer (bots/delivery.py), and the answer handler.
 
-Replies are plain text (no parse_mode), so no model output can cause "can't parse entities"."""
+Replies are plain text (no parse_mode), so no model output can cause "can't parse entities".
+Telegram counts its 4096-character limit in UTF-16 code units (an emoji is two).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dtm
 import logging
 import warnings
@@ -17,28 +18,40 @@ from telegram import (
     ReplyParameters,
 )
 from telegram.constants import ChatAction, MessageLimit
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import (
     ContextTypes,
 )
 from telegram.warnings import PTBDeprecationWarning
 
-from bots.streaming import LiveReply, SlowDown
-from bots.telegram_bot.policy import conversation_id, defuse_mentions, scope_id, thread_id
+from bots.delivery import MessageGone, SlowDown, TransientFailure
+from bots.pacing import Pacer, Rule
+from bots.replying import Notes, Pace, Question
+from bots.replying import answer as answer_question
+from bots.telegram_bot.policy import conversation_id, defuse_mentions, scope_id, sender_key, thread_id
 from bots.telegram_bot.state import bot_state
-from core.errors import ChatError
-from core.events import Delta, Done, Notice, Queued, ReplyEvent
 
 log = logging.getLogger(__name__)
 
-LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4096
+LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4096 UTF-16 code units
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 INTERRUPTED = "[interrupted: lorabot is shutting down]"
+RESTARTED = "[interrupted: lorabot restarted before this answer was finished — ask again]"
+NOTES = Notes(interrupted=INTERRUPTED)
 
 
-def _unchanged(text: str) -> str:
-    """Private chats need no mention defusing: nobody else is there to notify."""
-    return text
+def utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def telegram_pacer() -> Pacer:
+    """About 1 message/s in a private chat (bursts of 3), 20/min in a group, 30/s overall."""
+
+    def per_chat(key: str) -> Rule:
+        chat_id = int(key.rsplit(":", 1)[1])
+        return Rule(3, 3.3) if chat_id > 0 else Rule(20, 63.0)
+
+    return Pacer(per_chat, Rule(29, 1.05))
 
 
 def retry_after_seconds(error: RetryAfter) -> float:
@@ -50,17 +63,24 @@ def retry_after_seconds(error: RetryAfter) -> float:
 
 # -- sending ------------------------------------------------------------------------------------
 class TelegramSink:
-    """`MessageSink` over PTB: the first message replies to the user's; 429 becomes SlowDown."""
+    """Messages in one chat (or forum topic); the first replies to the user's message."""
+
+    limit = LIMIT
 
     def __init__(self, message: Message) -> None:
         self.bot = message.get_bot()
         self.chat_id = message.chat_id
         self.thread_id = thread_id(message)
         self.reply_to: int | None = message.message_id
+        self.chat_key = f"telegram:{self.chat_id}"
+        self.typing_key = self.chat_key  # chat actions count against the chat's budget
+
+    def length(self, text: str) -> int:
+        return utf16_length(text)
 
     async def send(self, text: str) -> int:
         reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True) if self.reply_to else None
-        try:
+        with _mapped():
             sent = await self.bot.send_message(
                 self.chat_id,
                 text,
@@ -68,19 +88,47 @@ class TelegramSink:
                 reply_parameters=reply,
                 link_preview_options=NO_PREVIEW,
             )
-        except RetryAfter as error:
-            raise SlowDown(retry_after_seconds(error)) from error
         self.reply_to = None  # continuation messages follow the first one
         return sent.message_id
 
     async def edit(self, handle: int, text: str) -> None:
+        await edit_message(self.bot, self.chat_id, handle, text)
+
+    async def typing(self) -> None:
+        with _mapped():
+            await self.bot.send_chat_action(self.chat_id, ChatAction.TYPING, message_thread_id=self.thread_id)
+
+    def ref(self, handle: int) -> str:
+        return f"{self.chat_id}:{handle}"
+
+
+async def edit_message(bot, chat_id: int, message_id: int, text: str) -> None:
+    with _mapped():
         try:
-            await self.bot.edit_message_text(text, self.chat_id, handle, link_preview_options=NO_PREVIEW)
-        except RetryAfter as error:
-            raise SlowDown(retry_after_seconds(error)) from error
+            await bot.edit_message_text(text, chat_id, message_id, link_preview_options=NO_PREVIEW)
         except BadRequest as error:
             if "not modified" not in error.message.lower():
                 raise
+
+
+class _mapped:
+    """Telegram's failures as the delivery layer knows them."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is None:
+            return False
+        if isinstance(error, RetryAfter):
+            raise SlowDown(retry_after_seconds(error)) from error
+        if isinstance(error, BadRequest):
+            if "message to edit not found" in error.message.lower():
+                raise MessageGone(error.message) from error
+            return False
+        if isinstance(error, NetworkError):  # timeouts, 5xx, dropped connections
+            raise TransientFailure(error.message) from error
+        return False
 
 
 async def say(message: Message, text: str, **kwargs) -> Message:
@@ -98,99 +146,30 @@ async def say(message: Message, text: str, **kwargs) -> Message:
     raise AssertionError("unreachable")
 
 
-async def _keep_typing(message: Message, every_s: float) -> None:
-    """Renew the 'typing…' indicator (it fades after ~5 s) until cancelled."""
-    while True:
-        with contextlib.suppress(TelegramError):
-            await message.get_bot().send_chat_action(
-                message.chat_id, ChatAction.TYPING, message_thread_id=thread_id(message)
-            )
-        await asyncio.sleep(every_s)
-
-
-def _with_note(text: str, note: str) -> str:
-    """The partial answer (if any) followed by why it stopped."""
-    return f"{text.rstrip()}\n\n{note}" if text.strip() else note
-
-
-class ReplyView:
-    """One answer on screen: a queue status, then the growing text, then the final text or why it stopped."""
-
-    def __init__(self, message: Message, live: LiveReply, clean=_unchanged) -> None:
-        self.message = message
-        self.live = live
-        self.clean = clean  # defuse_mentions in groups
-        self.shown = ""
-        self.complete = False  # the final text is on screen; a late cancel must not mark it interrupted
-        self._last_status = float("-inf")
-
-    async def show(self, event: ReplyEvent) -> None:
-        match event:
-            case Queued(position=position):
-                now = asyncio.get_running_loop().time()
-                if now - self._last_status >= self.live.edit_interval_s:  # positions change often
-                    self._last_status = now
-                    await self.live.status(f"⏳ Waiting in line: #{position}")
-            case Notice(text=note):
-                await say(self.message, f"ℹ️ {note}")
-            case Delta(text=piece):
-                self.shown += piece
-                await self.live.update(self.clean(self.shown))
-            case Done(text=full, finish_reason=reason):
-                final = self.clean(full)
-                await self.live.finish(_with_note(final, INTERRUPTED) if reason == "interrupted" else final)
-                self.complete = True
-
-    async def stop(self, note: str) -> None:
-        """End the reply early: keep what was written and say why it stopped."""
-        await self.live.finish(_with_note(self.clean(self.shown), note))
-
-
 async def answer(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
     """Stream the model's answer to `text` into replies to `message`."""
     state = bot_state(context)
     settings = state.settings
     private = message.chat.type == Chat.PRIVATE
-    view = ReplyView(
-        message,
-        LiveReply(
+    question = Question(
+        conversation_id=conversation_id(message),
+        user_id=sender_key(message),
+        text=text,
+        scope_id=scope_id(message.chat),
+        platform="telegram",
+    )
+    pace = Pace(
+        edit_interval_s=settings.edit_interval_s if private else settings.group_edit_interval_s,
+        typing_interval_s=settings.typing_interval_s,
+    )
+    async with state.inflight.track():
+        await answer_question(
+            state.service,
             TelegramSink(message),
-            limit=LIMIT,
-            edit_interval_s=settings.edit_interval_s if private else settings.group_edit_interval_s,
-        ),
-        clean=_unchanged if private else defuse_mentions,
-    )
-    user = message.from_user.id if message.from_user else message.chat_id
-    typing = asyncio.create_task(_keep_typing(message, settings.typing_interval_s))
-    task = asyncio.current_task()
-    if task is not None:
-        state.replies.add(task)
-    events = state.service.reply(
-        conversation_id(message), f"telegram:{user}", text, scope_id=scope_id(message.chat)
-    )
-    try:
-        # aclosing: leaving early (error, shutdown) frees the queue slot / stops generation at once
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, Done):
-                    typing.cancel()
-                await view.show(event)
-    except ChatError as error:
-        typing.cancel()
-        await view.stop(f"⚠️ {error.user_message}")
-    except asyncio.CancelledError:
-        # Shutting down (or the update was cancelled): leave no half reply without a marker.
-        typing.cancel()
-        if not view.complete:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(view.stop(INTERRUPTED))
-        raise
-    except Exception:
-        log.exception("Reply in chat %s failed", message.chat_id)
-        typing.cancel()
-        with contextlib.suppress(Exception):
-            await view.stop("⚠️ Sorry, something went wrong while answering.")
-    finally:
-        typing.cancel()
-        if task is not None:
-            state.replies.discard(task)
+            state.pacer,
+            question,
+            pace=pace,
+            notes=NOTES,
+            clean=(lambda reply: reply) if private else defuse_mentions,
+            interrupt=state.inflight.interrupt,
+        )

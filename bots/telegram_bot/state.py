@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -10,6 +9,8 @@ from telegram.ext import (
     ContextTypes,
 )
 
+from bots.inflight import InFlight
+from bots.pacing import Pacer
 from bots.telegram_bot.settings import TelegramSettings
 from core.service import ChatService
 
@@ -22,7 +23,8 @@ class BotState:
 
     service: ChatService
     settings: TelegramSettings
-    replies: set[asyncio.Task] = field(default_factory=set)
+    pacer: Pacer
+    inflight: InFlight = field(default_factory=InFlight)
 
 
 def bot_state(context: ContextTypes.DEFAULT_TYPE) -> BotState:

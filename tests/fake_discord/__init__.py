@@ -1,5 +1,5 @@
 """A fake Discord server (REST + gateway) for testing the Discord adapter with the real discord.py."""
 
-from .server import Call, FakeDiscord
+from bench.fakes.discord import Call, FakeDiscord
 
 __all__ = ["Call", "FakeDiscord"]

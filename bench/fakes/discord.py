@@ -1,0 +1,814 @@
+"""A small fake Discord: REST (v10) + gateway websocket, enough for the unmodified discord.py.
+
+It speaks the real wire protocol (JSON REST with Discord's 429 shape, a zlib-stream compressed
+gateway with HELLO / IDENTIFY / READY / GUILD_CREATE / heartbeats / dispatches) and records every
+REST call, so tests assert on exactly what Discord would have received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import socket
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from bench.fakes.limits import DiscordLimits, Limits, Window
+
+API_PREFIX = "/api/v10"
+TEXT_CHANNEL, DM_CHANNEL, PUBLIC_THREAD = 0, 1, 11
+PERMISSIONS_ALL = str((1 << 50) - 1)
+MANAGE_GUILD = 1 << 5
+EVERYDAY_PERMISSIONS = (
+    (1 << 10) | (1 << 11) | (1 << 14) | (1 << 16) | (1 << 31) | (1 << 38)
+)  # view, send, embed, history, app cmds, threads
+
+
+class _Rejected(Exception):
+    """Discord refuses the request (status + Discord's JSON error body)."""
+
+    def __init__(self, status: int, message: str, code: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"message": message, "code": code}
+
+
+def _check_content(content: str) -> None:
+    """Discord's own rules for message text: not empty (we never send embeds/files), ≤ 2000."""
+    if not content.strip():
+        raise _Rejected(400, "Cannot send an empty message", 50006)
+    if len(content) > 2000:
+        raise _Rejected(400, "Invalid Form Body (content: Must be 2000 or fewer in length.)", 50035)
+
+
+@dataclass
+class Call:
+    """One REST request as Discord received it."""
+
+    method: str
+    path: str  # without the /api/v10 prefix
+    query: dict[str, str]
+    json: Any
+    status: int = 200
+    scripted: bool = False  # answered by fail_next()
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Failure:
+    """A scripted error answer for the next matching request."""
+
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    retry_after: float
+    times: int
+
+
+def _user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
+    return {
+        "id": str(user_id),
+        "username": name,
+        "global_name": name,
+        "discriminator": "0",
+        "avatar": None,
+        "bot": bot,
+        "public_flags": 0,
+    }
+
+
+def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer with exactly `application/json`, as Discord sends (discord.py compares it)."""
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime())
+
+
+class FakeDiscord:
+    """In-process Discord double; start with `await fake.start()`, point discord.py at its URLs."""
+
+    BOT_ID = 900_000_000_000_000_001
+    APP_ID = BOT_ID
+    GUILD_ID = 800_000_000_000_000_001
+    CHANNEL_ID = 810_000_000_000_000_001
+    OTHER_CHANNEL_ID = 810_000_000_000_000_002
+    BOT_THREAD_ID = 820_000_000_000_000_001
+    OWNER_ID = 700_000_000_000_000_001
+    MEMBER_ROLE_ID = 830_000_000_000_000_001
+    MOD_ROLE_ID = 830_000_000_000_000_002
+    BOT_ROLE_ID = 830_000_000_000_000_003  # the managed role Discord gives a bot when it joins
+
+    def __init__(self, *, token: str = "fake-token", limits: DiscordLimits | None = DiscordLimits()) -> None:
+        self.token = token
+        self.limits = limits  # None: no rate limits (only scripted failures)
+        self.rate = Limits()
+        self.calls: list[Call] = []
+        self.identify: dict[str, Any] | None = None
+        self.messages: dict[int, dict[str, Any]] = {}  # every message the bot created, by id
+        self.commands: list[dict[str, Any]] = []
+        self.callbacks: list[dict[str, Any]] = []  # interaction callback bodies, in order
+        self._ids = itertools.count(1_000_000_000_000_000_001)
+        self._failures: list[Failure] = []
+        self._delays: list[tuple[str, re.Pattern[str], float]] = []
+        self._sockets: list[_GatewaySession] = []
+        self._ready = asyncio.Event()
+        self._interactions: dict[str, dict[str, Any]] = {}  # token -> interaction payload
+        self._runner: web.AppRunner | None = None
+        self._echoes: set[asyncio.Task[None]] = set()
+        self.heartbeats = 0
+        self.resumes: list[dict[str, Any]] = []  # RESUME payloads received
+        self.threads: dict[int, dict[str, Any]] = {}  # threads the bot started, by id
+        self.port = 0
+        self.users: dict[int, dict[str, Any]] = {self.OWNER_ID: _user(self.OWNER_ID, "owner")}
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @property
+    def api_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{API_PREFIX}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway/"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/gateway/", self._gateway)
+        app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+
+    async def close(self) -> None:
+        for session in list(self._sockets):
+            await session.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def wait_ready(self, timeout: float = 10) -> None:
+        """Wait until a client identified and got READY + GUILD_CREATE."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    # ---- scripting -------------------------------------------------------------------
+
+    def fail_next(
+        self, method: str, path_regex: str, *, status: int = 429, retry_after: float = 0.3, times: int = 1
+    ) -> None:
+        """Answer the next `times` matching requests with an error (429 carries retry_after)."""
+        self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times))
+
+    async def drop_connections(self, code: int = 4000) -> None:
+        """Close every gateway socket as Discord does on a hiccup; clients should RESUME."""
+        for session in list(self._sockets):
+            await session.ws.close(code=code, message=b"fake disconnect")
+
+    def delay_next(self, method: str, path_regex: str, seconds: float) -> None:
+        """Handle the next matching request at once but send its answer `seconds` later."""
+        self._delays.append((method, re.compile(path_regex), seconds))
+
+    def add_user(self, user_id: int, name: str | None = None) -> dict[str, Any]:
+        self.users.setdefault(user_id, _user(user_id, name or f"user{user_id % 10_000}"))
+        return self.users[user_id]
+
+    def snowflake(self) -> int:
+        return next(self._ids)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        for session in list(self._sockets):
+            await session.dispatch(event, data)
+
+    async def user_message(
+        self,
+        content: str,
+        *,
+        user_id: int = OWNER_ID,
+        channel_id: int | None = None,
+        guild: bool = True,
+        mention_bot: bool = False,
+        mention_bot_role: bool = False,
+        reply_to: dict[str, Any] | None = None,
+        mentions: list[int] | None = None,
+        roles: list[int] | None = None,
+        bot_author: bool = False,
+    ) -> dict[str, Any]:
+        """A user posts `content`.
+
+        mention_bot prefixes '<@bot>' and lists the bot in mentions; mention_bot_role does the
+        same with the bot's managed role; reply_to makes it a reply (without ping) to a message.
+        """
+        author = dict(self.add_user(user_id), bot=bot_author)
+        if mention_bot:
+            content = f"<@{self.BOT_ID}> {content}"
+        if mention_bot_role:
+            content = f"<@&{self.BOT_ROLE_ID}> {content}"
+        message: dict[str, Any] = {
+            "id": str(self.snowflake()),
+            "channel_id": str(channel_id or (self.CHANNEL_ID if guild else self.dm_channel_id(user_id))),
+            "author": author,
+            "content": content,
+            "timestamp": _now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": ([self._bot_user()] if mention_bot else [])
+            + [self.add_user(u) for u in mentions or []],
+            "mention_roles": [str(self.BOT_ROLE_ID)] if mention_bot_role else [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+        }
+        if reply_to is not None:
+            message["type"] = 19
+            message["message_reference"] = {
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+                "type": 0,
+            }
+            message["referenced_message"] = self._public(self.messages.get(int(reply_to["id"]), reply_to))
+        if guild:
+            message["guild_id"] = str(self.GUILD_ID)
+            message["member"] = self._member(user_id, roles)
+        await self.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    async def slash(
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        user_id: int = OWNER_ID,
+        guild: bool = True,
+        roles: list[int] | None = None,
+        permissions: int = EVERYDAY_PERMISSIONS,
+        autocomplete: str | None = None,
+    ) -> str:
+        """Invoke slash command `name` (type 2) or, with `autocomplete=option`, ask for choices (type 4).
+
+        Returns the interaction token (use it with `interaction_messages`).
+        """
+        command = next(c for c in self.commands if c["name"] == name)
+        opts = []
+        for key, value in (options or {}).items():
+            opt = {"name": key, "type": 3, "value": value}
+            if key == autocomplete:
+                opt["focused"] = True
+            opts.append(opt)
+        token = f"itoken-{self.snowflake()}"
+        channel_id = self.CHANNEL_ID if guild else self.dm_channel_id(user_id)
+        payload: dict[str, Any] = {
+            "id": str(self.snowflake()),
+            "application_id": str(self.APP_ID),
+            "type": 4 if autocomplete else 2,
+            "data": {"id": command["id"], "name": name, "type": 1, "options": opts},
+            "channel_id": str(channel_id),
+            "channel": self._channel(channel_id) if guild else {"id": str(channel_id), "type": DM_CHANNEL},
+            "token": token,
+            "version": 1,
+            "app_permissions": PERMISSIONS_ALL,
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.GUILD_ID)} if guild else {"1": str(user_id)},
+            "context": 0 if guild else 1,
+            "attachment_size_limit": 10_000_000,
+        }
+        if guild:
+            payload["guild_id"] = str(self.GUILD_ID)
+            payload["guild_locale"] = "en-US"
+            payload["member"] = dict(
+                self._member(user_id, roles), user=self.add_user(user_id), permissions=str(permissions)
+            )
+        else:
+            payload["user"] = self.add_user(user_id)
+        self._interactions[token] = payload
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return token
+
+    # ---- queries for tests -----------------------------------------------------------
+
+    def find(self, method: str | None = None, path_regex: str = "") -> list[Call]:
+        pattern = re.compile(path_regex)
+        return [c for c in self.calls if (method is None or c.method == method) and pattern.search(c.path)]
+
+    def unexpected_errors(self) -> list[Call]:
+        """Requests Discord would have refused (4xx/5xx) that no test scripted."""
+        return [c for c in self.calls if c.status >= 400 and not c.scripted]
+
+    def bot_messages(self, channel_id: int | None = None) -> list[dict[str, Any]]:
+        """Messages the bot posted (channel messages, interaction responses and follow-ups), oldest first."""
+        found = [
+            m for m in self.messages.values() if channel_id is None or int(m["channel_id"]) == channel_id
+        ]
+        return sorted(found, key=lambda m: int(m["id"]))
+
+    def replies_to(self, message_id: str) -> list[dict[str, Any]]:
+        """The bot's messages that reply to user message `message_id`."""
+        return [
+            m
+            for m in self.bot_messages()
+            if str((m.get("message_reference") or {}).get("message_id")) == str(message_id)
+        ]
+
+    def interaction_messages(self, token: str) -> list[dict[str, Any]]:
+        """The original response and follow-ups of one interaction, oldest first."""
+        return [m for m in self.bot_messages() if m.get("_interaction_token") == token]
+
+    async def wait_until(self, predicate: Callable[[], Any], timeout: float = 10) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {predicate}")
+            await asyncio.sleep(0.01)
+
+    def dm_channel_id(self, user_id: int) -> int:
+        return 600_000_000_000_000_000 + user_id % 100_000_000_000
+
+    # ---- payload builders ------------------------------------------------------------
+
+    def _bot_user(self) -> dict[str, Any]:
+        return _user(self.BOT_ID, "lorabot", bot=True)
+
+    def _member(self, user_id: int, roles: list[int] | None) -> dict[str, Any]:
+        return {
+            "roles": [str(r) for r in (roles or [])],
+            "joined_at": _now(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+        }
+
+    def _thread(self, thread_id: int, parent_id: int, name: str) -> dict[str, Any]:
+        return {
+            "id": str(thread_id),
+            "type": PUBLIC_THREAD,
+            "guild_id": str(self.GUILD_ID),
+            "parent_id": str(parent_id),
+            "owner_id": str(self.BOT_ID),
+            "name": name,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": _now(),
+                "locked": False,
+            },
+            "flags": 0,
+        }
+
+    def _channel(self, channel_id: int) -> dict[str, Any]:
+        if channel_id in self.threads:
+            return self.threads[channel_id]
+        if channel_id == self.BOT_THREAD_ID:
+            return self._thread(channel_id, self.CHANNEL_ID, "lorabot thread")
+        return {
+            "id": str(channel_id),
+            "type": TEXT_CHANNEL,
+            "guild_id": str(self.GUILD_ID),
+            "name": "general" if channel_id == self.CHANNEL_ID else "other",
+            "position": 0 if channel_id == self.CHANNEL_ID else 1,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "parent_id": None,
+            "topic": None,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+        }
+
+    def _guild(self) -> dict[str, Any]:
+        def role(role_id: int, name: str, permissions: int, position: int) -> dict[str, Any]:
+            return {
+                "id": str(role_id),
+                "name": name,
+                "permissions": str(permissions),
+                "position": position,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": True,
+                "flags": 0,
+            }
+
+        return {
+            "id": str(self.GUILD_ID),
+            "name": "Test Server",
+            "icon": None,
+            "owner_id": str(self.OWNER_ID),
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "nsfw_level": 0,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "roles": [
+                role(self.GUILD_ID, "@everyone", EVERYDAY_PERMISSIONS, 0),
+                role(self.MEMBER_ROLE_ID, "member", EVERYDAY_PERMISSIONS, 1),
+                role(self.MOD_ROLE_ID, "mod", EVERYDAY_PERMISSIONS | MANAGE_GUILD, 2),
+                dict(
+                    role(self.BOT_ROLE_ID, "lorabot", EVERYDAY_PERMISSIONS, 3),
+                    managed=True,
+                    tags={"bot_id": str(self.BOT_ID)},
+                ),
+            ],
+            "channels": [self._channel(self.CHANNEL_ID), self._channel(self.OTHER_CHANNEL_ID)],
+            "threads": [self._channel(self.BOT_THREAD_ID)],
+            "members": [dict(self._member(self.BOT_ID, [self.BOT_ROLE_ID]), user=self._bot_user())],
+            "member_count": 2,
+            "large": False,
+            "unavailable": False,
+            "joined_at": _now(),
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+    # ---- REST ------------------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            if request.content_type == "application/json":
+                body = json.loads(raw)
+            elif request.content_type.startswith("multipart/"):
+                body = {"_multipart": True}
+        call = Call(request.method, path, dict(request.query), body)
+        self.calls.append(call)
+
+        if request.headers.get("Authorization") != f"Bot {self.token}" and not path.startswith(
+            ("/webhooks/", "/interactions/")
+        ):
+            call.status = 401
+            return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+
+        for failure in self._failures:
+            if failure.times > 0 and failure.method == request.method and failure.pattern.search(path):
+                failure.times -= 1
+                call.status = failure.status
+                call.scripted = True
+                if failure.status == 429:
+                    return _json(
+                        {
+                            "message": "You are being rate limited.",
+                            "retry_after": failure.retry_after,
+                            "global": False,
+                        },
+                        status=429,
+                        headers={
+                            "Retry-After": str(max(1, round(failure.retry_after))),
+                            "X-RateLimit-Limit": "5",
+                            "X-RateLimit-Remaining": "0",
+                            "X-RateLimit-Reset-After": str(failure.retry_after),
+                            "X-RateLimit-Bucket": "fake-bucket-" + failure.method.lower(),
+                            "X-RateLimit-Scope": "user",
+                            "Via": "1.1 google",
+                        },
+                    )
+                return _json({"message": "fake failure", "code": 0}, status=failure.status)
+
+        limited = self._rate_limit(request.method, path)
+        if isinstance(limited, web.Response):
+            call.status = 429
+            return limited
+        try:
+            status, answer = self._route(request.method, path, body, request.query)
+        except _Rejected as rejected:
+            status, answer = rejected.status, rejected.body
+        call.status = status
+        for delay in self._delays:
+            if delay[0] == request.method and delay[1].search(path):
+                self._delays.remove(delay)
+                await asyncio.sleep(delay[2])
+                break
+        headers = limited or {}
+        if status == 204:
+            return web.Response(status=204, headers=headers)
+        return _json(answer, status=status, headers=headers)
+
+    # Per-route buckets Discord documents for what the bot does in a channel; the bucket hash
+    # is what discord.py keys its own limiter on (with the channel id as major parameter).
+    _ROUTES = (
+        ("POST", re.compile(r"/channels/(\d+)/messages"), "messages"),
+        ("PATCH", re.compile(r"/channels/(\d+)/messages/\d+"), "messages"),
+        ("POST", re.compile(r"/channels/(\d+)/typing"), "typing"),
+    )
+
+    def _rate_limit(self, method: str, path: str) -> web.Response | dict[str, str] | None:
+        """Discord's global and per-route limits: a 429 response, or the headers for the answer."""
+        if self.limits is None or path.startswith(("/interactions/", "/webhooks/")):
+            return None  # interaction endpoints are not bound to the global limit
+        windows = [self.rate.window("global", self.limits.global_per_second, 1.0)]
+        bucket: tuple[str, Window] | None = None
+        for route_method, pattern, name in self._ROUTES:
+            if route_method == method and (match := pattern.fullmatch(path)):
+                key = f"{name}:{match.group(1)}"
+                bucket = (name, self.rate.window(key, self.limits.channel_messages_per_5s, 5.0))
+                windows.append(bucket[1])
+                break
+        wait = self.rate.check(windows)
+        now = self.rate.clock()
+        if wait:
+            is_global = windows[0].wait(now) > 0
+            headers = {"Retry-After": str(max(1, round(wait))), "Via": "1.1 google"}
+            if is_global:
+                headers["X-RateLimit-Global"] = "true"
+                headers["X-RateLimit-Scope"] = "global"
+            elif bucket is not None:
+                headers.update(self._bucket_headers(bucket, now))
+                headers["X-RateLimit-Scope"] = "user"
+            body = {"message": "You are being rate limited.", "retry_after": round(wait, 3), "global": is_global}
+            return _json(body, status=429, headers=headers)
+        return self._bucket_headers(bucket, now) if bucket is not None else None
+
+    @staticmethod
+    def _bucket_headers(bucket: tuple[str, Window], now: float) -> dict[str, str]:
+        name, window = bucket
+        return {
+            "X-RateLimit-Limit": str(window.limit),
+            "X-RateLimit-Remaining": str(max(0, window.remaining(now))),
+            "X-RateLimit-Reset-After": f"{max(window.reset_after(now), 0.001):.3f}",
+            "X-RateLimit-Bucket": f"fake-{name}",
+        }
+
+    def _route(self, method: str, path: str, body: Any, query: Any) -> tuple[int, Any]:
+        m = re.fullmatch
+        if method == "GET" and path == "/users/@me":
+            return 200, self._bot_user()
+        if method == "GET" and path == "/oauth2/applications/@me":
+            return 200, {
+                "id": str(self.APP_ID),
+                "name": "lorabot",
+                "description": "",
+                "icon": None,
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "verify_key": "0" * 64,
+                "owner": self.users[self.OWNER_ID],
+                "flags": 1 << 19,  # GATEWAY_MESSAGE_CONTENT_LIMITED
+                "team": None,
+                "summary": "",
+            }
+        if method == "GET" and path in ("/gateway", "/gateway/bot"):
+            return 200, {
+                "url": self.gateway_url.rstrip("/"),
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+        if method == "PUT" and (match := m(r"/applications/(\d+)(?:/guilds/\d+)?/commands", path)):
+            self.commands = [
+                dict(
+                    cmd,
+                    id=str(self.snowflake()),
+                    application_id=match.group(1),
+                    version="1",
+                    default_member_permissions=cmd.get("default_member_permissions"),
+                )
+                for cmd in body
+            ]
+            return 200, self.commands
+        if method == "GET" and m(r"/applications/\d+/commands", path):
+            return 200, self.commands
+        if method == "POST" and m(r"/channels/\d+/typing", path):
+            return 204, None
+        if method == "POST" and (match := m(r"/channels/(\d+)/messages/(\d+)/threads", path)):
+            thread_id = int(match.group(2))  # Discord gives a thread started from a message the message's id
+            thread = self._thread(thread_id, int(match.group(1)), body["name"])
+            self.threads[thread_id] = thread
+            self._echo("THREAD_CREATE", dict(thread, newly_created=True))
+            return 201, thread
+        if method == "POST" and (match := m(r"/channels/(\d+)/messages", path)):
+            return 200, self._create_message(int(match.group(1)), body)
+        if method == "PATCH" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
+            return self._edit_message(int(match.group(1)), body)
+        if method == "POST" and (match := m(r"/interactions/(\d+)/([^/]+)/callback", path)):
+            return self._interaction_callback(match.group(2), body)
+        if method == "POST" and (match := m(r"/webhooks/\d+/([^/]+)", path)):
+            interaction = self._interactions.get(match.group(1))
+            if interaction is None:
+                return 404, {"message": "Unknown Webhook", "code": 10015}
+            message = self._create_message(int(interaction["channel_id"]), body, token=match.group(1))
+            return 200, message
+        if method in ("GET", "PATCH") and (
+            match := m(r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", path)
+        ):
+            token, which = match.groups()
+            if which == "@original":
+                found = next((x for x in self.interaction_messages(token) if x.get("_original")), None)
+            else:
+                found = self.messages.get(int(which))
+            if found is None:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            if method == "GET":
+                return 200, self._public(found)
+            return self._edit_message(int(found["id"]), body)
+        return 404, {"message": f"fake Discord has no route {method} {path}", "code": 0}
+
+    def _create_message(
+        self, channel_id: int, body: dict[str, Any], *, token: str | None = None, original: bool = False
+    ) -> dict[str, Any]:
+        content = body.get("content") or ""
+        if not original:
+            _check_content(content)
+        message = {
+            "id": str(self.snowflake()),
+            "channel_id": str(channel_id),
+            "author": self._bot_user(),
+            "content": content,
+            "timestamp": _now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 19 if body.get("message_reference") else 0,
+            "flags": body.get("flags") or 0,
+            "allowed_mentions": body.get("allowed_mentions"),
+            "_edits": 0,
+        }
+        if (
+            channel_id in (self.CHANNEL_ID, self.OTHER_CHANNEL_ID, self.BOT_THREAD_ID)
+            or channel_id in self.threads
+        ):
+            message["guild_id"] = str(self.GUILD_ID)
+        if body.get("message_reference"):
+            ref = body["message_reference"]
+            message["message_reference"] = {
+                "message_id": str(ref["message_id"]),
+                "channel_id": str(ref.get("channel_id") or channel_id),
+                "type": ref.get("type", 0),
+            }
+        if token is not None:
+            message["_interaction_token"] = token
+            message["_original"] = original
+            message["webhook_id"] = str(self.APP_ID)
+        self.messages[int(message["id"])] = message
+        if not message.get("flags", 0) & 64:  # like Discord, echo the bot's own message on the gateway
+            self._echo("MESSAGE_CREATE", self._public(message))
+        return self._public(message)
+
+    def _echo(self, event: str, data: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self.dispatch(event, data))
+        self._echoes.add(task)
+        task.add_done_callback(self._echoes.discard)
+
+    def _edit_message(self, message_id: int, body: dict[str, Any]) -> tuple[int, Any]:
+        message = self.messages.get(message_id)
+        if message is None:
+            return 404, {"message": "Unknown Message", "code": 10008}
+        if "content" in body:
+            _check_content(body["content"] or "")
+            message["content"] = body["content"]
+        message["edited_timestamp"] = _now()
+        message["_edits"] += 1
+        return 200, self._public(message)
+
+    def _interaction_callback(self, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+        self.callbacks.append(dict(body, _token=token))
+        interaction = self._interactions.get(token)
+        if interaction is None:
+            return 404, {"message": "Unknown interaction", "code": 10062}
+        kind = body["type"]
+        answer: dict[str, Any] = {"interaction": {"id": interaction["id"], "type": interaction["type"]}}
+        if kind in (4, 5):  # message / deferred message: the response becomes the original message
+            data = body.get("data") or {}
+            message = self._create_message(
+                int(interaction["channel_id"]),
+                {
+                    "content": data.get("content", ""),
+                    "flags": data.get("flags"),
+                    "allowed_mentions": data.get("allowed_mentions"),
+                },
+                token=token,
+                original=True,
+            )
+            answer["interaction"].update(
+                response_message_id=message["id"],
+                response_message_loading=kind == 5,
+                response_message_ephemeral=bool((data.get("flags") or 0) & 64),
+            )
+            answer["resource"] = {"type": kind, "message": message}
+        return 200, answer
+
+    @staticmethod
+    def _public(message: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in message.items() if not k.startswith("_") and k != "allowed_mentions"}
+
+    # ---- gateway ---------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoclose=False)
+        await ws.prepare(request)
+        session = _GatewaySession(self, ws, request.query.get("compress"))
+        self._sockets.append(session)
+        try:
+            await session.run()
+        finally:
+            self._sockets.remove(session)
+        return ws
+
+
+class _GatewaySession:
+    """One websocket connection: HELLO, IDENTIFY/RESUME, heartbeats, dispatches with sequence numbers."""
+
+    def __init__(self, fake: FakeDiscord, ws: web.WebSocketResponse, compress: str | None) -> None:
+        self.fake = fake
+        self.ws = ws
+        self.seq = 0
+        self.session_id = f"session-{fake.snowflake()}"
+        self._zlib = zlib.compressobj() if compress == "zlib-stream" else None
+        if compress not in (None, "zlib-stream"):
+            raise web.HTTPBadRequest(text=f"fake gateway only speaks zlib-stream, not {compress}")
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload)
+        async with self._send_lock:
+            if self.ws.closed:
+                return
+            if self._zlib is not None:
+                await self.ws.send_bytes(
+                    self._zlib.compress(data.encode()) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+                )
+            else:
+                await self.ws.send_str(data)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        await self.send({"op": 0, "t": event, "s": self.seq, "d": data})
+
+    async def run(self) -> None:
+        await self.send({"op": 10, "d": {"heartbeat_interval": 41_250}, "s": None, "t": None})
+        async for msg in self.ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            payload = json.loads(msg.data)
+            op = payload["op"]
+            if op == 1:  # heartbeat
+                self.fake.heartbeats += 1
+                await self.send({"op": 11, "d": None, "s": None, "t": None})
+            elif op == 2:  # identify
+                if payload["d"]["token"] != self.fake.token:
+                    await self.ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                self.fake.identify = payload["d"]
+                await self.dispatch(
+                    "READY",
+                    {
+                        "v": 10,
+                        "user": self.fake._bot_user(),
+                        "guilds": [{"id": str(self.fake.GUILD_ID), "unavailable": True}],
+                        "session_id": self.session_id,
+                        "resume_gateway_url": self.fake.gateway_url,
+                        "application": {"id": str(self.fake.APP_ID), "flags": 1 << 19},
+                        "private_channels": [],
+                        "relationships": [],
+                        "user_settings": {},
+                        "shard": [0, 1],
+                    },
+                )
+                await self.dispatch("GUILD_CREATE", self.fake._guild())
+                self.fake._ready.set()
+            elif op == 6:  # resume: replay nothing (tests resume between events)
+                self.fake.resumes.append(payload["d"])
+                self.seq = payload["d"].get("seq") or 0
+                await self.dispatch("RESUMED", {})

@@ -1,0 +1,318 @@
+"""Show a reply on a platform: one delivery task per reply that only ever sends the newest text.
+
+The reply's handler sets what *should* be on screen (`status`, `update`, `finish`) without
+waiting; the view's own task makes the platform match, one call at a time, at the pace the
+`Pacer` allows. So generation never waits for the platform (a 429 holds no generation slot), and
+text that changed while a call waited is coalesced into the next one.
+
+Adapters give a `Sink`: send a message, edit one, show "typing", and say how long a text is for
+the platform. Sinks raise `SlowDown` (429), `MessageGone` (deleted meanwhile) and
+`TransientFailure` (5xx, timeout); anything else is permanent and ends the delivery with a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bots.pacing import EDIT, FINAL, NEW_MESSAGE, STATUS, Pacer
+from bots.text import split_message
+
+log = logging.getLogger(__name__)
+
+
+class SlowDown(Exception):
+    """The platform answered 429; `retry_after` seconds, for one chat or (`everywhere`) all."""
+
+    def __init__(self, retry_after: float, *, everywhere: bool = False) -> None:
+        super().__init__(f"rate limited, retry after {retry_after} s")
+        self.retry_after = retry_after
+        self.everywhere = everywhere
+
+
+class MessageGone(Exception):
+    """The message to edit no longer exists (deleted by a moderator or the user)."""
+
+
+class TransientFailure(Exception):
+    """A 5xx, a timeout or a dropped connection: the same call may work later."""
+
+
+class Sink(Protocol):
+    """Where one reply goes: a chat/channel, and the message it answers."""
+
+    chat_key: str  # the pacing key: one chat or channel
+    typing_key: str  # the pacing key of typing indicators (Discord limits them apart from messages)
+    limit: int  # the platform's maximum message length, in `length` units
+
+    def length(self, text: str) -> int:
+        """Length as the platform counts it (Telegram: UTF-16 code units)."""
+
+    async def send(self, text: str) -> Any:
+        """Send a new message; return a handle `edit` and `ref` accept."""
+
+    async def edit(self, handle: Any, text: str) -> None:
+        """Replace the text of a message sent earlier."""
+
+    async def typing(self) -> None:
+        """Show the "typing…" indicator once."""
+
+    def ref(self, handle: Any) -> str:
+        """A string that finds the message again after a restart (e.g. "chat:message")."""
+
+
+ShownCallback = Callable[[list[str], str], Awaitable[None]]
+
+
+@dataclass
+class _Shown:
+    handle: Any
+    text: str
+
+
+@dataclass
+class DeliveryCounts:
+    calls: int = 0  # platform calls made for this reply (typing included)
+    slowdowns: int = 0  # 429s answered to them
+    failures: int = 0  # other failed calls
+
+
+class ReplyView:
+    """One reply, possibly spread over several messages, kept in step with the newest text."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        pacer: Pacer,
+        *,
+        edit_interval_s: float,
+        status_interval_s: float = 20.0,
+        final_retries: int = 4,
+        on_shown: ShownCallback | None = None,
+        record_every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.pacer = pacer
+        self.edit_interval_s = edit_interval_s
+        self.status_interval_s = status_interval_s
+        self.final_retries = final_retries
+        self.on_shown = on_shown
+        self.record_every_s = record_every_s
+        self.counts = DeliveryCounts()
+        self._clock = clock
+        self._text = ""  # the newest text (or status line while there is no text)
+        self._kind: str | None = None  # "status", "text" or "final"
+        self._shown: list[_Shown] = []
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_call = float("-inf")
+        self._last_record = float("-inf")
+        self._failed_final = 0
+        self.delivered = False  # the final text is on screen
+
+    # -- what should be on screen (never waits) ---------------------------------------------
+    @property
+    def handles(self) -> list[Any]:
+        return [shown.handle for shown in self._shown]
+
+    @property
+    def shown_text(self) -> str:
+        return "\n".join(shown.text for shown in self._shown)
+
+    def status(self, line: str) -> None:
+        """A status line (queue position) in the first message, until text arrives."""
+        if self._kind in (None, "status"):
+            self._set(line, "status")
+
+    def update(self, text: str) -> None:
+        """The growing reply; shown at most once per edit interval."""
+        if self._kind != "final" and text.strip():
+            self._set(text, "text")
+
+    async def finish(self, text: str) -> None:
+        """Show the complete text and wait until it is on screen (or delivery gave up)."""
+        self._set(text if text.strip() else "(no answer)", "final")
+        await self._done.wait()
+
+    async def close(self) -> None:
+        """Stop delivering (shutdown after its grace): whatever is on screen stays."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._done.set()
+
+    def _set(self, text: str, kind: str) -> None:
+        self._text, self._kind = text, kind
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="lorabot-delivery")
+
+    # -- the delivery task ----------------------------------------------------------------
+    def _wanted(self) -> list[str]:
+        if self._kind == "status":
+            return [self._text]
+        return split_message(self._text, self.sink.limit, length=self.sink.length)
+
+    def _next_step(self) -> tuple[int, str] | None:
+        """The first message that differs from what should be shown, and its text."""
+        for index, chunk in enumerate(self._wanted()):
+            if index >= len(self._shown) or self._shown[index].text != chunk:
+                return index, chunk
+        return None
+
+    def _priority(self, index: int) -> int:
+        if self._kind == "final":
+            return FINAL
+        if index >= len(self._shown):
+            return NEW_MESSAGE
+        return STATUS if self._kind == "status" else EDIT
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                step = self._next_step()
+                if step is None:
+                    if self._kind == "final":
+                        self.delivered = True
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                index, _ = step
+                if index < len(self._shown) and self._kind != "final":  # an edit: keep to our pace
+                    interval = self.status_interval_s if self._kind == "status" else self.edit_interval_s
+                    wait = self._last_call + interval - self._clock()
+                    if wait > 0:
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(wait):
+                                await self._wake.wait()  # finish() cuts the wait short
+                        continue
+                if not await self._slot(index):
+                    continue
+                step = self._next_step()  # the newest text, read after the wait
+                if step is None:
+                    continue
+                if not await self._apply(*step):
+                    return
+        except Exception:
+            log.exception("delivery in %s failed", self.sink.chat_key)
+        finally:
+            self._done.set()
+
+    async def _slot(self, index: int) -> bool:
+        """Wait for the pacer; False if the reply became final meanwhile (ask again, at its priority)."""
+        priority = self._priority(index)
+        acquiring = asyncio.ensure_future(self.pacer.acquire(self.sink.chat_key, priority))
+        try:
+            while True:
+                self._wake.clear()
+                waking = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({acquiring, waking}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waking.cancel()
+                if acquiring.done():
+                    acquiring.result()
+                    return True
+                if self._priority(index) < priority:
+                    acquiring.cancel()
+                    return False
+        except asyncio.CancelledError:
+            acquiring.cancel()
+            raise
+
+    async def _apply(self, index: int, chunk: str) -> bool:
+        """Make message `index` show `chunk`; False when delivery must stop."""
+        self._last_call = self._clock()
+        self.counts.calls += 1
+        new = index >= len(self._shown)
+        try:
+            if new:
+                handle = await self.sink.send(chunk)
+                self._shown.append(_Shown(handle, chunk))
+            else:
+                await self.sink.edit(self._shown[index].handle, chunk)
+                self._shown[index].text = chunk
+        except SlowDown as slow:
+            self.counts.slowdowns += 1
+            log.warning("429 from the platform in %s: waiting %.1f s", self.sink.chat_key, slow.retry_after)
+            self.pacer.hold(None if slow.everywhere else self.sink.chat_key, slow.retry_after)
+            return True
+        except MessageGone:
+            log.info("a reply message in %s was deleted; sending it again", self.sink.chat_key)
+            del self._shown[index:]  # later continuations would now read out of order
+            return True
+        except TransientFailure as error:
+            self.counts.failures += 1
+            if self._kind != "final":
+                log.info("skipped an edit in %s: %s", self.sink.chat_key, error)
+                return True
+            self._failed_final += 1
+            if self._failed_final > self.final_retries:
+                if new:
+                    log.error("could not deliver a reply in %s: %s", self.sink.chat_key, error)
+                    return False
+                log.warning("editing the final text failed in %s; sending it as a new message", self.sink.chat_key)
+                del self._shown[index:]
+                self._failed_final = 0
+                return True
+            await asyncio.sleep(min(8.0, 2.0 ** (self._failed_final - 1)))
+            return True
+        except Exception as error:  # permanent: no permission, chat gone, bad request
+            self.counts.failures += 1
+            log.warning("can't answer in %s (giving up on this reply): %s", self.sink.chat_key, error)
+            return False
+        await self._record(force=new)
+        return True
+
+    async def _record(self, *, force: bool) -> None:
+        """Tell the store where the reply is shown (new messages at once, edits now and then)."""
+        now = self._clock()
+        if self.on_shown is None or not (force or now - self._last_record >= self.record_every_s):
+            return
+        self._last_record = now
+        try:
+            await self.on_shown([self.sink.ref(handle) for handle in self.handles], self.shown_text)
+        except Exception as error:  # the store's trouble must not stop the reply
+            log.warning("could not record a reply's messages: %s", error)
+
+
+class Typing:
+    """"typing…" while a reply is being generated: one indicator per interval, only in a free slot."""
+
+    def __init__(self, sink: Sink, pacer: Pacer, interval_s: float, counts: DeliveryCounts) -> None:
+        self.sink = sink
+        self.pacer = pacer
+        self.interval_s = interval_s
+        self.counts = counts
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="lorabot-typing")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()  # sinks never let a cancel reach a request in flight
+
+    async def _loop(self) -> None:
+        while True:
+            if self.pacer.try_acquire(self.sink.typing_key):
+                self.counts.calls += 1
+                try:
+                    await self.sink.typing()
+                except SlowDown as slow:
+                    self.counts.slowdowns += 1
+                    self.pacer.hold(None if slow.everywhere else self.sink.typing_key, slow.retry_after)
+                except Exception as error:  # an indicator is never worth failing a reply
+                    log.debug("typing indicator failed: %s", error)
+            await asyncio.sleep(self.interval_s)

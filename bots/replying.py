@@ -1,0 +1,195 @@
+"""The one answer flow both platforms use: `ChatService.reply` events → a `ReplyView`.
+
+The handler consumes the service's events without ever waiting for the platform (the view's own
+task delivers), so the generation slot is released the moment generation ends; then it waits for
+the final text to be on screen. Errors become the reply's text, a shutdown marks the reply as
+interrupted, and every reply ends with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bots.delivery import DeliveryCounts, ReplyView, Sink, Typing
+from bots.pacing import Pacer
+from core.errors import ChatError
+from core.events import Accepted, Delta, Done, Notice, Queued, Started
+from core.service import ChatService, Scopes
+
+log = logging.getLogger("lorabot.replies")
+
+
+@dataclass(frozen=True)
+class Notes:
+    """How a platform words the lines lorabot adds to a reply."""
+
+    interrupted: str = "[interrupted: lorabot is shutting down]"
+    error_prefix: str = "⚠️ "
+    failed: str = "⚠️ Sorry, something went wrong while answering."
+
+    def queued(self, position: int, eta_s: float | None) -> str:
+        eta = f", about {_duration(eta_s)}" if eta_s else ""
+        return f"⏳ Waiting in line: #{position}{eta}"
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How often a reply may change on screen."""
+
+    edit_interval_s: float = 1.0
+    status_interval_s: float = 20.0
+    typing_interval_s: float = 5.0
+
+
+@dataclass
+class Question:
+    """One message to answer, in platform-free terms."""
+
+    conversation_id: str
+    user_id: str
+    text: str
+    scope_id: Scopes = None
+    platform: str = "chat"
+
+
+@dataclass
+class Outcome:
+    text: str = ""
+    result: str = "answered"  # answered, refused, error, interrupted, undelivered
+    model: str = ""
+    queued_s: float = 0.0
+    ttft_s: float | None = None
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    counts: DeliveryCounts = field(default_factory=DeliveryCounts)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def with_note(text: str, note: str) -> str:
+    """The partial answer (if any), then why it stopped."""
+    return f"{text.rstrip()}\n\n{note}" if text.strip() else note
+
+
+async def answer(
+    service: ChatService,
+    sink: Sink,
+    pacer: Pacer,
+    question: Question,
+    *,
+    pace: Pace = Pace(),
+    notes: Notes = Notes(),
+    clean: Callable[[str], str] = lambda text: text,
+    interrupt: asyncio.Event | None = None,
+    final_timeout_s: float = 5.0,
+) -> Outcome:
+    """Answer `question` into `sink`; returns what was shown and how it went.
+
+    `clean` makes model text safe for the place (mentions defused in groups). `interrupt` is set
+    by a shutdown whose grace is over; the task is also cancelled then. After a cancellation the
+    interruption note gets `final_timeout_s` to reach the platform, so shutdown never hangs on an
+    unreachable platform.
+    """
+    outcome = Outcome()
+    turn_id: int | None = None
+
+    async def record(handles: list[str], shown: str) -> None:
+        if turn_id is not None:
+            await service.record_delivery(turn_id, question.platform, handles, shown)
+
+    view = ReplyView(
+        sink, pacer, edit_interval_s=pace.edit_interval_s, status_interval_s=pace.status_interval_s, on_shown=record
+    )
+    outcome.counts = view.counts
+    typing = Typing(sink, pacer, pace.typing_interval_s, view.counts)
+    written, notice = "", ""
+    accepted_at = time.monotonic()
+    try:
+        events = service.reply(question.conversation_id, question.user_id, question.text, scope_id=question.scope_id)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if interrupt is not None and interrupt.is_set():
+                    raise asyncio.CancelledError
+                match event:
+                    case Accepted(turn_id=number):
+                        turn_id = number
+                    case Queued(position=position):
+                        view.status(notes.queued(position, service.estimated_wait_s(position)))
+                    case Started(model=model):
+                        outcome.model = model
+                        outcome.queued_s = time.monotonic() - accepted_at
+                        typing.start()
+                    case Notice(text=text):
+                        notice = f"ℹ️ {text}\n\n"
+                    case Delta(text=piece):
+                        written += piece
+                        view.update(notice + clean(written))
+                    case Done() as done:
+                        typing.stop()
+                        written = done.text
+                        outcome.ttft_s, outcome.tokens = done.ttft_s, done.completion_tokens
+                        outcome.tokens_per_s = done.tokens_per_s
+                        if done.finish_reason == "interrupted":
+                            outcome.result = "interrupted"
+        # The service's generator is closed here: its queue slot is free before we deliver.
+        final = notice + clean(written)
+        if outcome.result == "interrupted":
+            final = with_note(final, notes.interrupted)
+    except ChatError as error:
+        outcome.result = "refused" if outcome.model == "" else "error"
+        final = with_note(notice + clean(written), notes.error_prefix + error.user_message)
+    except asyncio.CancelledError:
+        typing.stop()
+        outcome.result = "interrupted"
+        outcome.text = with_note(notice + clean(written), notes.interrupted)
+        await _finish_bounded(view, outcome.text, final_timeout_s)
+        _log(question, outcome)
+        raise
+    except Exception:
+        log.exception("reply failed in conversation %s", question.conversation_id)
+        outcome.result = "error"
+        final = with_note(notice + clean(written), notes.failed)
+    finally:
+        typing.stop()
+    outcome.text = final
+    try:
+        await view.finish(final)
+    except asyncio.CancelledError:
+        await view.close()
+        raise
+    if not view.delivered:
+        outcome.result = "undelivered"
+    _log(question, outcome)
+    return outcome
+
+
+async def _finish_bounded(view: ReplyView, text: str, timeout_s: float) -> None:
+    """Show `text` if the platform takes it within `timeout_s`; never longer (shutdown)."""
+    finishing = asyncio.ensure_future(view.finish(text))
+    done, _ = await asyncio.wait({finishing}, timeout=timeout_s)
+    if not done:
+        await view.close()
+
+
+def _log(question: Question, outcome: Outcome) -> None:
+    counts = outcome.counts
+    ttft = f"{outcome.ttft_s:.2f}s" if outcome.ttft_s is not None else "-"
+    log.info(
+        "reply %s conversation=%s model=%s queued=%.1fs ttft=%s tokens=%d tok/s=%.1f calls=%d 429s=%d",
+        outcome.result,
+        question.conversation_id,
+        outcome.model or "-",
+        outcome.queued_s,
+        ttft,
+        outcome.tokens,
+        outcome.tokens_per_s,
+        counts.calls,
+        counts.slowdowns,
+    )
