@@ -18,7 +18,7 @@ from support.engines import make_service
 
 from bots.discord_bot import DiscordSettings, load_discord_settings, run_discord
 from bots.discord_bot.client import LorabotClient
-from bots.discord_bot.policy import Origin, is_allowed
+from bots.discord_bot.policy import Origin, channel_scope, conversation_id, is_allowed, model_scopes
 from bots.discord_bot.replies import INTERRUPTED
 from core.settings import SettingsError
 
@@ -424,7 +424,7 @@ async def test_model_output_with_mentions_pings_nobody(fake, start_bot):
     await client.wait_idle()
 
     payloads = sent_payloads(fake)
-    assert len(payloads) >= 3
+    assert len(payloads) >= 2  # the channel reply and the interaction's
     for body in payloads:
         mentions = body.get("allowed_mentions")
         assert mentions is not None, body
@@ -438,7 +438,7 @@ async def test_no_permission_to_post_is_logged_not_fatal(fake, start_bot, caplog
     refused = await fake.user_message("one", mention_bot=True)
     await fake.wait_until(lambda: fake.find("POST", r"^/channels/\d+/messages$"))
     await client.wait_idle()
-    assert "can't answer in channel" in caplog.text
+    assert "can't answer in discord:" in caplog.text
     message = await fake.user_message("two", mention_bot=True)
     assert (await answer(fake, client, message))[0]["content"] == "hi"
     assert fake.replies_to(refused["id"]) == []
@@ -843,3 +843,11 @@ async def test_every_message_the_bot_sends_or_edits_pings_nobody(fake, start_bot
         "PATCH /webhooks/N/N/messages/@original",  # /chat's streamed answer
         "POST /webhooks/N/N",  # /chat's continuation messages
     } <= routes, routes
+
+
+def test_a_thread_follows_its_channels_model_and_keeps_its_own_conversation():
+    thread = Origin(1, 99, 100, parent_channel_id=10)
+    assert conversation_id(thread) == "discord:thread:99"  # `/model name:` there: shared by the thread
+    assert channel_scope(thread) == "discord:channel:10"  # `scope:channel` there: the parent channel
+    assert model_scopes(thread) == ("discord:channel:10", "discord:guild:100")
+    assert model_scopes(Origin(1, 10, None)) == ("discord:channel:10",)  # a DM: no server
