@@ -38,15 +38,22 @@ class Chunk:
 def split_message(text: str, limit: int, length: Length = len) -> list[str]:
     """Split `text` into messages of at most `limit`, measured with `length` (default: characters).
 
-    Prefers paragraph breaks, then line breaks, then sentence ends, then spaces, never cutting
-    a run of backticks; a cut inside a code fence closes the fence in this message and reopens
-    it in the next so each message renders. Exactly what is documented (see `split_chunks`):
-    removing the added fence markers from each message gives slices of `text` that, joined,
-    are `text` except for whitespace dropped at the cuts; whitespace-only messages are never
-    produced. Always terminates: each message takes at least one character of `text`.
+    Cuts at the last paragraph break, else line break, else sentence end, else space in the
+    second half of the room, never inside a run of backticks, else wherever the room ends.
+    What is guaranteed (`split_chunks` returns the parts, tests/test_text.py checks each):
 
-    `length` must add up per character and count every character as at least 1 — `len`, or
-    `utf16_len` for Telegram.
+    - every message is `opener + body + closer` with `length(message) <= limit` and a body that
+      is not blank; blank `text` gives no message;
+    - the bodies are slices of `text` in order: `text` is them joined, except for whitespace
+      dropped at the cuts (before the first and after the last body, and between two bodies);
+    - `closer` is "\n```" when the message is not the last and its `opener + body` leaves a code
+      fence open (an odd number of "```"), else empty; the next message's `opener` is then
+      "```" + that fence's language + "\n", or "```\n" when the language is not a plain word or
+      would take more than a quarter of the limit, and otherwise empty;
+    - it terminates: every message consumes at least one character of `text`.
+
+    `length` must add up per character and count every character as at least 1: `len`, or
+    `utf16_len` for Telegram, which counts its 4096 in UTF-16 code units.
     """
     return [chunk.text for chunk in split_chunks(text, limit, length)]
 
