@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from core.errors import ChatError
+from core.logs import configure_logging
 from core.registry import ModelRegistry, RegistryError
 from core.service import ChatService
 from core.settings import CoreSettings, SettingsError, load_core_settings
@@ -27,6 +29,7 @@ bench_app = typer.Typer(help="Benchmarks (print a table; --json for one JSON obj
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 console = Console()
+log = logging.getLogger("lorabot")
 
 
 def _settings(**overrides: object) -> CoreSettings:
@@ -175,11 +178,32 @@ def run() -> None:
         chat(model=None, once=None)
         return
 
+    configure_logging(settings.log_level)
+    names = [name for name, _ in runners]
+
     async def body(service: ChatService) -> None:
-        console.print(f"Starting {', '.join(name for name, _ in runners)} on {settings.default_model}.")
+        _log_start(names, service)
         await asyncio.gather(*(runner(service) for _, runner in runners))
 
     _run_until_signal(_with_service(settings, body))
+
+
+def _log_start(platforms: list[str], service: ChatService) -> None:
+    """The start-up line an operator looks for: what runs, on which models, with which limits."""
+    settings = service.settings
+    log.info(
+        "lorabot starting: platforms=%s default_model=%s models=%s parallel=%d threads=%d "
+        "max_wait=%.0fs queue_max=%d context=%d data=%s",
+        ",".join(platforms),
+        settings.default_model,
+        ",".join(service.model_names()),
+        settings.parallel,
+        settings.resolved_threads,
+        settings.max_wait_s,
+        settings.queue_max,
+        settings.context_length,
+        settings.data_dir,
+    )
 
 
 @app.command()
@@ -203,7 +227,13 @@ def _run_platform(name: str) -> None:
     except RuntimeError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    _run_until_signal(_with_service(settings, runner))
+    configure_logging(settings.log_level)
+
+    async def body(service: ChatService) -> None:
+        _log_start([name], service)
+        await runner(service)
+
+    _run_until_signal(_with_service(settings, body))
 
 
 @bench_app.command("engine")

@@ -23,10 +23,26 @@ class RateLimited(ChatError):
 
 
 class Busy(ChatError):
-    def __init__(self, queue_depth: int) -> None:
+    """Too much waiting already: by the estimated wait, or the queue's hard cap."""
+
+    def __init__(self, queue_depth: int, wait_s: float | None = None) -> None:
         self.queue_depth = queue_depth
+        self.wait_s = wait_s
+        if wait_s is None:
+            why = f"{queue_depth} questions are waiting"
+        else:
+            why = f"the wait would be about {max(1, round(wait_s / 60))} min with {queue_depth} questions ahead"
+        super().__init__(f"I'm busy right now ({why}). Please try again in a few minutes.")
+
+
+class TooManyWaiting(ChatError):
+    """The same user already has several questions waiting."""
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
         super().__init__(
-            f"I'm busy right now ({queue_depth} requests waiting). Please try again in a minute."
+            f"You already have {waiting} questions waiting; I'll answer them in order. "
+            "Send more once they're answered."
         )
 
 
@@ -59,6 +75,25 @@ class GenerationTimeout(ChatError):
 class ShuttingDown(ChatError):
     def __init__(self) -> None:
         super().__init__("lorabot is shutting down; your request was not answered.")
+
+
+class EngineFailed(ChatError):
+    """The engine failed on this request (a failed decode, a crashed compute thread); the bot
+    keeps serving, so the user may simply ask again."""
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__("The model failed while answering, so this reply stopped. Please try again.")
+
+
+class EngineClosed(EngineFailed):
+    """A request reached a model after it was unloaded (never a call into freed memory)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name!r} was already unloaded")
+        self.name = name
+        self.user_message = f"Model {name!r} was unloaded before it could answer. Please try again."
+        self.args = (self.user_message,)
 
 
 class StoreUnavailable(ChatError):

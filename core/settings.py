@@ -13,6 +13,8 @@ from typing import TypeVar, get_args
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.logs import register_secret
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are lorabot, a friendly and concise assistant in a group chat. Answer clearly and briefly."
 )
@@ -34,7 +36,13 @@ class CoreSettings(BaseSettings):
     models_file: Path | None = Field(None, description="TOML models registry; default DATA_DIR/models.toml.")
     default_model: str = Field("smollm2-135m", description="Model used when a conversation picked none.")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    queue_max: int = Field(32, ge=1, description="Requests waiting at once before 'busy'.")
+    queue_max: int = Field(1000, ge=1, description="Hard cap on requests waiting at once (see max_wait_s).")
+    max_wait_s: float = Field(
+        120.0, gt=0, description="Refuse a new request when its estimated wait in the queue exceeds this."
+    )
+    max_waiting_per_user: int = Field(
+        3, ge=1, description="Questions one user may have waiting; later ones are queued behind them up to this."
+    )
     rate_limit_messages: int = Field(6, ge=1, description="Messages a user may send per period.")
     rate_limit_period_s: float = Field(60.0, gt=0)
     history_max_turns: int = Field(20, ge=1, description="Stored turns kept per conversation.")
@@ -54,6 +62,7 @@ class CoreSettings(BaseSettings):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int = 3407
+    log_level: str = Field("INFO", description="Log level of `lorabot run` and the bots (DEBUG, INFO, WARNING).")
 
     @field_validator("default_model", "system_prompt")
     @classmethod
@@ -61,6 +70,13 @@ class CoreSettings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
 
     @model_validator(mode="after")
     def _parallel_fits_slots(self) -> CoreSettings:
@@ -107,12 +123,17 @@ def load_settings(settings_class: type[S], prefix: str, **overrides: object) -> 
     """Build `settings_class` from the environment and `.env`, or raise `SettingsError` naming each
     bad value — the one loader behind the core's, Discord's and Telegram's settings."""
     try:
-        return settings_class(**overrides)  # type: ignore[arg-type]
+        settings = settings_class(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         hidden = frozenset(
             name for name, field in settings_class.model_fields.items() if _is_secret(field.annotation)
         )
         raise SettingsError(describe_validation_error(error, prefix, hidden)) from error
+    for name, field in settings_class.model_fields.items():
+        value = getattr(settings, name)
+        if _is_secret(field.annotation) and isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())  # never in a log line (core/logs.py)
+    return settings
 
 
 def load_core_settings(**overrides: object) -> CoreSettings:

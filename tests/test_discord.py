@@ -424,7 +424,7 @@ async def test_model_output_with_mentions_pings_nobody(fake, start_bot):
     await client.wait_idle()
 
     payloads = sent_payloads(fake)
-    assert len(payloads) >= 3
+    assert len(payloads) >= 2  # the channel reply and the interaction's
     for body in payloads:
         mentions = body.get("allowed_mentions")
         assert mentions is not None, body
@@ -438,7 +438,7 @@ async def test_no_permission_to_post_is_logged_not_fatal(fake, start_bot, caplog
     refused = await fake.user_message("one", mention_bot=True)
     await fake.wait_until(lambda: fake.find("POST", r"^/channels/\d+/messages$"))
     await client.wait_idle()
-    assert "can't answer in channel" in caplog.text
+    assert "can't answer in discord:" in caplog.text
     message = await fake.user_message("two", mention_bot=True)
     assert (await answer(fake, client, message))[0]["content"] == "hi"
     assert fake.replies_to(refused["id"]) == []
@@ -524,7 +524,7 @@ async def test_queue_full_gets_a_busy_message(fake, start_bot):
         await fake.wait_until(lambda: client.service.stats().running == 1)
         waiting = await fake.user_message("second", mention_bot=True, user_id=32)
         await fake.wait_until(lambda: fake.replies_to(waiting["id"]))
-        assert fake.replies_to(waiting["id"])[0]["content"] == "⏳ queued, #1"
+        assert fake.replies_to(waiting["id"])[0]["content"] .startswith("⏳ Waiting in line: #1")
         rejected = await fake.user_message("third", mention_bot=True, user_id=33)
         busy = (await fake.wait_until(lambda: fake.replies_to(rejected["id"])))[0]
         assert "busy" in busy["content"]

@@ -1,0 +1,109 @@
+"""kill -9 of the real bot process mid-reply, then a restart, against the fake Telegram.
+
+The bot runs as `python -m bots.cli telegram` on the embedded model, exactly as an operator
+starts it (the CLI configures logging). Afterwards: the half-written reply is marked on the
+platform, the question is in history as interrupted (not in the model's context), the next
+message is answered, SIGTERM ends the process cleanly, and the log has the start-up line and
+one line per reply but never the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.fakes.telegram import FakeBotAPI
+from bots.telegram_bot.replies import RESTARTED
+
+pytestmark = pytest.mark.slow
+ALICE = 4242
+
+
+def bot_env(fake: FakeBotAPI, data_dir: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LORABOT_", "TELEGRAM_", "DISCORD_"))}
+    env.update(
+        TELEGRAM_TOKEN=fake.token,
+        TELEGRAM_API_BASE_URL=fake.base_url,
+        TELEGRAM_FILE_BASE_URL=fake.base_file_url,
+        TELEGRAM_EDIT_INTERVAL_S="0.5",
+        TELEGRAM_SHUTDOWN_GRACE_S="2",
+        LORABOT_DATA_DIR=str(data_dir),
+        LORABOT_MAX_NEW_TOKENS="300",
+        LORABOT_TEMPERATURE="0",
+        LORABOT_LOG_LEVEL="DEBUG",
+    )
+    return env
+
+
+async def start_bot(fake: FakeBotAPI, data_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
+    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots.cli", "telegram",
+        env=bot_env(fake, data_dir), stdout=log, stderr=log, cwd=data_dir.parent,
+    )  # fmt: skip
+    log.close()
+    return process
+
+
+def turn_states(data_dir: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(data_dir / "history.sqlite3") as db:
+        return db.execute("SELECT question, state FROM turns ORDER BY id").fetchall()
+
+
+async def test_kill_9_mid_reply_then_restart(tmp_path):
+    fake = FakeBotAPI()
+    await fake.start()
+    data_dir, log_path = tmp_path / "data", tmp_path / "bot.log"
+    data_dir.mkdir()
+    process = await start_bot(fake, data_dir, log_path)
+    try:
+        user = fake.add_user(ALICE, "Alice")
+        chat = fake.private_chat(user)
+        await fake.wait_for(lambda: fake.calls_of("getUpdates"), timeout=60)
+        fake.send_text(user, chat, "Write a long story about a dragon who learns to bake bread.")
+
+        # mid-reply: a message with model text on screen, and its place recorded (first send)
+        def streaming() -> bool:
+            texts = fake.bot_texts(ALICE)
+            return bool(texts) and not texts[0].startswith("⏳") and len(fake.calls_of("editMessageText")) >= 2
+
+        await fake.wait_for(streaming, timeout=90)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        partial = fake.bot_texts(ALICE)[0]
+        assert not partial.endswith(RESTARTED)
+
+        process = await start_bot(fake, data_dir, log_path)
+        await fake.wait_for(lambda: fake.bot_texts(ALICE)[0].endswith(RESTARTED), timeout=60)
+        marked = fake.bot_texts(ALICE)[0]
+        assert marked.removesuffix(RESTARTED).strip() and partial.startswith(marked.removesuffix(RESTARTED).strip()[:20])
+        assert turn_states(data_dir) == [("Write a long story about a dragon who learns to bake bread.", "interrupted")]
+
+        fake.send_text(user, chat, "Say hello.")
+        await fake.wait_for(
+            lambda: [q for q, state in turn_states(data_dir) if state == "answered"] == ["Say hello."], timeout=90
+        )
+        # its reply is delivered (not a status line) and is a message of its own
+        await fake.wait_for(lambda: len(fake.bot_texts(ALICE)) == 2 and not fake.bot_texts(ALICE)[1].startswith("⏳"))
+
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):  # grace 2 s + the few seconds shutdown may take
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await fake.stop()
+
+    log = log_path.read_text(errors="replace")
+    assert "lorabot starting: platforms=telegram" in log
+    assert "marked 1 replies interrupted by the last restart" in log
+    assert "reply answered conversation=telegram:4242" in log
+    assert fake.token not in log and fake.token.split(":")[1] not in log
+    assert "DEBUG" in log  # the level setting took effect, so DEBUG lines were checked too
