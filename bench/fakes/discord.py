@@ -70,6 +70,7 @@ class Failure:
     status: int
     retry_after: float
     times: int
+    is_global: bool = False
 
 
 def _user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -168,10 +169,18 @@ class FakeDiscord:
     # ---- scripting -------------------------------------------------------------------
 
     def fail_next(
-        self, method: str, path_regex: str, *, status: int = 429, retry_after: float = 0.3, times: int = 1
+        self,
+        method: str,
+        path_regex: str,
+        *,
+        status: int = 429,
+        retry_after: float = 0.3,
+        times: int = 1,
+        is_global: bool = False,
     ) -> None:
-        """Answer the next `times` matching requests with an error (429 carries retry_after)."""
-        self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times))
+        """Answer the next `times` matching requests with an error (429 carries retry_after;
+        `is_global` makes it the bot-wide 429 that closes discord.py's global gate)."""
+        self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times, is_global))
 
     async def drop_connections(self, code: int = 4000) -> None:
         """Close every gateway socket as Discord does on a hiccup; clients should RESUME."""
@@ -483,7 +492,7 @@ class FakeDiscord:
                         {
                             "message": "You are being rate limited.",
                             "retry_after": failure.retry_after,
-                            "global": False,
+                            "global": failure.is_global,
                         },
                         status=429,
                         headers={
