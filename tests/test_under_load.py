@@ -23,14 +23,14 @@ from support.engines import make_service
 
 # -- Telegram -------------------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def telegram_bot(tmp_path, reply, **core):
+async def telegram_bot(tmp_path, reply, *, edit_interval_s=0.2, **core):
     fake = FakeBotAPI()
     await fake.start()
     service = make_service(tmp_path, reply, **core)
     await service.start()
     settings = TelegramSettings(
         _env_file=None, token=fake.token, api_base_url=fake.base_url, file_base_url=fake.base_file_url,
-        edit_interval_s=0.2, group_edit_interval_s=0.5, typing_interval_s=1.0, shutdown_grace_s=0,
+        edit_interval_s=edit_interval_s, group_edit_interval_s=0.5, typing_interval_s=1.0, shutdown_grace_s=0,
     )  # fmt: skip
     task = asyncio.create_task(run_telegram(service, settings))
     try:
@@ -103,14 +103,14 @@ async def test_a_second_question_while_the_first_waits_queues_behind_it(tmp_path
 
 # -- Discord --------------------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def discord_bot(tmp_path, reply, *, grace_s=0.0, **core):
+async def discord_bot(tmp_path, reply, *, grace_s=0.0, edit_interval_s=0.2, **core):
     fake = FakeDiscord()
     await fake.start()
     service = make_service(tmp_path, reply, **core)
     await service.start()
     settings = DiscordSettings(
         _env_file=None, token=fake.token, api_base_url=fake.api_base_url, gateway_url=fake.gateway_url,
-        edit_interval_s=0.2, shutdown_grace_s=grace_s,
+        edit_interval_s=edit_interval_s, shutdown_grace_s=grace_s,
     )  # fmt: skip
     client = LorabotClient(service, settings, guild_ready_timeout=0.05)
     task = asyncio.create_task(run_discord(service, settings, client=client))

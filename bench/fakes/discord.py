@@ -71,6 +71,7 @@ class Failure:
     retry_after: float
     times: int
     is_global: bool = False
+    code: int = 0
 
 
 def _user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -177,10 +178,11 @@ class FakeDiscord:
         retry_after: float = 0.3,
         times: int = 1,
         is_global: bool = False,
+        code: int = 0,
     ) -> None:
         """Answer the next `times` matching requests with an error (429 carries retry_after;
         `is_global` makes it the bot-wide 429 that closes discord.py's global gate)."""
-        self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times, is_global))
+        self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times, is_global, code))
 
     async def drop_connections(self, code: int = 4000) -> None:
         """Close every gateway socket as Discord does on a hiccup; clients should RESUME."""
@@ -505,7 +507,7 @@ class FakeDiscord:
                             "Via": "1.1 google",
                         },
                     )
-                return _json({"message": "fake failure", "code": 0}, status=failure.status)
+                return _json({"message": "fake failure", "code": failure.code}, status=failure.status)
 
         limited = self._rate_limit(request.method, path)
         if isinstance(limited, web.Response):

@@ -174,6 +174,7 @@ class FakeBotAPI:
         self._new_update = asyncio.Event()
         self._changed = asyncio.Event()
         self._throttle: dict[str, list[float]] = {}
+        self._failures: dict[str, list[tuple[int, str]]] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.webhook: dict[str, Any] | None = None  # set by setWebhook: updates are POSTed there
@@ -235,6 +236,10 @@ class FakeBotAPI:
     def rate_limit(self, method: str, retry_after: int = 1, times: int = 1) -> None:
         """Answer the next `times` calls of `method` with 429 and `retry_after`."""
         self._throttle.setdefault(method, []).extend([retry_after] * times)
+
+    def fail_next(self, method: str, status: int = 502, times: int = 1, description: str = "Bad Gateway") -> None:
+        """Answer the next `times` calls of `method` with an error (e.g. a 5xx of Telegram's edge)."""
+        self._failures.setdefault(method, []).extend([(status, description)] * times)
 
     def send_text(self, user: dict, chat: dict, text: str, *, reply_to: dict | None = None,
                   thread_id: int | None = None) -> dict:
@@ -380,6 +385,11 @@ class FakeBotAPI:
             if request.match_info["token"] != self.token:
                 call.status = 401
                 return self._error(401, "Unauthorized")
+            failures = self._failures.get(method)
+            if failures:
+                status, description = failures.pop(0)
+                call.status = status
+                return self._error(status, description)
             throttle = self._throttle.get(method)
             if throttle:
                 retry_after = throttle.pop(0)
