@@ -72,8 +72,11 @@ class ConsoleChat:
         elif name == "model":
             self.say(f"Current model: {await self.service.current_model(self.conversation_id)}")
         elif name == "reset":
-            await self.service.reset(self.conversation_id)
-            self.say("Conversation forgotten.")
+            try:
+                await self.service.reset(self.conversation_id)
+                self.say("Conversation forgotten.")
+            except ChatError as error:
+                self.say(error.user_message)
         else:
             self.say(f"Unknown command /{name}. {HELP}")
         return True

@@ -89,6 +89,7 @@ class HistoryStore:
         timeout = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=timeout)
         self._lock = threading.Lock()
+        self._closed = False
         self.keep_days = keep_days
         self._pruned_at = float("-inf")
         # settle/delivery writes that failed, applied before the next write: key -> (sql, params)
@@ -354,7 +355,11 @@ class HistoryStore:
         )
 
     def close(self) -> None:
+        """Close the database; closing twice is harmless (shutdown paths may both try)."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             if self._deferred:  # the store refused writes until the end: these turns stay pending
                 log.warning("history store: %d write(s) could not be stored before closing", len(self._deferred))
             self._rollback()

@@ -326,7 +326,7 @@ async def test_reset_help_and_stats(fake, start_bot):
     assert "/chat" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
     token = await fake.slash("stats", {})
     stats = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
-    assert "Queue: 0 waiting" in stats and "smollm2-135m" in stats and "tokens/s" in stats
+    assert "0 running, 0 waiting" in stats and "smollm2-135m" in stats and "tokens/s" in stats
 
 
 async def test_commands_are_synced_on_start(fake, start_bot):

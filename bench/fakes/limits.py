@@ -6,7 +6,7 @@ documented ones:
 
 - Telegram (core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this): about one
   message per second in a chat (short bursts tolerated: 3 in 3 s here), 20 per minute in a group,
-  30 per second overall. Sends, edits and chat actions all count.
+  30 per second overall. Sends and edits count in the chat; chat actions ("typing") only overall.
 - Discord (discord.com/developers/docs/topics/rate-limits): 50 requests per second per bot
   (global), and per-route buckets; messages in one channel: 5 per 5 s.
 """

@@ -427,6 +427,8 @@ class FakeBotAPI:
         chat = self.chats.get(params.get("chat_id"))  # type: ignore[arg-type]
         limits = self.limits
         windows = [self.rate.window("overall", limits.overall_per_second, 1.0)]
+        if method == "sendChatAction":  # no message: only the overall limit applies
+            return self.rate.check(windows)
         if chat is not None and chat["type"] == "private":
             windows.append(self.rate.window(f"chat:{chat['id']}", limits.private_per_3s, 3.0))
         elif chat is not None:

@@ -20,6 +20,7 @@ from bots.discord_bot.policy import (
     scope_id,
 )
 from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
+from bots.text import stats_lines
 from core.errors import ChatError
 
 HELP = """\
@@ -174,7 +175,11 @@ async def model_default(interaction: discord.Interaction, name: str) -> None:
 @app_commands.command(name="reset", description="Make lorabot forget this conversation.")
 async def reset(interaction: discord.Interaction) -> None:
     client = _client(interaction)
-    await client.service.reset(conversation_id(client.origin_of_interaction(interaction)))
+    try:
+        await client.service.reset(conversation_id(client.origin_of_interaction(interaction)))
+    except ChatError as error:  # e.g. the history store refused the write: nothing was forgotten
+        await _say(interaction, f"⚠️ {error.user_message}")
+        return
     await _say(interaction, "Done: I forgot our conversation here.")
 
 
@@ -185,14 +190,10 @@ async def help_command(interaction: discord.Interaction) -> None:
 
 @app_commands.command(name="stats", description="Queue, loaded models and speed.")
 async def stats(interaction: discord.Interaction) -> None:
-    numbers = _client(interaction).service.stats()
-    speed = f"{numbers.tokens_per_s:.1f} tokens/s" if numbers.tokens_per_s else "no replies yet"
-    loaded = ", ".join(_code(name) for name in numbers.loaded_models) or "none"
-    await _say(
-        interaction,
-        f"Queue: {numbers.queue_depth} waiting, {numbers.running} running\n"
-        f"Loaded models: {loaded}\nSpeed (recent replies): {speed}\nReplies so far: {numbers.replies}",
-    )
+    service = _client(interaction).service
+    numbers = service.stats()
+    wait = service.estimated_wait_s(numbers.queue_depth + 1) if numbers.queue_depth else None
+    await _say(interaction, "\n".join(stats_lines(numbers, wait)))
 
 
 def register_commands(tree: app_commands.CommandTree) -> None:

@@ -19,6 +19,7 @@ from telegram.ext import (
     ContextTypes,
 )
 
+from bots.text import stats_lines
 from bots.telegram_bot.policy import addressed_text, conversation_id, is_anonymous_admin, scope_id
 from bots.telegram_bot.replies import (
     answer,
@@ -184,7 +185,11 @@ async def cmd_reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             update.effective_message, "Only chat admins can reset this conversation (the group shares it)."
         )
         return
-    removed = await bot_state(context).service.reset(conversation_id(update.effective_message))
+    try:
+        removed = await bot_state(context).service.reset(conversation_id(update.effective_message))
+    except ChatError as error:  # e.g. the history store refused the write: nothing was forgotten
+        await say(update.effective_message, f"⚠️ {error.user_message}")
+        return
     await say(update.effective_message, f"🧹 Forgot this conversation ({removed} messages).")
 
 
@@ -193,15 +198,8 @@ async def cmd_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     stats = service.stats()
     message = update.effective_message
     model = await service.current_model(conversation_id(message), scope_id(message.chat))
-    speed = f"{stats.tokens_per_s:.1f} tokens/s" if stats.tokens_per_s else "n/a yet"
-    await say(
-        message,
-        f"Model here: {model}\n"
-        f"Queue: {stats.running} running, {stats.queue_depth} waiting\n"
-        f"Loaded models: {', '.join(stats.loaded_models) or 'none'}\n"
-        f"Speed (recent replies): {speed}\n"
-        f"Replies since start: {stats.replies}",
-    )
+    wait = service.estimated_wait_s(stats.queue_depth + 1) if stats.queue_depth else None
+    await say(message, "\n".join([f"Model here: {model}", *stats_lines(stats, wait)]))
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

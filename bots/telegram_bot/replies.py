@@ -73,7 +73,7 @@ class TelegramSink:
         self.thread_id = thread_id(message)
         self.reply_to: int | None = message.message_id
         self.chat_key = f"telegram:{self.chat_id}"
-        self.typing_key = self.chat_key  # chat actions count against the chat's budget
+        self.typing_key = f"telegram-typing:{self.chat_id}"  # chat actions are no messages
 
     def length(self, text: str) -> int:
         return utf16_length(text)

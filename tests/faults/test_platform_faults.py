@@ -62,3 +62,15 @@ async def test_discord_reply_deleted_mid_stream_is_sent_again(tmp_path, deleted_
     assert len(failed) == 1
     assert any(m["content"] == TEXT for m in fake.bot_messages(FakeDiscord.CHANNEL_ID))
     assert message  # the user's message stays; the answer was posted again after the deletion
+
+
+async def test_stats_tells_admins_about_a_broken_models_file(tmp_path):
+    async with telegram_bot(tmp_path, "still here") as (fake, service):
+        service.settings.resolved_models_file.write_text("[models.oops\npath = 'x.gguf'\n")
+        alice = fake.add_user(71, "Alice")
+        chat = fake.private_chat(alice)
+        fake.send_text(alice, chat, "hello")  # replies go on with the last good registry
+        await fake.wait_for(lambda: fake.bot_texts(71) == ["still here"])
+        fake.send_text(alice, chat, "/stats")
+        await fake.wait_for(lambda: len(fake.bot_texts(71)) == 2)
+    assert "models file problem" in fake.bot_texts(71)[1] and "line 1" in fake.bot_texts(71)[1]
