@@ -1,29 +1,63 @@
 """Loaded models: lazily loaded on first use, least-recently-used unloaded over the cap.
 
-A model that fails to load raises `ModelLoadError` and leaves the already-loaded ones alone,
-so a bad file in the registry never takes the bot down.
+Each `EngineWorker` counts the requests using it, and nothing in use is ever closed: a model
+over the cap waits for its last user (the cap may be exceeded meanwhile), and a model whose
+registration or file changed is *retired* — new requests get a freshly loaded worker while the
+old one finishes its replies and is closed after the last. A file counts as changed when its
+(inode, size, mtime) changes, so a GGUF replaced on disk (written elsewhere and renamed over)
+reloads.
+
+A model that fails to load raises `ModelLoadError` and leaves the already-loaded ones alone, so a
+bad file in the registry never takes the bot down. The failure is remembered for
+`LOAD_RETRY_S` (or until the file changes), so a broken model is not re-read from disk on the
+shared compute thread for every message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from core.engines.base import Engine
-from core.errors import ModelLoadError
+from core.errors import EngineClosed, ModelLoadError
 from core.registry import ModelEntry, ModelRegistry
 from core.settings import CoreSettings
-from core.worker import EngineWorker
+from core.worker import EngineWorker, FileKey
 
 EngineFactory = Callable[[ModelEntry, CoreSettings], Engine]
+LOAD_RETRY_S = 60.0  # how long a failed load is remembered before the file is tried again
+log = logging.getLogger(__name__)
 
 
 def default_engine_factory(entry: ModelEntry, settings: CoreSettings) -> Engine:
     from core.engines.llama import LlamaEngine  # llama_cpp is only imported when a model loads
 
     return LlamaEngine.load(entry, settings)
+
+
+def file_key(path: Path) -> FileKey | None:
+    """The file's identity: a file replaced by rename gets a new inode, one rewritten in place a
+    new size or mtime. None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass
+class _LoadFailure:
+    path: Path
+    key: FileKey | None
+    at: float
+    reason: str
 
 
 class ModelPool:
@@ -33,8 +67,11 @@ class ModelPool:
         self.registry = registry
         self.settings = settings
         self.factory = factory or default_engine_factory
-        self._workers: OrderedDict[str, EngineWorker] = OrderedDict()
-        self._in_use: dict[str, int] = {}
+        self.load_retry_s = LOAD_RETRY_S
+        self.clock: Callable[[], float] = time.monotonic
+        self._workers: OrderedDict[str, EngineWorker] = OrderedDict()  # current ones, LRU first
+        self._retired: set[EngineWorker] = set()  # replaced while in use: closed after their last user
+        self._failures: dict[str, _LoadFailure] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
 
     @property
@@ -43,59 +80,93 @@ class ModelPool:
 
     @asynccontextmanager
     async def use(self, name: str) -> AsyncIterator[EngineWorker]:
-        """Hold model `name` loaded for the body (it is not unloaded while in use)."""
-        worker = await self._get(name)
-        self._in_use[name] = self._in_use.get(name, 0) + 1
+        """Hold model `name` loaded for the body (it is not closed while in use)."""
+        worker = await self._acquire(name)  # counted as in use before anything is evicted
         try:
+            await self._evict()
             yield worker
         finally:
-            self._in_use[name] -= 1
-            await self._evict()
+            await self._release(worker)
 
-    async def _get(self, name: str) -> EngineWorker:
+    async def _acquire(self, name: str) -> EngineWorker:
         entry = self.registry.get(name)  # UnknownModel lists the valid names
         async with self._load_locks.setdefault(name, asyncio.Lock()):
+            key = file_key(entry.path)
             worker = self._workers.get(name)
-            if worker is None or self._stale(worker, entry):
-                if worker is not None:
-                    await self.unload(name)
-                worker = EngineWorker(name, entry.path)
-                try:
-                    await worker.load(lambda: self.factory(entry, self.settings))
-                except Exception as error:  # any loader failure becomes a clear user message
-                    await worker.close()
-                    raise ModelLoadError(name, _reason(error)) from error
+            if worker is not None and self._stale(worker, entry, key):
+                log.info("model %s changed on disk or in the registry: loading it again", name)
+                await self.unload(name)
+                worker = None
+            if worker is None:
+                worker = await self._load(entry, key)
                 self._workers[name] = worker
             self._workers.move_to_end(name)
-        await self._evict()
+            worker.users += 1  # no await from here to the caller's try: it is always released
+        return worker
+
+    async def _load(self, entry: ModelEntry, key: FileKey | None) -> EngineWorker:
+        failure = self._failures.get(entry.name)
+        if failure is not None:
+            if (failure.path, failure.key) == (entry.path, key) and self.clock() - failure.at < self.load_retry_s:
+                raise ModelLoadError(entry.name, failure.reason)
+            del self._failures[entry.name]
+        worker = EngineWorker(entry.name, entry.path, key)
+        try:
+            await worker.load(lambda: self.factory(entry, self.settings))
+        except Exception as error:  # any loader failure becomes a clear user message
+            await worker.close()
+            self._failures[entry.name] = _LoadFailure(entry.path, key, self.clock(), _reason(error))
+            log.warning("model %s could not be loaded: %s", entry.name, _reason(error))
+            raise ModelLoadError(entry.name, _reason(error)) from error
         return worker
 
     @staticmethod
-    def _stale(worker: EngineWorker, entry: ModelEntry) -> bool:
-        """Re-registering a name with a new file loads the new file."""
-        return worker.path != entry.path
+    def _stale(worker: EngineWorker, entry: ModelEntry, key: FileKey | None) -> bool:
+        """Re-registering a name with a new file, or replacing its file, loads the new file. A file
+        that vanished keeps the loaded copy (it is still in memory)."""
+        return worker.path != entry.path or (key is not None and worker.file_key != key)
+
+    async def _release(self, worker: EngineWorker) -> None:
+        worker.users -= 1
+        if worker.users == 0 and worker in self._retired:
+            self._retired.discard(worker)
+            await worker.close()
+        await self._evict()
 
     async def _evict(self) -> None:
-        for name in list(self._workers):
+        """Close least recently used models over the cap; those in use stay until released."""
+        for name, worker in list(self._workers.items()):
             if len(self._workers) <= self.settings.max_loaded_models:
                 break
-            if self._in_use.get(name, 0) == 0:
-                await self.unload(name)
+            if worker.users == 0 and self._workers.get(name) is worker:
+                del self._workers[name]
+                await worker.close()
 
     async def unload(self, name: str) -> None:
+        """Drop `name` from the pool: closed now if idle, else after its last user."""
         worker = self._workers.pop(name, None)
-        if worker is not None:
+        if worker is None:
+            return
+        if worker.users:
+            self._retired.add(worker)
+        else:
             await worker.close()
 
     async def each_loaded(self, fn_name: str, *args: object) -> None:
         """Call an engine method on every loaded model (e.g. `forget`)."""
-        for worker in list(self._workers.values()):
+        for worker in [*self._workers.values(), *self._retired]:
             if worker.engine is not None:
-                await worker.call(getattr(worker.engine, fn_name), *args)
+                try:
+                    await worker.call(getattr(worker.engine, fn_name), *args)
+                except EngineClosed:  # unloaded meanwhile: nothing left to call
+                    pass
 
     async def close(self) -> None:
-        for name in list(self._workers):
-            await self.unload(name)
+        workers = [*self._workers.values(), *self._retired]
+        self._workers.clear()
+        self._retired.clear()
+        for worker in workers:
+            await worker.close()
 
 
 def _reason(error: Exception) -> str:

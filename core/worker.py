@@ -5,12 +5,18 @@ close. It runs a small loop: handle calls (load, count tokens, forget, close), a
 requests, then advance every active request by one token — in one batched decode per engine for
 engines that offer `begin/step/end` (the llama.cpp engine), or one `next()` each for plain
 generator engines. asyncio code talks to it through `EngineWorker.call` and `.stream`.
+
+Faults never leave a caller waiting: an engine error fails only the requests it touched (with
+`EngineFailed`, a user-facing `ChatError`) and the loop goes on; if the thread dies anyway, it
+fails everything it held or had queued, and `compute_thread()` starts a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,9 +25,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.engines.base import Engine, GenerationRequest, GenerationStats
+from core.errors import ChatError, EngineClosed, EngineFailed
 
 T = TypeVar("T")
 _END = object()
+log = logging.getLogger(__name__)
+FileKey = tuple[int, int, int]  # (inode, size, mtime_ns) of a model file
 
 
 @dataclass(eq=False)
@@ -33,6 +42,19 @@ class _Job:
     emit: Callable[[object], None]  # thread-safe hand-over of a piece, an error or _END
     state: Any = None  # the engine's Generation, or a plain generator
     pieces: Iterator[str] | None = field(default=None, repr=False)
+
+
+def _failure(error: BaseException) -> ChatError:
+    """What a request's consumer sees when the engine raised: a ChatError with a clear message."""
+    if isinstance(error, ChatError):
+        return error
+    failure = EngineFailed(f"{type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure
+
+
+def _engine_name(engine: object) -> str:
+    return str(getattr(engine, "name", type(engine).__name__))
 
 
 class ComputeThread:
@@ -47,11 +69,25 @@ class ComputeThread:
 
     def __init__(self) -> None:
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="lorabot-compute", daemon=True)
+        self._lock = threading.Lock()  # orders post() against the thread's death
+        self._dead = False
+        self._thread = threading.Thread(target=self._run, name="lorabot-compute", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return not self._dead and self._thread.is_alive()
+
     def post(self, *message: object) -> None:
-        self._inbox.put(message)
+        with self._lock:
+            if self._dead:
+                raise EngineFailed("the compute thread has stopped")
+            self._inbox.put(message)
+
+    def wake(self) -> None:
+        """Make the loop look at cancel flags now; a dead thread has already ended every job."""
+        with contextlib.suppress(EngineFailed):
+            self.post("wake")
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(*args)` on the compute thread (between decode steps)."""
@@ -69,8 +105,26 @@ class ComputeThread:
         self.post("sync", fn, args, future)
         return future.result()
 
-    def _loop(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the thread ----------------------------------------------------------------------
+    def _run(self) -> None:
         active: list[_Job] = []
+        try:
+            while True:
+                try:
+                    self._loop(active)
+                except Exception as error:  # a fault outside one job: fail what was in flight, go on
+                    log.exception("compute thread: unexpected error; failing %d running requests", len(active))
+                    self._fail_all(active, _failure(error))
+        except BaseException as error:  # the thread ends here: nobody may be left waiting on it
+            log.critical("compute thread stopped (%s: %s); a new one starts on the next request",
+                         type(error).__name__, error, exc_info=error)
+            self._die(active, EngineFailed(f"compute thread stopped: {type(error).__name__}: {error}"))
+
+    def _loop(self, active: list[_Job]) -> None:
         while True:
             block = not active
             while True:
@@ -79,14 +133,23 @@ class ComputeThread:
                 except queue.Empty:
                     break
                 block = False
-                self._handle(message, active)
+                try:
+                    self._handle(message, active)
+                except Exception as error:  # that message's caller gets the error; the loop goes on
+                    log.exception("compute thread: %r failed", message[0])
+                    self._fail_message(message, _failure(error))
             for job in [job for job in active if job.cancel.is_set()]:
                 job.stats.finish_reason = "cancelled"
                 active.remove(job)
                 self._finish(job)
             engines = list(dict.fromkeys(job.engine for job in active))
             for engine in engines:
-                self._advance(engine, [job for job in active if job.engine is engine], active)
+                jobs = [job for job in active if job.engine is engine]
+                try:
+                    self._advance(engine, jobs, active)
+                except Exception as error:  # only this engine's requests fail
+                    log.exception("model %s: advancing %d requests failed", _engine_name(engine), len(jobs))
+                    self._fail_all([job for job in jobs if job in active], _failure(error), active)
 
     def _handle(self, message: tuple, active: list[_Job]) -> None:
         kind = message[0]
@@ -108,11 +171,13 @@ class ComputeThread:
             self._admit(message[1], active)
         elif kind == "close":
             _, engine, loop, future = message
-            for job in [job for job in active if job.engine is engine]:
-                active.remove(job)
-                self._finish(job, failed=True)
             try:
+                for job in [job for job in active if job.engine is engine]:
+                    active.remove(job)
+                    self._finish(job, error=EngineClosed(_engine_name(engine)))
                 engine.close()
+            except Exception:  # the model is being dropped anyway: log it and keep serving
+                log.exception("closing model %s failed", _engine_name(engine))
             finally:
                 _resolve(loop, future, None, None)
 
@@ -124,7 +189,8 @@ class ComputeThread:
             else:
                 job.pieces = iter(engine.generate(job.request, job.cancel, job.stats))
         except BaseException as error:
-            job.emit(error)
+            log.warning("model %s: could not start a request: %s", _engine_name(engine), error)
+            job.emit(_failure(error))
             job.emit(_END)
             return
         active.append(job)
@@ -134,10 +200,9 @@ class ComputeThread:
         if hasattr(engine, "step"):
             try:
                 results = engine.step([job.state for job in jobs])  # type: ignore[attr-defined]
-            except BaseException as error:  # a failed decode fails the whole batch
-                for job in jobs:
-                    active.remove(job)
-                    self._finish(job, error=error, failed=True)
+            except BaseException as error:  # a failed decode fails the whole batch, nothing else
+                log.error("model %s: decode failed for %d requests: %s", _engine_name(engine), len(jobs), error)
+                self._fail_all(jobs, _failure(error), active)
                 return
             for job, (text, finished) in zip(jobs, results):
                 if text:
@@ -154,17 +219,61 @@ class ComputeThread:
                 self._finish(job)
             except BaseException as error:
                 active.remove(job)
-                self._finish(job, error=error)
+                self._finish(job, error=_failure(error))
+
+    def _fail_all(self, jobs: list[_Job], error: ChatError, active: list[_Job] | None = None) -> None:
+        active = jobs if active is None else active
+        for job in list(jobs):
+            if job in active:
+                active.remove(job)
+            self._finish(job, error=error)
 
     @staticmethod
     def _finish(job: _Job, error: BaseException | None = None, failed: bool = False) -> None:
-        if job.state is not None:
-            job.engine.end(job.state, failed=failed or error is not None)  # type: ignore[attr-defined]
-        elif job.pieces is not None and hasattr(job.pieces, "close"):
-            job.pieces.close()  # type: ignore[union-attr]
-        if error is not None:
-            job.emit(error)
-        job.emit(_END)
+        """Release the job's engine state, then tell its consumer: `_END` is always emitted."""
+        try:
+            if job.state is not None:
+                job.engine.end(job.state, failed=failed or error is not None)  # type: ignore[attr-defined]
+            elif job.pieces is not None and hasattr(job.pieces, "close"):
+                job.pieces.close()  # type: ignore[union-attr]
+        except Exception:  # the reply itself is settled; a failed clean-up must not end the loop
+            log.exception("model %s: releasing a request failed", _engine_name(job.engine))
+        finally:
+            if error is not None:
+                job.emit(error)
+            job.emit(_END)
+
+    def _fail_message(self, message: tuple, error: ChatError) -> None:
+        kind = message[0]
+        if kind == "call":
+            _resolve(message[3], message[4], None, error)
+        elif kind == "sync" and not message[3].done():
+            message[3].set_exception(error)
+        elif kind == "job":
+            message[1].emit(error)
+            message[1].emit(_END)
+        elif kind == "close":
+            _resolve(message[2], message[3], None, None)
+
+    def _die(self, active: list[_Job], error: EngineFailed) -> None:
+        """Refuse new messages, then fail every request held or queued: nobody waits forever."""
+        with self._lock:
+            self._dead = True
+        for job in list(active):
+            with contextlib.suppress(BaseException):  # its _END went out in _finish's `finally`
+                self._finish(job, error=error)
+        active.clear()
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if message[0] == "close":  # still free that model's memory
+                try:
+                    message[1].close()
+                except BaseException:
+                    log.exception("closing model %s failed", _engine_name(message[1]))
+            self._fail_message(message, error)
 
 
 _compute: ComputeThread | None = None
@@ -172,28 +281,47 @@ _compute_lock = threading.Lock()
 
 
 def compute_thread() -> ComputeThread:
-    """The process's compute thread, started on first use."""
+    """The process's compute thread, started on first use and again if it died."""
     global _compute
     with _compute_lock:
+        if _compute is not None and not _compute.alive:
+            log.warning("the compute thread had stopped; starting a new one")
+            _compute.join(timeout=10)  # let it finish failing its requests before another thread runs engines
+            _compute = None
         if _compute is None:
             _compute = ComputeThread()
         return _compute
 
 
 class EngineWorker:
-    """One loaded model, run on the shared compute thread; asyncio code talks to it here."""
+    """One loaded model, run on the shared compute thread; asyncio code talks to it here.
 
-    def __init__(self, name: str, path: Path | None = None) -> None:
+    `ModelPool` counts its `users` and closes it only after the last one; once closed, every use
+    raises `EngineClosed` instead of reaching freed llama.cpp memory.
+    """
+
+    def __init__(self, name: str, path: Path | None = None, file_key: FileKey | None = None) -> None:
         self.name = name
         self.path = path  # the file it was loaded from: a re-registered name reloads
+        self.file_key = file_key  # that file's identity when loaded: a replaced file reloads
         self.engine: Engine | None = None
-        self._compute = compute_thread()
+        self.users = 0
+        self.closed = False
+
+    def require_engine(self) -> Engine:
+        """The loaded engine, or `EngineClosed` (never None) once the model was unloaded."""
+        if self.closed or self.engine is None:
+            raise EngineClosed(self.name)
+        return self.engine
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
-        return await self._compute.call(fn, *args)
+        # Checked when posted: a close posted later runs after this call (the inbox is FIFO).
+        if self.closed:
+            raise EngineClosed(self.name)
+        return await compute_thread().call(fn, *args)
 
     async def load(self, factory: Callable[[], Engine]) -> Engine:
-        engine = await self.call(factory)
+        engine = await compute_thread().call(factory)
         self.engine = engine
         return engine
 
@@ -203,7 +331,7 @@ class EngineWorker:
         Closing this iterator (or cancelling its consumer) sets the job's cancel flag; the
         thread drops the job before its next token, and we wait until it has.
         """
-        assert self.engine is not None, "load() first"
+        engine = self.require_engine()
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[object] = asyncio.Queue()
         finished = loop.create_future()
@@ -214,8 +342,9 @@ class EngineWorker:
             except RuntimeError:  # the event loop is gone (interpreter shutting down)
                 pass
 
-        job = _Job(self.engine, request, stats, threading.Event(), emit)
-        self._compute.post("job", job)
+        job = _Job(engine, request, stats, threading.Event(), emit)
+        compute = compute_thread()
+        compute.post("job", job)  # accepted jobs always get _END, even if the thread dies
         try:
             while True:
                 item = await pieces.get()
@@ -226,17 +355,32 @@ class EngineWorker:
                 yield item  # type: ignore[misc]
         finally:
             job.cancel.set()
-            self._compute.post("wake")
-            await asyncio.shield(finished)
+            compute.wake()
+            await _ended(finished, compute)
 
     async def close(self) -> None:
-        if self.engine is None:
+        if self.closed:
             return
+        self.closed = True
         engine, self.engine = self.engine, None
+        if engine is None:
+            return
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._compute.post("close", engine, loop, future)
+        try:
+            compute_thread().post("close", engine, loop, future)
+        except EngineFailed:  # it died between the two lines: the next one frees the model
+            compute_thread().post("close", engine, loop, future)
         await future
+
+
+async def _ended(finished: asyncio.Future[None], compute: ComputeThread) -> None:
+    """Wait until the thread has dropped the job (so its slot is free), checking once a second
+    that the thread still lives: a dead thread never hands back `_END`, and no one waits forever."""
+    while not finished.done():
+        await asyncio.wait([finished], timeout=1.0)  # never cancels `finished`, unlike wait_for
+        if not compute.alive:
+            return
 
 
 def _deliver(pieces: asyncio.Queue[object], finished: asyncio.Future[None], item: object) -> None:

