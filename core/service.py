@@ -199,8 +199,7 @@ class ChatService:
     async def _generate(
         self, worker: EngineWorker, entry: ModelEntry, conversation_id: str, text: str, turn_id: int
     ) -> AsyncIterator[ReplyEvent]:
-        engine = worker.engine
-        assert engine is not None
+        engine = worker.require_engine()  # EngineClosed, never a freed model
         settings = self.settings
         max_new = min(entry.max_new_tokens or settings.max_new_tokens, engine.context_length // 2)
         messages, text, trimmed = await self._fit_context(worker, engine, conversation_id, text, max_new)
