@@ -20,11 +20,13 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ TARGETS = {
     "stuck": ("<=", 0),
 }
 POLL_S = 0.25
+PROGRESS_S = 30.0
 START_TIMEOUT_S = 180.0
 EXIT_TIMEOUT_S = 60.0  # after SIGTERM; then SIGKILL
 
@@ -107,6 +110,7 @@ class Run:
         ramp_s: float,
         patience_s: float,
         seed: int,
+        progress: bool,
     ) -> None:
         self.world = world
         self.run_dir = run_dir
@@ -121,6 +125,7 @@ class Run:
         self.log_path = run_dir / "bot.log"
         self.process: asyncio.subprocess.Process | None = None
         self.started_at = self.ended_at = 0.0
+        self.progress = progress
 
     async def start_bot(self) -> None:
         (self.run_dir / "data").mkdir(parents=True, exist_ok=True)
@@ -161,14 +166,29 @@ class Run:
 
     async def watch(self, users: asyncio.Future) -> None:
         """Poll the fake and the bot's history until every user is done."""
-        next_db = 0.0
+        next_db = next_progress = 0.0
         while not users.done():
             changed = False
-            if time.monotonic() >= next_db:
-                next_db = time.monotonic() + 1.0
+            now = time.monotonic()
+            if now >= next_db:
+                next_db = now + 1.0
                 changed = await asyncio.to_thread(self.turns.refresh)
             self.tracker.poll(turns_changed=changed)
+            if self.progress and now >= next_progress:
+                next_progress = now + PROGRESS_S
+                self._progress(now)
             await asyncio.sleep(POLL_S)
+
+    def _progress(self, now: float) -> None:
+        """One line on stderr: how far the run is (the table or JSON comes at the end)."""
+        outcomes = [ask.outcome for ask in self.tracker.all]
+        print(
+            f"[bench load {self.world.platform}] {now - self.started_at:5.0f} s: sent {len(outcomes)}, "
+            f"answered {outcomes.count('answered')}, refused {outcomes.count('refused')}, "
+            f"errors {outcomes.count('error')}, waiting {outcomes.count(None)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def drive(self) -> None:
         await self.start_bot()
@@ -201,6 +221,12 @@ class Run:
             "bot_killed": killed,
             "bot_died_early": False,
         }
+
+
+def _common(texts: list[str], top: int = 3) -> dict[str, int]:
+    """The most frequent texts (numbers masked, so "#12" and "#13" count as one)."""
+    masked = Counter(re.sub(r"\d+", "N", " ".join(text.split()))[:100] for text in texts)
+    return dict(masked.most_common(top))
 
 
 def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +271,8 @@ def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "answered_pct": 100.0 * len(answered) / planned if planned else 0.0,
         "answered_or_told_pct": 100.0 * (len(answered) + len(refused)) / planned if planned else 0.0,
         "by_place": by_place,
+        "refusal_texts": _common([a.text for a in refused]),
+        "error_texts": _common([a.text for a in errors]),
         "first_response_p50_s": _percentile(first_response, 50),
         "first_response_p95_s": _percentile(first_response, 95),
         "first_text_p50_s": _percentile(first_text, 50),
@@ -278,6 +306,7 @@ async def platform_run(
     ramp_s: float = 10.0,
     patience_s: float = 0.0,
     seed: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     if platform == "telegram":
         from bench.fakes.telegram import FakeBotAPI
@@ -300,6 +329,7 @@ async def platform_run(
         ramp_s=ramp_s,
         patience_s=patience_s,
         seed=seed,
+        progress=progress,
     )
     exit_info: dict[str, Any] = {}
     try:
@@ -331,6 +361,7 @@ async def engine_run(places: list[Place], messages: int, data_dir: Path, budget_
     replies finished by the last one's finishing time.
     """
     from core.embedded import EMBEDDED_MODEL_NAME
+    from core.errors import ChatError
     from core.events import Done
     from core.service import ChatService
     from core.settings import CoreSettings, load_settings
@@ -352,14 +383,19 @@ async def engine_run(places: list[Place], messages: int, data_dir: Path, budget_
     lengths: list[int] = []
     finished: list[float] = []
 
+    errors: list[str] = []
+
     async def user(index: int, conversation: str) -> None:
         for turn in range(messages):
-            async for event in service.reply(
-                f"bench:{conversation}", f"bench:{index}", question_for(index, turn)
-            ):
-                if isinstance(event, Done):
-                    lengths.append(len(event.text.strip()))
-                    finished.append(time.monotonic())
+            try:
+                async for event in service.reply(
+                    f"bench:{conversation}", f"bench:{index}", question_for(index, turn)
+                ):
+                    if isinstance(event, Done):
+                        lengths.append(len(event.text.strip()))
+                        finished.append(time.monotonic())
+            except ChatError as error:  # e.g. a generation timeout: counted, and the user goes on
+                errors.append(error.user_message)
 
     try:
         async for _ in service.reply("bench:warmup", "bench:warmup", "Hello!"):  # loads the model
@@ -377,6 +413,7 @@ async def engine_run(places: list[Place], messages: int, data_dir: Path, budget_
     elapsed = (max(finished) - started) if finished else 0.0
     return {
         "engine_replies": len(finished),
+        "engine_errors": len(errors),
         "engine_s": elapsed,
         "engine_complete": not pending,
         "engine_replies_per_s": len(finished) / elapsed if elapsed > 0 else 0.0,
@@ -406,11 +443,15 @@ async def measure(
     run_dir = Path(tempfile.mkdtemp(prefix=f"lorabot-load-{platform}-", dir=workdir))
     result = await platform_run(platform, places, run_dir, messages=messages, timeout_s=timeout_s, **options)
     result["run_dir"] = str(run_dir)
+    (run_dir / "platform.json").write_text(json.dumps(result))  # kept should the engine run fail
     if engine:
         (run_dir / "engine").mkdir()
-        result.update(await engine_run(places, messages, run_dir / "engine", engine_s))
-        rate = result["engine_replies_per_s"]
-        result["delivery_vs_engine"] = result["delivered_replies_per_s"] / rate if rate else 0.0
+        try:
+            result.update(await engine_run(places, messages, run_dir / "engine", engine_s))
+        except Exception as error:  # noqa: BLE001 (the platform figures still count)
+            result["engine_failed"] = f"{type(error).__name__}: {error}"
+        rate = result.get("engine_replies_per_s")
+        result["delivery_vs_engine"] = result["delivered_replies_per_s"] / rate if rate else None
     result["targets_met"] = all(
         _meets(result[name], *target) for name, target in TARGETS.items() if name in result
     )
@@ -436,7 +477,7 @@ def _fmt(value: object) -> str:
 
 
 def main(platform: str, *, json_output: bool, **kwargs: Any) -> None:
-    result = run(platform, **kwargs)
+    result = run(platform, progress=True, **kwargs)
     if json_output:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
         return
@@ -485,5 +526,10 @@ def main(platform: str, *, json_output: bool, **kwargs: Any) -> None:
     calls = result["api_calls"]
     table.add_row("api_calls", ", ".join(f"{k} {v}" for k, v in calls.items()), "", "")
     table.add_row("by_place", "; ".join(f"{k}: {v}" for k, v in result["by_place"].items()), "", "")
+    for name in ("refusal_texts", "error_texts"):
+        for text, count in result[name].items():
+            table.add_row(name, f"{count}× {text}", "", "")
+    if "engine_failed" in result:
+        table.add_row("engine_failed", result["engine_failed"], "", "")
     console.print(table)
     console.print(f"bot log: {result['log']}")

@@ -24,7 +24,7 @@ def short_answers(monkeypatch):
     for name in list(os.environ):
         if name.startswith(("LORABOT_", "DISCORD_", "TELEGRAM_")):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("LORABOT_MAX_NEW_TOKENS", "16")
+    monkeypatch.setenv("LORABOT_MAX_NEW_TOKENS", "8")
 
 
 def check_result(result: dict, *, platform: str, users: int) -> None:
