@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from core.engines.base import Engine, GenerationRequest, GenerationStats, Message
-from core.errors import ChatError, GenerationTimeout
+from core.errors import Busy, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
 from core.history import HistoryStore
 from core.limits import UserRateLimiter, clean_user_text
@@ -59,6 +60,7 @@ class ChatService:
         self.limiter = UserRateLimiter(settings.rate_limit_messages, settings.rate_limit_period_s)
         self.history: HistoryStore | None = None
         self._speeds: deque[float] = deque(maxlen=20)
+        self._reply_seconds: deque[float] = deque(maxlen=50)  # Started → Done, for wait estimates
         self._replies = 0
         self._stopping = asyncio.Event()
 
@@ -155,6 +157,7 @@ class ChatService:
         await self.limiter.check(user_id)
         model = await self.current_model(conversation_id, scope_id)
         entry = self.registry.get(model)
+        self._admit(user_id)
         ticket = self.scheduler.enqueue(user_id)
         turn_id: int | None = None
         settled = False  # _generate marked the turn answered/interrupted
@@ -173,8 +176,11 @@ class ChatService:
             ticket.ready.result()  # ShuttingDown if the service closed while we waited
             async with self.pool.use(model) as worker:
                 yield Started(model)
+                started_at = time.monotonic()
                 async for event in self._generate(worker, entry, conversation_id, text, turn_id):
-                    settled = settled or isinstance(event, Done)
+                    if isinstance(event, Done):
+                        settled = True
+                        self._reply_seconds.append(time.monotonic() - started_at)
                     yield event
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "interrupted"
@@ -188,6 +194,31 @@ class ChatService:
                 log.warning("could not record the end of turn %s", turn_id, exc_info=True)
             finally:
                 self.scheduler.release(ticket)
+
+    # -- admission -------------------------------------------------------------------------
+    def estimated_wait_s(self, position: int) -> float | None:
+        """Rough seconds until the request at queue `position` starts (None before any reply).
+
+        Replies run `parallel` at a time, so the queue drains at about parallel ÷ (seconds per
+        reply); the recent median is used so one very long answer does not scare everyone off."""
+        if not self._reply_seconds:
+            return None
+        per_reply = statistics.median(self._reply_seconds)
+        return position * per_reply / self.settings.parallel
+
+    def _admit(self, user_id: str) -> None:
+        """Accept while the expected wait stays under `max_wait_s`; refuse with the estimate beyond.
+
+        A user's further questions queue behind their first (answered in order) up to
+        `max_waiting_per_user`; the queue's hard cap (`queue_max`) is checked by the scheduler."""
+        mine = self.scheduler.waiting_for(user_id)
+        if mine >= self.settings.max_waiting_per_user:
+            raise TooManyWaiting(mine)
+        ahead = self.scheduler.waiting
+        wait = self.estimated_wait_s(ahead + 1)
+        free_slot = self.scheduler.running < self.settings.parallel and ahead == 0
+        if wait is not None and not free_slot and wait > self.settings.max_wait_s:
+            raise Busy(ahead, wait)
 
     # -- internals -------------------------------------------------------------------------
     @property
