@@ -59,6 +59,13 @@ class CoreSettings(BaseSettings):
         4, ge=1, le=64, description="Replies generated at once (batched together on the CPU)."
     )
     context_length: int = Field(2048, ge=256, description="Context window per conversation.")
+    prefill_chunk: int = Field(
+        256,
+        ge=16,
+        le=4096,
+        description="Most prompt tokens read per decode step, shared by the prompts waiting (a long prompt "
+        "is read in chunks, so replies being generated never wait for more than one such step).",
+    )
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int = 3407

@@ -2,9 +2,11 @@
 
 `llama_cpp.Llama` objects are not thread-safe, so one thread owns every engine from load to
 close. It runs a small loop: handle calls (load, count tokens, forget, close), admit new
-requests, then advance every active request by one token — in one batched decode per engine for
-engines that offer `begin/step/end` (the llama.cpp engine), or one `next()` each for plain
-generator engines. asyncio code talks to it through `EngineWorker.call` and `.stream`.
+requests, then advance every active request by one step — one batched decode per engine for
+engines that offer `begin/step/end` (the llama.cpp engine: a token for each reply being generated
+plus a chunk of the prompts still being read), or one `next()` each for plain generator engines.
+What a step produced goes to asyncio in one hand-over per event loop, not one per piece.
+asyncio code talks to it through `EngineWorker.call` and `.stream`.
 
 Faults never leave a caller waiting: an engine error fails only the requests it touched (with
 `EngineFailed`, a user-facing `ChatError`) and the loop goes on; if the thread dies anyway, it
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.engines.base import Engine, GenerationRequest, GenerationStats
+from core.engines.base import Engine, GenerationRequest, GenerationStats, is_thread_safe
 from core.errors import ChatError, EngineClosed, EngineFailed
 
 T = TypeVar("T")
@@ -39,7 +41,9 @@ class _Job:
     request: GenerationRequest
     stats: GenerationStats
     cancel: threading.Event
-    emit: Callable[[object], None]  # thread-safe hand-over of a piece, an error or _END
+    loop: asyncio.AbstractEventLoop  # the consumer's: items reach `queue` there, in order
+    queue: asyncio.Queue[object] = field(repr=False)  # pieces, then an error and/or _END
+    finished: asyncio.Future[None] = field(repr=False)  # set once _END is delivered
     state: Any = None  # the engine's Generation, or a plain generator
     pieces: Iterator[str] | None = field(default=None, repr=False)
 
@@ -69,6 +73,7 @@ class ComputeThread:
 
     def __init__(self) -> None:
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._outbox: list[tuple[_Job, object]] = []  # items for consumers, sent by _flush()
         self._lock = threading.Lock()  # orders post() against the thread's death
         self._dead = False
         self._thread = threading.Thread(target=self._run, name="lorabot-compute", daemon=True)
@@ -119,6 +124,7 @@ class ComputeThread:
                 except Exception as error:  # a fault outside one job: fail what was in flight, go on
                     log.exception("compute thread: unexpected error; failing %d running requests", len(active))
                     self._fail_all(active, _failure(error))
+                    self._flush()
         except BaseException as error:  # the thread ends here: nobody may be left waiting on it
             log.critical("compute thread stopped (%s: %s); a new one starts on the next request",
                          type(error).__name__, error, exc_info=error)
@@ -126,6 +132,7 @@ class ComputeThread:
 
     def _loop(self, active: list[_Job]) -> None:
         while True:
+            self._flush()  # never block (or decode) with items not handed over
             block = not active
             while True:
                 try:
@@ -150,6 +157,7 @@ class ComputeThread:
                 except Exception as error:  # only this engine's requests fail
                     log.exception("model %s: advancing %d requests failed", _engine_name(engine), len(jobs))
                     self._fail_all([job for job in jobs if job in active], _failure(error), active)
+                self._flush()  # this engine's step is out before the next engine's runs
 
     def _handle(self, message: tuple, active: list[_Job]) -> None:
         kind = message[0]
@@ -190,8 +198,8 @@ class ComputeThread:
                 job.pieces = iter(engine.generate(job.request, job.cancel, job.stats))
         except BaseException as error:
             log.warning("model %s: could not start a request: %s", _engine_name(engine), error)
-            job.emit(_failure(error))
-            job.emit(_END)
+            self._emit(job, _failure(error))
+            self._emit(job, _END)
             return
         active.append(job)
 
@@ -206,14 +214,14 @@ class ComputeThread:
                 return
             for job, (text, finished) in zip(jobs, results):
                 if text:
-                    job.emit(text)
+                    self._emit(job, text)
                 if finished:
                     active.remove(job)
                     self._finish(job)
             return
         for job in jobs:
             try:
-                job.emit(next(job.pieces))  # type: ignore[arg-type]
+                self._emit(job, next(job.pieces))  # type: ignore[arg-type]
             except StopIteration:
                 active.remove(job)
                 self._finish(job)
@@ -228,8 +236,26 @@ class ComputeThread:
                 active.remove(job)
             self._finish(job, error=error)
 
-    @staticmethod
-    def _finish(job: _Job, error: BaseException | None = None, failed: bool = False) -> None:
+    def _emit(self, job: _Job, item: object) -> None:
+        """Queue a piece, an error or `_END` for the job's consumer; `_flush` hands them over."""
+        self._outbox.append((job, item))
+
+    def _flush(self) -> None:
+        """Hand everything queued to the consumers: one `call_soon_threadsafe` per event loop
+        for the whole step (not one per piece per request), each job's items in order."""
+        if not self._outbox:
+            return
+        items, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, object]]] = {}
+        for job, item in items:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # that event loop is gone (interpreter shutting down)
+                pass
+
+    def _finish(self, job: _Job, error: BaseException | None = None, failed: bool = False) -> None:
         """Release the job's engine state, then tell its consumer: `_END` is always emitted."""
         try:
             if job.state is not None:
@@ -240,8 +266,8 @@ class ComputeThread:
             log.exception("model %s: releasing a request failed", _engine_name(job.engine))
         finally:
             if error is not None:
-                job.emit(error)
-            job.emit(_END)
+                self._emit(job, error)
+            self._emit(job, _END)
 
     def _fail_message(self, message: tuple, error: ChatError) -> None:
         kind = message[0]
@@ -250,8 +276,8 @@ class ComputeThread:
         elif kind == "sync" and not message[3].done():
             message[3].set_exception(error)
         elif kind == "job":
-            message[1].emit(error)
-            message[1].emit(_END)
+            self._emit(message[1], error)
+            self._emit(message[1], _END)
         elif kind == "close":
             _resolve(message[2], message[3], None, None)
 
@@ -260,13 +286,14 @@ class ComputeThread:
         with self._lock:
             self._dead = True
         for job in list(active):
-            with contextlib.suppress(BaseException):  # its _END went out in _finish's `finally`
+            with contextlib.suppress(BaseException):  # its _END was queued in _finish's `finally`
                 self._finish(job, error=error)
         active.clear()
         while True:
             try:
                 message = self._inbox.get_nowait()
             except queue.Empty:
+                self._flush()  # everything queued so far, these requests' errors and _END included
                 return
             if message[0] == "close":  # still free that model's memory
                 try:
@@ -318,6 +345,8 @@ class EngineWorker:
         # Checked when posted: a close posted later runs after this call (the inbox is FIFO).
         if self.closed:
             raise EngineClosed(self.name)
+        if is_thread_safe(fn):  # tokenizer work: no need to wait for the current decode step
+            return fn(*args)
         return await compute_thread().call(fn, *args)
 
     async def load(self, factory: Callable[[], Engine]) -> Engine:
@@ -335,14 +364,7 @@ class EngineWorker:
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[object] = asyncio.Queue()
         finished = loop.create_future()
-
-        def emit(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(_deliver, pieces, finished, item)
-            except RuntimeError:  # the event loop is gone (interpreter shutting down)
-                pass
-
-        job = _Job(engine, request, stats, threading.Event(), emit)
+        job = _Job(engine, request, stats, threading.Event(), loop, pieces, finished)
         compute = compute_thread()
         compute.post("job", job)  # accepted jobs always get _END, even if the thread dies
         try:
@@ -383,10 +405,12 @@ async def _ended(finished: asyncio.Future[None], compute: ComputeThread) -> None
             return
 
 
-def _deliver(pieces: asyncio.Queue[object], finished: asyncio.Future[None], item: object) -> None:
-    pieces.put_nowait(item)
-    if item is _END and not finished.done():
-        finished.set_result(None)
+def _deliver(items: list[tuple[_Job, object]]) -> None:
+    """On the consumers' event loop: one compute step's pieces, errors and ends, in order."""
+    for job, item in items:
+        job.queue.put_nowait(item)
+        if item is _END and not job.finished.done():
+            job.finished.set_result(None)
 
 
 def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

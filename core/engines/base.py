@@ -1,18 +1,35 @@
 """The one engine interface: the embedded llama.cpp engine, test engines and (later) remote
 OpenAI-compatible engines all fit it.
 
-Engine methods are blocking and are only ever called from the engine's own worker thread
-(`core.worker.EngineWorker`), because a `llama_cpp.Llama` is not thread-safe.
+Engine methods are blocking and are only ever called from the compute thread
+(`core.worker.ComputeThread`), because a `llama_cpp.Llama` is not thread-safe, with one exception:
+methods marked `@thread_safe` (tokenizer work that only reads the vocabulary) are run by
+`EngineWorker.call` at once in the caller's thread, instead of waiting for a decode step to end.
+
+Engines that batch (the llama.cpp one) also offer `begin(request, stats) -> state`,
+`step([state, ...]) -> [(text, finished), ...]` (one decode for all of them) and
+`end(state, failed=...)`; the compute thread drives those.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def thread_safe(fn: F) -> F:
+    """Mark an engine method as safe to call from any thread while the compute thread decodes."""
+    fn.thread_safe = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_thread_safe(fn: Callable[..., object]) -> bool:
+    return bool(getattr(fn, "thread_safe", False))
 
 
 @dataclass(frozen=True)

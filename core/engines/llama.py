@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from core.engines.base import GenerationRequest, GenerationStats, Message
+from core.engines.base import GenerationRequest, GenerationStats, Message, thread_safe
 from core.registry import ModelEntry
 from core.settings import CoreSettings
 
@@ -59,7 +62,11 @@ class Slot:
 
 @dataclass
 class Generation:
-    """One request in flight: its slot, the prompt tokens not yet read, its sampler."""
+    """One request in flight: its slot, the tokens it still has to feed, its sampler.
+
+    `pending` holds the prompt tokens not yet read while the request reads its prompt (possibly
+    over several steps, `prefill_chunk` tokens at most per step), then the one token it sampled
+    last, which the next step feeds back."""
 
     slot: Slot
     stats: GenerationStats
@@ -67,16 +74,68 @@ class Generation:
     budget: int
     sampler: internals.LlamaSampler
     decoder: codecs.IncrementalDecoder
+    order: int = 0  # admission order: waiting prompts are read first come, first served
+    reading: bool = True  # still reading its prompt (nothing sampled yet)
     logit_index: int | None = None
+    prefill_steps: int = 0  # steps that read part of its prompt
+
+
+class _Batch:
+    """A `llama_batch` over numpy arrays we own, filled with a few slice assignments per step
+    instead of five ctypes stores per token. One sequence per token: `seq_id[i]` points at the
+    slot's entry of a constant table of sequence ids."""
+
+    def __init__(self, n_tokens: int, n_seq: int) -> None:
+        self.capacity = n_tokens
+        self.token = np.zeros(n_tokens, dtype=np.int32)
+        self.pos = np.zeros(n_tokens, dtype=np.int32)
+        self.n_seq_id = np.ones(n_tokens, dtype=np.int32)
+        self.seq_ids = np.arange(n_seq, dtype=np.int32)
+        self.seq_ptr = np.zeros(n_tokens, dtype=np.uintp)
+        self.logits = np.zeros(n_tokens, dtype=np.int8)
+        base, stride = self.seq_ids.ctypes.data, self.seq_ids.itemsize
+        self.seq_addr = [base + stride * seq for seq in range(n_seq)]
+        self.batch = llama_cpp.llama_batch(
+            n_tokens=0,
+            token=self.token.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
+            embd=None,
+            pos=self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos)),
+            n_seq_id=self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            seq_id=ctypes.cast(self.seq_ptr.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id))),
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
+
+    def put(self, at: int, tokens: list[int], start: int, seq_id: int, want_logits: bool) -> int:
+        """Rows [at, at + len(tokens)): `tokens` at positions start.. of sequence `seq_id`.
+        Returns the row after them."""
+        end = at + len(tokens)
+        self.token[at:end] = tokens
+        self.pos[at:end] = np.arange(start, start + len(tokens), dtype=np.int32)
+        self.seq_ptr[at:end] = self.seq_addr[seq_id]
+        self.logits[at:end] = 0
+        if want_logits:
+            self.logits[end - 1] = 1
+        return end
 
 
 class LlamaEngine:
-    def __init__(self, name: str, llm: llama_cpp.Llama, *, context_length: int, slots: int, threads: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        llm: llama_cpp.Llama,
+        *,
+        context_length: int,
+        slots: int,
+        threads: int,
+        prefill_chunk: int = 256,
+    ) -> None:
         self.name = name
         self.llm = llm
         self.model = llm._model
         self.context_length = context_length
-        self.n_batch = 512
+        self.prefill_chunk = prefill_chunk
+        # One step holds a token for every generating request plus `prefill_chunk` prompt tokens.
+        self.n_batch = prefill_chunk + slots
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = context_length * slots
         params.n_seq_max = slots
@@ -87,10 +146,14 @@ class LlamaEngine:
         params.n_threads_batch = threads
         params.no_perf = True
         self.ctx = internals.LlamaContext(model=self.model, params=params, verbose=False)
-        self.batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.batch = _Batch(self.n_batch, slots)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
         self.slots = [Slot(seq_id) for seq_id in range(slots)]
         self._piece_buffer = ctypes.create_string_buffer(64)
+        self._pieces: dict[int, bytes | None] = {}  # token -> its bytes, None for end-of-generation
+        self._prompts: OrderedDict[tuple[tuple[str, str], ...], list[int]] = OrderedDict()
+        self._admitted = itertools.count()
+        self.steps = 0  # llama_decode calls made by step(): tests count steps, not seconds
         metadata = llm.metadata
         template = metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
         bos, eos = self.model.token_bos(), self.model.token_eos()
@@ -121,32 +184,61 @@ class LlamaEngine:
             context_length=context_length,
             slots=settings.kv_slots,
             threads=settings.resolved_threads,
+            prefill_chunk=settings.prefill_chunk,
         )
 
     # -- text <-> tokens --------------------------------------------------------------------
+    # Rendering and tokenizing only read the vocabulary, which llama.cpp's own server also does
+    # from its HTTP threads while its main loop decodes: `EngineWorker.call` runs these at once in
+    # the caller's thread instead of queueing them behind a decode step (`thread_safe`).
+    @thread_safe
     def render(self, messages: list[Message]) -> str:
         return self.formatter(messages=messages).prompt
 
+    @thread_safe
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
-        # The template writes the BOS text itself where the model wants one.
-        return self.model.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True)
+        """The prompt's tokens. The last few prompts are remembered: the service counts the tokens
+        of the very messages it then asks to generate from, and `begin()` reuses that work."""
+        key = tuple((message["role"], message["content"]) for message in messages)
+        tokens = self._prompts.get(key)
+        if tokens is None:
+            # The template writes the BOS text itself where the model wants one.
+            tokens = self.model.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True)
+            self._prompts[key] = tokens
+            while len(self._prompts) > 4 * len(self.slots):
+                try:
+                    self._prompts.popitem(last=False)
+                except KeyError:  # another thread emptied it meanwhile
+                    break
+        return list(tokens)
 
+    @thread_safe
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.prompt_tokens(messages))
 
+    @thread_safe
     def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
         tokens = self.model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         if len(tokens) <= max_tokens:
             return text
         return self.model.detokenize(tokens[: max(0, max_tokens)]).decode("utf-8", errors="ignore")
 
-    def _piece(self, token: int) -> bytes:
-        """The token's bytes (llama-cpp-python's own helper returns a NUL-padded 32-byte buffer)."""
-        size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False)
-        if size < 0:
-            self._piece_buffer = ctypes.create_string_buffer(-size)
-            size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buffer, -size, 0, False)
-        return self._piece_buffer.raw[:size]
+    def _piece(self, token: int) -> bytes | None:
+        """The token's bytes, or None for an end-of-generation token; looked up in llama.cpp once
+        per token id (its own helper returns a NUL-padded 32-byte buffer)."""
+        piece = self._pieces.get(token, b"")
+        if piece == b"":
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                piece = None
+            else:
+                buffer = self._piece_buffer
+                size = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+                if size < 0:
+                    self._piece_buffer = buffer = ctypes.create_string_buffer(-size)
+                    size = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -size, 0, False)
+                piece = buffer.raw[:size]
+            self._pieces[token] = piece
+        return piece
 
     # -- slots ------------------------------------------------------------------------------
     def _slot_for(self, conversation_id: str) -> Slot:
@@ -202,7 +294,8 @@ class LlamaEngine:
         return sampler
 
     def begin(self, request: GenerationRequest, stats: GenerationStats) -> Generation:
-        """Claim a slot for the request and line up the prompt tokens it still has to read."""
+        """Claim a slot for the request and line up the prompt tokens it still has to read; the
+        reading itself happens in `step`, a chunk at a time, alongside the other requests."""
         prompt = self.prompt_tokens(request.messages)
         stats.prompt_tokens = len(prompt)
         if len(prompt) >= self.context_length:
@@ -218,50 +311,61 @@ class LlamaEngine:
             budget=min(request.max_new_tokens, self.context_length - len(prompt)),
             sampler=self._sampler(request),
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            order=next(self._admitted),
         )
 
     def step(self, generations: list[Generation]) -> list[tuple[str, bool]]:
-        """Advance every generation by one llama_decode: one new token each for those already
-        generating, and prompt chunks for those still reading, all in one batch (continuous
-        batching, as llama.cpp's server does). Returns (new text, finished) per generation."""
-        batch = self.batch.batch
+        """Advance the generations with ONE llama_decode (continuous batching, as llama.cpp's
+        server does): one token for each generation already generating, plus up to
+        `prefill_chunk` prompt tokens shared by those still reading, first come first served; a
+        prompt longer than that is read over several steps. Returns (new text, finished) per
+        generation: ("", False) for one still reading."""
+        batch = self.batch
         used = 0
-        reading_last = [len(g.pending) == 1 for g in generations]
-        order = sorted(range(len(generations)), key=lambda i: not reading_last[i])  # decoders first
-        for index in order:
-            generation = generations[index]
-            generation.logit_index = None
-            take = generation.pending[: self.n_batch - used]
-            if not take:
-                continue
+        room = self.prefill_chunk
+        decoding = [g for g in generations if not g.reading]
+        reading = sorted((g for g in generations if g.reading), key=lambda g: g.order)
+        for generation in decoding:
+            generation.logit_index = used
             slot = generation.slot
-            start = len(slot.tokens)
-            for offset, token in enumerate(take):
-                batch.token[used + offset] = token
-                batch.pos[used + offset] = start + offset
-                batch.n_seq_id[used + offset] = 1
-                batch.seq_id[used + offset][0] = slot.seq_id
-                batch.logits[used + offset] = False
-            used += len(take)
-            if len(take) == len(generation.pending):
-                batch.logits[used - 1] = True
+            token = generation.pending[0]
+            used = batch.put(used, generation.pending, len(slot.tokens), slot.seq_id, True)
+            slot.tokens.append(token)
+            generation.pending = []
+        for generation in reading:
+            generation.logit_index = None
+            if room <= 0:
+                continue
+            take = generation.pending[:room]
+            room -= len(take)
+            slot = generation.slot
+            last = len(take) == len(generation.pending)
+            used = batch.put(used, take, len(slot.tokens), slot.seq_id, last)
+            if last:
                 generation.logit_index = used - 1
             slot.tokens.extend(take)
             del generation.pending[: len(take)]
-        batch.n_tokens = used
-        self.ctx.decode(self.batch)
+            generation.prefill_steps += 1
+        if used:
+            batch.batch.n_tokens = used
+            self.steps += 1
+            code = llama_cpp.llama_decode(self.ctx.ctx, batch.batch)
+            if code != 0:
+                raise RuntimeError(f"llama_decode returned {code}")
         return [self._sample(generation) for generation in generations]
 
     def _sample(self, generation: Generation) -> tuple[str, bool]:
         if generation.logit_index is None:
             return "", False  # still reading its prompt
+        generation.reading = False
         stats = generation.stats
-        token = generation.sampler.sample(self.ctx, generation.logit_index)
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+        token = llama_cpp.llama_sampler_sample(generation.sampler.sampler, self.ctx.ctx, generation.logit_index)
+        piece = self._piece(token)
+        if piece is None:  # end of generation
             stats.finish_reason = "stop"
             return generation.decoder.decode(b"", final=True), True
         stats.completion_tokens += 1
-        text = generation.decoder.decode(self._piece(token))
+        text = generation.decoder.decode(piece)
         if stats.completion_tokens >= generation.budget:
             stats.finish_reason = "length"
             return text + generation.decoder.decode(b"", final=True), True
@@ -300,6 +404,5 @@ class LlamaEngine:
             self.end(generation, failed=failed)
 
     def close(self) -> None:
-        self.batch.close()
         self.ctx.close()
         self.llm.close()
