@@ -126,6 +126,7 @@ class Run:
         self.process: asyncio.subprocess.Process | None = None
         self.started_at = self.ended_at = 0.0
         self.progress = progress
+        self.load = LoadAverage()
 
     async def start_bot(self) -> None:
         (self.run_dir / "data").mkdir(parents=True, exist_ok=True)
@@ -174,9 +175,11 @@ class Run:
                 next_db = now + 1.0
                 changed = await asyncio.to_thread(self.turns.refresh)
             self.tracker.poll(turns_changed=changed)
-            if self.progress and now >= next_progress:
+            if now >= next_progress:
                 next_progress = now + PROGRESS_S
-                self._progress(now)
+                self.load.sample()
+                if self.progress:
+                    self._progress(now)
             await asyncio.sleep(POLL_S)
 
     def _progress(self, now: float) -> None:
@@ -272,7 +275,7 @@ def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "answered_or_told_pct": 100.0 * (len(answered) + len(refused)) / planned if planned else 0.0,
         "by_place": by_place,
         "refusal_texts": _common([a.text for a in refused]),
-        "error_texts": _common([a.text for a in errors]),
+        "error_texts": _common([a.text.strip().splitlines()[-1] for a in errors]),  # the note
         "first_response_p50_s": _percentile(first_response, 50),
         "first_response_p95_s": _percentile(first_response, 95),
         "first_text_p50_s": _percentile(first_text, 50),
@@ -285,6 +288,7 @@ def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "delivered_replies_per_s": len(answered) / window if window > 0 else 0.0,
         "answer_chars_mean": statistics.mean(len(a.text) for a in answered) if answered else 0.0,
         "duration_s": run.ended_at - run.started_at,
+        "loadavg": run.load.mean,
         "timed_out": any(a.outcome is None for a in asks) or sent < planned,
         **extra,
         "log": str(run.log_path),
@@ -354,15 +358,16 @@ async def platform_run(
 
 
 async def engine_run(places: list[Place], messages: int, data_dir: Path, budget_s: float) -> dict[str, Any]:
-    """The same users and prompts straight into ChatService: the replies/s the engine gives.
+    """The same users and prompts straight into ChatService: what the engine alone produces.
 
     Every user asks at once (each waiting for its answer before the next question), so the
-    engine is as busy as it can be; after `budget_s` the rest is cancelled. replies/s counts the
-    replies finished by the last one's finishing time.
+    engine is as busy as it can be; after `budget_s` the rest is cancelled. Counted: the replies
+    finished, and every character generated (unfinished replies' included) per second of the run,
+    which `measure` turns into replies/s at the bot's answer length.
     """
     from core.embedded import EMBEDDED_MODEL_NAME
     from core.errors import ChatError
-    from core.events import Done
+    from core.events import Delta, Done
     from core.service import ChatService
     from core.settings import CoreSettings, load_settings
 
@@ -382,46 +387,71 @@ async def engine_run(places: list[Place], messages: int, data_dir: Path, budget_
     await service.start()
     lengths: list[int] = []
     finished: list[float] = []
-
     errors: list[str] = []
+    chars = 0
 
     async def user(index: int, conversation: str) -> None:
+        nonlocal chars
         for turn in range(messages):
             try:
                 async for event in service.reply(
                     f"bench:{conversation}", f"bench:{index}", question_for(index, turn)
                 ):
-                    if isinstance(event, Done):
+                    if isinstance(event, Delta):
+                        chars += len(event.text)
+                    elif isinstance(event, Done):
                         lengths.append(len(event.text.strip()))
                         finished.append(time.monotonic())
             except ChatError as error:  # e.g. a generation timeout: counted, and the user goes on
                 errors.append(error.user_message)
 
+    load = LoadAverage()
     try:
         async for _ in service.reply("bench:warmup", "bench:warmup", "Hello!"):  # loads the model
             pass
         started = time.monotonic()
         crowd = [asyncio.ensure_future(user(index, place.conversation)) for index, place in enumerate(places)]
-        done, pending = await asyncio.wait(crowd, timeout=budget_s)
-        for task in pending:
+        deadline = started + budget_s
+        while not all(task.done() for task in crowd) and time.monotonic() < deadline:
+            load.sample()
+            await asyncio.wait(crowd, timeout=min(10.0, max(0.0, deadline - time.monotonic())))
+        complete = all(task.done() for task in crowd)
+        elapsed = (max(finished) if complete and finished else time.monotonic()) - started
+        generated = chars
+        for task in crowd:
             task.cancel()
-        await asyncio.gather(*crowd, return_exceptions=True)
-        for task in done:
-            task.result()  # an engine error is the benchmark's error
+        for outcome in await asyncio.gather(*crowd, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                raise outcome  # an engine failure is the benchmark's failure
     finally:
         await service.close()
-    elapsed = (max(finished) - started) if finished else 0.0
     return {
         "engine_replies": len(finished),
         "engine_errors": len(errors),
         "engine_s": elapsed,
-        "engine_complete": not pending,
-        "engine_replies_per_s": len(finished) / elapsed if elapsed > 0 else 0.0,
+        "engine_complete": complete,
+        "engine_finished_per_s": len(finished) / elapsed if elapsed > 0 else 0.0,
+        "engine_chars_per_s": generated / elapsed if elapsed > 0 else 0.0,
         "engine_answer_chars_mean": statistics.mean(lengths) if lengths else 0.0,
+        "engine_loadavg": load.mean,
         "parallel": settings.parallel,
         "max_new_tokens": settings.max_new_tokens,
         "model": settings.default_model,
     }
+
+
+class LoadAverage:
+    """The machine's 1-minute load average, sampled now and then (how busy the cores were)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.samples.append(os.getloadavg()[0])
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.samples) if self.samples else None
 
 
 async def measure(
@@ -450,6 +480,10 @@ async def measure(
             result.update(await engine_run(places, messages, run_dir / "engine", engine_s))
         except Exception as error:  # noqa: BLE001 (the platform figures still count)
             result["engine_failed"] = f"{type(error).__name__}: {error}"
+        if "engine_chars_per_s" in result:
+            # replies/s at the length of the answers the bot delivered (sampling varies lengths)
+            length = result["answer_chars_mean"] or result["engine_answer_chars_mean"]
+            result["engine_replies_per_s"] = result["engine_chars_per_s"] / length if length else 0.0
         rate = result.get("engine_replies_per_s")
         result["delivery_vs_engine"] = result["delivered_replies_per_s"] / rate if rate else None
     result["targets_met"] = all(
@@ -509,12 +543,15 @@ def main(platform: str, *, json_output: bool, **kwargs: Any) -> None:
         "fake_rate_refused",
         "delivered_replies_per_s",
         "engine_replies_per_s",
+        "engine_finished_per_s",
         "answer_chars_mean",
         "engine_answer_chars_mean",
         "status_at_end",
         "pending_at_end",
         "stuck_after_exit",
         "duration_s",
+        "loadavg",
+        "engine_loadavg",
         "timed_out",
         "bot_exit_s",
         "bot_exit_code",
