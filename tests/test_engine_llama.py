@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 
 import llama_cpp
@@ -15,8 +16,10 @@ from core.events import Delta, Done
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
+from core.worker import EngineWorker
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps counting: a long reply
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +160,150 @@ async def test_concurrent_replies_are_batched_and_complete(tmp_path):
     # (llama.cpp's batched kernels may round differently: compare the opening words)
     for alone_text, done in zip(alone, together):
         assert alone_text.split()[:3] == done.text.split()[:3]
+
+
+# -- prefill in chunks, batched with decoding (steps are counted, never timed) ------------------
+def request(conversation, text, max_new_tokens=24):
+    return GenerationRequest("smol", conversation, [SYSTEM, {"role": "user", "content": text}],
+                             max_new_tokens=max_new_tokens, temperature=0.0)
+
+
+def drive(engine, requests):
+    """begin() every request, then step() them all together until each has finished; returns
+    each one's text and the number of steps taken."""
+    generations = [engine.begin(r, GenerationStats()) for r in requests]
+    texts = ["" for _ in requests]
+    active = list(range(len(requests)))
+    steps = 0
+    try:
+        while active:
+            results = engine.step([generations[i] for i in active])
+            steps += 1
+            for i, (text, finished) in zip(list(active), results):
+                texts[i] += text
+                if finished:
+                    active.remove(i)
+                    engine.end(generations[i])
+    finally:
+        for i in active:
+            engine.end(generations[i], failed=True)
+    return texts, steps
+
+
+def long_text(engine, tokens):
+    """A user message whose prompt is about `tokens` tokens long."""
+    words = " ".join(f"item{i} is on the list;" for i in range(tokens))
+    return engine.truncate_to_tokens(words, tokens - engine.count_tokens([SYSTEM, {"role": "user", "content": ""}]))
+
+
+def test_prompts_arriving_together_are_read_together(engine):
+    questions = ["What is 2+2?", "Name a fruit.", "Say hi to Bob."]
+    generations = [engine.begin(request(f"together-{i}", q), GenerationStats()) for i, q in enumerate(questions)]
+    try:
+        assert sum(len(g.pending) for g in generations) <= engine.prefill_chunk
+        before = engine.steps
+        engine.step(generations)
+        assert engine.steps == before + 1  # one decode read all three prompts...
+        assert all(g.stats.completion_tokens == 1 for g in generations)  # ...and each has its first token
+    finally:
+        for g in generations:
+            engine.end(g, failed=True)
+
+
+def test_batched_chunked_prefill_gives_the_same_greedy_tokens(engine):
+    questions = ["Explain recursion to a 5 year old.", "Name three colours.", "What is the capital of France?"]
+    alone = []
+    for i, question in enumerate(questions):  # one prompt at a time, read in one step
+        engine.forget(f"alone-{i}")
+        texts, _ = drive(engine, [request(f"alone-{i}", question)])
+        alone += texts
+    chunk = engine.prefill_chunk
+    engine.prefill_chunk = 16  # each prompt now takes several steps, several prompts share a step
+    try:
+        for i in range(len(questions)):
+            engine.forget(f"batched-{i}")
+        together, steps = drive(engine, [request(f"batched-{i}", q) for i, q in enumerate(questions)])
+    finally:
+        engine.prefill_chunk = chunk
+    assert all(text.strip() for text in alone)
+    assert together == alone
+    prompt_tokens = sum(engine.count_tokens([SYSTEM, {"role": "user", "content": q}]) for q in questions)
+    assert steps >= math.ceil(prompt_tokens / 16)  # the prompts really were read in chunks
+
+
+@pytest.fixture(scope="module")
+def long_engine(embedded_gguf):
+    settings = load_core_settings(kv_slots=4, parallel=4, context_length=2048, prefill_chunk=256)
+    engine = LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings)
+    yield engine
+    engine.close()
+
+
+def test_a_long_prompt_never_pauses_replies_being_generated(long_engine):
+    engine = long_engine
+    chunk = engine.prefill_chunk
+    decoding = [engine.begin(request(f"dec-{i}", COUNT, max_new_tokens=300), GenerationStats()) for i in range(3)]
+    text = long_text(engine, 1500)
+    long_request = request("long", text, max_new_tokens=8)
+    assert 1400 < engine.count_tokens(long_request.messages) < 1600
+    long_gen = None
+    try:
+        engine.step(decoding)
+        assert all(g.stats.completion_tokens == 1 for g in decoding)  # the three are generating
+        long_gen = engine.begin(long_request, GenerationStats())  # ~1,500 tokens arrive
+        to_read = len(long_gen.pending)
+        batch = [*decoding, long_gen]
+        steps = 0
+        while long_gen.stats.completion_tokens == 0:
+            before = [g.stats.completion_tokens for g in decoding]
+            results = engine.step(batch)
+            steps += 1
+            # every step gives each of the three its next token: their streams never pause
+            assert [g.stats.completion_tokens for g in decoding] == [n + 1 for n in before]
+            assert all(not finished for _, finished in results[:3])
+            assert int(engine.batch.batch.n_tokens) <= chunk + len(decoding)
+        assert steps == long_gen.prefill_steps == math.ceil(to_read / chunk)  # read a chunk per step
+        assert long_gen.slot.tokens[: long_gen.stats.prompt_tokens] == engine.prompt_tokens(long_request.messages)
+    finally:
+        for g in decoding + ([long_gen] if long_gen else []):
+            engine.end(g, failed=True)
+
+
+async def test_cancel_mid_prefill_frees_the_slot(embedded_gguf):
+    settings = load_core_settings(kv_slots=2, parallel=2, context_length=2048, prefill_chunk=64)
+    worker = EngineWorker("smol")
+    engine = await worker.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
+    try:
+        long_request = request("cancelled", long_text(engine, 1500), max_new_tokens=8)
+        stats = GenerationStats()
+        stream = worker.stream(long_request, stats)
+        first = asyncio.ensure_future(anext(stream))
+        async with asyncio.timeout(120):
+            while engine.steps < 2:  # two chunks of ~24 read: mid-prefill
+                await asyncio.sleep(0.001)
+        first.cancel()  # the consumer goes away: the request is cancelled on the compute thread
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await stream.aclose()  # returns once the compute thread has dropped the request
+        slot = next(slot for slot in engine.slots if slot.conversation_id == "cancelled")
+        assert stats.finish_reason == "cancelled" and stats.completion_tokens == 0
+        assert not any(s.busy for s in engine.slots)  # its slot is free
+        read = len(slot.tokens)
+        assert 0 < read < stats.prompt_tokens and read % 64 == 0  # stopped mid-prefill
+        # the slot serves again: a new request (two at once, so both slots) completes, and the
+        # cancelled conversation's next try reuses what was read
+        stats2, stats3 = GenerationStats(), GenerationStats()
+        async with asyncio.timeout(120):
+            texts = await asyncio.gather(
+                _collect(worker.stream(long_request, stats2)),
+                _collect(worker.stream(request("other", "Say hello.", max_new_tokens=8), stats3)),
+            )
+        assert all(text.strip() for text in texts)
+        assert stats2.reused_tokens == read
+        assert not any(s.busy for s in engine.slots)
+    finally:
+        await worker.close()
+
+
+async def _collect(stream):
+    return "".join([piece async for piece in stream])
