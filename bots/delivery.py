@@ -254,7 +254,8 @@ class ReplyView:
         except TransientFailure as error:
             self.counts.failures += 1
             if self._kind != "final":
-                log.info("skipped an edit in %s: %s", self.sink.chat_key, error)
+                log.info("skipped a call in %s: %s", self.sink.chat_key, error)
+                await asyncio.sleep(max(self.edit_interval_s, 1.0))  # a new message retries no sooner
                 return True
             self._failed_final += 1
             if self._failed_final > self.final_retries:

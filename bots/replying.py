@@ -67,6 +67,7 @@ class Outcome:
     tokens: int = 0
     tokens_per_s: float = 0.0
     counts: DeliveryCounts = field(default_factory=DeliveryCounts)
+    reason: str = ""  # why it was refused or failed, for the log
 
 
 def _duration(seconds: float) -> str:
@@ -129,6 +130,7 @@ async def answer(
                     case Notice(text=text):
                         notice = f"ℹ️ {text}\n\n"
                     case Delta(text=piece):
+                        typing.stop()  # the growing text shows that we are writing
                         written += piece
                         view.update(notice + clean(written))
                     case Done() as done:
@@ -144,6 +146,7 @@ async def answer(
             final = with_note(final, notes.interrupted)
     except ChatError as error:
         outcome.result = "refused" if outcome.model == "" else "error"
+        outcome.reason = type(error).__name__
         final = with_note(notice + clean(written), notes.error_prefix + error.user_message)
     except asyncio.CancelledError:
         typing.stop()
@@ -152,9 +155,9 @@ async def answer(
         await _finish_bounded(view, outcome.text, final_timeout_s)
         _log(question, outcome)
         raise
-    except Exception:
+    except Exception as error:
         log.exception("reply failed in conversation %s", question.conversation_id)
-        outcome.result = "error"
+        outcome.result, outcome.reason = "error", type(error).__name__
         final = with_note(notice + clean(written), notes.failed)
     finally:
         typing.stop()
@@ -182,8 +185,9 @@ def _log(question: Question, outcome: Outcome) -> None:
     counts = outcome.counts
     ttft = f"{outcome.ttft_s:.2f}s" if outcome.ttft_s is not None else "-"
     log.info(
-        "reply %s conversation=%s model=%s queued=%.1fs ttft=%s tokens=%d tok/s=%.1f calls=%d 429s=%d",
+        "reply %s%s conversation=%s model=%s queued=%.1fs ttft=%s tokens=%d tok/s=%.1f calls=%d 429s=%d",
         outcome.result,
+        f" ({outcome.reason})" if outcome.reason else "",
         question.conversation_id,
         outcome.model or "-",
         outcome.queued_s,

@@ -85,6 +85,9 @@ def _rate_limiter() -> AIORateLimiter:
     """PTB's limiter keeps *every* call (commands, buttons, replies) within 30/s overall and
     20/min per group. It does not retry: a 429 goes back to the caller, so a reply's delivery task
     can send newer text later instead of the stale text waiting here (docs/telegram.md)."""
+    # With max_retries=0 it logs every 429 as an ERROR with a traceback although the caller handles
+    # it; the delivery layer logs one warning per 429 instead.
+    logging.getLogger("telegram.ext.AIORateLimiter").setLevel(logging.CRITICAL)
     return AIORateLimiter(
         overall_max_rate=29, overall_time_period=1, group_max_rate=20, group_time_period=60, max_retries=0
     )
