@@ -31,7 +31,7 @@ from training.gguf_tools import quantize, replacing
 pytestmark = pytest.mark.slow
 DEFAULT = "smollm2-135m"
 COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps counting: a long reply
-WAIT_S = 120.0  # generous: two shared cores; a hang fails the test instead of blocking it
+WAIT_S = 240.0  # generous (a busy 2-core machine); a hang fails the test instead of blocking it
 
 
 def deadline(test):
@@ -86,6 +86,7 @@ def real_service(tmp_path: Path, factory: RecordingFactory, **overrides: object)
             "max_new_tokens": 64,
             "temperature": 0.0,
             "rate_limit_messages": 1000,
+            "threads": 1,  # one llama.cpp thread: no OpenMP spinning against other processes
             **overrides,
         }
     )
@@ -233,6 +234,7 @@ async def test_decode_error_mid_batch_fails_that_batch_and_keeps_serving(tmp_pat
     factory = RecordingFactory()
     async with real_service(tmp_path, factory, max_new_tokens=100) as service:
         assert (await ask(service, "warm", "Hi")).text.strip()
+        thread = compute_thread()
         engine = factory.latest(DEFAULT)
         engine.fail_step = lambda batch: (
             RuntimeError("llama_decode returned -3")
@@ -245,6 +247,22 @@ async def test_decode_error_mid_batch_fails_that_batch_and_keeps_serving(tmp_pat
         assert "failed while answering" in results[0].user_message
         assert not any(slot.busy for slot in engine.slots)  # their KV slots were released
         assert (await ask(service, "c", "Say hello.")).text.strip()
+        assert compute_thread() is thread and thread.alive
+
+
+@deadline
+async def test_malformed_engine_result_fails_that_batch_on_the_same_thread(tmp_path):
+    factory = RecordingFactory()
+    async with real_service(tmp_path, factory) as service:
+        assert (await ask(service, "warm", "Hi")).text.strip()
+        thread = compute_thread()
+        engine = factory.latest(DEFAULT)
+        engine.garble_step = lambda batch: all(g.stats.completion_tokens >= 1 for g in batch)
+        with pytest.raises(EngineFailed):
+            await ask(service, "a", COUNT)
+        assert engine.fired == ["garble"] and not any(slot.busy for slot in engine.slots)
+        assert (await ask(service, "b", "Say hello.")).text.strip()
+        assert compute_thread() is thread and thread.alive  # the loop caught it; no restart needed
 
 
 @deadline
@@ -252,11 +270,13 @@ async def test_end_raising_keeps_the_thread_serving(tmp_path):
     factory = RecordingFactory()
     async with real_service(tmp_path, factory) as service:
         assert (await ask(service, "warm", "Hi")).text.strip()
+        thread = compute_thread()
         engine = factory.latest(DEFAULT)
         engine.fail_end = lambda generation: RuntimeError("llama_memory_seq_rm failed")
         done = await ask(service, "a", "Say hello.")
         assert engine.fired == ["end"] and done.text.strip()  # the reply had finished: it is kept
         assert (await ask(service, "b", "Say hello.")).text.strip()
+        assert compute_thread() is thread and thread.alive
 
 
 @deadline
@@ -266,12 +286,13 @@ async def test_close_raising_keeps_the_thread_serving(tmp_path, embedded_gguf):
         service.registry.add("other", same_model_file(embedded_gguf, tmp_path / "other.gguf"))
         await service.set_model("b", "other")
         assert (await ask(service, "a", "Hi")).text.strip()
+        thread = compute_thread()
         first = factory.latest(DEFAULT)
         first.fail_close = RuntimeError("ggml_backend_free failed")
         assert (await ask(service, "b", "Hi")).text.strip()  # loading "other" unloads the default
         assert first.fired == ["close"] and service.pool.loaded == ["other"]
         assert (await ask(service, "a", "Hi again")).text.strip()  # reloads it on the same thread
-        assert factory.calls(DEFAULT) == 2
+        assert factory.calls(DEFAULT) == 2 and compute_thread() is thread and thread.alive
 
 
 def _request(conversation: str, text: str, max_new_tokens: int) -> GenerationRequest:
@@ -280,7 +301,7 @@ def _request(conversation: str, text: str, max_new_tokens: int) -> GenerationReq
 
 
 async def _load_worker(path: Path) -> tuple[EngineWorker, FaultyEngine]:
-    settings = load_core_settings(kv_slots=2, parallel=2, context_length=512)
+    settings = load_core_settings(kv_slots=2, parallel=2, context_length=512, threads=1)
     worker = EngineWorker(DEFAULT, path)
     engine = await worker.load(lambda: FaultyEngine(LlamaEngine.load(ModelEntry(name=DEFAULT, path=path), settings)))
     return worker, engine  # type: ignore[return-value]

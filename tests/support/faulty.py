@@ -36,6 +36,7 @@ class FaultyEngine:
         self.name = inner.name
         self.context_length = inner.context_length
         self.fail_step: Fault | None = None
+        self.garble_step: Callable[[Any], bool] | None = None  # decode, then return a malformed result
         self.fail_end: Fault | None = None
         self.fail_close: BaseException | None = None
         self.closed = False
@@ -77,7 +78,13 @@ class FaultyEngine:
     def step(self, generations: list[Any]) -> list[tuple[str, bool]]:
         self._check_open("step")
         self._fire("step", self.fail_step, generations)
-        return self.inner.step(generations)  # type: ignore[attr-defined]
+        results = self.inner.step(generations)  # type: ignore[attr-defined]
+        if self.garble_step is not None and self.garble_step(generations):
+            with self.lock:
+                self.garble_step = None
+                self.fired.append("garble")
+            return [("",)] * len(results)  # an engine bug: not (text, finished) pairs
+        return results
 
     def end(self, generation: Any, *, failed: bool = False) -> None:
         self._check_open("end")
