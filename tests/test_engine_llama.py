@@ -70,9 +70,11 @@ def test_interleaved_conversations_keep_their_own_slots(engine):
 
 def test_least_recently_used_slot_is_recycled(engine):
     for name in ("s1", "s2", "s3", "s4"):  # 3 slots
-        run(engine, name, [SYSTEM, {"role": "user", "content": f"Hi {name}"}], max_new_tokens=4)
+        _, stats = run(engine, name, [SYSTEM, {"role": "user", "content": f"Hi {name}"}], max_new_tokens=4)
     held = {slot.conversation_id for slot in engine.slots}
     assert held == {"s2", "s3", "s4"}
+    # s4 took s1's slot and kept the prompt they share (the system prompt), reading only the rest
+    assert stats.reused_tokens >= len(engine.prompt_tokens([SYSTEM])) - 2
 
 
 def test_cancel_stops_within_a_token(engine):

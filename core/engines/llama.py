@@ -242,7 +242,9 @@ class LlamaEngine:
 
     # -- slots ------------------------------------------------------------------------------
     def _slot_for(self, conversation_id: str) -> Slot:
-        """The conversation's idle slot if it has one, else the least recently used idle slot."""
+        """The conversation's idle slot if it has one, else an empty one, else the least recently
+        used idle slot. A recycled slot keeps what the new prompt shares with it (the system
+        prompt, typically): `_reuse_prefix` drops only the rest."""
         idle = [slot for slot in self.slots if not slot.busy]
         if not idle:
             raise RuntimeError("all KV slots are busy (LORABOT_PARALLEL must not exceed LORABOT_KV_SLOTS)")
@@ -250,7 +252,6 @@ class LlamaEngine:
             if slot.conversation_id == conversation_id:
                 return slot
         slot = min(idle, key=lambda s: (s.conversation_id is not None, s.last_used))
-        self._clear(slot)
         slot.conversation_id = conversation_id
         return slot
 
