@@ -46,13 +46,6 @@ class TooManyWaiting(ChatError):
         )
 
 
-class AlreadyAnswering(ChatError):
-    """The same user already has a request waiting in this conversation."""
-
-    def __init__(self) -> None:
-        super().__init__("I'm still answering your previous message here. One at a time, please.")
-
-
 class UnknownModel(ChatError):
     def __init__(self, name: str, valid: list[str]) -> None:
         self.name = name

@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 
 from bots.delivery import Sink
+from bots.discord_bot.commands import register_commands
 from bots.discord_bot.policy import Origin, conversation_id, is_allowed, model_scopes
 from bots.discord_bot.replies import (
     DISCORD_LIMIT,
@@ -92,8 +93,6 @@ class LorabotClient(discord.Client):
         return self.inflight.closing
 
     async def setup_hook(self) -> None:
-        from bots.discord_bot.commands import register_commands  # commands import this module
-
         register_commands(self.tree)
         if self.settings.sync_commands:
             synced = await self.tree.sync()

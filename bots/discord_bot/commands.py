@@ -6,10 +6,11 @@ Each is a small decorated function; the allow/deny lists are applied once in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import discord
 from discord import app_commands
 
-from bots.discord_bot.client import LorabotClient
 from bots.discord_bot.policy import (
     Origin,
     channel_scope,
@@ -22,6 +23,9 @@ from bots.discord_bot.policy import (
 from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
 from bots.text import stats_lines
 from core.errors import ChatError
+
+if TYPE_CHECKING:  # the client registers these commands: no import at run time, no cycle
+    from bots.discord_bot.client import LorabotClient
 
 HELP = """\
 **lorabot** answers with its own small language model, running on a CPU.
