@@ -21,19 +21,21 @@ frozen base gets no weight gradients) plus causal attention, over the GPU's dens
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
 
 from training.config import PRESETS_DIR
-from training.errors import HardwareError
+from training.data.synthetic import synthetic_conversations
+from training.errors import HardwareError, TrainingError
 
 PRESET_C = tomllib.loads((PRESETS_DIR / "baseline-tuned.toml").read_text(encoding="utf-8"))
 CASES = {
@@ -46,28 +48,6 @@ CASES = {
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 WARMUP = 3
-WORDS = (
-    "the model learns from examples and each answer should be clear short and correct when a user asks "
-    "about code data science history travel cooking maths or writing we explain the idea step by step "
-    "then give an example because people remember concrete cases better than abstract rules"
-).split()
-
-
-def synthetic_conversations(count: int, seed: int = 3407) -> list[dict]:
-    """ShareGPT rows with FineTome-like total lengths (tokens ≈ 1.3 x words)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        total_words = int(min(1800, max(24, rng.lognormvariate(math.log(400), 0.75))))
-        turns = rng.choice([1, 1, 1, 2, 2, 3])
-        conv = []
-        for _ in range(turns):
-            share = total_words // turns
-            user = max(4, int(share * rng.uniform(0.1, 0.3)))
-            conv.append({"from": "human", "value": " ".join(rng.choices(WORDS, k=user)) + "?"})
-            conv.append({"from": "gpt", "value": " ".join(rng.choices(WORDS, k=max(4, share - user))) + "."})
-        rows.append({"conversations": conv})
-    return rows
 
 
 def matmul_params(config: Any) -> int:
@@ -97,41 +77,29 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
              max_seq_length: int = 1024) -> dict:
     """Train `steps` optimizer steps with the case's settings; time steps after the warm-up.
 
-    `backend` overrides the case's (CPU tests run (a)/(c)'s settings through the hf backend)."""
+    The trainer comes from `training.run.build_trainer`, the set-up `lorabot train` runs; only the
+    timing and the count of real tokens are added here. `backend` overrides the case's (CPU tests
+    run (a)/(c)'s settings through the hf backend)."""
     spec = CASES[case]
     from training.config import build_config
-    from training.hardware import detect, pick_dtype
+    from training.hardware import detect
+    from training.run import build_trainer
 
-    hw = detect()
     cfg = build_config(
         "baseline", base_model=f"random:{shape}", tokenizer=os.environ.get("LORABOT_RANDOM_TOKENIZER"),
         dataset=str(data), eval_fraction=0.0, max_eval_samples=None, lora_r=lora_r, lora_alpha=2 * lora_r,
         max_steps=steps, backend=backend or spec["backend"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
         packing=spec["packing"], gradient_checkpointing=spec["gradient_checkpointing"], save_steps=10**6,
-        output_dir=out / f"case-{case}", export=False, chat_template="chatml", load_in_4bit=hw.cuda,
+        output_dir=out / f"case-{case}", export=False, chat_template="chatml", load_in_4bit=detect().cuda,
         max_seq_length=max_seq_length,
     )
-    from training.backends import get_backend
-
-    backend = get_backend(cfg.backend)  # unsloth first, when it is the one
-    import torch
-
-    from training.base_model import resolve_base
-    from training.chat_format import encode_all
-    from training.conversations import load_conversations
-    from training.sft_args import sft_config
-
-    dtype = pick_dtype(hw)
-    base = resolve_base(cfg.base_model, cfg.tokenizer, cfg.seed)
-    model, tokenizer = backend.load(cfg, hw, base, dtype)
-    rows = encode_all(tokenizer, load_conversations(str(data)).conversations, cfg.max_seq_length)
-    model = backend.add_lora(model, cfg)
     extra: dict[str, Any] = {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
                              "include_num_input_tokens_seen": "non_padding"}
     if spec["padding_free"] is not None:
         extra["padding_free"] = spec["padding_free"]
-    args = sft_config(cfg, hw, dtype, out / f"case-{case}", has_eval=False, **extra)
-    trainer = backend.trainer(model, tokenizer, args, rows, None)
+    setup = build_trainer(cfg, **extra)  # imports unsloth first, when it is the one
+    trainer, hw = setup.trainer, setup.hw
+    import torch
 
     seen: list[int] = []  # lengths of the real sequences each collated batch held
     collate = trainer.data_collator
@@ -167,10 +135,10 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
     if not lengths:  # a backend that bypassed our collator: fall back to the trainer's own count
         lengths = [cfg.max_seq_length // 2] * max(1, (s1 - s0) // (cfg.max_seq_length // 2))
     seconds = t1 - t0
-    flops = lora_step_flops(model.config, lengths)
+    flops = lora_step_flops(setup.model.config, lengths)
     peak = peak_flops(hw.device_name)
     return {
-        "case": case, "title": spec["title"], "backend": cfg.backend, "device": hw.device_name,
+        "case": case, "title": spec["title"], "backend": setup.backend, "device": hw.device_name,
         "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "packing": cfg.packing,
         "timed_steps": len(marks) - warmup, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
         "tokens_per_s": round(sum(lengths) / seconds, 1),
@@ -199,7 +167,8 @@ def main(json_output: bool = False, cases: list[str] | None = None, steps: int =
         data.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(conversations)) + "\n")
         for case in cases:
             out_file = Path(tmp) / f"{case}.json"
-            command = [sys.executable, "-m", "bench.train", case, str(data), str(steps), shape, str(lora_r), tmp, str(out_file)]
+            command = [sys.executable, "-m", "bench.train", CHILD, case, str(data), str(steps), shape, str(lora_r), tmp,
+                       str(out_file)]
             proc = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
             results["cases"][case] = json.loads(out_file.read_text()) if proc.returncode == 0 else {"error": f"exit {proc.returncode}"}
     speed = {k: v.get("tokens_per_s") for k, v in results["cases"].items()}
@@ -229,7 +198,34 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # child process: one case
-    case, data, steps, shape, lora_r, tmp, out_file = sys.argv[1:8]
-    result = run_case(case, Path(data), int(steps), shape, int(lora_r), Path(tmp))
-    Path(out_file).write_text(json.dumps(result))
+# ----------------------------------------------------------------------------- the command
+def bench_train(
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    cases: Annotated[str, typer.Option(help="Comma list of a (Unsloth, notebook), b (hf), c (lorabot tuned).")] = "a,b,c",
+    steps: Annotated[int, typer.Option(help="Optimizer steps per case (the first 3 are warm-up).")] = 12,
+    conversations: Annotated[int, typer.Option(help="Synthetic conversations in the pool.")] = 2000,
+    shape: Annotated[str, typer.Option(help="Random-weight model shape.")] = "llama-3.2-1b",
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+) -> None:
+    """GPU: tokens/s, MFU and peak memory of Unsloth vs plain HF vs lorabot's tuned preset."""
+    unknown = [case for case in cases.split(",") if case not in CASES]
+    if unknown:
+        Console(stderr=True).print(f"[red]error:[/red] unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+        raise typer.Exit(2)
+    try:
+        main(json_output=json_output, cases=cases.split(","), steps=steps, conversations=conversations,
+             shape=shape, lora_r=lora_r)
+    except TrainingError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+CHILD = "--child"  # `python -m bench.train --child CASE ...`: one case, in its own process (see main)
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == [CHILD]:
+        case, data, steps, shape, lora_r, tmp, out_file = sys.argv[2:9]
+        result = run_case(case, Path(data), int(steps), shape, int(lora_r), Path(tmp))
+        Path(out_file).write_text(json.dumps(result))
+    else:  # `python -m bench.train [--json] [--steps N] ...`: the command without the bot installed
+        typer.run(bench_train)

@@ -287,7 +287,7 @@ def _mount_optional() -> None:
     app.command("train")(training_cli.train)
     app.command("export")(training_cli.export)
     app.command("eval")(eval_command)
-    bench_app.command("train")(training_cli.bench_train)
+    bench_app.command("train")(__import__("bench.train", fromlist=["bench_train"]).bench_train)
 
 
 _mount_optional()

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("trl")
 
-from bench.train import CASES, lora_step_flops, matmul_params, run_case, synthetic_conversations, table  # noqa: E402
+from bench.train import CASES, lora_step_flops, matmul_params, run_case, table  # noqa: E402
+from training.data.synthetic import synthetic_conversations  # noqa: E402
 from training.base_model import LLAMA_COMMON, LLAMA_SHAPES  # noqa: E402
 
 

@@ -153,13 +153,33 @@ def test_cli_errors_exit_cleanly_before_loading_any_model(tmp_path):
         assert result.exit_code == 2 and "needs an NVIDIA GPU" in result.output and "--preset tiny" in result.output
 
 
-def test_cli_module_imports_no_torch():
+def test_cli_module_imports_no_torch_and_no_bench():
     import subprocess
     import sys
 
-    code = "import sys, training.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = ("import sys, training.cli; print('torch' in sys.modules, 'transformers' in sys.modules, "
+            "any(name == 'bench' or name.startswith('bench.') for name in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["False", "False", "False"]  # training never imports the benchmarks
+
+
+def test_presets_come_from_the_presets_folder(tmp_path):
+    typer = pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from training import cli
+    from training.config import PRESETS_DIR
+
+    assert preset_names() == sorted(path.stem for path in PRESETS_DIR.glob("*.toml"))
+    assert "baseline-tuned" in preset_names()
+    app = typer.Typer()
+    app.command("train")(cli.train)
+    app.command("export")(cli.export)
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=400).output.split())
+    assert all(name in help_text for name in preset_names())
+    result = runner.invoke(app, ["train", "--preset", "nope", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "baseline-tuned" in " ".join(result.output.split())
 
 
 def test_export_refuses_early_when_the_disk_is_too_full(tmp_path):

@@ -1,5 +1,6 @@
-"""Typer-annotated entry points that bots/cli.py mounts as `lorabot train`, `lorabot export` and
-`lorabot bench train`. Import-light on purpose: torch & co. load only when a command runs."""
+"""Typer-annotated entry points that bots/cli.py mounts as `lorabot train` and `lorabot export`
+(`lorabot bench train` lives in bench/train.py). Import-light on purpose: torch & co. load only
+when a command runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from training.config import PRESETS_DIR, preset_names
 from training.errors import TrainingError
 
 console = Console(stderr=True)
@@ -19,8 +21,21 @@ def _fail(error: TrainingError) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _check_preset(name: str | None) -> str | None:
+    if name is not None and name not in preset_names():
+        raise typer.BadParameter(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return name
+
+
 def train(
-    preset: Annotated[Optional[str], typer.Option(help="tiny (CPU, offline), baseline (1B) or improved (3B).")] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"One of: {', '.join(preset_names())} (the files in {PRESETS_DIR.parent.name}/{PRESETS_DIR.name}/); "
+            "default tiny, the one for a CPU.",
+            callback=_check_preset,
+        ),
+    ] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML or YAML file of settings.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Local .json/.jsonl/.parquet file or hub id.")] = None,
     eval_dataset: Annotated[Optional[str], typer.Option(help="Held-out file; default: split off the dataset.")] = None,
@@ -81,30 +96,32 @@ def export(
         raise _fail(error) from None
 
 
-def bench_train(
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    cases: Annotated[str, typer.Option(help="Comma list of a (Unsloth, notebook), b (hf), c (lorabot tuned).")] = "a,b,c",
-    steps: Annotated[int, typer.Option(help="Optimizer steps per case (the first 3 are warm-up).")] = 12,
-    conversations: Annotated[int, typer.Option(help="Synthetic conversations in the pool.")] = 2000,
-    shape: Annotated[str, typer.Option(help="Random-weight model shape.")] = "llama-3.2-1b",
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+def save_tokenizer(
+    folder: Annotated[Path, typer.Argument(help="Where to write it, e.g. .gpu/tokenizer.")],
+    base_model: Annotated[str, typer.Option(help="Whose tokenizer: embedded, FILE.gguf, a folder.")] = "embedded",
 ) -> None:
-    """GPU: tokens/s, MFU and peak memory of Unsloth vs plain HF vs lorabot's tuned preset."""
-    from bench.train import main as bench_main
+    """Save a base model's tokenizer (default: the embedded SmolLM2's, repaired as for training).
+
+    `random:*` bases take this tokenizer: on a GPU host without the embedded model, point
+    `tokenizer =` in the config (or $LORABOT_RANDOM_TOKENIZER) at the folder written here."""
+    from transformers import AutoTokenizer
+
+    from training.base_model import resolve_base
 
     try:
-        bench_main(json_output=json_output, cases=cases.split(","), steps=steps,
-                   conversations=conversations, shape=shape, lora_r=lora_r)
+        AutoTokenizer.from_pretrained(resolve_base(base_model)).save_pretrained(folder)
     except TrainingError as error:
         raise _fail(error) from None
+    console.print(f"tokenizer of {base_model} saved in {folder}")
 
 
 def app():
-    """A stand-alone app (`python -m training.cli ...`) for hosts without the bot extras."""
+    """A stand-alone app (`python -m training.cli ...`) for hosts without the bot extras (the
+    benchmark's stand-alone form is `python -m bench.train`)."""
     standalone = typer.Typer(no_args_is_help=True, add_completion=False)
     standalone.command("train")(train)
     standalone.command("export")(export)
-    standalone.command("bench-train")(bench_train)
+    standalone.command("save-tokenizer")(save_tokenizer)
     return standalone
 
 

@@ -84,9 +84,33 @@ def metrics_callback(path: Path):
     return MetricsLog()
 
 
-def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -> RunResult:
-    """Run one fine-tune; returns where everything went and the before/after eval loss."""
-    started = time.time()
+@dataclass
+class TrainerSetup:
+    """What `build_trainer` made: the trainer, ready to `.train()`, and what it was made from."""
+
+    trainer: Any
+    model: Any  # with its LoRA
+    tokenizer: Any
+    base: Path | str
+    backend: str
+    hw: Any
+    dtype: str
+    train_rows: int
+    eval_rows: int
+    skipped_rows: int
+
+    @property
+    def has_eval(self) -> bool:
+        return self.eval_rows > 0
+
+
+def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
+    """The one set-up of a fine-tune, shared by `lorabot train` and `lorabot bench train`.
+
+    Hardware → backend (checked before any download) → data (checked before any model loads) →
+    backend import (Unsloth first, when chosen) → base checkpoint → model + tokenizer → encoded
+    rows with assistant-only labels → LoRA → `SFTConfig` → trainer. `sft_extra` overrides
+    `SFTConfig` fields (the benchmark turns off saving; `train` sets `disable_tqdm`)."""
     out = ensure_writable(cfg.resolved_output_dir)
     from training.hardware import detect, pick_backend, pick_dtype
 
@@ -112,29 +136,40 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
     console.print(f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} held-out conversations ({skipped} skipped)")
 
     model = backend.add_lora(model, cfg)
-    args = sft_config(cfg, hw, dtype, out, has_eval=eval_ds is not None, disable_tqdm=not progress)
+    args = sft_config(cfg, hw, dtype, out, has_eval=eval_ds is not None, **sft_extra)
     trainer = backend.trainer(model, tokenizer, args, train_ds, eval_ds)
+    return TrainerSetup(
+        trainer=trainer, model=model, tokenizer=tokenizer, base=base, backend=backend_name, hw=hw, dtype=dtype,
+        train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds else 0, skipped_rows=skipped,
+    )
+
+
+def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -> RunResult:
+    """Run one fine-tune; returns where everything went and the before/after eval loss."""
+    started = time.time()
+    setup = build_trainer(cfg, disable_tqdm=not progress)
+    out, trainer, tokenizer = cfg.resolved_output_dir, setup.trainer, setup.tokenizer
     trainer.add_callback(metrics_callback(out / "metrics.jsonl"))
 
-    before = trainer.evaluate()["eval_loss"] if eval_ds is not None and not resume else None
+    before = trainer.evaluate()["eval_loss"] if setup.has_eval and not resume else None
     try:
         stats = trainer.train(resume_from_checkpoint=resume or None)
     except ValueError as error:
         if "checkpoint" in str(error).lower():
             raise TrainingError(f"cannot resume: {error} (looked in {out / 'checkpoints'})") from error
         raise
-    after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    after = trainer.evaluate()["eval_loss"] if setup.has_eval else None
 
     adapter_dir = out / "adapter"
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     result = RunResult(
-        output_dir=out, adapter_dir=adapter_dir, backend=backend_name, device=hw.device_name, dtype=dtype,
-        train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds else 0, skipped_rows=skipped,
+        output_dir=out, adapter_dir=adapter_dir, backend=setup.backend, device=setup.hw.device_name,
+        dtype=setup.dtype, train_rows=setup.train_rows, eval_rows=setup.eval_rows, skipped_rows=setup.skipped_rows,
         eval_loss_before=before, eval_loss_after=after, train_loss=stats.training_loss,
         seconds=round(time.time() - started, 1),
     )
-    write_run_file(out, cfg, base, result)
+    write_run_file(out, cfg, setup.base, result)
     console.print(
         f"[green]trained[/green] {result.seconds:.0f}s, train loss {result.train_loss:.3f}"
         + (f", eval loss {before:.3f} → {after:.3f}" if before is not None and after is not None else "")
