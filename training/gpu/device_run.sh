@@ -1,17 +1,36 @@
 #!/usr/bin/env bash
-# The GPU session, from the repo root on the CUDA host (wheels carried in .wheels/p1, .wheels/p2,
-# the embedded model's tokenizer in .gpu/tokenizer):
-#   bash training/gpu/device_run.sh install p1        # first transfer: install + probe
-#   bash training/gpu/device_run.sh train p2          # second: install the rest, Unsloth baseline run + export
-#   bash training/gpu/device_run.sh bench             # `lorabot bench train` (a)/(b)/(c)
-#   bash training/gpu/device_run.sh test ../.gpu/whl  # the CUDA-only pytest tests (pytest wheels in .gpu/whl)
+# The GPU session, from the repo root on the CUDA host:
+#   bash training/gpu/device_run.sh STAGE [--wheels DIR]... [-- BENCH FLAGS]
+# STAGE is install | train | bench | test. Each `--wheels DIR` (a path, relative to the repo root
+# or absolute; repeatable) is a folder of wheels installed first (training/gpu/install_wheels.sh).
+# Anything after `--` goes to the benchmark (`python3 -m bench.train --json ...`), `bench` stage
+# only. Every `random:*` base here takes the tokenizer in .gpu/tokenizer: make it where lorabot
+# is installed with `python -m training.cli save-tokenizer .gpu/tokenizer` and carry it along.
+#   bash training/gpu/device_run.sh install --wheels .wheels/p1     # first transfer: install + probe
+#   bash training/gpu/device_run.sh train --wheels .wheels/p2       # second: install the rest, Unsloth baseline run + export
+#   bash training/gpu/device_run.sh bench -- --steps 40            # `lorabot bench train` (a)/(b)/(c)
+#   bash training/gpu/device_run.sh test --wheels .gpu/whl         # the CUDA-only pytest tests (pytest wheels in .gpu/whl)
 set -uo pipefail
-stage=$1; shift
+usage="usage: bash training/gpu/device_run.sh install|train|bench|test [--wheels DIR]... [-- BENCH FLAGS]"
+stage=${1:-}; shift || true
+case $stage in install|train|bench|test) ;; *) echo "$usage" >&2; exit 2 ;; esac
+wheel_dirs=(); bench_flags=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --wheels) [ $# -ge 2 ] || { echo "--wheels needs a folder; $usage" >&2; exit 2; }
+              [ -d "$2" ] || { echo "--wheels $2: no such folder" >&2; exit 2; }
+              wheel_dirs+=("$2"); shift 2 ;;
+    --) shift; bench_flags=("$@"); break ;;
+    *) echo "unexpected argument '$1' (a wheel folder is --wheels DIR, benchmark flags go after --); $usage" >&2; exit 2 ;;
+  esac
+done
+if [ ${#bench_flags[@]} -gt 0 ] && [ "$stage" != bench ]; then
+  echo "flags after -- are for the bench stage only; $usage" >&2; exit 2
+fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export LORABOT_CACHE_DIR=/tmp/lorabot-cache LORABOT_RANDOM_TOKENIZER=$PWD/.gpu/tokenizer
 export TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/lorabot-out}; mkdir -p "$OUT" /tmp/lorabot-gpu
-wheel_dirs=(); for part in "$@"; do wheel_dirs+=(".wheels/$part"); done
 source training/gpu/install_wheels.sh "${wheel_dirs[@]}" || exit 1
 export PYTHONPATH="$PWD:$PYTHONPATH"
 case $stage in
@@ -30,9 +49,7 @@ PY
     ;;
   train)
     python3 -c "import unsloth, trl, peft, bitsandbytes; print('unsloth', unsloth.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -3
-    python3 -c "
-import json; from bench.train import synthetic_conversations
-open('/tmp/lorabot-gpu/finetome-like.jsonl','w').write('\n'.join(json.dumps(r) for r in synthetic_conversations(3000)))"
+    python3 -m training.data.synthetic /tmp/lorabot-gpu/finetome-like.jsonl --count 3000  # the dataset the config reads
     python3 -m training.cli train --config training/gpu/baseline-random-1b.toml 2>&1 \
       | grep -v "it/s]\|s/it]" | tee "$OUT/train.log" | tail -60
     cp /tmp/lorabot-gpu/baseline-random-1b/metrics.jsonl /tmp/lorabot-gpu/baseline-random-1b/run.json "$OUT/" 2>/dev/null
@@ -43,7 +60,7 @@ open('/tmp/lorabot-gpu/finetome-like.jsonl','w').write('\n'.join(json.dumps(r) f
       tests/test_training_gpu.py tests/test_training_bench.py 2>&1 | grep -v "it/s]\|s/it]\|examples/s]" | tail -60
     ;;
   bench)
-    python3 -m training.cli bench-train --json "$@" 2> "$OUT/bench.stderr" | tee "$OUT/bench.json"
+    python3 -m bench.train --json "${bench_flags[@]}" 2> "$OUT/bench.stderr" | tee "$OUT/bench.json"
     tail -40 "$OUT/bench.stderr"
     python3 -c "import json,sys; from bench.train import table; print(table(json.load(open('$OUT/bench.json'))))"
     ;;
