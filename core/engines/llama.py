@@ -320,33 +320,37 @@ class LlamaEngine:
         server does): one token for each generation already generating, plus up to
         `prefill_chunk` prompt tokens shared by those still reading, first come first served; a
         prompt longer than that is read over several steps. Returns (new text, finished) per
-        generation: ("", False) for one still reading."""
-        batch = self.batch
-        used = 0
+        generation: ("", False) for one still reading.
+
+        The batch lists its sequences in increasing slot order: with one KV stream per slot,
+        llama.cpp computes a run of consecutive sequence ids together, and splits the batch
+        wherever the next sequence id is not the previous one + 1 (see docs/engine.md)."""
         room = self.prefill_chunk
-        decoding = [g for g in generations if not g.reading]
-        reading = sorted((g for g in generations if g.reading), key=lambda g: g.order)
-        for generation in decoding:
-            generation.logit_index = used
-            slot = generation.slot
-            token = generation.pending[0]
-            used = batch.put(used, generation.pending, len(slot.tokens), slot.seq_id, True)
-            slot.tokens.append(token)
-            generation.pending = []
-        for generation in reading:
+        plan: list[tuple[Generation, list[int], bool]] = []  # what each generation feeds this step
+        for generation in generations:
             generation.logit_index = None
+            if not generation.reading:
+                plan.append((generation, generation.pending, True))
+        for generation in sorted((g for g in generations if g.reading), key=lambda g: g.order):
             if room <= 0:
-                continue
+                break
             take = generation.pending[:room]
             room -= len(take)
+            plan.append((generation, take, len(take) == len(generation.pending)))
+        plan.sort(key=lambda entry: entry[0].slot.seq_id)
+        batch = self.batch
+        used = 0
+        for generation, take, last in plan:
             slot = generation.slot
-            last = len(take) == len(generation.pending)
             used = batch.put(used, take, len(slot.tokens), slot.seq_id, last)
             if last:
                 generation.logit_index = used - 1
             slot.tokens.extend(take)
-            del generation.pending[: len(take)]
-            generation.prefill_steps += 1
+            if generation.reading:
+                del generation.pending[: len(take)]
+                generation.prefill_steps += 1
+            else:
+                generation.pending = []
         if used:
             batch.batch.n_tokens = used
             self.steps += 1
