@@ -81,7 +81,9 @@ def _migrate_to_v1(db: sqlite3.Connection) -> None:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1]  # MIGRATIONS[v] makes v + 1
 
 
-class HistoryStore:
+class ConversationStore:
+    """Per-conversation turns (questions, replies, their state) and choices (the model), in SQLite."""
+
     def __init__(self, path: Path, *, keep_days: float = 0, busy_timeout_s: float | None = None) -> None:
         """Open (and if needed create or migrate) the store. `keep_days` > 0 prunes older turns."""
         path = Path(path)

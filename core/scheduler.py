@@ -2,8 +2,13 @@
 
 Requests are grouped per user and served round-robin, one running request per user, so one
 user's burst cannot starve the others. The requester's own task does the work once its turn
-comes (`async with scheduler.turn(user) as ticket`), so cancelling that task is all it takes to
-leave the queue or stop a running request.
+comes. `ChatService.reply` drives the steps itself: `enqueue(user)` (raises `Busy` when the queue
+is full, `ShuttingDown` after `close()`) gives a `Ticket`; while `ticket.ready` is not done it
+reports `position(ticket)` as a `Queued` event whenever that changes and awaits
+`wait_for_change(ticket)`; once ready it generates; and `release(ticket)`, in a `finally`, leaves
+the queue or frees the running slot. Cancelling the requester's task therefore is all it takes to
+leave the queue or stop a running request. `turn(user)` wraps enqueue/wait/release in one
+`async with` for callers that need no position updates (the tests).
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ class FairScheduler:
     # -- the public context manager ------------------------------------------------------
     @asynccontextmanager
     async def turn(self, user_id: str) -> AsyncIterator[Ticket]:
-        """Wait for this user's turn, hold it for the body, release it afterwards."""
+        """Wait for this user's turn, hold it for the body, release it afterwards (no position
+        updates; `ChatService.reply` calls enqueue/position/wait_for_change/release itself)."""
         ticket = self.enqueue(user_id)
         try:
             await ticket.ready

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from core.engines.base import Engine, GenerationRequest, GenerationStats, Message
 from core.errors import Busy, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
-from core.history import HistoryStore
+from core.history import ConversationStore
 from core.limits import UserRateLimiter, clean_user_text
-from core.models import EngineFactory, ModelPool
+from core.pool import EngineFactory, ModelPool
 from core.registry import ModelEntry, ModelRegistry
 from core.scheduler import FairScheduler
 from core.settings import CoreSettings
@@ -58,7 +58,7 @@ class ChatService:
         self.pool = ModelPool(self.registry, settings, engine_factory)
         self.scheduler = FairScheduler(max_waiting=settings.queue_max, concurrency=settings.parallel)
         self.limiter = UserRateLimiter(settings.rate_limit_messages, settings.rate_limit_period_s)
-        self.history: HistoryStore | None = None
+        self.history: ConversationStore | None = None
         self._speeds: deque[float] = deque(maxlen=20)
         self._reply_seconds: deque[float] = deque(maxlen=50)  # Started → Done, for wait estimates
         self._replies = 0
@@ -67,7 +67,7 @@ class ChatService:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         path, keep_days = self.settings.data_dir / "history.sqlite3", self.settings.history_keep_days
-        self.history = await asyncio.to_thread(HistoryStore, path, keep_days=keep_days)
+        self.history = await asyncio.to_thread(ConversationStore, path, keep_days=keep_days)
         await self.history.recover()  # a killed process's pending turns become interrupted
         self.registry.get(self.settings.default_model)  # fail at start-up, not on first message
 
@@ -222,7 +222,7 @@ class ChatService:
 
     # -- internals -------------------------------------------------------------------------
     @property
-    def _store(self) -> HistoryStore:
+    def _store(self) -> ConversationStore:
         if self.history is None:
             raise RuntimeError("ChatService.start() was not called")
         return self.history

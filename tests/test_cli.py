@@ -27,9 +27,9 @@ def lorabot(tmp_path: Path, *args: str, env: dict[str, str] | None = None, stdin
 
 def stored_history(tmp_path: Path) -> list[dict]:
     """The terminal conversation as the core stored it (what the model was asked and answered)."""
-    from core.history import HistoryStore
+    from core.history import ConversationStore
 
-    store = HistoryStore(tmp_path / "data" / "history.sqlite3")
+    store = ConversationStore(tmp_path / "data" / "history.sqlite3")
     try:
         return asyncio.run(store.recent(f"console:{getpass.getuser()}", 10))
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import Busy, EmptyMessage, GenerationTimeout, RateLimited, UnknownModel
 from core.events import Accepted, Delta, Done, Notice, Queued, Started
-from core.history import HistoryStore
+from core.history import ConversationStore
 from core.service import InterruptedReply
 from support.engines import make_service
 
@@ -326,7 +326,7 @@ async def test_timed_out_reply_is_marked_failed(tmp_path):
 async def test_record_delivery_and_take_interrupted_after_a_killed_process(tmp_path):
     # what a killed process leaves: an accepted question, part of its reply shown, never settled
     # (tests/faults/test_store_faults.py does it with a real SIGKILL)
-    store = HistoryStore(tmp_path / "data" / "history.sqlite3")
+    store = ConversationStore(tmp_path / "data" / "history.sqlite3")
     turn_id = await store.begin_turn("telegram:5", "tell me")
     await store.record_delivery(turn_id, "telegram", ["5:77"], "w ")
     await store.record_delivery(turn_id, "telegram", ["5:77", "5:78"], "w w ")  # the latest one counts
@@ -342,7 +342,7 @@ async def test_record_delivery_and_take_interrupted_after_a_killed_process(tmp_p
 
 
 async def test_interrupted_turn_without_handles_is_not_returned(tmp_path):
-    store = HistoryStore(tmp_path / "data" / "history.sqlite3")
+    store = ConversationStore(tmp_path / "data" / "history.sqlite3")
     await store.begin_turn("c1", "never shown")
     store.close()
     async with make_service(tmp_path) as service:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from core import history
 from core.errors import StoreUnavailable
 from core.events import Accepted, Delta, Done
-from core.history import HistoryStore
+from core.history import ConversationStore
 from bots.cli import app
 from core.service import InterruptedReply
 from support.engines import make_service
@@ -142,7 +142,7 @@ async def test_disk_full_gives_clear_error_and_the_next_write_works(tmp_path):
 async def test_write_failing_inside_its_transaction_is_rolled_back(tmp_path):
     """A statement that fails after BEGIN (as a busy COMMIT in rollback-journal mode does) must
     not leave the transaction open: the old store then failed every later write."""
-    store = HistoryStore(tmp_path / "history.sqlite3")
+    store = ConversationStore(tmp_path / "history.sqlite3")
     with pytest.raises(StoreUnavailable):
         await store.begin_turn("c1", None)  # type: ignore[arg-type]  # NOT NULL fails inside BEGIN
     turn_id = await store.begin_turn("c1", "fine")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.engines.base import Engine
-from core.models import default_engine_factory
+from core.pool import default_engine_factory
 from core.registry import ModelEntry
 from core.settings import CoreSettings
 

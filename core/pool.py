@@ -1,4 +1,4 @@
-"""Loaded models: lazily loaded on first use, least-recently-used unloaded over the cap.
+"""The pool of loaded models (`ModelPool`): lazily loaded on first use, least-recently-used unloaded over the cap.
 
 Each `EngineWorker` counts the requests using it, and nothing in use is ever closed: a model
 over the cap waits for its last user (the cap may be exceeded meanwhile), and a model whose
