@@ -50,3 +50,23 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# llama.cpp's own `llama-server`, for the llama_server side of `lorabot bench engine`
+# (docs/benchmarks.md): built from the llama.cpp sources vendored in the llama-cpp-python sdist we
+# run (same version, same CMAKE_ARGS), static, no web UI, no network at build time. About 15
+# minutes on 2 cores; only ever built on request (`make llama-server`), never by tests or CI.
+LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
+LLAMA_SERVER_DIR := $(VENV)/llama-server
+
+.PHONY: llama-server
+llama-server: $(BIN)/llama-server
+
+$(BIN)/llama-server: | $(BIN)/python
+	rm -rf $(LLAMA_SERVER_DIR)/src && mkdir -p $(LLAMA_SERVER_DIR)/src
+	$(PIP) download --no-binary :all: --no-deps -d $(LLAMA_SERVER_DIR) llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)
+	tar -xzf $(LLAMA_SERVER_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz -C $(LLAMA_SERVER_DIR)/src --strip-components=1
+	cmake -S $(LLAMA_SERVER_DIR)/src/vendor/llama.cpp -B $(LLAMA_SERVER_DIR)/build -DCMAKE_BUILD_TYPE=Release \
+		-DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+		-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF $(CMAKE_ARGS)
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server
+	install -m 755 $(LLAMA_SERVER_DIR)/build/bin/llama-server $@
