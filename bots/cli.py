@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bots.platforms import PLATFORMS
 from core.errors import ChatError
 from core.logs import configure_logging
 from core.registry import ModelRegistry, RegistryError
@@ -206,16 +207,18 @@ def _log_start(platforms: list[str], service: ChatService) -> None:
     )
 
 
-@app.command()
-def discord() -> None:
-    """Start the Discord bot (needs DISCORD_TOKEN)."""
-    _run_platform("discord")
+def _platform_command(name: str, variable: str) -> None:
+    """`lorabot <platform>`: one command per entry of `bots.platforms.PLATFORMS`."""
+
+    def start() -> None:
+        _run_platform(name)
+
+    start.__doc__ = f"Start only the {name.capitalize()} bot (needs {variable})."
+    app.command(name)(start)
 
 
-@app.command()
-def telegram() -> None:
-    """Start the Telegram bot (needs TELEGRAM_TOKEN)."""
-    _run_platform("telegram")
+for _name, (_variable, *_) in PLATFORMS.items():
+    _platform_command(_name, _variable)
 
 
 def _run_platform(name: str) -> None:
@@ -277,17 +280,46 @@ def bench_load(
     )  # fmt: skip
 
 
+def _missing_extra(name: str, extra: str, error: ImportError) -> Callable[..., None]:
+    """A stand-in for a command whose extra is not installed: it says which one to install."""
+
+    def command(ctx: typer.Context) -> None:
+        console.print(
+            f"[red]`lorabot {name}` needs the `{extra}` extra ({error.name or error} is missing): "
+            f"pip install -e '.[{extra}]' (or `make setup-dev`).[/red]"
+        )
+        raise typer.Exit(2)
+
+    command.__doc__ = f"(not installed: needs the `{extra}` extra)"
+    return command
+
+
+_LOOSE = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
 def _mount_optional() -> None:
-    """Commands from the training/eval side; missing extras give a clear message, not a crash."""
+    """Commands from the training/eval side. Without their extra they still appear and say
+    which extra to install, instead of vanishing from `--help`."""
     try:
         from training import cli as training_cli
+    except ImportError as error:
+        app.command("train", context_settings=_LOOSE)(_missing_extra("train", "train", error))
+        app.command("export", context_settings=_LOOSE)(_missing_extra("export", "train", error))
+    else:
+        app.command("train")(training_cli.train)
+        app.command("export")(training_cli.export)
+    try:
         from training.evaluate.cli import eval as eval_command
-    except ImportError:
-        return
-    app.command("train")(training_cli.train)
-    app.command("export")(training_cli.export)
-    app.command("eval")(eval_command)
-    bench_app.command("train")(__import__("bench.train", fromlist=["bench_train"]).bench_train)
+    except ImportError as error:
+        app.command("eval", context_settings=_LOOSE)(_missing_extra("eval", "eval", error))
+    else:
+        app.command("eval")(eval_command)
+    try:
+        from bench.train import bench_train
+    except ImportError as error:
+        bench_app.command("train", context_settings=_LOOSE)(_missing_extra("bench train", "train", error))
+    else:
+        bench_app.command("train")(bench_train)
 
 
 _mount_optional()
