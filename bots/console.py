@@ -7,7 +7,7 @@ import getpass
 import sys
 from typing import TextIO
 
-from core.errors import ChatError
+from core.errors import BadTemperature, ChatError
 from core.events import Delta, Done, Notice, Queued
 from core.service import ChatService
 
@@ -16,6 +16,7 @@ HELP = """Commands:
   /model        show the current model
   /models       list registered models
   /reset        forget this conversation
+  /temperature [X|default]  show or set how varied answers are (0–2)
   /help         this help
   /quit         leave (Ctrl-D works too)"""
 
@@ -71,6 +72,17 @@ class ConsoleChat:
                 self.say(error.user_message)
         elif name == "model":
             self.say(f"Current model: {await self.service.current_model(self.conversation_id)}")
+        elif name == "temperature":
+            try:
+                if argument:
+                    value = None if argument.lower() == "default" else float(argument)
+                    await self.service.set_temperature(self.conversation_id, value)
+                model = await self.service.current_model(self.conversation_id)
+                self.say(f"Temperature: {await self.service.current_temperature(self.conversation_id, model):g}")
+            except ValueError:
+                self.say(BadTemperature(*self.service.TEMPERATURE_RANGE).user_message)
+            except ChatError as error:
+                self.say(error.user_message)
         elif name == "reset":
             try:
                 await self.service.reset(self.conversation_id)

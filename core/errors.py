@@ -46,6 +46,11 @@ class TooManyWaiting(ChatError):
         )
 
 
+class BadTemperature(ChatError):
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__(f"The temperature must be a number from {low:g} to {high:g} (e.g. 0.7), or 'default'.")
+
+
 class UnknownModel(ChatError):
     def __init__(self, name: str, valid: list[str]) -> None:
         self.name = name

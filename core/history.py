@@ -32,7 +32,7 @@ PRUNE_EVERY_S = 3600.0
 MAX_DEFERRED = 1000  # settle/delivery writes kept for a retry while the store refuses writes
 
 # Version 0 is a new file or the first layout (a `messages` table, before versions were stored).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA_V1 = [
     """CREATE TABLE IF NOT EXISTS turns (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,7 +78,17 @@ def _migrate_to_v1(db: sqlite3.Connection) -> None:
         log.info("history store: %d stored exchange(s) moved to the turns table", kept)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1]  # MIGRATIONS[v] makes v + 1
+def _migrate_to_v2(db: sqlite3.Connection) -> None:
+    """Per-conversation options (the sampling temperature chosen with /temperature)."""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS conversation_options (
+            conversation_id TEXT PRIMARY KEY,
+            temperature REAL                 -- NULL: the model's or the global default
+        )"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2]  # [v] makes v + 1
 
 
 class ConversationStore:
@@ -354,6 +364,27 @@ class ConversationStore:
                 (key, model),
             ),
             "save the model choice",
+        )
+
+    async def temperature(self, conversation_id: str) -> float | None:
+        rows = await self._async(
+            self._read,
+            lambda db: db.execute(
+                "SELECT temperature FROM conversation_options WHERE conversation_id = ?", (conversation_id,)
+            ).fetchall(),
+            "read the temperature",
+        )
+        return rows[0][0] if rows else None
+
+    async def set_temperature(self, conversation_id: str, value: float | None) -> None:
+        await self._async(
+            self._write,
+            lambda db: db.execute(
+                "INSERT INTO conversation_options (conversation_id, temperature) VALUES (?, ?) "
+                "ON CONFLICT(conversation_id) DO UPDATE SET temperature = excluded.temperature",
+                (conversation_id, value),
+            ),
+            "save the temperature",
         )
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from core.engines.base import Engine, GenerationRequest, GenerationStats, Message
-from core.errors import Busy, ChatError, GenerationTimeout, TooManyWaiting
+from core.errors import BadTemperature, Busy, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
 from core.history import ConversationStore
 from core.limits import UserRateLimiter, clean_user_text
@@ -116,6 +116,23 @@ class ChatService:
         entry = self.registry.get(name)
         await self._store.set_model_choice(f"scope:{scope_id}", name)
         return entry
+
+    # -- sampling ----------------------------------------------------------------------------
+    TEMPERATURE_RANGE = (0.0, 2.0)  # 0 = greedy; above 2 a small model only babbles
+
+    async def set_temperature(self, conversation_id: str, value: float | None) -> None:
+        """This conversation's sampling temperature (None: back to the model's or global default)."""
+        low, high = self.TEMPERATURE_RANGE
+        if value is not None and not low <= value <= high:  # NaN fails this too
+            raise BadTemperature(low, high)
+        await self._store.set_temperature(conversation_id, value)
+
+    async def current_temperature(self, conversation_id: str, model: str | None = None) -> float:
+        """The conversation's own temperature, else the model's default, else the global one."""
+        if (own := await self._store.temperature(conversation_id)) is not None:
+            return own
+        entry = self.registry.get(model) if model and model in self.registry else None
+        return entry.temperature if entry and entry.temperature is not None else self.settings.temperature
 
     # -- conversations ---------------------------------------------------------------------
     async def reset(self, conversation_id: str) -> int:
@@ -241,7 +258,7 @@ class ChatService:
             conversation_id=conversation_id,
             messages=messages,
             max_new_tokens=max_new,
-            temperature=entry.temperature if entry.temperature is not None else settings.temperature,
+            temperature=await self.current_temperature(conversation_id, entry.name),
             top_p=entry.top_p if entry.top_p is not None else settings.top_p,
             seed=settings.seed,
         )

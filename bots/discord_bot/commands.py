@@ -1,4 +1,4 @@
-"""Slash commands: /chat, /model, /model-default, /reset, /help, /stats.
+"""Slash commands: /chat, /model, /model-default, /reset, /help, /stats, /temperature.
 
 Each is a small decorated function; the allow/deny lists are applied once in
 `LorabotTree.interaction_check`. Replies about settings are ephemeral so channels stay quiet.
@@ -22,7 +22,7 @@ from bots.discord_bot.policy import (
 )
 from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
 from bots.text import stats_lines
-from core.errors import ChatError
+from core.errors import BadTemperature, ChatError
 
 if TYPE_CHECKING:  # the client registers these commands: no import at run time, no cycle
     from bots.discord_bot.client import LorabotClient
@@ -38,6 +38,7 @@ thread: the thread's, shared by everyone in it). `/model name: scope:channel` ch
 channel (Manage Channels). `/model-default name:` sets the server's default (Manage Server).
   Your conversation's choice wins over the channel's, the channel's over the server's.
 • `/reset` makes me forget this conversation; `/stats` shows the queue and speed.
+• `/temperature value:` sets how varied my answers are in your conversation here (0–2; `default` goes back to the model's).
 Replies stream in as they are written; when many people ask at once you'll see your place in the queue."""
 
 CONVERSATION, CHANNEL = "conversation", "channel"
@@ -194,12 +195,37 @@ async def help_command(interaction: discord.Interaction) -> None:
 
 @app_commands.command(name="stats", description="Queue, loaded models and speed.")
 async def stats(interaction: discord.Interaction) -> None:
-    service = _client(interaction).service
+    client = _client(interaction)
+    service, origin = client.service, client.origin_of_interaction(interaction)
     numbers = service.stats()
     wait = service.estimated_wait_s(numbers.queue_depth + 1) if numbers.queue_depth else None
-    await _say(interaction, "\n".join(stats_lines(numbers, wait)))
+    model_here = await service.current_model(conversation_id(origin), model_scopes(origin))
+    temperature = await service.current_temperature(conversation_id(origin), model_here)
+    here = f"Model in your conversation here: {_code(model_here)}, temperature {temperature:g}"
+    await _say(interaction, "\n".join([here, *stats_lines(numbers, wait)]))
+
+
+@app_commands.command(name="temperature", description="Show or set how varied answers are in your conversation here.")
+@app_commands.describe(value="0 (always the same answer) to 2 (most varied), or 'default'")
+async def temperature(interaction: discord.Interaction, value: str | None = None) -> None:
+    client = _client(interaction)
+    origin = client.origin_of_interaction(interaction)
+    conversation = conversation_id(origin)
+    model_here = await client.service.current_model(conversation, model_scopes(origin))
+    if value is not None:
+        try:
+            number = None if value.strip().lower() == "default" else float(value.replace(",", "."))
+            await client.service.set_temperature(conversation, number)
+        except ValueError:
+            await _say(interaction, f"⚠️ {BadTemperature(*client.service.TEMPERATURE_RANGE).user_message}")
+            return
+        except ChatError as error:
+            await _say(interaction, f"⚠️ {error.user_message}")
+            return
+    current = await client.service.current_temperature(conversation, model_here)
+    await _say(interaction, f"Temperature in your conversation here: {current:g}.")
 
 
 def register_commands(tree: app_commands.CommandTree) -> None:
-    for command in (chat, model, model_default, reset, help_command, stats):
+    for command in (chat, model, model_default, reset, help_command, stats, temperature):
         tree.add_command(command)

@@ -35,6 +35,7 @@ from bots.telegram_bot.handlers import (
     cmd_model,
     cmd_reset,
     cmd_stats,
+    cmd_temperature,
     on_error,
     on_group_text,
     on_model_button,
@@ -73,6 +74,7 @@ def build_application(service: ChatService, settings: TelegramSettings) -> Appli
     app.add_handler(CommandHandler("model", cmd_model))
     app.add_handler(CommandHandler("reset", cmd_reset))
     app.add_handler(CommandHandler("stats", cmd_stats))
+    app.add_handler(CommandHandler("temperature", cmd_temperature))
     app.add_handler(CallbackQueryHandler(on_model_button, pattern=f"^{MODEL_PREFIX}"))
     text = filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND
     app.add_handler(MessageHandler(text & private, on_private_text))

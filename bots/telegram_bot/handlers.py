@@ -26,7 +26,7 @@ from bots.telegram_bot.replies import (
     say,
 )
 from bots.telegram_bot.state import bot_state
-from core.errors import ChatError
+from core.errors import BadTemperature, ChatError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ COMMANDS = [
     BotCommand("model", "Choose the model for this chat"),
     BotCommand("reset", "Forget this conversation (in groups: admins only)"),
     BotCommand("stats", "Queue, speed and loaded models"),
+    BotCommand("temperature", "Show or set how creative answers are: /temperature 0.7"),
 ]
 HELP = (
     "I'm lorabot, a small language model running on a CPU.\n\n"
@@ -45,7 +46,8 @@ HELP = (
     "messages, or use /ask <question>.\n\n"
     "/model – choose the model for this chat (in groups: admins only)\n"
     "/reset – forget this conversation (in groups: admins only, the group shares it)\n"
-    "/stats – queue, speed and loaded models\n\n"
+    "/stats – queue, speed and loaded models\n"
+    "/temperature [0–2|default] – how creative answers are here (in groups: admins only)\n\n"
     "Model here: {model}"
 )
 
@@ -193,13 +195,43 @@ async def cmd_reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await say(update.effective_message, f"🧹 Forgot this conversation ({removed} messages).")
 
 
+async def cmd_temperature(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/temperature` shows it, `/temperature 0.4` or `default` sets it for this conversation
+    (in groups the conversation is shared: chat admins only, as for /reset)."""
+    service, message = bot_state(context).service, update.effective_message
+    conversation = conversation_id(message)
+    if not context.args:
+        current = await service.current_temperature(conversation, await _model_here(service, message))
+        await say(message, f"Temperature here: {current:g} (0 = always the same answer, 2 = most varied)")
+        return
+    if not await is_chat_admin(update, context):
+        await say(message, "Only chat admins can change the temperature here (the group shares it).")
+        return
+    try:
+        value = None if context.args[0].lower() == "default" else float(context.args[0].replace(",", "."))
+        await service.set_temperature(conversation, value)
+    except ValueError:
+        await say(message, f"⚠️ {BadTemperature(*service.TEMPERATURE_RANGE).user_message}")
+        return
+    except ChatError as error:
+        await say(message, f"⚠️ {error.user_message}")
+        return
+    current = await service.current_temperature(conversation, await _model_here(service, message))
+    await say(message, f"Temperature here is now {current:g}.")
+
+
+async def _model_here(service, message) -> str:
+    return await service.current_model(conversation_id(message), scope_id(message.chat))
+
+
 async def cmd_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     service = bot_state(context).service
     stats = service.stats()
     message = update.effective_message
     model = await service.current_model(conversation_id(message), scope_id(message.chat))
     wait = service.estimated_wait_s(stats.queue_depth + 1) if stats.queue_depth else None
-    await say(message, "\n".join([f"Model here: {model}", *stats_lines(stats, wait)]))
+    temperature = await service.current_temperature(conversation_id(message), model)
+    await say(message, "\n".join([f"Model here: {model}, temperature {temperature:g}", *stats_lines(stats, wait)]))
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
