@@ -7,7 +7,7 @@ import getpass
 import sys
 from typing import TextIO
 
-from core.errors import BadTemperature, ChatError
+from core.errors import ChatError
 from core.events import Delta, Done, Notice, Queued
 from core.service import ChatService
 
@@ -75,12 +75,9 @@ class ConsoleChat:
         elif name == "temperature":
             try:
                 if argument:
-                    value = None if argument.lower() == "default" else float(argument)
-                    await self.service.set_temperature(self.conversation_id, value)
+                    await self.service.set_temperature(self.conversation_id, argument)
                 model = await self.service.current_model(self.conversation_id)
                 self.say(f"Temperature: {await self.service.current_temperature(self.conversation_id, model):g}")
-            except ValueError:
-                self.say(BadTemperature(*self.service.TEMPERATURE_RANGE).user_message)
             except ChatError as error:
                 self.say(error.user_message)
         elif name == "reset":

@@ -120,9 +120,16 @@ class ChatService:
     # -- sampling ----------------------------------------------------------------------------
     TEMPERATURE_RANGE = (0.0, 2.0)  # 0 = greedy; above 2 a small model only babbles
 
-    async def set_temperature(self, conversation_id: str, value: float | None) -> None:
-        """This conversation's sampling temperature (None: back to the model's or global default)."""
+    async def set_temperature(self, conversation_id: str, value: float | str | None) -> None:
+        """This conversation's sampling temperature (None or "default": back to the model's or
+        global default). Text is what a user typed ("0.7", "0,7"); anything else is `BadTemperature`."""
         low, high = self.TEMPERATURE_RANGE
+        if isinstance(value, str):
+            text = value.strip().lower()
+            try:
+                value = None if text == "default" else float(text.replace(",", "."))
+            except ValueError:
+                raise BadTemperature(low, high) from None
         if value is not None and not low <= value <= high:  # NaN fails this too
             raise BadTemperature(low, high)
         await self._store.set_temperature(conversation_id, value)

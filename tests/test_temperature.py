@@ -19,6 +19,11 @@ async def test_service_keeps_a_temperature_per_conversation(tmp_path):
             await service.set_temperature("a", 2.5)
         with pytest.raises(BadTemperature):
             await service.set_temperature("a", float("nan"))
+        with pytest.raises(BadTemperature):
+            await service.set_temperature("a", "warm")
+        await service.set_temperature("b", "0,9")  # as typed, with a decimal comma
+        assert await service.current_temperature("b") == 0.9
+        await service.set_temperature("b", "default")
         assert await service.current_temperature("a") == 0.2 and await service.current_temperature("b") == 0.7
         async for _ in service.reply("a", "u1", "hi"):
             pass

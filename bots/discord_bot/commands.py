@@ -22,7 +22,7 @@ from bots.discord_bot.policy import (
 )
 from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
 from bots.text import stats_lines
-from core.errors import BadTemperature, ChatError
+from core.errors import ChatError
 
 if TYPE_CHECKING:  # the client registers these commands: no import at run time, no cycle
     from bots.discord_bot.client import LorabotClient
@@ -214,11 +214,7 @@ async def temperature(interaction: discord.Interaction, value: str | None = None
     model_here = await client.service.current_model(conversation, model_scopes(origin))
     if value is not None:
         try:
-            number = None if value.strip().lower() == "default" else float(value.replace(",", "."))
-            await client.service.set_temperature(conversation, number)
-        except ValueError:
-            await _say(interaction, f"⚠️ {BadTemperature(*client.service.TEMPERATURE_RANGE).user_message}")
-            return
+            await client.service.set_temperature(conversation, value)
         except ChatError as error:
             await _say(interaction, f"⚠️ {error.user_message}")
             return

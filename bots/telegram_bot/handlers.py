@@ -26,7 +26,7 @@ from bots.telegram_bot.replies import (
     say,
 )
 from bots.telegram_bot.state import bot_state
-from core.errors import BadTemperature, ChatError
+from core.errors import ChatError
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,7 @@ async def cmd_temperature(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         await say(message, "Only chat admins can change the temperature here (the group shares it).")
         return
     try:
-        value = None if context.args[0].lower() == "default" else float(context.args[0].replace(",", "."))
-        await service.set_temperature(conversation, value)
-    except ValueError:
-        await say(message, f"⚠️ {BadTemperature(*service.TEMPERATURE_RANGE).user_message}")
-        return
+        await service.set_temperature(conversation, context.args[0])
     except ChatError as error:
         await say(message, f"⚠️ {error.user_message}")
         return
