@@ -332,7 +332,7 @@ async def test_reset_help_and_stats(fake, start_bot):
 async def test_commands_are_synced_on_start(fake, start_bot):
     await start_bot()
     assert fake.find("PUT", r"^/applications/\d+/commands$")
-    assert {c["name"] for c in fake.commands} == {"chat", "model", "model-default", "reset", "help", "stats"}
+    assert {c["name"] for c in fake.commands} == {"chat", "model", "model-default", "reset", "help", "stats", "temperature"}
     assert fake.identify["token"] == fake.token and fake.heartbeats >= 1  # gateway handshake done
 
 
