@@ -38,7 +38,7 @@ from core.registry import ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
 from core.timing import decode_rate, timed_reply
-from core.worker import compute_thread
+from core.worker import OMP_WAIT_POLICY_BEFORE, compute_thread
 
 QUESTIONS = [
     "Explain recursion to a 5 year old.",
@@ -202,13 +202,23 @@ class LlamaServer:
         ]
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        # Run as a user would: with their own OpenMP wait policy (lorabot sets PASSIVE for itself,
+        # core/worker.py), unless LLAMA_SERVER_OMP_WAIT_POLICY asks for another.
+        self.env = dict(os.environ)
+        self.omp_wait_policy = os.environ.get("LLAMA_SERVER_OMP_WAIT_POLICY") or OMP_WAIT_POLICY_BEFORE
+        if self.omp_wait_policy:
+            self.env["OMP_WAIT_POLICY"] = self.omp_wait_policy
+        else:
+            self.env.pop("OMP_WAIT_POLICY", None)
 
     async def start(self, client: object, timeout_s: float = 180.0) -> None:
         import httpx
 
         assert isinstance(client, httpx.AsyncClient)
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(  # noqa: ASYNC220  (returns at once; the server runs on its own)
+                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -306,9 +316,9 @@ def _p95(values: list[float]) -> float:
 async def measure_vs_server(
     settings: CoreSettings, model_path: Path, binary: str, *, conversations: int, turns: int, max_tokens: int, rounds: int
 ) -> dict[str, object]:
-    """The same scenario through lorabot's ChatService (`LORABOT_PARALLEL` = conversations) and
-    through llama-server (`--parallel` = conversations), alternating, each round with new
-    conversations. Ratios are lorabot ÷ server, per pair of rounds, then the median."""
+    """The same scenario through lorabot's ChatService (`LORABOT_PARALLEL` = `LORABOT_KV_SLOTS` =
+    conversations) and through llama-server (`--parallel` = conversations), alternating, each
+    round with new conversations. Ratios are lorabot ÷ server, per pair of rounds, then the median."""
     import httpx
 
     from core.engines.llama import LlamaEngine
@@ -318,7 +328,12 @@ async def measure_vs_server(
     tokenizer = await compute.call(
         LlamaEngine.load, ModelEntry(name="tokenizer", path=model_path), settings.model_copy(update={"kv_slots": 1})
     )
-    service = ChatService(settings.model_copy(update={"parallel": conversations, "data_dir": settings.data_dir / "vs-server"}))
+    # The same slots as the server's: one per conversation, all generating at once.
+    service = ChatService(
+        settings.model_copy(
+            update={"parallel": conversations, "kv_slots": conversations, "data_dir": settings.data_dir / "vs-server"}
+        )
+    )
     server = LlamaServer(
         binary, model_path, threads=settings.resolved_threads, parallel=conversations,
         context_length=settings.context_length, log=settings.data_dir / "llama-server.log",
@@ -379,6 +394,8 @@ async def measure_vs_server(
         "llama_server": {
             "binary": binary,
             "command": " ".join(server.command[1:]).replace(str(model_path), "MODEL"),
+            "server_omp_wait_policy": server.omp_wait_policy or "unset (OpenMP's default)",
+            "lorabot_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "conversations": conversations,
             "turns": turns,
             "rounds": rounds,

@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,6 +34,16 @@ T = TypeVar("T")
 _END = object()
 log = logging.getLogger(__name__)
 FileKey = tuple[int, int, int]  # (inode, size, mtime_ns) of a model file
+
+# llama.cpp's CPU threads are an OpenMP team, and by default OpenMP threads wait by spinning (for
+# the next decode, and at each of the hundreds of barriers inside one). When the cores are shared
+# (the event loop, the bots, other processes) a spinning thread burns the time slice that the
+# thread it waits for needs: on this project's 2-core machine under load, 8 replies at once ran at
+# ~6 tokens/s spinning and ~50-75 passive (docs/engine.md). libgomp reads this once, when it is
+# loaded (at `import llama_cpp`, which is lazy everywhere in lorabot), so it is set here; an
+# explicit OMP_WAIT_POLICY in the environment wins.
+OMP_WAIT_POLICY_BEFORE = os.environ.get("OMP_WAIT_POLICY")  # the user's own, for child processes
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @dataclass(eq=False)

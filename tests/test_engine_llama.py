@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# isort: off
+import core.worker  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
+# isort: on
 import asyncio
 import math
 import threading
