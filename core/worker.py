@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,13 @@ FileKey = tuple[int, int, int]  # (inode, size, mtime_ns) of a model file
 # explicit OMP_WAIT_POLICY in the environment wins.
 OMP_WAIT_POLICY_BEFORE = os.environ.get("OMP_WAIT_POLICY")  # the user's own, for child processes
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Requests that arrive together reach this thread a few milliseconds apart (each passes through
+# the history store and the queue first). When a request wakes the idle thread, it waits until
+# no other one has come for BURST_GAP_S (at most BURST_MAX_S) before the first decode, so that a
+# burst's prompts are read together instead of the first alone while the others wait for it.
+BURST_GAP_S = 0.004
+BURST_MAX_S = 0.030
 
 
 @dataclass(eq=False)
@@ -144,18 +152,24 @@ class ComputeThread:
     def _loop(self, active: list[_Job]) -> None:
         while True:
             self._flush()  # never block (or decode) with items not handed over
-            block = not active
+            idle = not active
+            block = idle
             while True:
                 try:
                     message = self._inbox.get(block=block)
                 except queue.Empty:
                     break
                 block = False
-                try:
-                    self._handle(message, active)
-                except Exception as error:  # that message's caller gets the error; the loop goes on
-                    log.exception("compute thread: %r failed", message[0])
-                    self._fail_message(message, _failure(error))
+                self._take(message, active)
+            if idle and active:  # woken by new requests: let the rest of a burst join them
+                deadline = time.monotonic() + BURST_MAX_S
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        message = self._inbox.get(timeout=min(left, BURST_GAP_S))
+                    except queue.Empty:
+                        break
+                    self._take(message, active)
+            self._flush()  # e.g. requests that could not start: told before the next decode
             for job in [job for job in active if job.cancel.is_set()]:
                 job.stats.finish_reason = "cancelled"
                 active.remove(job)
@@ -169,6 +183,13 @@ class ComputeThread:
                     log.exception("model %s: advancing %d requests failed", _engine_name(engine), len(jobs))
                     self._fail_all([job for job in jobs if job in active], _failure(error), active)
                 self._flush()  # this engine's step is out before the next engine's runs
+
+    def _take(self, message: tuple, active: list[_Job]) -> None:
+        try:
+            self._handle(message, active)
+        except Exception as error:  # that message's caller gets the error; the loop goes on
+            log.exception("compute thread: %r failed", message[0])
+            self._fail_message(message, _failure(error))
 
     def _handle(self, message: tuple, active: list[_Job]) -> None:
         kind = message[0]

@@ -80,6 +80,16 @@ def test_least_recently_used_slot_is_recycled(engine):
     assert stats.reused_tokens >= len(engine.prompt_tokens([SYSTEM])) - 2
 
 
+def test_a_new_conversation_asking_a_cached_prompt_takes_that_slot(engine):
+    question = [SYSTEM, {"role": "user", "content": "What is the tallest mountain on Earth?"}]
+    for name, messages in (("x1", [SYSTEM, {"role": "user", "content": "Hi x1"}]), ("twin-a", question),
+                           ("x2", [SYSTEM, {"role": "user", "content": "Hi x2"}])):
+        run(engine, name, messages, max_new_tokens=4)  # the 3 slots: x1 (least recently used), twin-a, x2
+    _, stats = run(engine, "twin-b", question, max_new_tokens=4)
+    assert stats.reused_tokens == stats.prompt_tokens - 1  # read one token, not the prompt
+    assert {slot.conversation_id for slot in engine.slots} == {"x1", "twin-b", "x2"}
+
+
 def test_cancel_stops_within_a_token(engine):
     cancel = threading.Event()
     stats = GenerationStats()

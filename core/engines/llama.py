@@ -80,6 +80,16 @@ class Generation:
     prefill_steps: int = 0  # steps that read part of its prompt
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differ = np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64)
+    first = int(differ.argmax())
+    return first if differ[first] else n
+
+
 class _Batch:
     """A `llama_batch` over numpy arrays we own, filled with a few slice assignments per step
     instead of five ctypes stores per token. One sequence per token: `seq_id[i]` points at the
@@ -241,17 +251,26 @@ class LlamaEngine:
         return piece
 
     # -- slots ------------------------------------------------------------------------------
-    def _slot_for(self, conversation_id: str) -> Slot:
-        """The conversation's idle slot if it has one, else an empty one, else the least recently
-        used idle slot. A recycled slot keeps what the new prompt shares with it (the system
-        prompt, typically): `_reuse_prefix` drops only the rest."""
+    def _slot_for(self, conversation_id: str, prompt: list[int]) -> Slot:
+        """The conversation's idle slot if it has one, else an empty one, else an idle slot that
+        already holds nearly all of this prompt (the same first question in a new conversation;
+        llama.cpp's server too picks slots by prompt similarity), else the least recently used
+        idle slot. A recycled slot keeps what the new prompt shares with it (the system prompt,
+        typically): `_reuse_prefix` drops only the rest."""
         idle = [slot for slot in self.slots if not slot.busy]
         if not idle:
             raise RuntimeError("all KV slots are busy (LORABOT_PARALLEL must not exceed LORABOT_KV_SLOTS)")
         for slot in idle:
             if slot.conversation_id == conversation_id:
                 return slot
-        slot = min(idle, key=lambda s: (s.conversation_id is not None, s.last_used))
+        empty = [slot for slot in idle if slot.conversation_id is None]
+        if empty:
+            slot = min(empty, key=lambda s: s.last_used)
+        else:
+            shared = {slot.seq_id: _common_prefix(slot.tokens, prompt) for slot in idle}
+            best = max(idle, key=lambda s: (shared[s.seq_id], -s.last_used))
+            worth = shared[best.seq_id] >= 0.9 * len(prompt)  # not just the system prompt they all share
+            slot = best if worth else min(idle, key=lambda s: s.last_used)
         slot.conversation_id = conversation_id
         return slot
 
@@ -270,10 +289,7 @@ class LlamaEngine:
 
     def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> int:
         """Drop the slot's tokens after the common prefix with `prompt`; returns its length."""
-        common = 0
-        limit = min(len(slot.tokens), len(prompt) - 1)  # re-read at least one token for logits
-        while common < limit and slot.tokens[common] == prompt[common]:
-            common += 1
+        common = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)  # re-read one token for logits
         if common < len(slot.tokens):
             if not self.ctx.kv_cache_seq_rm(slot.seq_id, common, -1):
                 self._clear(slot)
@@ -301,7 +317,7 @@ class LlamaEngine:
         stats.prompt_tokens = len(prompt)
         if len(prompt) >= self.context_length:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the {self.context_length}-token window")
-        slot = self._slot_for(request.conversation_id)
+        slot = self._slot_for(request.conversation_id, prompt)
         slot.busy = True
         slot.last_used = time.monotonic()
         stats.reused_tokens = self._reuse_prefix(slot, prompt)
