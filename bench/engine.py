@@ -37,7 +37,7 @@ from rich.table import Table
 from core.registry import ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
-from core.timing import decode_rate, timed_reply
+from training.evaluate.timing import decode_rate, timed_reply
 from core.worker import OMP_WAIT_POLICY_BEFORE, compute_thread
 
 QUESTIONS = [

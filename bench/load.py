@@ -4,7 +4,7 @@ One run, in one event loop:
 
 1. The project's fake platform server (bench/fakes) starts on loopback with the platform's
    published rate limits.
-2. The real bot starts as its own process (`python -m bots.cli run`) pointed at the fake, on
+2. The real bot starts as its own process (`python -m lorabot run`) pointed at the fake, on
    the embedded model, with a fresh data directory and default settings (LORABOT_* variables of
    this environment pass through; no .env is read); its output goes to a log file.
 3. Simulated users ask their questions (bench/load_users.py), each waiting for the final answer
@@ -134,7 +134,7 @@ class Run:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bots.cli",
+                "lorabot",
                 "run",
                 cwd=self.run_dir,
                 env=_bot_env(self.world, self.run_dir),

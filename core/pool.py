@@ -1,6 +1,6 @@
 """The pool of loaded models (`ModelPool`): lazily loaded on first use, least-recently-used unloaded over the cap.
 
-Each `EngineWorker` counts the requests using it, and nothing in use is ever closed: a model
+Each `LoadedModel` counts the requests using it, and nothing in use is ever closed: a model
 over the cap waits for its last user (the cap may be exceeded meanwhile), and a model whose
 registration or file changed is *retired* — new requests get a freshly loaded worker while the
 old one finishes its replies and is closed after the last. A file counts as changed when its
@@ -29,7 +29,7 @@ from core.engines.base import Engine
 from core.errors import EngineClosed, ModelLoadError
 from core.registry import ModelEntry, ModelRegistry
 from core.settings import CoreSettings
-from core.worker import EngineWorker, FileKey
+from core.worker import FileKey, LoadedModel
 
 EngineFactory = Callable[[ModelEntry, CoreSettings], Engine]
 LOAD_RETRY_S = 60.0  # how long a failed load is remembered before the file is tried again
@@ -69,8 +69,8 @@ class ModelPool:
         self.factory = factory or default_engine_factory
         self.load_retry_s = LOAD_RETRY_S
         self.clock: Callable[[], float] = time.monotonic
-        self._workers: OrderedDict[str, EngineWorker] = OrderedDict()  # current ones, LRU first
-        self._retired: set[EngineWorker] = set()  # replaced while in use: closed after their last user
+        self._workers: OrderedDict[str, LoadedModel] = OrderedDict()  # current ones, LRU first
+        self._retired: set[LoadedModel] = set()  # replaced while in use: closed after their last user
         self._failures: dict[str, _LoadFailure] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
 
@@ -79,7 +79,7 @@ class ModelPool:
         return list(self._workers)
 
     @asynccontextmanager
-    async def use(self, name: str) -> AsyncIterator[EngineWorker]:
+    async def use(self, name: str) -> AsyncIterator[LoadedModel]:
         """Hold model `name` loaded for the body (it is not closed while in use)."""
         worker = await self._acquire(name)  # counted as in use before anything is evicted
         try:
@@ -88,7 +88,7 @@ class ModelPool:
         finally:
             await self._release(worker)
 
-    async def _acquire(self, name: str) -> EngineWorker:
+    async def _acquire(self, name: str) -> LoadedModel:
         entry = self.registry.get(name)  # UnknownModel lists the valid names
         async with self._load_locks.setdefault(name, asyncio.Lock()):
             key = file_key(entry.path)
@@ -104,13 +104,13 @@ class ModelPool:
             worker.users += 1  # no await from here to the caller's try: it is always released
         return worker
 
-    async def _load(self, entry: ModelEntry, key: FileKey | None) -> EngineWorker:
+    async def _load(self, entry: ModelEntry, key: FileKey | None) -> LoadedModel:
         failure = self._failures.get(entry.name)
         if failure is not None:
             if (failure.path, failure.key) == (entry.path, key) and self.clock() - failure.at < self.load_retry_s:
                 raise ModelLoadError(entry.name, failure.reason)
             del self._failures[entry.name]
-        worker = EngineWorker(entry.name, entry.path, key)
+        worker = LoadedModel(entry.name, entry.path, key)
         try:
             await worker.load(lambda: self.factory(entry, self.settings))
         except Exception as error:  # any loader failure becomes a clear user message
@@ -121,12 +121,12 @@ class ModelPool:
         return worker
 
     @staticmethod
-    def _stale(worker: EngineWorker, entry: ModelEntry, key: FileKey | None) -> bool:
+    def _stale(worker: LoadedModel, entry: ModelEntry, key: FileKey | None) -> bool:
         """Re-registering a name with a new file, or replacing its file, loads the new file. A file
         that vanished keeps the loaded copy (it is still in memory)."""
         return worker.path != entry.path or (key is not None and worker.file_key != key)
 
-    async def _release(self, worker: EngineWorker) -> None:
+    async def _release(self, worker: LoadedModel) -> None:
         worker.users -= 1
         if worker.users == 0 and worker in self._retired:
             self._retired.discard(worker)

@@ -26,7 +26,7 @@ from core.registry import ModelEntry, ModelRegistry
 from core.scheduler import FairScheduler
 from core.settings import CoreSettings
 from core.turns import InterruptedReply, TurnState
-from core.worker import EngineWorker
+from core.worker import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class ChatService:
         return self.history
 
     async def _generate(
-        self, worker: EngineWorker, entry: ModelEntry, conversation_id: str, text: str, turn_id: int
+        self, worker: LoadedModel, entry: ModelEntry, conversation_id: str, text: str, turn_id: int
     ) -> AsyncIterator[ReplyEvent]:
         engine = worker.require_engine()  # EngineClosed, never a freed model
         settings = self.settings
@@ -317,7 +317,7 @@ class ChatService:
         )
 
     async def _fit_context(
-        self, worker: EngineWorker, engine: Engine, conversation_id: str, text: str, max_new: int
+        self, worker: LoadedModel, engine: Engine, conversation_id: str, text: str, max_new: int
     ) -> tuple[list[Message], str, str | None]:
         """System prompt + as many recent turns as fit + the new message, within the window."""
         budget = engine.context_length - max_new

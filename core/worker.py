@@ -6,7 +6,7 @@ requests, then advance every active request by one step — one batched decode p
 engines that offer `begin/step/end` (the llama.cpp engine: a token for each reply being generated
 plus a chunk of the prompts still being read), or one `next()` each for plain generator engines.
 What a step produced goes to asyncio in one hand-over per event loop, not one per piece.
-asyncio code talks to it through `EngineWorker.call` and `.stream`.
+asyncio code talks to it through `LoadedModel.call` and `.stream`.
 
 Faults never leave a caller waiting: an engine error fails only the requests it touched (with
 `EngineFailed`, a user-facing `ChatError`) and the loop goes on; if the thread dies anyway, it
@@ -352,7 +352,7 @@ def compute_thread() -> ComputeThread:
         return _compute
 
 
-class EngineWorker:
+class LoadedModel:
     """One loaded model, run on the shared compute thread; asyncio code talks to it here.
 
     `ModelPool` counts its `users` and closes it only after the last one; once closed, every use

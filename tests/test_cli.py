@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-LORABOT = [sys.executable, "-m", "bots.cli"]
+LORABOT = [sys.executable, "-m", "lorabot"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -19,7 +19,7 @@ from core.events import Delta, Done
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
-from core.worker import EngineWorker
+from core.worker import LoadedModel
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps counting: a long reply
@@ -286,7 +286,7 @@ def test_a_long_prompt_never_pauses_replies_being_generated(long_engine):
 
 async def test_cancel_mid_prefill_frees_the_slot(embedded_gguf):
     settings = load_core_settings(kv_slots=2, parallel=2, context_length=2048, prefill_chunk=64)
-    worker = EngineWorker("smol")
+    worker = LoadedModel("smol")
     engine = await worker.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
     try:
         long_request = request("cancelled", long_text(engine, 1500), max_new_tokens=8)

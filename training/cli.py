@@ -1,4 +1,4 @@
-"""Typer-annotated entry points that bots/cli.py mounts as `lorabot train` and `lorabot export`
+"""Typer-annotated entry points that lorabot/cli.py mounts as `lorabot train` and `lorabot export`
 (`lorabot bench train` lives in bench/train.py). Import-light on purpose: torch & co. load only
 when a command runs."""
 

@@ -4,7 +4,7 @@ OpenAI-compatible engines all fit it.
 Engine methods are blocking and are only ever called from the compute thread
 (`core.worker.ComputeThread`), because a `llama_cpp.Llama` is not thread-safe, with one exception:
 methods marked `@thread_safe` (tokenizer work that only reads the vocabulary) are run by
-`EngineWorker.call` at once in the caller's thread, instead of waiting for a decode step to end.
+`LoadedModel.call` at once in the caller's thread, instead of waiting for a decode step to end.
 
 Engines that batch (the llama.cpp one) also offer `begin(request, stats) -> state`,
 `step([state, ...]) -> [(text, finished), ...]` (one decode for all of them) and

@@ -24,7 +24,7 @@ from core.events import Delta, Done
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
-from core.worker import EngineWorker, compute_thread
+from core.worker import LoadedModel, compute_thread
 from training.errors import ExportError
 from training.gguf_tools import quantize, replacing
 
@@ -300,9 +300,9 @@ def _request(conversation: str, text: str, max_new_tokens: int) -> GenerationReq
     return GenerationRequest(DEFAULT, conversation, messages, max_new_tokens=max_new_tokens, temperature=0.0)
 
 
-async def _load_worker(path: Path) -> tuple[EngineWorker, FaultyEngine]:
+async def _load_worker(path: Path) -> tuple[LoadedModel, FaultyEngine]:
     settings = load_core_settings(kv_slots=2, parallel=2, context_length=512, threads=1)
-    worker = EngineWorker(DEFAULT, path)
+    worker = LoadedModel(DEFAULT, path)
     engine = await worker.load(lambda: FaultyEngine(LlamaEngine.load(ModelEntry(name=DEFAULT, path=path), settings)))
     return worker, engine  # type: ignore[return-value]
 

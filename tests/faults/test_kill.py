@@ -1,6 +1,6 @@
 """kill -9 of the real bot process mid-reply, then a restart, against the fake Telegram.
 
-The bot runs as `python -m bots.cli telegram` on the embedded model, exactly as an operator
+The bot runs as `python -m lorabot telegram` on the embedded model, exactly as an operator
 starts it (the CLI configures logging). Afterwards: the half-written reply is marked on the
 platform, the question is in history as interrupted (not in the model's context), the next
 message is answered, SIGTERM ends the process cleanly, and the log has the start-up line and
@@ -44,7 +44,7 @@ def bot_env(fake: FakeBotAPI, data_dir: Path) -> dict[str, str]:
 async def start_bot(fake: FakeBotAPI, data_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bots.cli", "telegram",
+        sys.executable, "-m", "lorabot", "telegram",
         env=bot_env(fake, data_dir), stdout=log, stderr=log, cwd=data_dir.parent,
     )  # fmt: skip
     log.close()

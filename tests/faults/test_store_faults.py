@@ -20,7 +20,7 @@ from core import history
 from core.errors import StoreUnavailable
 from core.events import Accepted, Delta, Done
 from core.history import ConversationStore
-from bots.cli import app
+from lorabot.cli import app
 from core.service import InterruptedReply
 from support.engines import make_service
 

@@ -1,4 +1,4 @@
-"""`lorabot eval`: a Typer-annotated function that bots/cli.py mounts as a command."""
+"""`lorabot eval`: a Typer-annotated function that lorabot/cli.py mounts as a command."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from core.timing import decode_rate, timed_reply
+from training.evaluate.timing import decode_rate, timed_reply
 from core.registry import ModelEntry, ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
