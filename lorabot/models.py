@@ -1,4 +1,4 @@
-"""`lorabot models`: list, register and unregister models (the registry lives in core)."""
+"""`lorabot models`: list, register, pull from the Hub and unregister models (the registry lives in core)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,44 @@ def models_add(
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     console.print(f"Registered {name} → {path}")
+
+
+@app.command("pull")
+def models_pull(
+    repo: Annotated[str, typer.Argument(help="Hub repo of GGUF files, e.g. bartowski/Llama-3.2-1B-Instruct-GGUF.")],
+    file: Annotated[Optional[str], typer.Option("--file", help="Which GGUF: a pattern such as '*q4_k_m.gguf'.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Registry name (default: the file name without .gguf).")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default main).")] = None,
+    context_length: Annotated[Optional[int], typer.Option(help="Context window (tokens).")] = None,
+) -> None:
+    """Download a GGUF from the Hugging Face Hub (resumed, sha256-checked) and register it.
+
+    Files go to DATA_DIR/models/OWNER--REPO/. HF_TOKEN for private or gated repos, HF_ENDPOINT for a mirror."""
+    from training.errors import HubError
+    from training.hub import default_model_name, pull_gguf
+
+    import re
+
+    from core.registry import MODEL_NAME_PATTERN
+
+    if name is not None and not re.fullmatch(MODEL_NAME_PATTERN, name):  # before downloading, not after
+        console.print(f"[red]bad --name {name!r}: letters, digits, '.', '_', '-' (up to 64)[/red]")
+        raise typer.Exit(2)
+    current = settings()
+    dest = current.data_dir / "models" / repo.replace("/", "--")
+    try:
+        pulled = pull_gguf(repo, dest, pattern=file, revision=revision)
+        model_name = name or default_model_name(pulled)
+        ModelRegistry(current.resolved_models_file).add(
+            model_name, pulled.path, context_length=context_length, description=f"{repo} ({pulled.path.name})"
+        )
+    except HubError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+    except (RegistryError, ValueError) as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"Registered {model_name} → {pulled.path} ({repo}@{pulled.commit[:12]})")
 
 
 @app.command("remove")

@@ -37,3 +37,7 @@ class ExportError(TrainingError):
 
 class OutputDirError(TrainingError):
     pass
+
+
+class HubError(TrainingError):
+    """A Hub transfer (pull, push, hub dataset or base model) failed: not found, refused, unreachable, corrupt."""
