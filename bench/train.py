@@ -1,21 +1,31 @@
-"""`lorabot bench train`: QLoRA training throughput on one GPU, three ways, same data, same loss.
+"""`lorabot bench train`: LoRA training throughput on one GPU, several ways, same data, same loss.
 
     (a) the original notebook's settings, Unsloth: micro-batch 2 x grad-accum 4, 1024 tokens, padded
     (b) the same settings, plain transformers + peft + trl
     (c) lorabot's tuned baseline (preset `baseline-tuned`): same 8 x 1024 tokens per optimizer step
         and the same loss, but padding-free packing (BFD) in one micro-batch of 8 rows, no
-        recomputation, Unsloth
+        recomputation, Unsloth, 4-bit base
+    (d) lorabot's fast baseline (preset `baseline-fast`): (c) on a 16-bit base (bf16 LoRA) with
+        the settings the lever sweep below found fastest at matching loss (docs/benchmarks.md)
+    (e) the `improved` preset's shape (Llama-3.2-3B, r=16) with the notebook's settings, as (a)
+    (f) the same 3B shape with `baseline-fast`'s settings, as (d)
 
-Model: Llama-3.2-1B's architecture with random weights (no hub needed), 4-bit NF4 base, LoRA on
+Levers (`--cases lever:...`, or `--cases levers` for all): (c) with one thing changed, to
+measure what each gives: a 16-bit base, larger micro-batches, DataLoader workers, torch.compile,
+fewer host syncs. Each case is a dict of settings, so a new one is one line in CASES or LEVERS.
+
+Model: Llama-3.2-1B's (or 3B's) architecture with random weights (no hub needed), LoRA on
 q,k,v,o,gate,up,down. Data: synthetic conversations whose lengths are spread like FineTome-100k's
 (log-normal, median ~420 tokens, ~15% over 1024 and truncated), so padding waste shows.
 
 Each case runs in its own process: Unsloth patches transformers on import, so (b) must never see
 it, and each peak-memory figure is that case's alone.
 
-Reported: real (non-padding) tokens/s, MFU and peak GPU memory. MFU counts the FLOPs a LoRA step
-needs: forward 2N + input-gradient backward 2N per token (N = matmul weights incl. lm_head; the
-frozen base gets no weight gradients) plus causal attention, over the GPU's dense bf16 peak.
+Reported: real (non-padding) tokens/s, MFU, peak GPU memory, and the loss against cumulative real
+tokens seen (cases with more real tokens per optimizer step are ahead per step, so curves are
+compared at equal tokens, not steps). MFU counts the FLOPs a LoRA step needs: forward 2N +
+input-gradient backward 2N per token (N = matmul weights incl. lm_head; the frozen base gets no
+weight gradients) plus causal attention, over the GPU's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -37,17 +47,63 @@ from training.config import PRESETS_DIR
 from training.data.synthetic import synthetic_conversations
 from training.errors import HardwareError, TrainingError
 
-PRESET_C = tomllib.loads((PRESETS_DIR / "baseline-tuned.toml").read_text(encoding="utf-8"))
-CASES = {
-    "a": dict(title="Unsloth, notebook settings (2x4, padded)", backend="unsloth", batch_size=2, grad_accum=4,
-              packing=False, padding_free=False, gradient_checkpointing="unsloth"),
-    "b": dict(title="transformers+peft+trl, same settings", backend="hf", batch_size=2, grad_accum=4,
-              packing=False, padding_free=False, gradient_checkpointing=True),
-    "c": dict(title="lorabot tuned (8x1, packed, padding-free)", backend="unsloth", padding_free=None,
-              **{key: PRESET_C[key] for key in ("batch_size", "grad_accum", "packing", "gradient_checkpointing")}),
+STEP_KEYS = ("batch_size", "grad_accum", "packing", "gradient_checkpointing", "load_in_4bit")
+IMPROVED_SHAPE = dict(shape="llama-3.2-3b", lora_r=16)  # the `improved` preset: Llama-3.2-3B, r=16, alpha=32
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The step-shaping settings of a preset file (the rest of a case comes from the benchmark)."""
+    preset = tomllib.loads((PRESETS_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    return {key: preset[key] for key in STEP_KEYS if key in preset}
+
+
+NOTEBOOK = dict(backend="unsloth", batch_size=2, grad_accum=4, packing=False, padding_free=False,
+                gradient_checkpointing="unsloth")
+TUNED = dict(backend="unsloth", padding_free=None, **preset_settings("baseline-tuned"))
+FAST = dict(backend="unsloth", padding_free=None, **preset_settings("baseline-fast"))
+CASES: dict[str, dict[str, Any]] = {
+    "a": dict(title="Unsloth, notebook settings (2x4, padded)", **NOTEBOOK),
+    "b": dict(title="transformers+peft+trl, same settings", **{**NOTEBOOK, "backend": "hf", "gradient_checkpointing": True}),
+    "c": dict(title="lorabot tuned (8x1, packed, padding-free)", **TUNED),
+    "d": dict(title="lorabot fast (baseline-fast)", **FAST),
+    "e": dict(title="3B improved, notebook settings (2x4, padded)", **NOTEBOOK, **IMPROVED_SHAPE),
+    "f": dict(title="3B improved, baseline-fast settings", **FAST, **IMPROVED_SHAPE),
+}
+# (c) with one thing changed. `sft`: SFTConfig fields; `env`: set before anything is imported.
+LEVERS: dict[str, dict[str, Any]] = {
+    "lever:bf16": dict(title="(c) + 16-bit base (bf16 LoRA)", load_in_4bit=False),
+    "lever:mb16": dict(title="(c) + micro-batch 16 rows (16k tokens/step)", batch_size=16),
+    "lever:mb32": dict(title="(c) + micro-batch 32 rows (32k tokens/step)", batch_size=32),
+    "lever:workers": dict(title="(c) + 2 DataLoader workers, pinned, prefetch 4",
+                          sft=dict(dataloader_num_workers=2, dataloader_pin_memory=True,
+                                   dataloader_persistent_workers=True, dataloader_prefetch_factor=4)),
+    "lever:compile": dict(title="(c) + torch.compile (trainer)", sft=dict(torch_compile=True)),
+    "lever:log10": dict(title="(c) + loss read every 10 steps (fewer host syncs)", sft=dict(logging_steps=10)),
+    "lever:bf16-mb16": dict(title="(c) + 16-bit base + micro-batch 16", load_in_4bit=False, batch_size=16),
+    "lever:bf16-mb32": dict(title="(c) + 16-bit base + micro-batch 32", load_in_4bit=False, batch_size=32),
+    "lever:bf16-compile": dict(title="(c) + 16-bit base + torch.compile", load_in_4bit=False,
+                               sft=dict(torch_compile=True)),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 WARMUP = 3
+PROFILE_STEPS = 2  # with --profile: the two steps just before the timed window
+
+
+def case_spec(name: str) -> dict[str, Any]:
+    """A case's full settings: a row of CASES, or (c) with a lever's changes on top."""
+    if name in CASES:
+        return dict(CASES[name])
+    if name in LEVERS:
+        return {**CASES["c"], **LEVERS[name]}
+    raise KeyError(name)
+
+
+def expand_cases(names: list[str]) -> list[str]:
+    """`levers` stands for (c) and every lever, in order; other names are kept as given."""
+    out: list[str] = []
+    for name in names:
+        out.extend(["c", *LEVERS] if name == "levers" else [name])
+    return list(dict.fromkeys(out))
 
 
 def matmul_params(config: Any) -> int:
@@ -72,149 +128,293 @@ def peak_flops(device_name: str) -> float | None:
     return next((flops for key, flops in PEAK_BF16.items() if key in device_name), None)
 
 
+def loss_at_tokens(curve: list[list[float]], milestones: list[int]) -> list[float | None]:
+    """Mean loss of the steps whose cumulative real-token count falls in each milestone's window.
+
+    Window k is (m[k-1], m[k]]: every step is counted once, and two cases are compared on the same
+    stretch of data seen, however many tokens their steps hold."""
+    out: list[float | None] = []
+    low = 0
+    for high in milestones:
+        window = [loss for tokens, loss in curve if low < tokens <= high]
+        out.append(round(sum(window) / len(window), 4) if window else None)
+        low = high
+    return out
+
+
+def token_milestones(curves: list[list[list[float]]], count: int = 5) -> list[int]:
+    """`count` equal windows up to the fewest tokens any of these cases saw."""
+    ends = [curve[-1][0] for curve in curves if curve]
+    if not ends:
+        return []
+    step = int(min(ends)) // count
+    return [step * (k + 1) for k in range(count)] if step else []
+
+
 # ----------------------------------------------------------------------------- one case (child)
+class StepRecorder:
+    """Real sequence lengths per micro-batch, read on the host side, whatever runs the collator.
+
+    The collator (in a DataLoader worker, or here) attaches the batch's lengths as a plain list;
+    the wrapped `training_step` takes them off before the model sees the batch. No GPU sync."""
+
+    KEY = "lorabot_seq_lengths"
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
+        self.fallbacks = 0  # micro-batches counted from the batch tensors instead
+
+    def collator(self, collate):
+        key = self.KEY
+
+        def counting_collator(examples):
+            batch = collate(examples)
+            batch[key] = [n for ex in examples for n in (ex.get("seq_lengths") or [len(ex["input_ids"])])]
+            return batch
+
+        return counting_collator
+
+    def training_step(self, step):
+        def recording_step(model, inputs, *args, **kwargs):
+            lengths = inputs.pop(self.KEY, None)
+            if lengths is None:  # a backend that bypassed our collator: count the batch itself (syncs)
+                self.fallbacks += 1
+                mask = inputs.get("attention_mask")
+                lengths = mask.sum(-1).tolist() if mask is not None else [inputs["input_ids"].numel()]
+            self.lengths.extend(lengths)
+            return step(model, inputs, *args, **kwargs)
+
+        return recording_step
+
+
+def profile_summary(prof: Any, wall_s: float, rows: int = 18) -> dict[str, Any]:
+    """Top GPU kernels of the profiled steps and how busy the GPU was (kernel time / wall time)."""
+    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    busy_us = sum(e.self_device_time_total for e in events)
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    top = [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count} for e in events[:rows]]
+    return {"wall_ms": round(wall_s * 1e3, 1), "gpu_busy": round(busy_us / 1e6 / wall_s, 3) if wall_s else None,
+            "kernels": len(events), "launches": sum(e.count for e in events), "top": top}
+
+
 def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Path, backend: str | None = None,
-             max_seq_length: int = 1024) -> dict:
+             max_seq_length: int = 1024, profile: bool = False) -> dict:
     """Train `steps` optimizer steps with the case's settings; time steps after the warm-up.
 
     The trainer comes from `training.run.build_trainer`, the set-up `lorabot train` runs; only the
     timing and the count of real tokens are added here. `backend` overrides the case's (CPU tests
     run (a)/(c)'s settings through the hf backend)."""
-    spec = CASES[case]
+    started = time.perf_counter()
+    spec = case_spec(case)
+    os.environ.update(spec.get("env", {}))
+    if (backend or spec["backend"]) == "unsloth":
+        os.environ.setdefault("UNSLOTH_LOG_MFU", "1")  # Unsloth's own MFU in each log: a cross-check of ours
+    shape, lora_r = spec.get("shape", shape), spec.get("lora_r", lora_r)
     from training.config import build_config
     from training.hardware import detect
     from training.run import build_trainer
 
+    load_in_4bit = spec.get("load_in_4bit", True) and detect().cuda
     cfg = build_config(
         "baseline", base_model=f"random:{shape}", tokenizer=os.environ.get("LORABOT_RANDOM_TOKENIZER"),
         dataset=str(data), eval_fraction=0.0, max_eval_samples=None, lora_r=lora_r, lora_alpha=2 * lora_r,
         max_steps=steps, backend=backend or spec["backend"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
         packing=spec["packing"], gradient_checkpointing=spec["gradient_checkpointing"], save_steps=10**6,
-        output_dir=out / f"case-{case}", export=False, chat_template="chatml", load_in_4bit=detect().cuda,
-        max_seq_length=max_seq_length,
+        output_dir=out / f"case-{case.replace(':', '-')}", export=False, chat_template="chatml",
+        load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
     )
-    extra: dict[str, Any] = {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
-                             "include_num_input_tokens_seen": "non_padding"}
+    extra: dict[str, Any] = {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, **spec.get("sft", {})}
     if spec["padding_free"] is not None:
         extra["padding_free"] = spec["padding_free"]
     setup = build_trainer(cfg, **extra)  # imports unsloth first, when it is the one
     trainer, hw = setup.trainer, setup.hw
     import torch
 
-    seen: list[int] = []  # lengths of the real sequences each collated batch held
-    collate = trainer.data_collator
-
-    def counting_collator(examples):
-        for example in examples:
-            seen.extend(example.get("seq_lengths") or [len(example["input_ids"])])
-        return collate(examples)
-
-    trainer.data_collator = counting_collator
+    cuda = torch.cuda.is_available()
+    recorder = StepRecorder()
+    trainer.data_collator = recorder.collator(trainer.data_collator)
+    trainer.training_step = recorder.training_step(trainer.training_step)
     from transformers import TrainerCallback
 
-    marks: list[tuple[float, int]] = []
-    losses: list[float] = []
+    warmup = max(WARMUP, steps // 4)
+    marks: list[tuple[float, int]] = []  # (host time, lengths recorded so far) at each step's end
+    losses: dict[int, float] = {}
+    profiled: dict[str, Any] = {}
+    unsloth_mfu: list[float] = []
+    profile_from = warmup - 1 - PROFILE_STEPS  # completed steps when profiling starts (>= 2: past compilation)
 
     class Timer(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
+        prof: Any = None
+        prof_start = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if profile and cuda and profile_from >= 2 and state.global_step == profile_from:
+                from torch.profiler import ProfilerActivity, profile as torch_profile
+
                 torch.cuda.synchronize()
-            marks.append((time.perf_counter(), len(seen), state.num_input_tokens_seen))
+                self.prof = torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+                self.prof_start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if cuda and step in (warmup, steps, warmup - 1 if self.prof else -1):
+                torch.cuda.synchronize()  # only where a time is read: no extra host sync elsewhere
+            if self.prof is not None and step == warmup - 1:
+                wall = time.perf_counter() - self.prof_start
+                self.prof.__exit__(None, None, None)
+                profiled.update(profile_summary(self.prof, wall))
+                self.prof = None
+            marks.append((time.perf_counter(), len(recorder.lengths)))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+                losses[state.global_step] = float(logs["loss"])
+            if logs and "train_mfu" in logs:
+                unsloth_mfu.append(float(logs["train_mfu"]))
 
     trainer.add_callback(Timer())
-    if torch.cuda.is_available():
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
+    train_started = time.perf_counter()
     trainer.train()
-    warmup = max(WARMUP, steps // 4)
-    (t0, n0, s0), (t1, n1, s1) = marks[warmup - 1], marks[-1]
-    lengths = seen[n0:n1]
-    if not lengths:  # a backend that bypassed our collator: fall back to the trainer's own count
-        lengths = [cfg.max_seq_length // 2] * max(1, (s1 - s0) // (cfg.max_seq_length // 2))
+    (t0, n0), (t1, n1) = marks[warmup - 1], marks[-1]
+    lengths = recorder.lengths[n0:n1]
     seconds = t1 - t0
     flops = lora_step_flops(setup.model.config, lengths)
     peak = peak_flops(hw.device_name)
-    return {
+    step_tokens = [sum(recorder.lengths[a:b]) for (_, a), (_, b) in zip([(0.0, 0), *marks[:-1]], marks)]
+    cumulative, curve = 0, []
+    for step, tokens in enumerate(step_tokens, start=1):
+        cumulative += tokens
+        if step in losses:
+            curve.append([cumulative, round(losses[step], 4)])
+    result = {
         "case": case, "title": spec["title"], "backend": setup.backend, "device": hw.device_name,
+        "shape": shape, "lora_r": lora_r, "load_in_4bit": cfg.load_in_4bit, "sft": spec.get("sft", {}),
         "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "packing": cfg.packing,
         "timed_steps": len(marks) - warmup, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
-        "tokens_per_s": round(sum(lengths) / seconds, 1),
-        "mfu": round(flops / seconds / peak, 4) if peak else None,
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
-        "losses": [round(x, 4) for x in losses],
-        "trainer_non_padding_tokens": int(s1 - s0),
+        "tokens_per_s": round(sum(lengths) / seconds, 1) if seconds > 0 else 0.0,
+        "real_tokens_per_step": round(sum(step_tokens) / max(1, len(step_tokens))),
+        "mfu": round(flops / seconds / peak, 4) if peak and seconds > 0 else None,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "losses": [round(losses[s], 4) for s in sorted(losses)],
+        "curve": curve,  # [cumulative real tokens, loss] per logged step
+        "lengths_from_batch": recorder.fallbacks,
+        "setup_s": round(train_started - started, 1), "train_s": round(time.perf_counter() - train_started, 1),
     }
+    if unsloth_mfu:
+        timed = unsloth_mfu[warmup:] or unsloth_mfu
+        result["unsloth_mfu"] = round(sorted(timed)[len(timed) // 2], 4)  # Unsloth's own count, a cross-check
+    if profiled:
+        result["profile"] = profiled
+    return result
 
 
 # ----------------------------------------------------------------------------- all cases (parent)
 def main(json_output: bool = False, cases: list[str] | None = None, steps: int = 12, conversations: int = 2000,
-         shape: str = "llama-3.2-1b", lora_r: int = 16) -> dict:
+         shape: str = "llama-3.2-1b", lora_r: int = 16, profile: bool = False,
+         case_timeout: float | None = None) -> dict:
     import torch
 
     if not torch.cuda.is_available():
         raise HardwareError("`lorabot bench train` measures GPU training: no CUDA GPU found here")
-    cases = cases or list(CASES)
+    cases = expand_cases(cases or list(CASES))
     from training.base_model import resolve_base
 
-    resolve_base(f"random:{shape}", os.environ.get("LORABOT_RANDOM_TOKENIZER"))  # build once, outside the timings
+    tokenizer = os.environ.get("LORABOT_RANDOM_TOKENIZER")
+    for case_shape in dict.fromkeys(case_spec(case).get("shape", shape) for case in cases):
+        resolve_base(f"random:{case_shape}", tokenizer)  # build once, outside the timings
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "shape": shape, "lora_r": lora_r,
                                "steps": steps, "warmup_steps": max(WARMUP, steps // 4), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "conversations.jsonl"
         data.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(conversations)) + "\n")
         for case in cases:
-            out_file = Path(tmp) / f"{case}.json"
+            out_file = Path(tmp) / f"{case.replace(':', '-')}.json"
             command = [sys.executable, "-m", "bench.train", CHILD, case, str(data), str(steps), shape, str(lora_r), tmp,
-                       str(out_file)]
-            proc = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
-            results["cases"][case] = json.loads(out_file.read_text()) if proc.returncode == 0 else {"error": f"exit {proc.returncode}"}
-    speed = {k: v.get("tokens_per_s") for k, v in results["cases"].items()}
-    if speed.get("a") and speed.get("b"):
-        results["a_over_b"] = round(speed["a"] / speed["b"], 2)
-    if speed.get("c") and speed.get("a"):
-        results["c_over_a"] = round(speed["c"] / speed["a"], 2)
+                       str(out_file), "1" if profile else "0"]
+            try:
+                proc = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, timeout=case_timeout)
+                ok = proc.returncode == 0 and out_file.is_file()
+                result = json.loads(out_file.read_text()) if ok else {"error": f"exit {proc.returncode}"}
+            except subprocess.TimeoutExpired:
+                result = {"error": f"timed out after {case_timeout:.0f} s"}
+            results["cases"][case] = {"title": case_spec(case)["title"], **result}
+            print(f"bench train: {case} done: {json.dumps({k: v for k, v in result.items() if k not in ('curve', 'losses', 'profile')})}",
+                  file=sys.stderr, flush=True)
+    add_comparisons(results)
     print(json.dumps(results) if json_output else table(results))
     return results
 
 
+def add_comparisons(results: dict) -> None:
+    """Speed ratios, and the loss of each shape's cases at the same real tokens seen."""
+    done = {k: v for k, v in results["cases"].items() if "error" not in v}
+    speed = {k: v.get("tokens_per_s") for k, v in done.items()}
+    for key, (top, bottom) in {"a_over_b": ("a", "b"), "c_over_a": ("c", "a"), "d_over_a": ("d", "a"),
+                               "d_over_c": ("d", "c"), "f_over_e": ("f", "e")}.items():
+        if speed.get(top) and speed.get(bottom):
+            results[key] = round(speed[top] / speed[bottom], 2)
+    compared: dict[str, Any] = {}
+    for case_shape in dict.fromkeys(v.get("shape", results["shape"]) for v in done.values()):
+        group = {k: v for k, v in done.items() if v.get("shape", results["shape"]) == case_shape and v.get("curve")}
+        milestones = token_milestones([v["curve"] for v in group.values()])
+        if milestones:
+            compared[case_shape] = {"tokens": milestones,
+                                    "loss": {k: loss_at_tokens(v["curve"], milestones) for k, v in group.items()}}
+    if compared:
+        results["loss_at_equal_tokens"] = compared
+
+
 def table(results: dict) -> str:
-    lines = [f"lorabot bench train — {results['device']}, random {results['shape']}, QLoRA r={results['lora_r']}, "
+    lines = [f"lorabot bench train — {results['device']}, random {results['shape']}, LoRA r={results['lora_r']}, "
              f"{results['steps']} steps ({results['warmup_steps']} warm-up)",
-             f"{'case':<4} {'setup':<44} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'loss first→last':>17}"]
+             f"{'case':<18} {'setup':<50} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'tok/step':>9} {'loss first→last':>17}"]
     for case, r in results["cases"].items():
+        title = r.get("title") or case_spec(case)["title"]
         if "error" in r:
-            lines.append(f"{case:<4} {CASES[case]['title']:<44} {r['error']}")
+            lines.append(f"{case:<18} {title:<50} {r['error']}")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
         loss = f"{r['losses'][0]:.3f}→{r['losses'][-1]:.3f}" if r["losses"] else ""
         peak = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "n/a"
-        lines.append(f"{case:<4} {r['title']:<44} {r['tokens_per_s']:>10,.0f} {mfu:>7} {peak:>9} {loss:>17}")
-    for key, label in (("a_over_b", "(a)/(b)"), ("c_over_a", "(c)/(a)")):
+        per_step = f"{r['real_tokens_per_step']:,}" if r.get("real_tokens_per_step") else ""
+        lines.append(f"{case:<18} {title[:50]:<50} {r['tokens_per_s']:>10,.0f} {mfu:>7} {peak:>9} {per_step:>9} {loss:>17}")
+    for key, label in (("a_over_b", "(a)/(b)"), ("c_over_a", "(c)/(a)"), ("d_over_a", "(d)/(a)"),
+                       ("d_over_c", "(d)/(c)"), ("f_over_e", "(f)/(e)")):
         if key in results:
             lines.append(f"{label} tokens/s: {results[key]:.2f}x")
+    for case_shape, block in results.get("loss_at_equal_tokens", {}).items():
+        lines.append(f"loss at equal real tokens seen ({case_shape}; mean over the steps ending in each window):")
+        lines.append(f"{'case':<18} " + " ".join(f"{'≤' + format(t, ','):>11}" for t in block["tokens"]))
+        for case, values in block["loss"].items():
+            lines.append(f"{case:<18} " + " ".join(f"{v:>11.3f}" if v is not None else f"{'':>11}" for v in values))
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the command
 def bench_train(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    cases: Annotated[str, typer.Option(help="Comma list of a (Unsloth, notebook), b (hf), c (lorabot tuned).")] = "a,b,c",
-    steps: Annotated[int, typer.Option(help="Optimizer steps per case (the first 3 are warm-up).")] = 12,
+    cases: Annotated[str, typer.Option(
+        help="Comma list: a (Unsloth, notebook), b (hf), c (lorabot tuned), d (lorabot fast), e/f (3B improved: "
+             "notebook / fast); lever:NAME for (c) with one change, or `levers` for (c) and all of them.")] = "a,b,c,d,e,f",
+    steps: Annotated[int, typer.Option(help="Optimizer steps per case (the first max(3, steps/4) are warm-up).")] = 12,
     conversations: Annotated[int, typer.Option(help="Synthetic conversations in the pool.")] = 2000,
-    shape: Annotated[str, typer.Option(help="Random-weight model shape.")] = "llama-3.2-1b",
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    shape: Annotated[str, typer.Option(help="Random-weight model shape (cases e/f are always 3B).")] = "llama-3.2-1b",
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (cases e/f: 16, as the improved preset).")] = 16,
+    profile: Annotated[bool, typer.Option(help="Profile the 2 steps before the timed ones: top kernels, GPU busy.")] = False,
+    case_timeout: Annotated[float, typer.Option(help="Seconds one case may take (0: no limit).")] = 0,
 ) -> None:
-    """GPU: tokens/s, MFU and peak memory of Unsloth vs plain HF vs lorabot's tuned preset."""
-    unknown = [case for case in cases.split(",") if case not in CASES]
+    """GPU: tokens/s, MFU, peak memory and loss at equal tokens of the notebook, HF and lorabot's presets."""
+    unknown = [case for case in cases.split(",") if case != "levers" and case not in CASES and case not in LEVERS]
     if unknown:
-        Console(stderr=True).print(f"[red]error:[/red] unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+        Console(stderr=True).print(f"[red]error:[/red] unknown case(s) {', '.join(unknown)}; choose from "
+                                   f"{', '.join([*CASES, *LEVERS, 'levers'])}")
         raise typer.Exit(2)
     try:
         main(json_output=json_output, cases=cases.split(","), steps=steps, conversations=conversations,
-             shape=shape, lora_r=lora_r)
+             shape=shape, lora_r=lora_r, profile=profile, case_timeout=case_timeout or None)
     except TrainingError as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
@@ -224,8 +424,8 @@ CHILD = "--child"  # `python -m bench.train --child CASE ...`: one case, in its 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == [CHILD]:
-        case, data, steps, shape, lora_r, tmp, out_file = sys.argv[2:9]
-        result = run_case(case, Path(data), int(steps), shape, int(lora_r), Path(tmp))
+        case, data, steps, shape, lora_r, tmp, out_file, profile_flag = sys.argv[2:10]
+        result = run_case(case, Path(data), int(steps), shape, int(lora_r), Path(tmp), profile=profile_flag == "1")
         Path(out_file).write_text(json.dumps(result))
     else:  # `python -m bench.train [--json] [--steps N] ...`: the command without the bot installed
         typer.run(bench_train)

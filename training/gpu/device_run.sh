@@ -8,7 +8,11 @@
 # is installed with `python -m training.cli save-tokenizer .gpu/tokenizer` and carry it along.
 #   bash training/gpu/device_run.sh install --wheels .wheels/p1     # first transfer: install + probe
 #   bash training/gpu/device_run.sh train --wheels .wheels/p2       # second: install the rest, Unsloth baseline run + export
-#   bash training/gpu/device_run.sh bench -- --steps 40            # `lorabot bench train` (a)/(b)/(c)
+#   bash training/gpu/device_run.sh bench -- --steps 40            # `lorabot bench train` (a)..(f)
+#   bash training/gpu/device_run.sh bench --wheels .wheels/p1 -- --cases levers --steps 24 --profile
+#                                                                   # the lever sweep, one fresh machine
+# .wheels/p1 = every wheel but pyarrow/pandas/tzdata/dateutil/converter (~33 MiB: fits one transfer;
+# the image's pyarrow and pandas serve `datasets`); .wheels/p2 = those, for `train`'s export.
 #   bash training/gpu/device_run.sh test --wheels .gpu/whl         # the CUDA-only pytest tests (pytest wheels in .gpu/whl)
 set -uo pipefail
 usage="usage: bash training/gpu/device_run.sh install|train|bench|test [--wheels DIR]... [-- BENCH FLAGS]"
@@ -60,6 +64,7 @@ PY
       tests/test_training_gpu.py tests/test_training_bench.py 2>&1 | grep -v "it/s]\|s/it]\|examples/s]" | tail -60
     ;;
   bench)
+    python3 -c "import importlib.metadata as md; print(' '.join(f'{n} {md.version(n)}' for n in ['torch', 'transformers', 'trl', 'peft', 'unsloth', 'unsloth_zoo', 'bitsandbytes', 'datasets', 'pyarrow', 'pandas']))" | tee "$OUT/versions.txt"
     python3 -m bench.train --json "${bench_flags[@]}" 2> "$OUT/bench.stderr" | tee "$OUT/bench.json"
     tail -40 "$OUT/bench.stderr"
     python3 -c "import json,sys; from bench.train import table; print(table(json.load(open('$OUT/bench.json'))))"

