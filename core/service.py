@@ -66,8 +66,8 @@ class ChatService:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        path, keep_days = self.settings.data_dir / "history.sqlite3", self.settings.history_keep_days
-        self.history = await asyncio.to_thread(ConversationStore, path, keep_days=keep_days)
+        url, keep_days = self.settings.resolved_database_url, self.settings.history_keep_days
+        self.history = await ConversationStore.open(url, keep_days=keep_days)
         await self.history.recover()  # a killed process's pending turns become interrupted
         self.registry.get(self.settings.default_model)  # fail at start-up, not on first message
 
@@ -82,7 +82,7 @@ class ChatService:
             await asyncio.sleep(0.05)
         await self.pool.close()
         if self.history is not None:
-            self.history.close()
+            await self.history.close()
 
     async def __aenter__(self) -> ChatService:
         await self.start()

@@ -33,6 +33,11 @@ class CoreSettings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("data"), description="Where history and the models file live.")
+    database_url: SecretStr | None = Field(
+        None,
+        description="Where history, model choices and in-flight questions are stored: postgresql://user:password@host/db "
+        "for several bot processes on one database; default sqlite:///DATA_DIR/history.sqlite3.",
+    )
     models_file: Path | None = Field(None, description="TOML models registry; default DATA_DIR/models.toml.")
     default_model: str = Field("smollm2-135m", description="Model used when a conversation picked none.")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -78,6 +83,17 @@ class CoreSettings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse at start-up what the store could not open (the value is never echoed: it may hold a password)."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from core.database import parse_database_url  # SQLAlchemy is imported only when a URL is set
+
+        parse_database_url(value.get_secret_value())
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -97,6 +113,12 @@ class CoreSettings(BaseSettings):
     @property
     def resolved_models_file(self) -> Path:
         return self.models_file or self.data_dir / "models.toml"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'history.sqlite3'}"
 
     @property
     def resolved_threads(self) -> int:

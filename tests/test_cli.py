@@ -29,11 +29,14 @@ def stored_history(tmp_path: Path) -> list[dict]:
     """The terminal conversation as the core stored it (what the model was asked and answered)."""
     from core.history import ConversationStore
 
-    store = ConversationStore(tmp_path / "data" / "history.sqlite3")
-    try:
-        return asyncio.run(store.recent(f"console:{getpass.getuser()}", 10))
-    finally:
-        store.close()
+    async def read() -> list[dict]:
+        store = ConversationStore(tmp_path / "data" / "history.sqlite3")
+        try:
+            return await store.recent(f"console:{getpass.getuser()}", 10)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def test_chat_once_answers_and_exits_zero(tmp_path):

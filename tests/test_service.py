@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 
 import pytest
+from sqlalchemy import event
 
 from core.errors import Busy, EmptyMessage, GenerationTimeout, RateLimited, UnknownModel
 from core.events import Accepted, Delta, Done, Notice, Queued, Started
@@ -330,7 +331,7 @@ async def test_record_delivery_and_take_interrupted_after_a_killed_process(tmp_p
     turn_id = await store.begin_turn("telegram:5", "tell me")
     await store.record_delivery(turn_id, "telegram", ["5:77"], "w ")
     await store.record_delivery(turn_id, "telegram", ["5:77", "5:78"], "w w ")  # the latest one counts
-    store.close()
+    await store.close()
     async with make_service(tmp_path) as service:
         assert await service.history.turn_state(turn_id) == "interrupted"
         assert await service.take_interrupted("discord") == []
@@ -344,7 +345,7 @@ async def test_record_delivery_and_take_interrupted_after_a_killed_process(tmp_p
 async def test_interrupted_turn_without_handles_is_not_returned(tmp_path):
     store = ConversationStore(tmp_path / "data" / "history.sqlite3")
     await store.begin_turn("c1", "never shown")
-    store.close()
+    await store.close()
     async with make_service(tmp_path) as service:
         assert await service.take_interrupted("telegram") == []
 
@@ -376,9 +377,15 @@ async def test_recent_reads_only_the_window(tmp_path):
     async with make_service(tmp_path) as service:
         for turn in range(31):
             await service.history.add_turn("c", f"q{turn}", f"a{turn}")
-        statements: list[str] = []
-        service.history._db.set_trace_callback(statements.append)
+        statements: list[tuple[str, object]] = []
+
+        def trace(_conn, _cursor, statement, parameters, _context, _many):
+            statements.append((statement, parameters))
+
+        engine = service.history.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", trace)
         window = await service.history.recent("c", 4)  # 31 turns: the window jumped to q28 (steps of 2)
         assert [m["content"] for m in window if m["role"] == "user"] == ["q28", "q29", "q30"]
-        service.history._db.set_trace_callback(None)
-        assert any("LIMIT 3" in sql for sql in statements), statements
+        event.remove(engine, "before_cursor_execute", trace)
+        # the window is read with LIMIT 3 (a bound parameter), not all 31 turns
+        assert any("LIMIT" in sql and 3 in tuple(params) for sql, params in statements), statements

@@ -59,6 +59,13 @@ def short_busy_timeout(monkeypatch):
     monkeypatch.setattr(history, "BUSY_TIMEOUT_S", 0.2)
 
 
+async def sqlite_pragma(store: ConversationStore, pragma: str) -> int:
+    """Run a PRAGMA on the store's own connection (a SQLite store has one; limits such as
+    max_page_count are per connection)."""
+    async with store.engine.connect() as db:
+        return (await db.exec_driver_sql(f"PRAGMA {pragma}")).scalar()
+
+
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "history.sqlite3"
 
@@ -126,14 +133,13 @@ async def test_model_choice_and_reset_while_locked_say_so_and_work_afterwards(tm
 async def test_disk_full_gives_clear_error_and_the_next_write_works(tmp_path):
     async with make_service(tmp_path, reply="ok") as service:
         await collect(service, text="x " * 1900)  # fills a page
-        db = service.history._db
-        (pages,) = db.execute("PRAGMA page_count").fetchone()
-        db.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: "database or disk is full"
+        pages = await sqlite_pragma(service.history, "page_count")
+        await sqlite_pragma(service.history, f"max_page_count = {pages}")  # may not grow: "database or disk is full"
         with pytest.raises(StoreUnavailable):
             await collect(service, text="y " * 1900)
         with pytest.raises(StoreUnavailable):
             await collect(service, text="z " * 1900)  # still full: still a clear error, not a crash
-        db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+        await sqlite_pragma(service.history, "max_page_count = 1073741823")  # space freed
         _, done = await collect(service, text="after")
         assert done.text == "ok"
         assert contents(await service.history.recent("c1", 10))[-2:] == ["after", "ok"]
@@ -148,7 +154,7 @@ async def test_write_failing_inside_its_transaction_is_rolled_back(tmp_path):
     turn_id = await store.begin_turn("c1", "fine")
     assert await store.finish_turn(turn_id, "answered", "yes")
     assert contents(await store.recent("c1", 5)) == ["fine", "yes"]
-    store.close()
+    await store.close()
 
 
 # -- killed process --------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""The history database's tables and their migrations, one definition for SQLite and PostgreSQL.
+
+The schema version is kept in the `schema_version` table (one row). SQLite files written before
+that table existed kept it in `PRAGMA user_version` (0: a new file, or the first layout with a
+`messages` table; 1: turns and model choices; 2: conversation options), which is read when the
+table is absent and still written, so an older lorabot refuses a newer file instead of
+misreading it. Every migration runs in one transaction; on PostgreSQL an advisory lock makes
+processes starting together take turns (on SQLite, BEGIN IMMEDIATE does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.errors import ChatError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
+MIGRATION_LOCK = 0x6C6F7261  # pg_advisory_xact_lock key ("lora"): one migrating process at a time
+
+metadata = sa.MetaData()
+# Integer on SQLite: only an INTEGER PRIMARY KEY is the rowid (and AUTOINCREMENT never reuses ids)
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+turns = sa.Table(
+    "turns",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("conversation_id", sa.Text, nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False, server_default=""),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text),  # the process writing it (core.turns.process_owner)
+    sa.Column("platform", sa.Text),  # where the reply is shown, set by record_delivery
+    sa.Column("handles", sa.Text, nullable=False, server_default="[]"),  # JSON list of message handles
+    sa.Column("shown", sa.Text, nullable=False, server_default=""),  # the reply text shown so far
+    sa.Column("notice_due", sa.Integer, nullable=False, server_default="0"),  # take_interrupted clears it
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.CheckConstraint("state IN ('pending', 'answered', 'interrupted', 'failed')", name="turns_state"),
+    sqlite_autoincrement=True,
+)
+_turn_indexes = [
+    sa.Index("turns_by_conversation", turns.c.conversation_id, turns.c.state, turns.c.id),
+    sa.Index("turns_by_age", turns.c.created_at),
+    sa.Index(
+        "turns_pending",
+        turns.c.id,
+        sqlite_where=turns.c.state == "pending",
+        postgresql_where=turns.c.state == "pending",
+    ),
+    sa.Index(
+        "turns_notice_due",
+        turns.c.platform,
+        sqlite_where=turns.c.notice_due == 1,
+        postgresql_where=turns.c.notice_due == 1,
+    ),
+]
+model_choice = sa.Table(
+    "model_choice",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),  # a conversation id, or 'scope:' + a scope id
+    sa.Column("model", sa.Text, nullable=False),
+)
+conversation_options = sa.Table(
+    "conversation_options",
+    metadata,
+    sa.Column("conversation_id", sa.Text, primary_key=True),
+    sa.Column("temperature", sa.Double),  # NULL: the model's or the global default
+)
+processes = sa.Table(  # leases: who is alive, for processes whose pid this host cannot check
+    "processes",
+    metadata,
+    sa.Column("owner", sa.Text, primary_key=True),
+    sa.Column("heartbeat_at", sa.Double, nullable=False),  # the database's clock (core.database.db_clock)
+)
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+Migration = Callable[[AsyncConnection], Awaitable[None]]
+
+
+async def _create(db: AsyncConnection, *items: sa.Table | sa.Index) -> None:
+    for item in items:
+        await db.run_sync(lambda sync, item=item: item.create(sync, checkfirst=True))
+
+
+async def _to_v1(db: AsyncConnection) -> None:
+    """Turns and model choices; the first layout's messages become answered turns (a user
+    message paired with the assistant message right after it in its conversation)."""
+    had_messages = await db.run_sync(lambda sync: sa.inspect(sync).has_table("messages"))
+    await _create(db, turns, *_turn_indexes, model_choice)
+    if had_messages:  # only SQLite files ever had this layout
+        kept = (
+            await db.execute(
+                sa.text(
+                    """INSERT INTO turns (conversation_id, question, answer, state, created_at, updated_at)
+                    SELECT q.conversation_id, q.content, a.content, 'answered', q.created_at, a.created_at
+                    FROM messages AS q JOIN messages AS a ON a.id = (
+                        SELECT min(n.id) FROM messages AS n
+                        WHERE n.conversation_id = q.conversation_id AND n.id > q.id
+                    )
+                    WHERE q.role = 'user' AND a.role = 'assistant'
+                    ORDER BY q.id"""
+                )
+            )
+        ).rowcount
+        await db.execute(sa.text("DROP TABLE messages"))
+        log.info("history store: %d stored exchange(s) moved to the turns table", kept)
+
+
+async def _to_v2(db: AsyncConnection) -> None:
+    """Per-conversation options (the sampling temperature chosen with /temperature)."""
+    await _create(db, conversation_options)
+
+
+async def _to_v3(db: AsyncConnection) -> None:
+    """Process leases (several processes, possibly on several hosts, on one database) and the
+    schema version table itself."""
+    await _create(db, processes, schema_version)
+
+
+MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3]  # [v] makes v + 1
+
+
+async def stored_version(db: AsyncConnection) -> int:
+    if await db.run_sync(lambda sync: sa.inspect(sync).has_table("schema_version")):
+        version = (await db.execute(sa.select(schema_version.c.version))).scalar()
+        if version is not None:
+            return int(version)
+    if db.dialect.name == "sqlite":
+        return int((await db.exec_driver_sql("PRAGMA user_version")).scalar() or 0)
+    return 0
+
+
+async def migrate(db: AsyncConnection) -> int:
+    """Bring the database to SCHEMA_VERSION inside the caller's (write) transaction; returns the
+    version found. A newer database than this lorabot knows is refused, not touched."""
+    if db.dialect.name == "postgresql":
+        await db.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+    version = await stored_version(db)
+    if version > SCHEMA_VERSION:
+        raise ChatError(
+            f"The history database has schema version {version}; this lorabot knows up to "
+            f"{SCHEMA_VERSION}. Upgrade lorabot or point LORABOT_DATABASE_URL at another database."
+        )
+    if version == SCHEMA_VERSION:
+        return version
+    for step in MIGRATIONS[version:]:
+        await step(db)
+    await db.execute(sa.delete(schema_version))
+    await db.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))
+    if db.dialect.name == "sqlite":
+        await db.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if version:
+        log.info("history store migrated from schema %d to %d", version, SCHEMA_VERSION)
+    return version
