@@ -13,6 +13,10 @@ prompt tokens and parallelism, the two sides alternating (lorabot, server, serve
 - vs_server_tok_s: aggregate completion tokens/s, lorabot ÷ server.
 - vs_server_ttft_burst: time to first token at turn 1 (all N arrive together), p50, lorabot ÷ server.
 - vs_server_ttft_last_p95: time to first token at the last turn, p95, lorabot ÷ server.
+
+A remote model (`--model NAME` of an entry with endpoint URLs) is measured through ChatService
+the same way; the comparisons that need the GGUF in this process (core_vs_raw, raw_*, the
+llama-server side) are null, with the reason in `raw_reason` / `vs_server_reason`.
 """
 
 from __future__ import annotations
@@ -110,23 +114,26 @@ class RawLlama:
 
 
 async def measure(
-    settings: CoreSettings, model_path: Path, turns: int, conversations: int, max_tokens: int, repeats: int = 3
-) -> dict[str, float]:
+    settings: CoreSettings, model_path: Path | None, turns: int, conversations: int, max_tokens: int, repeats: int = 3
+) -> dict[str, float | None]:
     """Every comparison alternates its two sides so a busy machine slows both alike.
 
     The raw side runs on the core's compute thread too: llama.cpp calls from a second thread
-    would start a second OpenMP team, which slows both sides (see core/worker.py).
+    would start a second OpenMP team, which slows both sides (see core/worker.py). Without a
+    `model_path` (a remote model) there is no raw side: only the core is measured.
     """
     compute = compute_thread()
-    raw = await compute.call(RawLlama, settings, model_path, max_tokens)
+    raw = await compute.call(RawLlama, settings, model_path, max_tokens) if model_path is not None else None
     service = ChatService(settings)
     await service.start()
     try:
         await timed_reply(service, "warmup", "warmup", "Hello!")  # loads the model
-        await compute.call(raw.decode_tok_s, "Hello!")
+        if raw is not None:
+            await compute.call(raw.decode_tok_s, "Hello!")
         raw_rates, core_rates = [], []
         for index, question in enumerate(QUESTIONS):
-            raw_rates.append(await compute.call(raw.decode_tok_s, question))
+            if raw is not None:
+                raw_rates.append(await compute.call(raw.decode_tok_s, question))
             core_rates.append((await timed_reply(service, f"rate-{index}", f"rate-{index}", question)).decode_tok_s)
 
         # One conversation at a time, `turns` turns each (`repeats` conversations, for medians).
@@ -141,7 +148,7 @@ async def measure(
             for conv in range(conversations):
                 question = QUESTIONS[(turn + conv) % len(QUESTIONS)]
                 interleaved[conv].append((await timed_reply(service, f"rr-{conv}", f"rr-{conv}", question)).ttft_s)
-        cold = await compute.call(raw.cold_ttft, turns)
+        cold = await compute.call(raw.cold_ttft, turns) if raw is not None else None
 
         # Concurrency: one request alone, then `conversations` at once, `repeats` times.
         singles, aggregates = [], []
@@ -156,11 +163,12 @@ async def measure(
             aggregates.append(sum(reply.done.completion_tokens for reply in results) / (time.perf_counter() - started))
     finally:
         await service.close()
-        await compute.call(raw.close)
+        if raw is not None:
+            await compute.call(raw.close)
     return {
-        "raw_tok_s": statistics.median(raw_rates),
+        "raw_tok_s": statistics.median(raw_rates) if raw_rates else None,
         "core_tok_s": statistics.median(core_rates),
-        "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates) if r > 0),
+        "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates) if r > 0) if raw_rates else None,
         "ttft_turn1_s": statistics.median(row[0] for row in single),
         "ttft_turn10_s": statistics.median(row[-1] for row in single),
         "ttft_interleaved_turn1_s": statistics.median(row[0] for row in interleaved),
@@ -411,10 +419,13 @@ async def measure_vs_server(
     }
 
 
-def run(settings: CoreSettings, *, turns: int, conversations: int, max_tokens: int) -> dict[str, object]:
+def run(
+    settings: CoreSettings, *, turns: int, conversations: int, max_tokens: int, model: str | None = None
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as data_dir:
         bench_settings = settings.model_copy(
             update={
+                "default_model": model or settings.default_model,
                 "data_dir": Path(data_dir),
                 "models_file": settings.resolved_models_file,
                 "temperature": 0.0,
@@ -428,8 +439,10 @@ def run(settings: CoreSettings, *, turns: int, conversations: int, max_tokens: i
         binary = find_llama_server()
         rounds = int(os.environ.get("LLAMA_SERVER_ROUNDS", SERVER_ROUNDS))
 
-        async def both() -> tuple[dict[str, float], dict[str, object]]:
+        async def both() -> tuple[dict[str, float | None], dict[str, object]]:
             measured = await measure(bench_settings, entry.path, turns, conversations, max_tokens)
+            if entry.path is None:
+                return measured, _no_server("a remote model: its servers are measured through lorabot only")
             if binary is None:
                 return measured, _no_server(
                     "no llama-server binary: set LLAMA_SERVER_BIN or put one on PATH (`make llama-server` builds it)"
@@ -454,8 +467,11 @@ def run(settings: CoreSettings, *, turns: int, conversations: int, max_tokens: i
         "ttft_turn10_vs_turn1": measured["ttft_turn10_s"] / measured["ttft_turn1_s"],
         "ttft_interleaved_vs_turn1": measured["ttft_interleaved_turn10_s"] / measured["ttft_interleaved_turn1_s"],
         **versus,
+        "raw_reason": None if entry.path is not None else "a remote model: no GGUF in this process to call directly",
     }
-    result["targets_met"] = all(_meets(result[name], *target) for name, target in TARGETS.items())
+    result["targets_met"] = all(
+        _meets(result[name], *target) for name, target in TARGETS.items() if result[name] is not None
+    )
     result["server_targets_met"] = (
         None if versus["vs_server_reason"] else all(_meets(result[name], *target) for name, target in SERVER_TARGETS.items())
     )
@@ -480,8 +496,10 @@ def _meets(value: object, op: str, target: float) -> bool:
     return float(value) >= target if op == ">=" else float(value) <= target  # type: ignore[arg-type]
 
 
-def main(settings: CoreSettings, *, json_output: bool, turns: int, conversations: int, max_tokens: int) -> None:
-    result = run(settings, turns=turns, conversations=conversations, max_tokens=max_tokens)
+def main(
+    settings: CoreSettings, *, json_output: bool, turns: int, conversations: int, max_tokens: int, model: str | None = None
+) -> None:
+    result = run(settings, turns=turns, conversations=conversations, max_tokens=max_tokens, model=model)
     if json_output:
         print(json.dumps(_rounded(result)))
         return
@@ -490,13 +508,17 @@ def main(settings: CoreSettings, *, json_output: bool, turns: int, conversations
     for column in ("metric", "value", "target", "ok"):
         table.add_column(column)
     for name, (op, target) in TARGETS.items():
+        if result[name] is None:  # core_vs_raw of a remote model
+            table.add_row(name, "n/a", f"{op} {target}", str(result["raw_reason"]))
+            continue
         value = float(result[name])  # type: ignore[arg-type]
         table.add_row(name, f"{value:.3f}", f"{op} {target}", "✓" if _meets(value, op, target) else "✗")
     for name in (
         "raw_tok_s", "core_tok_s", "ttft_turn1_s", "ttft_turn10_s", "ttft_interleaved_turn1_s",
         "ttft_interleaved_turn10_s", "raw_cold_ttft_turn10_s", "single_stream_tok_s", "aggregate_tok_s_8_concurrent",
     ):
-        table.add_row(name, f"{float(result[name]):.3f}", "", "")  # type: ignore[arg-type]
+        shown = "n/a" if result[name] is None else f"{float(result[name]):.3f}"  # type: ignore[arg-type]
+        table.add_row(name, shown, "", "")
     for index, (name, (op, target)) in enumerate(SERVER_TARGETS.items()):
         if result[name] is None:  # the reason once, under the first of them
             table.add_row(name, "n/a", f"{op} {target}", "" if index else str(result["vs_server_reason"]))

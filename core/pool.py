@@ -5,7 +5,8 @@ over the cap waits for its last user (the cap may be exceeded meanwhile), and a 
 registration or file changed is *retired* — new requests get a freshly loaded worker while the
 old one finishes its replies and is closed after the last. A file counts as changed when its
 (inode, size, mtime) changes, so a GGUF replaced on disk (written elsewhere and renamed over)
-reloads.
+reloads. A remote entry (endpoint URLs) counts as changed when its URLs, served model name or
+key variable change.
 
 A model that fails to load raises `ModelLoadError` and leaves the already-loaded ones alone, so a
 bad file in the registry never takes the bot down. The failure is remembered for
@@ -37,14 +38,27 @@ log = logging.getLogger(__name__)
 
 
 def default_engine_factory(entry: ModelEntry, settings: CoreSettings) -> Engine:
+    if entry.is_remote:
+        from core.engines.remote import OpenAIEngine
+
+        return OpenAIEngine.from_entry(entry, settings)
     from core.engines.llama import LlamaEngine  # llama_cpp is only imported when a model loads
 
     return LlamaEngine.load(entry, settings)
 
 
-def file_key(path: Path) -> FileKey | None:
+def remote_source(entry: ModelEntry) -> tuple[object, ...] | None:
+    """What identifies a remote entry's engine: a change to any of it loads a new one."""
+    if not entry.is_remote:
+        return None
+    return (tuple(entry.urls), entry.remote_model, entry.api_key_env, entry.context_length)
+
+
+def file_key(path: Path | None) -> FileKey | None:
     """The file's identity: a file replaced by rename gets a new inode, one rewritten in place a
-    new size or mtime. None when it cannot be read."""
+    new size or mtime. None when it cannot be read (or for a remote model)."""
+    if path is None:
+        return None
     try:
         stat = os.stat(path)
     except OSError:
@@ -54,7 +68,7 @@ def file_key(path: Path) -> FileKey | None:
 
 @dataclass
 class _LoadFailure:
-    path: Path
+    path: Path | None
     key: FileKey | None
     at: float
     reason: str
@@ -110,9 +124,9 @@ class ModelPool:
             if (failure.path, failure.key) == (entry.path, key) and self.clock() - failure.at < self.load_retry_s:
                 raise ModelLoadError(entry.name, failure.reason)
             del self._failures[entry.name]
-        worker = LoadedModel(entry.name, entry.path, key)
+        worker = LoadedModel(entry.name, entry.path, key, source=remote_source(entry))
         try:
-            await worker.load(lambda: self.factory(entry, self.settings))
+            await worker.load(lambda: self.factory(entry, self.settings), on_compute_thread=not entry.is_remote)
         except Exception as error:  # any loader failure becomes a clear user message
             await worker.close()
             self._failures[entry.name] = _LoadFailure(entry.path, key, self.clock(), _reason(error))
@@ -124,6 +138,8 @@ class ModelPool:
     def _stale(worker: LoadedModel, entry: ModelEntry, key: FileKey | None) -> bool:
         """Re-registering a name with a new file, or replacing its file, loads the new file. A file
         that vanished keeps the loaded copy (it is still in memory)."""
+        if worker.source != remote_source(entry):
+            return True
         return worker.path != entry.path or (key is not None and worker.file_key != key)
 
     async def _release(self, worker: LoadedModel) -> None:
@@ -152,14 +168,19 @@ class ModelPool:
         else:
             await worker.close()
 
-    async def each_loaded(self, fn_name: str, *args: object) -> None:
-        """Call an engine method on every loaded model (e.g. `forget`)."""
+    async def forget(self, conversation_id: str) -> None:
+        """Drop what every loaded model keeps for the conversation (its KV cache)."""
         for worker in [*self._workers.values(), *self._retired]:
-            if worker.engine is not None:
-                try:
-                    await worker.call(getattr(worker.engine, fn_name), *args)
-                except EngineClosed:  # unloaded meanwhile: nothing left to call
-                    pass
+            try:
+                await worker.forget(conversation_id)
+            except EngineClosed:  # unloaded meanwhile: nothing left to forget
+                pass
+
+    def backpressure_s(self, name: str) -> float:
+        """Seconds until model `name`'s servers take requests again, as they said (429/503
+        Retry-After); 0 for a local model or one not loaded."""
+        worker = self._workers.get(name)
+        return worker.backpressure_s() if worker is not None else 0.0
 
     async def close(self) -> None:
         workers = [*self._workers.values(), *self._retired]

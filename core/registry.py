@@ -1,4 +1,5 @@
-"""The models registry: a TOML file mapping a name to a GGUF file and its defaults.
+"""The models registry: a TOML file mapping a name to a GGUF file, or to OpenAI-compatible
+inference servers, and its defaults (docs/models.md).
 
 ```toml
 [models.my-tune]
@@ -8,6 +9,11 @@ description = "SmolLM2 tuned on our FAQ"    # optional
 temperature = 0.6                           # optional generation defaults
 top_p = 0.9
 max_new_tokens = 300
+
+[models.big]                                # a remote model: endpoints instead of a path
+urls = ["http://gpu-1:8000/v1", "http://gpu-2:8000/v1"]
+remote_model = "llama-3.1-8b"               # optional: the name the servers serve
+api_key_env = "BIG_API_KEY"                 # optional: the variable holding the key (never the key)
 ```
 
 The embedded SmolLM2 model is always present. The file is re-read when it changes, so a
@@ -25,7 +31,7 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from core.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from core.errors import UnknownModel
@@ -33,13 +39,30 @@ from core.errors import UnknownModel
 log = logging.getLogger(__name__)
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+def normalize_url(url: str) -> str:
+    """An endpoint's base URL (`http://host:port/v1`) without a trailing slash; only http(s) with
+    a host, and no credentials in it (keys come from the environment, see `api_key_env`)."""
+    url = url.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if scheme.lower() not in ("http", "https") or not sep or not host:
+        raise ValueError(f"{url!r} is not an http(s) URL like http://gpu-1:8000/v1")
+    if "@" in host:
+        raise ValueError("put no credentials in the URL: name the variable holding the key (api_key_env)")
+    return url
 
 
 class ModelEntry(BaseModel):
-    """One registered model."""
+    """One registered model: a GGUF file (`path`) or OpenAI-compatible endpoints (`urls`)."""
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
-    path: Path
+    path: Path | None = None
+    urls: list[str] = Field(default_factory=list)  # base URLs, …/v1; requests go to the least busy
+    remote_model: str | None = None  # the model name the servers serve (default: the one they list)
+    api_key_env: str | None = Field(None, pattern=ENV_NAME_PATTERN)  # the variable, never the key
     context_length: int | None = Field(None, ge=128)
     description: str = ""
     temperature: float | None = Field(None, ge=0)
@@ -47,8 +70,27 @@ class ModelEntry(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1)
     embedded: bool = False
 
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        return list(dict.fromkeys(normalize_url(url) for url in urls))
+
+    @model_validator(mode="after")
+    def _path_or_urls(self) -> ModelEntry:
+        if (self.path is None) == (not self.urls):
+            raise ValueError("needs either path (a GGUF file) or urls (OpenAI-compatible endpoints), and not both")
+        if self.path is not None and (self.remote_model or self.api_key_env):
+            raise ValueError("remote_model and api_key_env are for entries with urls")
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.urls)
+
     @property
     def size_bytes(self) -> int | None:
+        if self.path is None:
+            return None
         try:
             return self.path.stat().st_size
         except OSError:
@@ -106,7 +148,7 @@ class ModelRegistry:
             raise RegistryError(f"{where}: {problems}") from error
         except TypeError as error:
             raise RegistryError(f"{where}: {error}") from error
-        if not entry.path.is_absolute():
+        if entry.path is not None and not entry.path.is_absolute():
             entry.path = (self.path.parent / entry.path).resolve()
         return entry
 
@@ -152,14 +194,25 @@ class ModelRegistry:
     def add(
         self,
         name: str,
-        path: Path,
+        path: Path | None = None,
         *,
+        urls: list[str] | None = None,
+        remote_model: str | None = None,
+        api_key_env: str | None = None,
         context_length: int | None = None,
         description: str = "",
         overwrite: bool = True,
     ) -> ModelEntry:
-        """Register (or replace) a model; the file is written atomically."""
-        entry = ModelEntry(name=name, path=Path(path).resolve(), context_length=context_length, description=description)
+        """Register (or replace) a model, a GGUF `path` or endpoint `urls`; written atomically."""
+        entry = ModelEntry(
+            name=name,
+            path=Path(path).resolve() if path is not None else None,
+            urls=list(urls or []),
+            remote_model=remote_model,
+            api_key_env=api_key_env,
+            context_length=context_length,
+            description=description,
+        )
         if name == EMBEDDED_MODEL_NAME:
             raise RegistryError(f"{name!r} is the embedded model's name; pick another")
         raw = self._read_file()
@@ -168,7 +221,7 @@ class ModelRegistry:
         raw[name] = {
             key: (str(value) if isinstance(value, Path) else value)
             for key, value in entry.model_dump(exclude={"name", "embedded"}).items()
-            if value not in (None, "")
+            if value not in (None, "", [])
         }
         self._write(raw)
         return entry

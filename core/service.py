@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from core.engines.base import Engine, GenerationRequest, GenerationStats, Message
+from core.engines.base import GenerationRequest, GenerationStats, Message
 from core.errors import BadTemperature, Busy, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
 from core.history import ConversationStore
@@ -146,7 +146,7 @@ class ChatService:
         """Forget the conversation (history, pending turns included, and cached KV state); returns
         messages removed. Raises `StoreUnavailable` (nothing forgotten) when the store refuses."""
         removed = await self._store.forget(conversation_id)
-        await self.pool.each_loaded("forget", conversation_id)
+        await self.pool.forget(conversation_id)
         return removed
 
     async def record_delivery(self, turn_id: int, platform: str, handles: list[str], shown: str) -> None:
@@ -181,7 +181,7 @@ class ChatService:
         await self.limiter.check(user_id)
         model = await self.current_model(conversation_id, scope_id)
         entry = self.registry.get(model)
-        self._admit(user_id)
+        self._admit(user_id, model)
         ticket = self.scheduler.enqueue(user_id)
         turn_id: int | None = None
         settled = False  # _generate marked the turn answered/interrupted
@@ -230,7 +230,7 @@ class ChatService:
         per_reply = statistics.median(self._reply_seconds)
         return position * per_reply / self.settings.parallel
 
-    def _admit(self, user_id: str) -> None:
+    def _admit(self, user_id: str, model: str | None = None) -> None:
         """Accept while the expected wait stays under `max_wait_s`; refuse with the estimate beyond.
 
         A user's further questions queue behind their first (answered in order) up to
@@ -240,6 +240,8 @@ class ChatService:
             raise TooManyWaiting(mine)
         ahead = self.scheduler.waiting
         wait = self.estimated_wait_s(ahead + 1)
+        if model is not None and (backpressure := self.pool.backpressure_s(model)) > 0:
+            wait = (wait or 0.0) + backpressure  # the model's servers asked us to wait (429/503)
         free_slot = self.scheduler.running < self.settings.parallel and ahead == 0
         if wait is not None and not free_slot and wait > self.settings.max_wait_s:
             raise Busy(ahead, wait)
@@ -254,10 +256,10 @@ class ChatService:
     async def _generate(
         self, worker: LoadedModel, entry: ModelEntry, conversation_id: str, text: str, turn_id: int
     ) -> AsyncIterator[ReplyEvent]:
-        engine = worker.require_engine()  # EngineClosed, never a freed model
         settings = self.settings
-        max_new = min(entry.max_new_tokens or settings.max_new_tokens, engine.context_length // 2)
-        messages, text, trimmed = await self._fit_context(worker, engine, conversation_id, text, max_new)
+        context_length = worker.context_length  # EngineClosed, never a freed model
+        max_new = min(entry.max_new_tokens or settings.max_new_tokens, context_length // 2)
+        messages, text, trimmed = await self._fit_context(worker, conversation_id, text, max_new)
         if trimmed:
             yield Notice(trimmed)
         request = GenerationRequest(
@@ -317,18 +319,18 @@ class ChatService:
         )
 
     async def _fit_context(
-        self, worker: LoadedModel, engine: Engine, conversation_id: str, text: str, max_new: int
+        self, worker: LoadedModel, conversation_id: str, text: str, max_new: int
     ) -> tuple[list[Message], str, str | None]:
         """System prompt + as many recent turns as fit + the new message, within the window."""
-        budget = engine.context_length - max_new
+        budget = worker.context_length - max_new
         system: Message = {"role": "system", "content": self.settings.system_prompt}
         history = await self._store.recent(conversation_id, self.settings.history_max_turns)
         notice = None
-        base = await worker.call(engine.count_tokens, [system, {"role": "user", "content": ""}])
+        base = await worker.count_tokens([system, {"role": "user", "content": ""}])
         room_for_text = budget - base
         if room_for_text < 16:
             raise ChatError("The system prompt is too long for this model's context window.")
-        shortened = await worker.call(engine.truncate_to_tokens, text, room_for_text)
+        shortened = await worker.truncate_to_tokens(text, room_for_text)
         if shortened != text:
             notice = "Your message was too long for this model; I only read its beginning."
             text = shortened
@@ -337,7 +339,7 @@ class ChatService:
         limit = budget
         while True:
             messages = [system, *history, {"role": "user", "content": text}]
-            if not history or await worker.call(engine.count_tokens, messages) <= limit:
+            if not history or await worker.count_tokens(messages) <= limit:
                 return messages, text, notice
             history = history[2:]  # drop the oldest exchange
             limit = int(budget * 0.75)

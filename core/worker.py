@@ -6,7 +6,9 @@ requests, then advance every active request by one step — one batched decode p
 engines that offer `begin/step/end` (the llama.cpp engine: a token for each reply being generated
 plus a chunk of the prompts still being read), or one `next()` each for plain generator engines.
 What a step produced goes to asyncio in one hand-over per event loop, not one per piece.
-asyncio code talks to it through `LoadedModel.call` and `.stream`.
+asyncio code talks to it through `LoadedModel`, the one handle the service holds for a loaded
+model of any kind: for a remote engine (`core/engines/remote.py`) the same handle runs everything
+on the asyncio side and the compute thread never sees it.
 
 Faults never leave a caller waiting: an engine error fails only the requests it touched (with
 `EngineFailed`, a user-facing `ChatError`) and the loop goes on; if the thread dies anyway, it
@@ -28,7 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.engines.base import Engine, GenerationRequest, GenerationStats, is_thread_safe
+from core.engines.base import (
+    Engine,
+    EngineKind,
+    GenerationRequest,
+    GenerationStats,
+    LocalEngine,
+    Message,
+    is_thread_safe,
+    kind_of,
+)
 from core.errors import ChatError, EngineClosed, EngineFailed
 
 T = TypeVar("T")
@@ -56,15 +67,16 @@ BURST_MAX_S = 0.030
 
 @dataclass(eq=False)
 class _Job:
-    engine: Engine
+    engine: LocalEngine
     request: GenerationRequest
     stats: GenerationStats
     cancel: threading.Event
     loop: asyncio.AbstractEventLoop  # the consumer's: items reach `queue` there, in order
     queue: asyncio.Queue[object] = field(repr=False)  # pieces, then an error and/or _END
     finished: asyncio.Future[None] = field(repr=False)  # set once _END is delivered
-    state: Any = None  # the engine's Generation, or a plain generator
-    pieces: Iterator[str] | None = field(default=None, repr=False)
+    state: Any = None  # a batched engine's state for this request (its Generation)
+    pieces: Iterator[str] | None = field(default=None, repr=False)  # a generator engine's reply
+    batched: bool = False  # driven through begin/step/end (the engine's declared kind)
 
 
 def _failure(error: BaseException) -> ChatError:
@@ -224,7 +236,8 @@ class ComputeThread:
     def _admit(self, job: _Job, active: list[_Job]) -> None:
         engine = job.engine
         try:
-            if hasattr(engine, "step"):
+            job.batched = kind_of(engine) == "batched"
+            if job.batched:
                 job.state = engine.begin(job.request, job.stats)  # type: ignore[attr-defined]
             else:
                 job.pieces = iter(engine.generate(job.request, job.cancel, job.stats))
@@ -235,9 +248,9 @@ class ComputeThread:
             return
         active.append(job)
 
-    def _advance(self, engine: Engine, jobs: list[_Job], active: list[_Job]) -> None:
+    def _advance(self, engine: LocalEngine, jobs: list[_Job], active: list[_Job]) -> None:
         """One token for each of `engine`'s jobs: one batched decode, or one next() each."""
-        if hasattr(engine, "step"):
+        if jobs[0].batched:  # all of one engine's jobs share its kind
             try:
                 results = engine.step([job.state for job in jobs])  # type: ignore[attr-defined]
             except BaseException as error:  # a failed decode fails the whole batch, nothing else
@@ -290,7 +303,7 @@ class ComputeThread:
     def _finish(self, job: _Job, error: BaseException | None = None, failed: bool = False) -> None:
         """Release the job's engine state, then tell its consumer: `_END` is always emitted."""
         try:
-            if job.state is not None:
+            if job.batched and job.state is not None:
                 job.engine.end(job.state, failed=failed or error is not None)  # type: ignore[attr-defined]
             elif job.pieces is not None and hasattr(job.pieces, "close"):
                 job.pieces.close()  # type: ignore[union-attr]
@@ -353,17 +366,23 @@ def compute_thread() -> ComputeThread:
 
 
 class LoadedModel:
-    """One loaded model, run on the shared compute thread; asyncio code talks to it here.
+    """One loaded model: the handle the service and the pool use, whatever the engine's kind.
 
-    `ModelPool` counts its `users` and closes it only after the last one; once closed, every use
-    raises `EngineClosed` instead of reaching freed llama.cpp memory.
+    A local engine runs on the shared compute thread; a remote one runs on the asyncio side (its
+    methods are coroutines) and never reaches that thread. `ModelPool` counts its `users` and
+    closes it only after the last one; once closed, every use raises `EngineClosed` instead of
+    reaching freed llama.cpp memory.
     """
 
-    def __init__(self, name: str, path: Path | None = None, file_key: FileKey | None = None) -> None:
+    def __init__(
+        self, name: str, path: Path | None = None, file_key: FileKey | None = None, *, source: object = None
+    ) -> None:
         self.name = name
         self.path = path  # the file it was loaded from: a re-registered name reloads
         self.file_key = file_key  # that file's identity when loaded: a replaced file reloads
+        self.source = source  # a remote entry's endpoints and model: a changed entry reloads
         self.engine: Engine | None = None
+        self.kind: EngineKind | None = None
         self.users = 0
         self.closed = False
 
@@ -373,7 +392,16 @@ class LoadedModel:
             raise EngineClosed(self.name)
         return self.engine
 
+    @property
+    def remote(self) -> bool:
+        return self.kind == "remote"
+
+    @property
+    def context_length(self) -> int:
+        return self.require_engine().context_length
+
     async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a method of the local engine on the compute thread (thread-safe ones at once)."""
         # Checked when posted: a close posted later runs after this call (the inbox is FIFO).
         if self.closed:
             raise EngineClosed(self.name)
@@ -381,22 +409,59 @@ class LoadedModel:
             return fn(*args)
         return await compute_thread().call(fn, *args)
 
-    async def load(self, factory: Callable[[], Engine]) -> Engine:
-        engine = await compute_thread().call(factory)
+    async def count_tokens(self, messages: list[Message]) -> int:
+        engine = self.require_engine()
+        if self.remote:
+            return await engine.count_tokens(messages)  # type: ignore[attr-defined, no-any-return]
+        return await self.call(engine.count_tokens, messages)  # type: ignore[attr-defined]
+
+    async def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
+        engine = self.require_engine()
+        if self.remote:
+            return await engine.truncate_to_tokens(text, max_tokens)  # type: ignore[attr-defined, no-any-return]
+        return await self.call(engine.truncate_to_tokens, text, max_tokens)  # type: ignore[attr-defined]
+
+    async def forget(self, conversation_id: str) -> None:
+        engine = self.require_engine()
+        if self.remote:
+            await engine.forget(conversation_id)  # type: ignore[attr-defined]
+        else:
+            await self.call(engine.forget, conversation_id)  # type: ignore[attr-defined]
+
+    def backpressure_s(self) -> float:
+        """How long the servers asked us to wait before the next request (0 for local engines)."""
+        if not self.remote or self.closed or self.engine is None:
+            return 0.0
+        return self.engine.backpressure_s()  # type: ignore[attr-defined, no-any-return]
+
+    async def load(self, factory: Callable[[], Engine], *, on_compute_thread: bool = True) -> Engine:
+        """Build the engine: on the compute thread (a local model is read there), or here for a
+        remote one (nothing to read, and no reason to wait for a decode step)."""
+        engine = await compute_thread().call(factory) if on_compute_thread else factory()
+        self.kind = kind_of(engine)
         self.engine = engine
         return engine
 
     async def stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
-        """Generate on the compute thread, yielding pieces here.
+        """Generate, yielding pieces here.
 
-        Closing this iterator (or cancelling its consumer) sets the job's cancel flag; the
-        thread drops the job before its next token, and we wait until it has.
+        Closing this iterator (or cancelling its consumer) stops the request: a local job's cancel
+        flag is set and the compute thread drops it before its next token (we wait until it has);
+        a remote request's stream is closed, so the server stops generating.
         """
         engine = self.require_engine()
+        if self.remote:
+            pieces_from_server = engine.stream(request, stats)  # type: ignore[attr-defined]
+            try:
+                async for piece in pieces_from_server:
+                    yield piece
+            finally:
+                await pieces_from_server.aclose()
+            return
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[object] = asyncio.Queue()
         finished = loop.create_future()
-        job = _Job(engine, request, stats, threading.Event(), loop, pieces, finished)
+        job = _Job(engine, request, stats, threading.Event(), loop, pieces, finished)  # type: ignore[arg-type]
         compute = compute_thread()
         compute.post("job", job)  # accepted jobs always get _END, even if the thread dies
         try:
@@ -418,6 +483,12 @@ class LoadedModel:
         self.closed = True
         engine, self.engine = self.engine, None
         if engine is None:
+            return
+        if kind_of(engine) == "remote":
+            try:
+                await engine.close()  # type: ignore[attr-defined]
+            except Exception:  # the model is being dropped anyway
+                log.exception("closing model %s failed", self.name)
             return
         loop = asyncio.get_running_loop()
         future = loop.create_future()

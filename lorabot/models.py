@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -18,20 +19,25 @@ app = typer.Typer(help="List and register models.", invoke_without_command=True)
 
 @app.callback()
 def models(ctx: typer.Context) -> None:
-    """List the registered models (name, file, size, context length, default)."""
+    """List the registered models (name, file or endpoint URLs, size, context length, default)."""
     if ctx.invoked_subcommand is not None:
         return
     current = settings()
     registry = ModelRegistry(current.resolved_models_file)
     table = Table(title=f"Models ({current.resolved_models_file})")
-    for column in ("name", "file", "size", "context", "default", "description"):
+    for column in ("name", "file or endpoints", "size", "context", "default", "description"):
         table.add_column(column)
     for entry in registry.all():  # a broken file still lists the embedded model
         size = entry.size_bytes
+        if entry.is_remote:  # the URLs and the key's variable name, never a key
+            where = "\n".join(entry.urls) + (f"\nmodel {entry.remote_model}" if entry.remote_model else "")
+            where += f"\nkey from ${entry.api_key_env}" if entry.api_key_env else ""
+        else:
+            where = str(entry.path)
         table.add_row(
             entry.name,
-            str(entry.path),
-            f"{size / 2**20:.1f} MiB" if size is not None else "[red]missing[/red]",
+            escape(where),
+            "remote" if entry.is_remote else f"{size / 2**20:.1f} MiB" if size is not None else "[red]missing[/red]",
             str(entry.context_length or current.context_length),
             "yes" if entry.name == current.default_model else "",
             entry.description,
@@ -46,21 +52,43 @@ def models(ctx: typer.Context) -> None:
 @app.command("add")
 def models_add(
     name: str,
-    path: Path,
+    path: Annotated[Optional[Path], typer.Argument(help="A GGUF file (or give --url instead).")] = None,
+    url: Annotated[
+        Optional[list[str]],
+        typer.Option("--url", help="OpenAI-compatible endpoint (…/v1) serving the model; repeat for several."),
+    ] = None,
+    remote_model: Annotated[
+        Optional[str], typer.Option(help="Model name the endpoints serve (default: the first they list).")
+    ] = None,
+    api_key_env: Annotated[
+        Optional[str], typer.Option(help="Environment variable holding the endpoints' API key (the key is never stored).")
+    ] = None,
     context_length: Annotated[Optional[int], typer.Option(help="Context window (tokens).")] = None,
     description: str = "",
 ) -> None:
-    """Register a GGUF file under NAME (running bots see it without a restart)."""
-    if not path.is_file():
+    """Register a GGUF file, or OpenAI-compatible endpoints (--url), under NAME (running bots see it
+    without a restart)."""
+    urls = url or []
+    if (path is None) == (not urls):
+        console.print("[red]give a GGUF PATH or one or more --url, not both[/red]")
+        raise typer.Exit(2)
+    if path is not None and not path.is_file():
         console.print(f"[red]{path} does not exist[/red]")
         raise typer.Exit(2)
     registry = ModelRegistry(settings().resolved_models_file)
     try:
-        registry.add(name, path, context_length=context_length, description=description)
-    except (RegistryError, ValueError) as error:
-        console.print(f"[red]{error}[/red]")
+        entry = registry.add(
+            name, path, urls=urls, remote_model=remote_model, api_key_env=api_key_env,
+            context_length=context_length, description=description,
+        )  # fmt: skip
+    except ValidationError as error:  # one line per problem, as the user wrote the option
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        console.print(f"[red]{escape(problems)}[/red]")
         raise typer.Exit(2) from None
-    console.print(f"Registered {name} → {path}")
+    except (RegistryError, ValueError) as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"Registered {name} → {path if path is not None else ', '.join(entry.urls)}")
 
 
 @app.command("pull")

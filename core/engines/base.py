@@ -1,24 +1,31 @@
-"""The one engine interface: the embedded llama.cpp engine, test engines and (later) remote
-OpenAI-compatible engines all fit it.
+"""The engine seam: what the core asks of an engine, in the two shapes an engine can take.
 
-Engine methods are blocking and are only ever called from the compute thread
-(`core.worker.ComputeThread`), because a `llama_cpp.Llama` is not thread-safe, with one exception:
-methods marked `@thread_safe` (tokenizer work that only reads the vocabulary) are run by
-`LoadedModel.call` at once in the caller's thread, instead of waiting for a decode step to end.
+- A **local** engine computes on this machine. Its methods are blocking and only ever called from
+  the compute thread (`core.worker.ComputeThread`), because a `llama_cpp.Llama` is not
+  thread-safe, with one exception: methods marked `@thread_safe` (tokenizer work that only reads
+  the vocabulary) are run by `LoadedModel.call` at once in the caller's thread.
+  - `BatchedEngine` (the llama.cpp one) advances all its replies with one decode per step:
+    `begin(request, stats) -> state`, `step([state, ...]) -> [(text, finished), ...]`,
+    `end(state, failed=...)`.
+  - `GeneratorEngine` (test engines) yields the pieces of one reply from `generate`; the compute
+    thread advances such replies one `next()` each, in turn.
+- A **remote** engine (`RemoteEngine`, an OpenAI-compatible inference server) computes elsewhere:
+  its methods are coroutines, run on the asyncio side, and never touch the compute thread.
 
-Engines that batch (the llama.cpp one) also offer `begin(request, stats) -> state`,
-`step([state, ...]) -> [(text, finished), ...]` (one decode for all of them) and
-`end(state, failed=...)`; the compute thread drives those.
+An engine says which it is with its class attribute `kind`; `kind_of` reads it, so the worker and
+the pool never guess from the methods an object happens to have. `core.worker.LoadedModel` is the
+one handle the service uses for any kind.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import ClassVar, Literal, Protocol, TypeVar
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+EngineKind = Literal["batched", "generator", "remote"]
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -55,8 +62,15 @@ class GenerationStats:
 
 
 class Engine(Protocol):
+    """What every engine has, whatever its kind."""
+
+    kind: ClassVar[EngineKind]
     name: str
     context_length: int
+
+
+class LocalEngine(Engine, Protocol):
+    """An engine computing on this machine, driven from the compute thread (blocking methods)."""
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Prompt length in tokens once the chat template is applied (with the generation prompt)."""
@@ -74,3 +88,57 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the model."""
+
+
+class GeneratorEngine(LocalEngine, Protocol):
+    """A local engine whose replies are advanced one `next()` of `generate` at a time."""
+
+    kind: ClassVar[EngineKind] = "generator"
+
+
+class BatchedEngine(LocalEngine, Protocol):
+    """A local engine that advances all its replies with one decode per step."""
+
+    kind: ClassVar[EngineKind] = "batched"
+
+    def begin(self, request: GenerationRequest, stats: GenerationStats) -> object:
+        """Claim what the request needs (a KV slot) and return its state; `step` does the work."""
+
+    def step(self, states: list[object]) -> list[tuple[str, bool]]:
+        """One decode for all of `states`: (new text, finished) for each, in order."""
+
+    def end(self, state: object, *, failed: bool = False) -> None:
+        """Release the request's resources; `failed` drops what it cached."""
+
+
+class RemoteEngine(Engine, Protocol):
+    """An engine on inference servers elsewhere: coroutines, on the asyncio side only."""
+
+    kind: ClassVar[EngineKind] = "remote"
+
+    async def count_tokens(self, messages: list[Message]) -> int:
+        """Prompt length in tokens (the server's tokenizer where it has one, else an estimate)."""
+
+    async def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
+        """A prefix of `text` of at most about `max_tokens` tokens."""
+
+    def stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
+        """Pieces of the reply as the server sends them; closing the iterator ends the request."""
+
+    def backpressure_s(self) -> float:
+        """Seconds until a server said it would take requests again (0 when one takes them now)."""
+
+    async def forget(self, conversation_id: str) -> None:
+        """Drop what is kept for the conversation (the servers keep their own prompt caches)."""
+
+    async def close(self) -> None:
+        """Stop health checks and close the connections."""
+
+
+def kind_of(engine: object) -> EngineKind:
+    """The protocol `engine` declares with its `kind`. An engine that declares none is a plain
+    generator engine (`generate` only), the simplest thing a test can write."""
+    kind = getattr(engine, "kind", "generator")
+    if kind not in ("batched", "generator", "remote"):
+        raise TypeError(f"engine {engine!r} declares an unknown kind {kind!r}")
+    return kind

@@ -17,13 +17,14 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from core.engines.base import GenerationRequest, GenerationStats, Message, thread_safe
+from core.engines.base import EngineKind, GenerationRequest, GenerationStats, Message, thread_safe
 from core.registry import ModelEntry
 from core.settings import CoreSettings
 
@@ -129,6 +130,8 @@ class _Batch:
 
 
 class LlamaEngine:
+    kind: ClassVar[EngineKind] = "batched"  # begin/step/end: one decode per step for all replies
+
     def __init__(
         self,
         name: str,

@@ -15,6 +15,8 @@ def plot_tradeoff(models: list[dict[str, Any]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for index, model in enumerate(models):
+        if model["perplexity"] is None:  # a remote model: no perplexity to place it by
+            continue
         speed = model["decode_tok_s"]
         x, y = model["perplexity"], speed["median"] or 0.0
         low, high = speed["low"] or y, speed["high"] or y

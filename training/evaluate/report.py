@@ -42,13 +42,15 @@ def tradeoff_lines(models: list[dict[str, Any]]) -> list[str]:
         b_ttft, m_ttft = base["ttft_s"]["median"], model["ttft_s"]["median"]
         if b_ttft and m_ttft:
             parts.append(f"first token after {m_ttft:.3f} s vs {b_ttft:.3f} s")
-        change = model["perplexity"] / base["perplexity"] - 1
-        parts.append(
-            f"held-out perplexity {model['perplexity']:.3f} vs {base['perplexity']:.3f} "
-            f"({change:+.1%}, loss {model['heldout_loss'] - base['heldout_loss']:+.4f} nats/token)"
-        )
-        parts.append(f"file {model['file_size_mib']:.0f} vs {base['file_size_mib']:.0f} MiB")
-        parts.append(f"memory added {model['rss_model_mib']:.0f} vs {base['rss_model_mib']:.0f} MiB")
+        if model["perplexity"] is not None and base["perplexity"] is not None:  # None: a remote model
+            change = model["perplexity"] / base["perplexity"] - 1
+            parts.append(
+                f"held-out perplexity {model['perplexity']:.3f} vs {base['perplexity']:.3f} "
+                f"({change:+.1%}, loss {model['heldout_loss'] - base['heldout_loss']:+.4f} nats/token)"
+            )
+        if model["file_size_mib"] is not None and base["file_size_mib"] is not None:
+            parts.append(f"file {model['file_size_mib']:.0f} vs {base['file_size_mib']:.0f} MiB")
+            parts.append(f"memory added {model['rss_model_mib']:.0f} vs {base['rss_model_mib']:.0f} MiB")
         lines.append(f"**{model['name']}** against **{base['name']}**: " + "; ".join(parts) + ".")
     return lines
 

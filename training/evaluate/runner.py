@@ -2,7 +2,9 @@
 then the optional judge, then report.md / report.json / tradeoff.png in the output folder.
 
 Models are measured one at a time, in the order given, each unloaded before the next, with the
-same settings; the first model is the baseline the trade-off sentences compare against.
+same settings; the first model is the baseline the trade-off sentences compare against. A remote
+model (endpoint URLs) is measured the same way through the core; it has no GGUF here, so its
+perplexity, file size and memory are left out (null) with the reason in `quality_note`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def resolve_models(registry: ModelRegistry, names: list[str]) -> list[ModelEntry
     except RegistryError as error:
         raise EvalError(str(error)) from None
     for entry in entries:
-        if not entry.path.is_file():
+        if entry.path is not None and not entry.path.is_file():
             raise EvalError(f"model {entry.name!r}: file not found: {entry.path}")
     return entries
 
@@ -73,6 +75,22 @@ def evaluate_model(settings: CoreSettings, entry: ModelEntry, prompts: list[str]
     from training.evaluate.speed import measure_speed
 
     speed = asyncio.run(measure_speed(settings, entry, prompts, max_new_tokens=options.max_new_tokens, progress=options.progress))
+    if entry.path is None:  # remote: the weights are on the servers
+        return {
+            "name": entry.name,
+            "path": None,
+            "urls": entry.urls,
+            "description": entry.description,
+            **asdict(speed),
+            "file_size_mib": None,
+            "rss_after_load_mib": None,
+            "rss_model_mib": None,
+            "heldout_loss": None,
+            "perplexity": None,
+            "heldout_tokens": 0,
+            "heldout_truncated": 0,
+            "quality_note": "remote model: held-out perplexity needs the GGUF on this machine",
+        }
     # llama.cpp work runs on the core's compute thread: a second calling thread would start a
     # second OpenMP team and slow every later measurement (see core/worker.py).
     quality = compute_thread().run(
@@ -106,6 +124,9 @@ def make_judge(settings: CoreSettings, registry: ModelRegistry, options: EvalOpt
         return EndpointJudge(options.judge_url, options.judge_model, options.judge_api_key)
     if options.judge:
         entry = resolve_models(registry, [options.judge])[0]
+        if entry.path is None:  # a remote judge: its first endpoint, its key from its variable
+            api_key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
+            return EndpointJudge(entry.urls[0], entry.remote_model or entry.name, api_key)
         return LocalJudge(entry.name, entry.path, threads=settings.resolved_threads)
     return None
 
