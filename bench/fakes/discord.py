@@ -112,6 +112,9 @@ class FakeDiscord:
     MEMBER_ROLE_ID = 830_000_000_000_000_001
     MOD_ROLE_ID = 830_000_000_000_000_002
     BOT_ROLE_ID = 830_000_000_000_000_003  # the managed role Discord gives a bot when it joins
+    # a second server (add_guild): on shard 0 of 2, where GUILD_ID is on shard 1 ((id >> 22) % 2)
+    SECOND_GUILD_ID = GUILD_ID + (1 << 22)
+    SECOND_CHANNEL_ID = 810_000_000_000_000_101
 
     def __init__(self, *, token: str = "fake-token", limits: DiscordLimits | None = DiscordLimits()) -> None:
         self.token = token
@@ -119,6 +122,9 @@ class FakeDiscord:
         self.rate = Limits()
         self.calls: list[Call] = []
         self.identify: dict[str, Any] | None = None
+        self.identifies: list[dict[str, Any]] = []  # every IDENTIFY, one per shard connection
+        self.ready_shards: set[tuple[int, int]] = set()  # (shard id, count) sent READY + GUILD_CREATE
+        self.extra_guilds: dict[int, int] = {}  # guild id -> its one text channel (add_guild)
         self.messages: dict[int, dict[str, Any]] = {}  # every message the bot created, by id
         self.commands: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []  # interaction callback bodies, in order
@@ -200,9 +206,21 @@ class FakeDiscord:
     def snowflake(self) -> int:
         return next(self._ids)
 
+    def add_guild(self, guild_id: int = SECOND_GUILD_ID, channel_id: int = SECOND_CHANNEL_ID) -> None:
+        """Another server with one text channel, sent to the shard it belongs to on IDENTIFY."""
+        self.extra_guilds[guild_id] = channel_id
+
+    def guild_of(self, channel_id: int) -> int:
+        return next((g for g, c in self.extra_guilds.items() if c == channel_id), self.GUILD_ID)
+
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to the connections that should get it: a server's events to the shard
+        that server is on (`(guild_id >> 22) % shard_count`, as Discord routes them), others
+        (DMs) to shard 0."""
+        guild_id = data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
         for session in list(self._sockets):
-            await session.dispatch(event, data)
+            if session.receives(int(guild_id) if guild_id else None):
+                await session.dispatch(event, data)
 
     async def user_message(
         self,
@@ -211,6 +229,7 @@ class FakeDiscord:
         user_id: int = OWNER_ID,
         channel_id: int | None = None,
         guild: bool = True,
+        guild_id: int | None = None,
         mention_bot: bool = False,
         mention_bot_role: bool = False,
         reply_to: dict[str, Any] | None = None,
@@ -255,7 +274,7 @@ class FakeDiscord:
             }
             message["referenced_message"] = self._public(self.messages.get(int(reply_to["id"]), reply_to))
         if guild:
-            message["guild_id"] = str(self.GUILD_ID)
+            message["guild_id"] = str(guild_id or self.guild_of(int(message["channel_id"])))
             message["member"] = self._member(user_id, roles)
         await self.dispatch("MESSAGE_CREATE", message)
         return message
@@ -398,7 +417,7 @@ class FakeDiscord:
         return {
             "id": str(channel_id),
             "type": TEXT_CHANNEL,
-            "guild_id": str(self.GUILD_ID),
+            "guild_id": str(self.guild_of(channel_id)),
             "name": "general" if channel_id == self.CHANNEL_ID else "other",
             "position": 0 if channel_id == self.CHANNEL_ID else 1,
             "permission_overwrites": [],
@@ -410,7 +429,7 @@ class FakeDiscord:
             "flags": 0,
         }
 
-    def _guild(self) -> dict[str, Any]:
+    def _guild(self, guild_id: int | None = None) -> dict[str, Any]:
         def role(role_id: int, name: str, permissions: int, position: int) -> dict[str, Any]:
             return {
                 "id": str(role_id),
@@ -424,6 +443,16 @@ class FakeDiscord:
                 "flags": 0,
             }
 
+        if guild_id is not None and guild_id != self.GUILD_ID:  # an extra server: one channel, no roles
+            return dict(
+                self._guild(),
+                id=str(guild_id),
+                name=f"Server {guild_id % 10_000}",
+                roles=[role(guild_id, "@everyone", EVERYDAY_PERMISSIONS, 0)],
+                channels=[self._channel(self.extra_guilds[guild_id])],
+                threads=[],
+                members=[dict(self._member(self.BOT_ID, []), user=self._bot_user())],
+            )
         return {
             "id": str(self.GUILD_ID),
             "name": "Test Server",
@@ -681,6 +710,8 @@ class FakeDiscord:
             or channel_id in self.threads
         ):
             message["guild_id"] = str(self.GUILD_ID)
+        elif channel_id in self.extra_guilds.values():
+            message["guild_id"] = str(self.guild_of(channel_id))
         if body.get("message_reference"):
             ref = body["message_reference"]
             message["message_reference"] = {
@@ -770,6 +801,14 @@ class _GatewaySession:
         if compress not in (None, "zlib-stream"):
             raise web.HTTPBadRequest(text=f"fake gateway only speaks zlib-stream, not {compress}")
         self._send_lock = asyncio.Lock()
+        self.shard = (0, 1)  # (id, count) from IDENTIFY; an unsharded client sends none
+
+    def receives(self, guild_id: int | None) -> bool:
+        shard_id, count = self.shard
+        return shard_id == 0 if guild_id is None else (guild_id >> 22) % count == shard_id
+
+    def guild_ids(self) -> list[int]:
+        return [g for g in (self.fake.GUILD_ID, *self.fake.extra_guilds) if self.receives(g)]
 
     async def send(self, payload: dict[str, Any]) -> None:
         data = json.dumps(payload)
@@ -802,22 +841,27 @@ class _GatewaySession:
                     await self.ws.close(code=4004, message=b"Authentication failed.")
                     break
                 self.fake.identify = payload["d"]
+                self.fake.identifies.append(payload["d"])
+                shard = payload["d"].get("shard") or [0, 1]
+                self.shard = (int(shard[0]), int(shard[1]))
                 await self.dispatch(
                     "READY",
                     {
                         "v": 10,
                         "user": self.fake._bot_user(),
-                        "guilds": [{"id": str(self.fake.GUILD_ID), "unavailable": True}],
+                        "guilds": [{"id": str(g), "unavailable": True} for g in self.guild_ids()],
                         "session_id": self.session_id,
                         "resume_gateway_url": self.fake.gateway_url,
                         "application": {"id": str(self.fake.APP_ID), "flags": 1 << 19},
                         "private_channels": [],
                         "relationships": [],
                         "user_settings": {},
-                        "shard": [0, 1],
+                        "shard": list(self.shard),
                     },
                 )
-                await self.dispatch("GUILD_CREATE", self.fake._guild())
+                for guild_id in self.guild_ids():
+                    await self.dispatch("GUILD_CREATE", self.fake._guild(guild_id))
+                self.fake.ready_shards.add(self.shard)
                 self.fake._ready.set()
             elif op == 6:  # resume: replay nothing (tests resume between events)
                 self.fake.resumes.append(payload["d"])

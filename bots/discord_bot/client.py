@@ -100,8 +100,8 @@ class LorabotClient(discord.Client):
 
     async def on_ready(self) -> None:
         log.info(
-            "Discord: logged in as %s (id %s) in %d servers", self.user, self.user.id if self.user else "?",
-            len(self.guilds),
+            "Discord: logged in as %s (id %s) in %d servers%s", self.user, self.user.id if self.user else "?",
+            len(self.guilds), shards_described(self),
         )
         if not self._restart_marked:  # on_ready repeats after reconnects
             self._restart_marked = True
@@ -221,3 +221,25 @@ class LorabotClient(discord.Client):
                 await self.close()
         except TimeoutError:
             log.warning("Discord did not answer while logging out; exiting anyway")
+
+
+class ShardedLorabotClient(LorabotClient, discord.AutoShardedClient):
+    """The same bot on several gateway connections: this process runs `DISCORD_SHARD_IDS` of
+    `DISCORD_SHARD_COUNT`, and Discord sends it only those shards' servers (DMs go to shard 0).
+    REST calls (sending, editing) are not sharded, so any process can edit any reply."""
+
+
+def make_client(service: ChatService, settings: DiscordSettings, **options: Any) -> LorabotClient:
+    """A sharded client when DISCORD_SHARD_COUNT is set, else the plain one-connection client."""
+    if settings.shard_count is None:
+        return LorabotClient(service, settings, **options)
+    shard_ids = sorted(settings.shard_ids) or None  # None: every shard of the count
+    return ShardedLorabotClient(
+        service, settings, shard_count=settings.shard_count, shard_ids=shard_ids, **options
+    )
+
+
+def shards_described(client: discord.Client) -> str:
+    if not isinstance(client, discord.AutoShardedClient):
+        return ""
+    return f" (shards {sorted(client.shards)} of {client.shard_count})"

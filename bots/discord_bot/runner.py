@@ -10,7 +10,7 @@ import discord.gateway
 import discord.http
 import yarl
 
-from bots.discord_bot.client import LorabotClient
+from bots.discord_bot.client import LorabotClient, make_client
 from bots.discord_bot.settings import DiscordSettings
 from core.service import ChatService
 from core.settings import SettingsError
@@ -41,7 +41,7 @@ async def run_discord(
         raise SettingsError("DISCORD_TOKEN: not set; the Discord bot needs a bot token")
     token = settings.token.get_secret_value()  # type: ignore[union-attr]
     configure_endpoints(settings)
-    client = client or LorabotClient(service, settings)
+    client = client or make_client(service, settings)
     try:
         await client.start(token)
     except discord.LoginFailure:

@@ -6,7 +6,7 @@ everyone; a deny list always wins over an allow list.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bots.settings_types import IdSet
@@ -62,6 +62,15 @@ class DiscordSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="How long in-flight replies may finish on shutdown."
     )
+    shard_count: int | None = Field(
+        None,
+        ge=1,
+        description="Gateway shards in all (split the bot over several processes, docs/scaling.md); "
+        "unset: one process, one connection.",
+    )
+    shard_ids: IdSet = Field(
+        frozenset(), description="The shards this process runs, e.g. '0 1' (default: all DISCORD_SHARD_COUNT)."
+    )
 
     @field_validator("token")
     @classmethod
@@ -84,6 +93,16 @@ class DiscordSettings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> DiscordSettings:
+        if self.shard_ids and self.shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the shards in all, over every process)")
+        if self.shard_count is not None and (outside := sorted(i for i in self.shard_ids if i >= self.shard_count)):
+            raise ValueError(
+                f"DISCORD_SHARD_IDS {outside} must be below DISCORD_SHARD_COUNT ({self.shard_count}): ids count from 0"
+            )
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,100 @@
+"""docker-compose.yml starts lorabot + PostgreSQL + llama-server the way docs/scaling.md says.
+
+Checked with `docker compose config` where Docker Compose is installed; otherwise (and also then)
+parsed here: the services, what waits for what, the database URL lorabot gets (accepted by its
+own settings), the models file that points lorabot at the llama-server service, and the image.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.database import parse_database_url
+from core.registry import ModelRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def substituted(text: str, values: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} with `values` (what .env would set)."""
+
+    def value(match: re.Match[str]) -> str:
+        name, operator, rest = match.group(1), match.group(2) or "", match.group(3) or ""
+        if name in values:
+            return values[name]
+        if operator == ":?":
+            raise AssertionError(f"${{{name}}} is required: {rest}")
+        return rest
+
+    return re.sub(r"\$\{(\w+)(:-|:\?)?([^}]*)\}", value, text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    text = substituted(COMPOSE.read_text(), {"POSTGRES_PASSWORD": "s3cret"})
+    return yaml.safe_load(text)
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
+        pytest.skip("Docker Compose is not installed (the file is still checked by the tests below)")
+    env = tmp_path / ".env"
+    env.write_text("POSTGRES_PASSWORD=s3cret\n")
+    result = subprocess.run(
+        [docker, "compose", "--project-directory", str(ROOT), "--env-file", str(env), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_password_is_required():
+    with pytest.raises(AssertionError, match="POSTGRES_PASSWORD"):
+        substituted(COMPOSE.read_text(), {})
+
+
+def test_services_and_start_order(compose):
+    services = compose["services"]
+    assert set(services) == {"lorabot", "postgres", "llama-server"}
+    bot = services["lorabot"]
+    assert bot["command"] == ["lorabot", "run"]
+    assert {"path": ".env", "required": False} in bot["env_file"]
+    for dependency in ("postgres", "llama-server"):
+        assert bot["depends_on"][dependency] == {"condition": "service_healthy"}
+        assert services[dependency]["healthcheck"]["test"]  # "healthy" needs a check to become true
+    assert (ROOT / bot["build"] / "Dockerfile").is_file()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "postgres]" in dockerfile and 'CMD ["lorabot", "run"]' in dockerfile  # the driver is in the image
+
+
+def test_lorabot_gets_the_postgres_database(compose):
+    services = compose["services"]
+    environment = services["lorabot"]["environment"]
+    url = parse_database_url(environment["LORABOT_DATABASE_URL"])  # what lorabot's settings accept
+    postgres = services["postgres"]["environment"]
+    assert url.get_backend_name() == "postgresql" and url.host == "postgres" and url.port == 5432
+    assert (url.username, url.password, url.database) == (
+        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]
+    )  # fmt: skip
+
+
+def test_lorabot_answers_through_llama_server(compose):
+    services = compose["services"]
+    bot = services["lorabot"]
+    mounts = dict(volume.split(":")[:2] for volume in bot["volumes"] if volume.startswith("./"))
+    source = next(src for src, dst in mounts.items() if dst == bot["environment"]["LORABOT_MODELS_FILE"])
+    registry = ModelRegistry(ROOT / source)  # the file lorabot reads in its container
+    assert registry.problem is None, registry.problem
+    entry = registry.get(bot["environment"]["LORABOT_DEFAULT_MODEL"])
+    server = services["llama-server"]["command"]
+    port = server[server.index("--port") + 1]
+    assert entry.urls == [f"http://llama-server:{port}/v1"]
+    assert server[server.index("--host") + 1] == "0.0.0.0"  # reachable from the lorabot container
+    assert any(volume.endswith(":/models:ro") for volume in services["llama-server"]["volumes"])
