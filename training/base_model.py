@@ -40,12 +40,21 @@ def cache_dir() -> Path:
     return Path(root) / "bases"
 
 
+MAKE_TOKENIZER = (
+    "make it where lorabot and its embedded model are installed with "
+    "`python -m training.cli save-tokenizer .gpu/tokenizer` (`make gpu-bundle` does it too) and carry the folder over"
+)
+
+
 def resolve_base(spec: str, tokenizer_spec: str | None = None, seed: int = 3407) -> Path | str:
     """A local checkpoint folder for file-like specs; hub ids are returned unchanged."""
     if spec == "embedded" or spec.endswith(".gguf"):
-        from core.embedded import embedded_model_path
+        from core.embedded import EmbeddedModelMissing, embedded_model_path
 
-        gguf = embedded_model_path() if spec == "embedded" else Path(spec).expanduser()
+        try:
+            gguf = embedded_model_path() if spec == "embedded" else Path(spec).expanduser()
+        except EmbeddedModelMissing as error:
+            raise ConfigError(f"base model 'embedded': {error}") from None
         if not gguf.is_file():
             raise ConfigError(f"base model file not found: {gguf}")
         return _materialise(f"{gguf.stem}-{_file_key(gguf)}", lambda out: gguf_to_checkpoint(gguf, out))
@@ -53,7 +62,7 @@ def resolve_base(spec: str, tokenizer_spec: str | None = None, seed: int = 3407)
         shape = spec.split(":", 1)[1]
         if shape not in LLAMA_SHAPES:
             raise ConfigError(f"unknown random base {spec!r}; use one of: random:{', random:'.join(LLAMA_SHAPES)}")
-        tok_dir = resolve_base(tokenizer_spec or os.environ.get("LORABOT_RANDOM_TOKENIZER") or "embedded")
+        tok_dir = random_tokenizer(spec, tokenizer_spec)
         key = f"random-{shape}-seed{seed}"
         return _materialise(key, lambda out: random_checkpoint(shape, Path(tok_dir), out, seed))
     path = Path(spec).expanduser()
@@ -62,6 +71,30 @@ def resolve_base(spec: str, tokenizer_spec: str | None = None, seed: int = 3407)
     if spec.startswith((".", "/", "~")):
         raise ConfigError(f"base model folder not found: {path}")
     return spec  # a hub id: transformers/unsloth fetch it where there is a network
+
+
+def random_tokenizer(spec: str, tokenizer_spec: str | None) -> Path | str:
+    """The tokenizer a `random:*` base takes: config `tokenizer =`, else $LORABOT_RANDOM_TOKENIZER,
+    else the embedded model's. A missing one is a ConfigError saying how to make it (GPU hosts
+    usually have no embedded model)."""
+    env = os.environ.get("LORABOT_RANDOM_TOKENIZER")
+    source, where = (tokenizer_spec, "tokenizer = in the config") if tokenizer_spec else (env, "$LORABOT_RANDOM_TOKENIZER")
+    if not source:
+        try:
+            return resolve_base("embedded")
+        except ConfigError as error:
+            raise ConfigError(
+                f"{spec} needs a tokenizer and the default one, the embedded model's, is not here ({error}); "
+                f"{MAKE_TOKENIZER}, then point tokenizer = (config) or $LORABOT_RANDOM_TOKENIZER at it"
+            ) from None
+    path = Path(source).expanduser()
+    if source == "embedded" or source.endswith(".gguf"):
+        return resolve_base(source)
+    if not path.is_dir():
+        raise ConfigError(f"{spec} takes its tokenizer from {path} ({where}), which does not exist; {MAKE_TOKENIZER}")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ConfigError(f"{path} ({where}) holds no tokenizer (no tokenizer.json); {MAKE_TOKENIZER}")
+    return path
 
 
 def _file_key(path: Path) -> str:

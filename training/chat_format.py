@@ -10,6 +10,7 @@ after the end-of-turn token are not.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from training.errors import ConfigError
@@ -75,11 +76,13 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]], text: str) -
     return spans
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict[str, list[int]]:
-    """Token ids and labels (-100 outside assistant replies), truncated to `max_length`."""
+def encode(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict[str, Any]:
+    """Token ids and labels (-100 outside assistant replies), truncated to `max_length`;
+    `length` is the untruncated token count."""
     text = render(tokenizer, messages)
     spans = assistant_spans(tokenizer, messages, text)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    length = len(encoded["input_ids"])
     ids = encoded["input_ids"][:max_length]
     labels = []
     span_index = 0
@@ -88,17 +91,27 @@ def encode(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> d
             span_index += 1
         inside = span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]
         labels.append(token_id if inside else IGNORE_INDEX)
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": labels, "length": length}
 
 
-def encode_all(tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int, desc: str = "tokenizing"):
-    """A `datasets.Dataset` of encoded rows; rows left with nothing to learn are dropped."""
+def encode_all(
+    tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int, desc: str = "tokenizing"
+) -> tuple[Any, Counter]:
+    """(a `datasets.Dataset` of encoded rows, what happened to over-long ones).
+
+    A conversation longer than `max_length` tokens is cut there, as the notebook's trainer does,
+    and counted as `truncated`; cut before any reply token it has nothing to learn, so it is
+    dropped and counted as `too_long`."""
     from datasets import Dataset
     from tqdm.auto import tqdm
 
-    rows = []
+    rows, counts = [], Counter()
     for messages in tqdm(conversations, desc=desc, leave=False, mininterval=1.0):
         row = encode(tokenizer, messages, max_length)
+        too_long = row.pop("length") > max_length
         if any(label != IGNORE_INDEX for label in row["labels"]):
             rows.append(row)
-    return Dataset.from_list(rows)
+            counts["truncated"] += too_long
+        else:
+            counts["too_long" if too_long else "nothing_to_learn"] += 1
+    return Dataset.from_list(rows), +counts

@@ -21,6 +21,19 @@ def _fail(error: TrainingError) -> typer.Exit:
     return typer.Exit(2)
 
 
+PUSH_OPTION = typer.Option(
+    "--push-to-hub", metavar="REPO",
+    help="Upload the LoRA adapter and the GGUF to this Hugging Face repo (owner/name; token from $HF_TOKEN).",
+)
+
+
+def _push(run_dir: Path, repo: str) -> None:
+    from training.hub import push_run
+
+    console.print(f"pushing {run_dir} to {repo}")
+    console.print(f"[green]pushed[/green] {push_run(run_dir, repo)}")
+
+
 def _check_preset(name: str | None) -> str | None:
     if name is not None and name not in preset_names():
         raise typer.BadParameter(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
@@ -52,12 +65,17 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
     export: Annotated[Optional[bool], typer.Option("--export/--no-export", help="Merge + GGUF + quantize after training.")] = None,
     register: Annotated[Optional[str], typer.Option(help="Add the exported GGUF to the models registry as NAME.")] = None,
+    push_to_hub: Annotated[Optional[str], PUSH_OPTION] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on chat conversations, export it to GGUF q4_k_m, optionally register it."""
     from training.config import build_config
     from training.run import train as run_train
 
     try:
+        if push_to_hub:  # token and repo checked before hours of training, not after
+            from training.hub import prepare_push
+
+            console.print(f"will push to {push_to_hub} as {prepare_push(push_to_hub)}")
         if max_steps is None and epochs is not None:
             max_steps_override: dict = {"max_steps": None}
         else:
@@ -77,6 +95,8 @@ def train(
             export_run(cfg.resolved_output_dir, cfg.quantization, cfg.register_name, cfg.description)
         elif cfg.register_name:
             console.print("[yellow]--register needs an export; run `lorabot export --register NAME` later[/yellow]")
+        if push_to_hub:
+            _push(cfg.resolved_output_dir, push_to_hub)
     except TrainingError as error:
         raise _fail(error) from None
 
@@ -86,12 +106,19 @@ def export(
     quantization: Annotated[str, typer.Option(help="q4_k_m, q5_k_m, q8_0 or none (f16 only).")] = "q4_k_m",
     register: Annotated[Optional[str], typer.Option(help="Add the result to the models registry as NAME.")] = None,
     description: Annotated[str, typer.Option(help="Shown next to the model in /model.")] = "",
+    push_to_hub: Annotated[Optional[str], PUSH_OPTION] = None,
 ) -> None:
-    """Merge a run's LoRA adapter into its base, convert to GGUF and quantize (offline)."""
+    """Merge a run's LoRA adapter into its base, convert to GGUF and quantize (offline unless --push-to-hub)."""
     from training.export import export_run
 
     try:
+        if push_to_hub:
+            from training.hub import prepare_push
+
+            prepare_push(push_to_hub)
         export_run(run_dir, None if quantization == "none" else quantization, register, description)
+        if push_to_hub:
+            _push(run_dir, push_to_hub)
     except TrainingError as error:
         raise _fail(error) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,48 @@ FILE_SUFFIXES = {".json", ".jsonl", ".parquet"}
 
 Conversation = list[dict[str, str]]
 
+# Why a row is not a conversation, by kind: counted per kind and reported, never a crash.
+BAD_ROW_KINDS = {
+    "unreadable": "not valid JSON",
+    "not_a_conversation": "no list of turns",
+    "missing_role": "a turn without from/role",
+    "unknown_role": "unknown from/role",
+    "empty_turn": "an empty turn",
+    "bad_order": "turns out of order or no reply",
+    # found when tokenizing (training/chat_format.py: encode_all), after the model's tokenizer is loaded
+    "too_long": "too long (no reply left within max_seq_length)",
+    "nothing_to_learn": "no reply token after the chat template",
+}
+
+
+class BadRow(ValueError):
+    """Why one row is not a conversation; `kind` is a key of BAD_ROW_KINDS."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 @dataclass
 class LoadedDataset:
-    """Usable conversations plus what was skipped and why (first few reasons kept)."""
+    """Usable conversations plus what was skipped, counted by kind, and why (first few reasons kept)."""
 
     source: str
     conversations: list[Conversation]
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
+    bad_rows: Counter = field(default_factory=Counter)  # kind -> rows
+
+    def summary(self) -> str:
+        """`3 bad rows skipped in X: 2 unknown from/role, 1 an empty turn; e.g. row 4: ...`"""
+        return describe_bad_rows(self.bad_rows, self.source, self.reasons[:1])
+
+
+def describe_bad_rows(counts: Counter | dict[str, int], source: str, examples: list[str] | None = None) -> str:
+    total = sum(counts.values())
+    kinds = ", ".join(f"{n} {BAD_ROW_KINDS.get(kind, kind)}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    example = f"; e.g. {examples[0]}" if examples else ""
+    return f"{total} bad row(s) skipped in {source}: {kinds}{example}"
 
 
 def resolve_source(spec: str) -> str:
@@ -112,32 +146,34 @@ def _read_hub(hub_id: str) -> list[Any]:
 def standardize(row: Any) -> Conversation:
     """One row → a conversation, or ValueError saying why the row is not one."""
     if isinstance(row, _Unparsable):
-        raise ValueError(row.reason)
+        raise BadRow("unreadable", row.reason)
     if not isinstance(row, dict):
-        raise ValueError(f"expected an object, got {type(row).__name__}")
+        raise BadRow("not_a_conversation", f"expected an object, got {type(row).__name__}")
     turns = row.get("conversations", row.get("messages"))
     if turns is None:
-        raise ValueError("no 'conversations' (ShareGPT) or 'messages' field")
+        raise BadRow("not_a_conversation", "no 'conversations' (ShareGPT) or 'messages' field")
     if not isinstance(turns, list) or not turns:
-        raise ValueError("the conversation must be a non-empty list of turns")
+        raise BadRow("not_a_conversation", "the conversation must be a non-empty list of turns")
     out: Conversation = []
     for index, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise ValueError(f"turn {index} is not an object")
-        who = turn.get("from", turn.get("role"))
-        text = turn.get("value", turn.get("content"))
-        role = ROLE_NAMES.get(str(who).lower()) if who is not None else None
+            raise BadRow("not_a_conversation", f"turn {index} is not an object")
+        who = turn.get("from") if turn.get("from") is not None else turn.get("role")
+        text = turn.get("value") if turn.get("value") is not None else turn.get("content")
+        if who is None:
+            raise BadRow("missing_role", f"turn {index} has no 'from' (or 'role')")
+        role = ROLE_NAMES.get(str(who).lower())
         if role is None:
-            raise ValueError(f"turn {index} has unknown role {who!r}")
+            raise BadRow("unknown_role", f"turn {index} has unknown role {who!r}")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"turn {index} has no text")
+            raise BadRow("empty_turn", f"turn {index} has no text")
         if role == "system" and index != 0:
-            raise ValueError(f"turn {index}: a system turn may only come first")
+            raise BadRow("bad_order", f"turn {index}: a system turn may only come first")
         out.append({"role": role, "content": text})
     if not any(turn["role"] == "assistant" for turn in out):
-        raise ValueError("no assistant turn to learn from")
+        raise BadRow("bad_order", "no assistant turn to learn from")
     if out[0]["role"] == "assistant" or (out[0]["role"] == "system" and out[1:2] and out[1]["role"] != "user"):
-        raise ValueError("the conversation must start with a user turn (after an optional system turn)")
+        raise BadRow("bad_order", "the conversation must start with a user turn (after an optional system turn)")
     return out
 
 
@@ -148,16 +184,17 @@ def load_conversations(spec: str, on_bad_row: str = "skip", limit: int | None = 
     for index, row in enumerate(read_rows(spec)):
         try:
             loaded.conversations.append(standardize(row))
-        except ValueError as error:
+        except BadRow as error:
             if on_bad_row == "error":
                 raise BadRowError(index, str(error), source) from None
             loaded.skipped += 1
+            loaded.bad_rows[error.kind] += 1
             if len(loaded.reasons) < 5:
                 loaded.reasons.append(f"row {index}: {error}")
         if limit and len(loaded.conversations) >= limit:
             break
     if not loaded.conversations:
-        detail = f" ({loaded.skipped} bad rows, e.g. {loaded.reasons[0]})" if loaded.reasons else ""
+        detail = f" ({loaded.summary()})" if loaded.reasons else ""
         raise DatasetError(f"no usable conversation in {source}{detail}")
     return loaded
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from training.config import TrainConfig
-from training.conversations import load_conversations, split_heldout
+from training.conversations import describe_bad_rows, load_conversations, split_heldout
 from training.errors import OutputDirError, TrainingError
 
 console = Console(stderr=True)
@@ -35,6 +36,8 @@ class RunResult:
     train_rows: int
     eval_rows: int
     skipped_rows: int
+    bad_rows: dict[str, int] = field(default_factory=dict)  # kind -> rows left out (BAD_ROW_KINDS, too_long)
+    truncated_rows: int = 0  # kept, cut at max_seq_length
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
     train_loss: float | None = None
@@ -54,21 +57,46 @@ def ensure_writable(folder: Path) -> Path:
     return folder
 
 
-def load_data(cfg: TrainConfig):
-    """(train, eval, skipped) conversations, checked before any model is loaded."""
+@dataclass
+class Data:
+    """The conversations of a run, checked before any model is loaded, and what was left out."""
+
+    train: list
+    eval: list
+    skipped: int
+    bad_rows: Counter  # kind -> rows (BAD_ROW_KINDS)
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    """Train and held-out conversations; bad rows are counted by kind and reported, never fatal
+    (unless on_bad_row = "error")."""
     train = load_conversations(cfg.dataset, cfg.on_bad_row, cfg.max_train_samples)
-    skipped = train.skipped
-    if train.reasons:
-        console.print(f"[yellow]skipped {train.skipped} bad row(s) in {train.source}[/yellow], e.g. {train.reasons[0]}")
+    bad_rows = Counter(train.bad_rows)
+    if train.skipped:
+        console.print(f"[yellow]{train.summary()}[/yellow]")
     if cfg.eval_dataset:
         held = load_conversations(cfg.eval_dataset, cfg.on_bad_row)
-        skipped += held.skipped
+        bad_rows.update(held.bad_rows)
+        if held.skipped:
+            console.print(f"[yellow]{held.summary()}[/yellow]")
         train_rows, eval_rows = train.conversations, held.conversations
     else:
         train_rows, eval_rows = split_heldout(train.conversations, cfg.eval_fraction, cfg.seed)
     if cfg.max_eval_samples:
         eval_rows = eval_rows[: cfg.max_eval_samples]
-    return train_rows, eval_rows, skipped
+    return Data(train_rows, eval_rows, sum(bad_rows.values()), bad_rows)
+
+
+def report_lengths(counts: Counter, max_length: int, what: str) -> None:
+    """One line for the conversations longer than max_seq_length (cut, or dropped when no reply was left)."""
+    if counts.get("truncated") or counts.get("too_long"):
+        console.print(
+            f"[yellow]{counts['truncated'] + counts['too_long']} {what} conversation(s) longer than "
+            f"max_seq_length={max_length} tokens: {counts['truncated']} truncated, {counts['too_long']} dropped "
+            "(no reply token left)[/yellow]"
+        )
+    if counts.get("nothing_to_learn"):
+        console.print(f"[yellow]{counts['nothing_to_learn']} {what} conversation(s) dropped: no reply token to learn[/yellow]")
 
 
 def metrics_callback(path: Path):
@@ -98,6 +126,8 @@ class TrainerSetup:
     train_rows: int
     eval_rows: int
     skipped_rows: int
+    bad_rows: dict[str, int] = field(default_factory=dict)
+    truncated_rows: int = 0
 
     @property
     def has_eval(self) -> bool:
@@ -116,7 +146,7 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
 
     hw = detect()
     backend_name = pick_backend(hw, cfg.backend, cfg.load_in_4bit, cfg.preset)  # before any download
-    train_rows, eval_rows, skipped = load_data(cfg)
+    data = load_data(cfg)
     from training.backends import get_backend
 
     backend = get_backend(backend_name)  # imports unsloth first when chosen
@@ -129,10 +159,17 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
 
     base = resolve_base(cfg.base_model, cfg.tokenizer, cfg.seed)
     model, tokenizer = backend.load(cfg, hw, base, dtype)
-    train_ds = encode_all(tokenizer, train_rows, cfg.max_seq_length, "tokenizing train")
-    eval_ds = encode_all(tokenizer, eval_rows, cfg.max_seq_length, "tokenizing eval") if eval_rows else None
+    train_ds, train_lengths = encode_all(tokenizer, data.train, cfg.max_seq_length, "tokenizing train")
+    report_lengths(train_lengths, cfg.max_seq_length, "train")
+    eval_ds, eval_lengths = (
+        encode_all(tokenizer, data.eval, cfg.max_seq_length, "tokenizing eval") if data.eval else (None, Counter())
+    )
+    report_lengths(eval_lengths, cfg.max_seq_length, "held-out")
     if len(train_ds) == 0:
         raise TrainingError("no training row has an assistant reply left within max_seq_length")
+    lengths = train_lengths + eval_lengths
+    bad_rows = data.bad_rows + Counter({k: v for k, v in lengths.items() if k != "truncated"})
+    skipped = sum(bad_rows.values())
     console.print(f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} held-out conversations ({skipped} skipped)")
 
     model = backend.add_lora(model, cfg)
@@ -141,6 +178,7 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
     return TrainerSetup(
         trainer=trainer, model=model, tokenizer=tokenizer, base=base, backend=backend_name, hw=hw, dtype=dtype,
         train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds else 0, skipped_rows=skipped,
+        bad_rows=dict(bad_rows), truncated_rows=lengths["truncated"],
     )
 
 
@@ -166,6 +204,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
     result = RunResult(
         output_dir=out, adapter_dir=adapter_dir, backend=setup.backend, device=setup.hw.device_name,
         dtype=setup.dtype, train_rows=setup.train_rows, eval_rows=setup.eval_rows, skipped_rows=setup.skipped_rows,
+        bad_rows=setup.bad_rows, truncated_rows=setup.truncated_rows,
         eval_loss_before=before, eval_loss_after=after, train_loss=stats.training_loss,
         seconds=round(time.time() - started, 1),
     )
@@ -175,6 +214,12 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
         + (f", eval loss {before:.3f} → {after:.3f}" if before is not None and after is not None else "")
         + f"; adapter in {adapter_dir}"
     )
+    if result.bad_rows or result.truncated_rows:
+        console.print(
+            "[yellow]data: " + (describe_bad_rows(result.bad_rows, cfg.dataset) if result.bad_rows else "no bad rows")
+            + (f"; {result.truncated_rows} truncated to {cfg.max_seq_length} tokens" if result.truncated_rows else "")
+            + " (run.json: result.bad_rows)[/yellow]"
+        )
     return result
 
 

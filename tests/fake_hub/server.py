@@ -115,6 +115,8 @@ class Request:
 class FakeHub:
     """Start with `start()` (or as a context manager); `url` is what HF_ENDPOINT should be."""
 
+    USER = "lorabot-tester"  # whose token `token` is
+
     def __init__(self, token: str = "hf_fake_write_token") -> None:
         self.token = token
         self.repos: dict[tuple[str, str], HubRepo] = {}
@@ -223,6 +225,8 @@ class FakeHub:
         ("POST", r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", "_commit"),
         ("POST", r"/api/repos/create", "_create_repo"),
         ("GET", r"/api/agent-harnesses", "_agent_harnesses"),
+        ("GET", r"/api/whoami-v2", "_whoami"),
+        ("POST", r"/api/validate-yaml", "_validate_yaml"),
         ("POST", r"/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", "_lfs_batch"),
         ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "_lfs_upload"),
         ("POST", r"/lfs-verify/(?P<oid>[0-9a-f]{64})", "_lfs_verify"),
@@ -400,6 +404,26 @@ class FakeHub:
         """huggingface_hub's user-agent telemetry asks for this list (once a day); none here."""
         return web.json_response({"standardEnvVars": [], "harnesses": {}})
 
+    async def _whoami(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, None, "Invalid credentials in Authorization header")
+        return web.json_response({
+            "type": "user", "name": self.USER, "fullname": "lorabot tester", "orgs": [],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
+        })
+
+    async def _validate_yaml(self, request: web.Request) -> web.Response:
+        """The model card's YAML header must parse (the Hub checks it before a commit)."""
+        import yaml
+
+        content = (await request.json()).get("content", "")
+        if content.startswith("---"):
+            try:
+                yaml.safe_load(content.split("---", 2)[1])
+            except yaml.YAMLError as error:
+                return web.json_response({"error": f"Invalid YAML in README.md: {error}"}, status=400)
+        return web.json_response({"warnings": []})
+
     # ---- write API -----------------------------------------------------------------------------
     async def _create_repo(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -410,12 +434,15 @@ class FakeHub:
             return _error(400, None, "the fake hub wants REPO as owner/name")
         repo_type = payload.get("type") or "model"
         repo_id = f"{organization}/{name}"
-        if (repo_type, repo_id) in self.repos:
-            return _error(409, None, "You already created this model repo")
+        prefix = "datasets/" if repo_type == "dataset" else ""
+        if (repo_type, repo_id) in self.repos:  # like the Hub: 409, with the URL (exist_ok clients read it)
+            return web.json_response(
+                {"error": "You already created this model repo", "url": f"{self.url}/{prefix}{repo_id}"},
+                status=409, headers={"X-Error-Message": "You already created this model repo"},
+            )
         repo = HubRepo(repo_type, repo_id, private=payload.get("visibility") == "private")
         repo.commit({".gitattributes": HubFile.from_bytes(b"*.gguf filter=lfs diff=lfs merge=lfs -text\n", ".gitattributes")}, "initial commit")
         self.repos[(repo_type, repo_id)] = repo
-        prefix = "datasets/" if repo_type == "dataset" else ""
         return web.json_response({"url": f"{self.url}/{prefix}{repo_id}", "name": repo_id, "id": repo.head})
 
     async def _preupload(self, request: web.Request, kind: str, repo: str, rev: str) -> web.Response:
