@@ -65,8 +65,8 @@ def create_engine(url: URL, *, lock_timeout_s: float) -> AsyncEngine:
     """An async engine whose writes wait up to `lock_timeout_s` for another writer's lock.
 
     SQLite: one pooled connection per process (writers take turns anyway), WAL so readers never
-    wait for a writer, and `BEGIN IMMEDIATE` for writes (a connection that starts deferred and
-    upgrades later can fail at COMMIT instead of waiting). PostgreSQL: a small pool; every
+    wait for a writer, reads outside transactions, and `BEGIN IMMEDIATE` for writes (a connection
+    that starts deferred and upgrades later can fail at COMMIT instead of waiting). PostgreSQL: a small pool; every
     statement gives up after `lock_timeout` rather than hanging behind a lock.
     """
     options: dict[str, Any] = {}
@@ -102,8 +102,10 @@ def _sqlite_transactions(engine: sa.Engine, lock_timeout_s: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: sa.Connection) -> None:
-        write = connection.get_execution_options().get("lorabot_write")
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        # reads run without a transaction (each SELECT sees the last commit; in WAL mode it
+        # never waits for a writer), which also spares them a round trip to the driver's thread
+        if connection.get_execution_options().get("lorabot_write"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def is_passing(error: BaseException | None) -> bool:
