@@ -230,6 +230,32 @@ async def test_postgres_locked_table_gives_a_clear_error_and_keeps_the_reply(pos
         await store.close()
 
 
+async def test_postgres_outage_keeps_the_reply_and_the_store_reconnects(postgres_server, postgres_url):
+    """The server goes down while a reply is generated and comes back: the end of the reply is
+    kept and stored with the first write after the outage; no write fails on a dead pooled
+    connection once the server is back (they are checked before use)."""
+    store = await ConversationStore.open(postgres_url)
+    try:
+        await store.set_model_choice("c1", "tuned")
+        postgres_server.stop_server()  # a restart while the bot is idle: the pool's connections die
+        postgres_server.start_server()
+        assert await store.model_choice("c1") == "tuned"  # checked before use, replaced: no error
+        turn_id = await store.begin_turn("c1", "during the outage")
+        postgres_server.stop_server()
+        try:
+            assert not await store.finish_turn(turn_id, "answered", "kept")  # kept for later
+            with pytest.raises(StoreUnavailable, match="couldn't save this conversation"):
+                await store.begin_turn("c1", "refused")
+        finally:
+            postgres_server.start_server()
+        after = await store.begin_turn("c1", "after")  # the kept write goes in first
+        assert await store.turn_state(turn_id) == "answered"
+        assert await store.finish_turn(after, "answered", "ok")
+        assert contents(await store.recent("c1", 10)) == ["during the outage", "kept", "after", "ok"]
+    finally:
+        await store.close()
+
+
 async def test_postgres_server_unreachable_at_start_is_a_clear_error(postgres_server):
     url = postgres_server.url("postgres").replace(f":{postgres_server.port}/", ":1/")  # nothing listens there
     with pytest.raises(StoreUnavailable, match="couldn't open the conversation history"):

@@ -57,6 +57,10 @@ class PostgresServer:
             str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
             "--auth=trust", "--encoding=UTF8", "--no-sync", timeout=120,
         )  # fmt: skip
+        self.start_server()
+
+    def start_server(self) -> None:
+        """Start the server on the existing data folder (again, after `stop_server`)."""
         settings = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
@@ -65,6 +69,10 @@ class PostgresServer:
             str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.root / "server.log"),
             "-o", settings, "-w", "-t", "60", "start", timeout=90,
         )  # fmt: skip
+
+    def stop_server(self) -> None:
+        """Stop the server as an outage would (connections cut), keeping its data."""
+        self._run_as_owner(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop", timeout=60)
 
     def stop(self) -> None:
         subprocess.run(
