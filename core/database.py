@@ -57,8 +57,8 @@ def sqlite_url(path: object) -> str:
 
 
 def describe(url: URL) -> str:
-    """The URL for logs: no password."""
-    return url.render_as_string(hide_password=True)
+    """The URL for logs and start-up errors: as people write it, without the password."""
+    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
 
 def create_engine(url: URL, *, lock_timeout_s: float) -> AsyncEngine:

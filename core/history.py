@@ -106,8 +106,9 @@ class ConversationStore:
                     await migrate(db)
                     await self._heartbeat(db)
             except STORE_ERRORS as error:
-                log.warning("history store: cannot open %s: %s", database.describe(self.url), error)
-                raise StoreUnavailable("open the conversation history") from error
+                where = database.describe(self.url)  # no password
+                log.warning("history store: cannot open %s: %s", where, error)
+                raise StoreUnavailable(f"open the conversation history at {where}") from error
             self._opened = True
             self._lease_task = asyncio.create_task(self._keep_lease(), name="history-lease")
 

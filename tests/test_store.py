@@ -256,10 +256,13 @@ async def test_postgres_outage_keeps_the_reply_and_the_store_reconnects(postgres
         await store.close()
 
 
-async def test_postgres_server_unreachable_at_start_is_a_clear_error(postgres_server):
-    url = postgres_server.url("postgres").replace(f":{postgres_server.port}/", ":1/")  # nothing listens there
-    with pytest.raises(StoreUnavailable, match="couldn't open the conversation history"):
+async def test_postgres_server_unreachable_at_start_is_a_clear_error():
+    url = "postgresql://lorabot:pa55word@127.0.0.1:1/lorabot"  # nothing listens on port 1
+    with pytest.raises(StoreUnavailable) as caught:
         await ConversationStore.open(url)
+    message = caught.value.user_message
+    assert "couldn't open the conversation history at postgresql://lorabot:***@127.0.0.1:1/lorabot" in message
+    assert "pa55word" not in message
 
 
 # -- processes that stop: by pid in this pid namespace, by lease elsewhere ------------------------
