@@ -73,3 +73,10 @@ $(BIN)/llama-server: | $(BIN)/python
 		-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF $(CMAKE_ARGS)
 	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server
 	install -m 755 $(LLAMA_SERVER_DIR)/build/bin/llama-server $@
+
+# Everything an air-gapped GPU host needs (training wheels, the tokenizer folder for random:
+# bases, the data) in parts of at most 60 MiB, in .gpu/bundle/parts/ (docs/training.md). Needs
+# PyPI for the wheels; GPU_BUNDLE_ARGS passes more, e.g. --dataset mlabonne/FineTome-100k.
+.PHONY: gpu-bundle
+gpu-bundle: $(VENV)/.stamp-dev
+	$(BIN)/python training/gpu/bundle.py prepare .gpu/bundle $(GPU_BUNDLE_ARGS)
