@@ -191,6 +191,65 @@ async def test_a_newer_schema_is_refused_untouched(store_url):
         await newer.close()
 
 
+SCHEMA_V2 = """
+CREATE TABLE turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL CHECK (state IN ('pending', 'answered', 'interrupted', 'failed')),
+    owner TEXT,
+    platform TEXT,
+    handles TEXT NOT NULL DEFAULT '[]',
+    shown TEXT NOT NULL DEFAULT '',
+    notice_due INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX turns_by_conversation ON turns (conversation_id, state, id);
+CREATE INDEX turns_by_age ON turns (created_at);
+CREATE INDEX turns_pending ON turns (id) WHERE state = 'pending';
+CREATE INDEX turns_notice_due ON turns (platform) WHERE notice_due = 1;
+CREATE TABLE model_choice (key TEXT PRIMARY KEY, model TEXT NOT NULL);
+CREATE TABLE conversation_options (conversation_id TEXT PRIMARY KEY, temperature REAL);
+PRAGMA user_version = 2;
+"""
+
+
+async def test_sqlite_file_of_schema_2_is_migrated_with_its_pending_turns(tmp_path):
+    """A file the previous lorabot wrote (PRAGMA user_version 2, owners host:pid:start): its turns,
+    choices and options are kept, and a pending turn of a process gone since is interrupted."""
+    import socket
+    import sqlite3
+
+    path = tmp_path / "history.sqlite3"
+    dead_owner = f"{socket.gethostname()}:{2**22 + 12345}:1"  # the old owner format; no such pid
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(SCHEMA_V2)
+        db.execute(
+            "INSERT INTO turns (conversation_id, question, answer, state, created_at, updated_at) "
+            "VALUES ('c1', 'q1', 'a1', 'answered', 1e9, 1e9)"
+        )
+        db.execute(
+            "INSERT INTO turns (conversation_id, question, state, owner, platform, handles, shown, created_at, updated_at) "
+            "VALUES ('c1', 'q2', 'pending', ?, 'telegram', '[\"1:2\"]', 'half', 1e9, 1e9)",
+            (dead_owner,),
+        )
+        db.execute("INSERT INTO model_choice VALUES ('c1', 'tuned')")
+        db.execute("INSERT INTO conversation_options VALUES ('c1', 0.25)")
+    store = await ConversationStore.open(path)
+    try:
+        assert await store.recover() == 1
+        assert contents(await store.recent("c1", 10)) == ["q1", "a1"]
+        assert await store.model_choice("c1") == "tuned" and await store.temperature("c1") == 0.25
+        assert [r.shown for r in await store.take_interrupted("telegram")] == ["half"]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(schema.SCHEMA_VERSION,)]
+
+
 # -- settings -------------------------------------------------------------------------------------
 def test_database_url_setting(tmp_path):
     default = load_core_settings(data_dir=tmp_path)
