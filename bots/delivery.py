@@ -24,6 +24,7 @@ from bots.pacing import EDIT, FINAL, NEW_MESSAGE, STATUS, Pacer
 from bots.text import split_message
 
 log = logging.getLogger(__name__)
+EDIT_GROWTH = 1.5  # each in-between edit of a reply waits this much longer than the last one
 
 
 class SlowDown(Exception):
@@ -91,7 +92,8 @@ class ReplyView:
         pacer: Pacer,
         *,
         edit_interval_s: float,
-        status_interval_s: float = 20.0,
+        max_edit_interval_s: float | None = None,
+        status_interval_s: float = 60.0,
         final_retries: int = 4,
         on_shown: ShownCallback | None = None,
         record_every_s: float = 5.0,
@@ -100,7 +102,11 @@ class ReplyView:
         self.sink = sink
         self.pacer = pacer
         self.edit_interval_s = edit_interval_s
+        # Each edit of the growing text waits half as long again as the one before, up to this:
+        # short replies stream smoothly, a long or slow one costs a few calls, not one a second.
+        self.max_edit_interval_s = max(edit_interval_s, max_edit_interval_s or edit_interval_s)
         self.status_interval_s = status_interval_s
+        self._text_edits = 0
         self.final_retries = final_retries
         self.on_shown = on_shown
         self.record_every_s = record_every_s
@@ -188,7 +194,7 @@ class ReplyView:
                     continue
                 index, _ = step
                 if index < len(self._shown) and self._kind != "final":  # an edit: keep to our pace
-                    interval = self.status_interval_s if self._kind == "status" else self.edit_interval_s
+                    interval = self.status_interval_s if self._kind == "status" else self._edit_interval()
                     wait = self._last_call + interval - self._clock()
                     if wait > 0:
                         self._wake.clear()
@@ -207,6 +213,9 @@ class ReplyView:
             log.exception("delivery in %s failed", self.sink.chat_key)
         finally:
             self._done.set()
+
+    def _edit_interval(self) -> float:
+        return min(self.max_edit_interval_s, self.edit_interval_s * EDIT_GROWTH**self._text_edits)
 
     async def _slot(self, index: int) -> bool:
         """Wait for the pacer; False if the reply became final meanwhile (ask again, at its priority)."""
@@ -242,6 +251,8 @@ class ReplyView:
             else:
                 await self.sink.edit(self._shown[index].handle, chunk)
                 self._shown[index].text = chunk
+                if self._kind == "text":
+                    self._text_edits += 1
         except SlowDown as slow:
             self.counts.slowdowns += 1
             log.warning("429 from the platform in %s: waiting %.1f s", self.sink.chat_key, slow.retry_after)

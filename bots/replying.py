@@ -39,10 +39,13 @@ class Notes:
 
 @dataclass(frozen=True)
 class Pace:
-    """How often a reply may change on screen."""
+    """How often a reply may change on screen: the first in-between edit after `edit_interval_s`,
+    later ones further apart, up to `max_edit_interval_s`; a queue position at most once per
+    `status_interval_s` (docs/delivery.md)."""
 
     edit_interval_s: float = 1.0
-    status_interval_s: float = 20.0
+    max_edit_interval_s: float = 5.0
+    status_interval_s: float = 60.0
     typing_interval_s: float = 5.0
 
 
@@ -106,7 +109,12 @@ async def answer(
             await service.record_delivery(turn_id, question.platform, handles, shown)
 
     view = ReplyView(
-        sink, pacer, edit_interval_s=pace.edit_interval_s, status_interval_s=pace.status_interval_s, on_shown=record
+        sink,
+        pacer,
+        edit_interval_s=pace.edit_interval_s,
+        max_edit_interval_s=pace.max_edit_interval_s,
+        status_interval_s=pace.status_interval_s,
+        on_shown=record,
     )
     outcome.counts = view.counts
     typing = Typing(sink, pacer, pace.typing_interval_s, view.counts)

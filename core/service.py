@@ -223,11 +223,12 @@ class ChatService:
     def estimated_wait_s(self, position: int) -> float | None:
         """Rough seconds until the request at queue `position` starts (None before any reply).
 
-        Replies run `parallel` at a time, so the queue drains at about parallel ÷ (seconds per
-        reply); the recent median is used so one very long answer does not scare everyone off."""
+        Replies run `parallel` at a time, so the queue drains at about parallel ÷ (mean seconds
+        per recent reply), Little's law. The mean, not the median: answer lengths are skewed (a few
+        run to the token limit), and the median under-estimated waits by half under load."""
         if not self._reply_seconds:
             return None
-        per_reply = statistics.median(self._reply_seconds)
+        per_reply = statistics.fmean(self._reply_seconds)
         return position * per_reply / self.settings.parallel
 
     def _admit(self, user_id: str, model: str | None = None) -> None:

@@ -71,6 +71,12 @@ class CoreSettings(BaseSettings):
         description="Most prompt tokens read per decode step, shared by the prompts waiting (a long prompt "
         "is read in chunks, so replies being generated never wait for more than one such step).",
     )
+    prompt_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="Host memory (MiB per model) for the KV cache of conversations that lost their slot: "
+        "their next turn restores it instead of reading the whole history again; 0 = off.",
+    )
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int = 3407

@@ -25,6 +25,7 @@ from llama_cpp import _internals as internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from core.engines.base import EngineKind, GenerationRequest, GenerationStats, Message, thread_safe
+from core.engines.prompt_cache import PromptCache, SavedState
 from core.registry import ModelEntry
 from core.settings import CoreSettings
 
@@ -141,6 +142,7 @@ class LlamaEngine:
         slots: int,
         threads: int,
         prefill_chunk: int = 256,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         self.name = name
         self.llm = llm
@@ -162,6 +164,7 @@ class LlamaEngine:
         self.batch = _Batch(self.n_batch, slots)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
         self.slots = [Slot(seq_id) for seq_id in range(slots)]
+        self.prompt_cache = PromptCache(prompt_cache_bytes)  # KV of conversations that lost their slot
         self._piece_buffer = ctypes.create_string_buffer(64)
         self._pieces: dict[int, bytes | None] = {}  # token -> its bytes, None for end-of-generation
         self._prompts: OrderedDict[tuple[tuple[str, str], ...], list[int]] = OrderedDict()
@@ -198,6 +201,7 @@ class LlamaEngine:
             slots=settings.kv_slots,
             threads=settings.resolved_threads,
             prefill_chunk=settings.prefill_chunk,
+            prompt_cache_bytes=settings.prompt_cache_mb * 2**20,
         )
 
     # -- text <-> tokens --------------------------------------------------------------------
@@ -274,8 +278,37 @@ class LlamaEngine:
             best = max(idle, key=lambda s: (shared[s.seq_id], -s.last_used))
             worth = shared[best.seq_id] >= 0.9 * len(prompt)  # not just the system prompt they all share
             slot = best if worth else min(idle, key=lambda s: s.last_used)
+            self._save(slot)  # its conversation's next turn restores this instead of reading it all again
         slot.conversation_id = conversation_id
+        self._restore(slot, conversation_id, prompt)
         return slot
+
+    def _save(self, slot: Slot) -> None:
+        """Copy the slot's KV cells to the prompt cache, under its conversation's id."""
+        cache = self.prompt_cache
+        if not cache.capacity_bytes or not slot.tokens or slot.conversation_id is None:
+            return
+        size = llama_cpp.llama_state_seq_get_size(self.ctx.ctx, slot.seq_id)
+        if not 0 < size <= cache.capacity_bytes:
+            return
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx.ctx, data, size, slot.seq_id) == size:
+            cache.put(slot.conversation_id, SavedState(list(slot.tokens), data))
+
+    def _restore(self, slot: Slot, conversation_id: str, prompt: list[int]) -> None:
+        """Put the conversation's saved KV cells back into `slot` when they cover more of the
+        prompt than the slot already holds (a failed copy leaves the slot empty: a full read)."""
+        state = self.prompt_cache.take(conversation_id)
+        if state is None or _common_prefix(state.tokens, prompt) <= _common_prefix(slot.tokens, prompt):
+            return
+        self._clear(slot)
+        slot.conversation_id = conversation_id
+        if llama_cpp.llama_state_seq_set_data(self.ctx.ctx, state.data, len(state.data), slot.seq_id):
+            slot.tokens = state.tokens
+            self.prompt_cache.restored += 1
+        else:
+            self._clear(slot)
+            slot.conversation_id = conversation_id
 
     def _clear(self, slot: Slot) -> None:
         self.ctx.kv_cache_seq_rm(slot.seq_id, -1, -1)
@@ -283,6 +316,7 @@ class LlamaEngine:
         slot.conversation_id = None
 
     def forget(self, conversation_id: str) -> None:
+        self.prompt_cache.drop(conversation_id)
         for slot in self.slots:
             if slot.conversation_id == conversation_id:
                 if slot.busy:
@@ -428,5 +462,6 @@ class LlamaEngine:
             self.end(generation, failed=failed)
 
     def close(self) -> None:
+        self.prompt_cache.clear()
         self.ctx.close()
         self.llm.close()
