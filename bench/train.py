@@ -47,7 +47,8 @@ from training.config import PRESETS_DIR
 from training.data.synthetic import synthetic_conversations
 from training.errors import HardwareError, TrainingError
 
-STEP_KEYS = ("batch_size", "grad_accum", "packing", "gradient_checkpointing", "load_in_4bit")
+STEP_KEYS = ("batch_size", "grad_accum", "packing", "gradient_checkpointing", "load_in_4bit", "learning_rate",
+             "warmup_steps")
 IMPROVED_SHAPE = dict(shape="llama-3.2-3b", lora_r=16)  # the `improved` preset: Llama-3.2-3B, r=16, alpha=32
 
 
@@ -81,8 +82,13 @@ LEVERS: dict[str, dict[str, Any]] = {
     "lever:log10": dict(title="(c) + loss read every 10 steps (fewer host syncs)", sft=dict(logging_steps=10)),
     "lever:bf16-mb16": dict(title="(c) + 16-bit base + micro-batch 16", load_in_4bit=False, batch_size=16),
     "lever:bf16-mb32": dict(title="(c) + 16-bit base + micro-batch 32", load_in_4bit=False, batch_size=32),
+    "lever:bf16-mb64": dict(title="(c) + 16-bit base + micro-batch 64", load_in_4bit=False, batch_size=64),
+    "lever:bf16-mb32-lr": dict(title="(c) + 16-bit base + micro-batch 32, lr 8e-4, warm-up 2",
+                               load_in_4bit=False, batch_size=32, learning_rate=8e-4, warmup_steps=2),
     "lever:bf16-compile": dict(title="(c) + 16-bit base + torch.compile", load_in_4bit=False,
                                sft=dict(torch_compile=True)),
+    "lever:bf16-noblock": dict(title="(c) + 16-bit base, Unsloth's per-block compile off", load_in_4bit=False,
+                               env=dict(UNSLOTH_BLOCK_COMPILE="0")),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 WARMUP = 3
@@ -193,8 +199,10 @@ def profile_summary(prof: Any, wall_s: float, rows: int = 18) -> dict[str, Any]:
     busy_us = sum(e.self_device_time_total for e in events)
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
     top = [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count} for e in events[:rows]]
+    cpu = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    top_cpu = [{"name": e.key[:90], "ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count} for e in cpu]
     return {"wall_ms": round(wall_s * 1e3, 1), "gpu_busy": round(busy_us / 1e6 / wall_s, 3) if wall_s else None,
-            "kernels": len(events), "launches": sum(e.count for e in events), "top": top}
+            "kernels": len(events), "launches": sum(e.count for e in events), "top": top, "top_cpu": top_cpu}
 
 
 def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Path, backend: str | None = None,
@@ -214,14 +222,14 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
     from training.hardware import detect
     from training.run import build_trainer
 
-    load_in_4bit = spec.get("load_in_4bit", True) and detect().cuda
+    settings = {key: spec[key] for key in STEP_KEYS if key in spec}
+    settings["load_in_4bit"] = settings.get("load_in_4bit", True) and detect().cuda
     cfg = build_config(
         "baseline", base_model=f"random:{shape}", tokenizer=os.environ.get("LORABOT_RANDOM_TOKENIZER"),
         dataset=str(data), eval_fraction=0.0, max_eval_samples=None, lora_r=lora_r, lora_alpha=2 * lora_r,
-        max_steps=steps, backend=backend or spec["backend"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
-        packing=spec["packing"], gradient_checkpointing=spec["gradient_checkpointing"], save_steps=10**6,
+        max_steps=steps, backend=backend or spec["backend"], save_steps=10**6,
         output_dir=out / f"case-{case.replace(':', '-')}", export=False, chat_template="chatml",
-        load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
+        max_seq_length=max_seq_length, **settings,
     )
     extra: dict[str, Any] = {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, **spec.get("sft", {})}
     if spec["padding_free"] is not None:
@@ -293,6 +301,7 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
         "case": case, "title": spec["title"], "backend": setup.backend, "device": hw.device_name,
         "shape": shape, "lora_r": lora_r, "load_in_4bit": cfg.load_in_4bit, "sft": spec.get("sft", {}),
         "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "packing": cfg.packing,
+        "learning_rate": cfg.learning_rate, "warmup_steps": cfg.warmup_steps, "env": spec.get("env", {}),
         "timed_steps": len(marks) - warmup, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
         "tokens_per_s": round(sum(lengths) / seconds, 1) if seconds > 0 else 0.0,
         "real_tokens_per_step": round(sum(step_tokens) / max(1, len(step_tokens))),
@@ -314,7 +323,7 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
 # ----------------------------------------------------------------------------- all cases (parent)
 def main(json_output: bool = False, cases: list[str] | None = None, steps: int = 12, conversations: int = 2000,
          shape: str = "llama-3.2-1b", lora_r: int = 16, profile: bool = False,
-         case_timeout: float | None = None) -> dict:
+         case_timeout: float | None = None, partial: Path | None = None) -> dict:
     import torch
 
     if not torch.cuda.is_available():
@@ -341,6 +350,9 @@ def main(json_output: bool = False, cases: list[str] | None = None, steps: int =
             except subprocess.TimeoutExpired:
                 result = {"error": f"timed out after {case_timeout:.0f} s"}
             results["cases"][case] = {"title": case_spec(case)["title"], **result}
+            if partial:  # each case as it ends: a run cut short still leaves what it measured
+                with open(partial, "a", encoding="utf-8") as lines:
+                    lines.write(json.dumps({"case": case, **result}) + "\n")
             print(f"bench train: {case} done: {json.dumps({k: v for k, v in result.items() if k not in ('curve', 'losses', 'profile')})}",
                   file=sys.stderr, flush=True)
     add_comparisons(results)
@@ -405,6 +417,7 @@ def bench_train(
     lora_r: Annotated[int, typer.Option(help="LoRA rank (cases e/f: 16, as the improved preset).")] = 16,
     profile: Annotated[bool, typer.Option(help="Profile the 2 steps before the timed ones: top kernels, GPU busy.")] = False,
     case_timeout: Annotated[float, typer.Option(help="Seconds one case may take (0: no limit).")] = 0,
+    partial: Annotated[Path | None, typer.Option(help="Append each case's result to this JSONL file as it ends.")] = None,
 ) -> None:
     """GPU: tokens/s, MFU, peak memory and loss at equal tokens of the notebook, HF and lorabot's presets."""
     unknown = [case for case in cases.split(",") if case != "levers" and case not in CASES and case not in LEVERS]
@@ -414,7 +427,7 @@ def bench_train(
         raise typer.Exit(2)
     try:
         main(json_output=json_output, cases=cases.split(","), steps=steps, conversations=conversations,
-             shape=shape, lora_r=lora_r, profile=profile, case_timeout=case_timeout or None)
+             shape=shape, lora_r=lora_r, profile=profile, case_timeout=case_timeout or None, partial=partial)
     except TrainingError as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

@@ -65,7 +65,7 @@ PY
     ;;
   bench)
     python3 -c "import importlib.metadata as md; print(' '.join(f'{n} {md.version(n)}' for n in ['torch', 'transformers', 'trl', 'peft', 'unsloth', 'unsloth_zoo', 'bitsandbytes', 'datasets', 'pyarrow', 'pandas']))" | tee "$OUT/versions.txt"
-    python3 -m bench.train --json "${bench_flags[@]}" 2> "$OUT/bench.stderr" | tee "$OUT/bench.json"
+    python3 -m bench.train --json --partial "$OUT/cases.jsonl" "${bench_flags[@]}" 2> "$OUT/bench.stderr" | tee "$OUT/bench.json"
     tail -40 "$OUT/bench.stderr"
     python3 -c "import json,sys; from bench.train import table; print(table(json.load(open('$OUT/bench.json'))))"
     ;;
