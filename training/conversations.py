@@ -29,15 +29,15 @@ Conversation = list[dict[str, str]]
 
 # Why a row is not a conversation, by kind: counted per kind and reported, never a crash.
 BAD_ROW_KINDS = {
-    "unreadable": "not valid JSON",
-    "not_a_conversation": "no list of turns",
-    "missing_role": "a turn without from/role",
-    "unknown_role": "unknown from/role",
-    "empty_turn": "an empty turn",
-    "bad_order": "turns out of order or no reply",
+    "unreadable": "unreadable (not JSON)",
+    "not_a_conversation": "not a conversation",
+    "missing_role": "missing role",
+    "unknown_role": "unknown role",
+    "empty_turn": "empty turn",
+    "bad_order": "out of order or no reply",
     # found when tokenizing (training/chat_format.py: encode_all), after the model's tokenizer is loaded
-    "too_long": "too long (no reply left within max_seq_length)",
-    "nothing_to_learn": "no reply token after the chat template",
+    "too_long": "too long (no reply within max_seq_length)",
+    "nothing_to_learn": "nothing to learn",
 }
 
 
@@ -60,7 +60,7 @@ class LoadedDataset:
     bad_rows: Counter = field(default_factory=Counter)  # kind -> rows
 
     def summary(self) -> str:
-        """`3 bad rows skipped in X: 2 unknown from/role, 1 an empty turn; e.g. row 4: ...`"""
+        """`3 bad row(s) skipped in X: 2 unknown role, 1 empty turn; e.g. row 4: ...`"""
         return describe_bad_rows(self.bad_rows, self.source, self.reasons[:1])
 
 

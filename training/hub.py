@@ -266,6 +266,7 @@ def run_files(run_dir: Path) -> dict[str, Path]:
     if not (adapter / "adapter_config.json").is_file():
         raise HubError(f"no LoRA adapter in {adapter}; did training finish?")
     files = {p.relative_to(adapter).as_posix(): p for p in sorted(adapter.rglob("*")) if p.is_file()}
+    files.pop("README.md", None)  # peft's placeholder card; push_run writes one that names the base
     ggufs = sorted(run_dir.glob("model-*.gguf"))
     quantized = [p for p in ggufs if p.name != "model-f16.gguf"]
     for gguf in quantized or ggufs:
