@@ -165,6 +165,17 @@ def test_each_kind_of_malformed_row_is_counted(kind, tmp_path):
     assert loaded.reasons[0].startswith("row 6: ")
 
 
+@pytest.mark.parametrize(("line", "kind"), [
+    ('{"conversations": [{"from": "human", "value": "hi"}', "unreadable"),
+    ('{"text": "a pretraining row, not a chat"}', "not_a_conversation"),
+])
+def test_jsonl_only_kinds_are_counted_too(line, kind, tmp_path):
+    good = [json.dumps({"conversations": c}) for c in good_rows(3)]
+    (tmp_path / "rows.jsonl").write_text("\n".join([*good, line]) + "\n")
+    loaded = load_conversations(str(tmp_path / "rows.jsonl"))
+    assert len(loaded.conversations) == 3 and loaded.bad_rows == Counter({kind: 1})
+
+
 @pytest.mark.parametrize(("conversation", "expected"), [(TOO_LONG, {"too_long": 1}), (TRUNCATED, {"truncated": 1})])
 def test_over_long_conversations_are_dropped_or_truncated_and_counted(conversation, expected):
     from training.chat_format import IGNORE_INDEX, encode_all
