@@ -9,6 +9,7 @@ store error (locked, full, connection lost) from one that retrying cannot fix.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +18,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# aiosqlite logs every call into its thread at DEBUG: LORABOT_LOG_LEVEL=DEBUG would show little else
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 # driver each backend is reached with; the plain names are what people write
 ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}

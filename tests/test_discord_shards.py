@@ -80,6 +80,8 @@ async def test_two_processes_run_one_shard_each_on_one_database(tmp_path, postgr
             log.close()
         await fake.wait_until(lambda: fake.ready_shards == {(0, 2), (1, 2)}, timeout=90)
         assert sorted(identify["shard"] for identify in fake.identifies) == [[0, 2], [1, 2]]
+        # each process is ready once its shard's servers are in (on_ready logs which shards it runs)
+        await fake.wait_until(lambda: all(f"(shards [{n}] of 2)" in log_of(tmp_path, n) for n in (0, 1)), timeout=60)
 
         first = await fake.user_message("Say hi.", mention_bot=True)  # GUILD_ID: shard 1
         second = await fake.user_message("Say hello.", mention_bot=True, channel_id=fake.SECOND_CHANNEL_ID)
@@ -115,6 +117,9 @@ async def test_two_processes_run_one_shard_each_on_one_database(tmp_path, postgr
                 bot.kill()
                 await bot.wait()
         await fake.close()
-    logs = "\n".join((tmp_path / f"shard{n}.log").read_text(errors="replace") for n in (0, 1))
-    assert "(shards [0] of 2)" in logs and "(shards [1] of 2)" in logs, logs
+    logs = "\n".join(log_of(tmp_path, n) for n in (0, 1))
     assert all(bot.returncode == 0 for bot in bots), logs
+
+
+def log_of(tmp_path: Path, shard: int) -> str:
+    return (tmp_path / f"shard{shard}.log").read_text(errors="replace")
