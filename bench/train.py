@@ -332,14 +332,13 @@ def main(json_output: bool = False, cases: list[str] | None = None, steps: int =
     from training.base_model import resolve_base
 
     tokenizer = os.environ.get("LORABOT_RANDOM_TOKENIZER")
-    for case_shape in dict.fromkeys(case_spec(case).get("shape", shape) for case in cases):
-        resolve_base(f"random:{case_shape}", tokenizer)  # build once, outside the timings
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "shape": shape, "lora_r": lora_r,
                                "steps": steps, "warmup_steps": max(WARMUP, steps // 4), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "conversations.jsonl"
         data.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(conversations)) + "\n")
         for case in cases:
+            resolve_base(f"random:{case_spec(case).get('shape', shape)}", tokenizer)  # once per shape, untimed
             out_file = Path(tmp) / f"{case.replace(':', '-')}.json"
             command = [sys.executable, "-m", "bench.train", CHILD, case, str(data), str(steps), shape, str(lora_r), tmp,
                        str(out_file), "1" if profile else "0"]
