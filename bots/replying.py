@@ -68,6 +68,8 @@ class Outcome:
     queued_s: float = 0.0
     ttft_s: float | None = None
     tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, already in the KV cache (not read again)
     tokens_per_s: float = 0.0
     counts: DeliveryCounts = field(default_factory=DeliveryCounts)
     reason: str = ""  # why it was refused or failed, for the log
@@ -146,6 +148,8 @@ async def answer(
                         written = done.text
                         outcome.ttft_s, outcome.tokens = done.ttft_s, done.completion_tokens
                         outcome.tokens_per_s = done.tokens_per_s
+                        outcome.prompt_tokens = done.prompt_tokens
+                        outcome.cached_tokens = int(done.extras.get("reused_tokens", 0))
                         if done.finish_reason == "interrupted":
                             outcome.result = "interrupted"
         # The service's generator is closed here: its queue slot is free before we deliver.
@@ -193,13 +197,16 @@ def _log(question: Question, outcome: Outcome) -> None:
     counts = outcome.counts
     ttft = f"{outcome.ttft_s:.2f}s" if outcome.ttft_s is not None else "-"
     log.info(
-        "reply %s%s conversation=%s model=%s queued=%.1fs ttft=%s tokens=%d tok/s=%.1f calls=%d 429s=%d",
+        "reply %s%s conversation=%s model=%s queued=%.1fs ttft=%s prompt=%d cached=%d tokens=%d tok/s=%.1f "
+        "calls=%d 429s=%d",
         outcome.result,
         f" ({outcome.reason})" if outcome.reason else "",
         question.conversation_id,
         outcome.model or "-",
         outcome.queued_s,
         ttft,
+        outcome.prompt_tokens,
+        outcome.cached_tokens,
         outcome.tokens,
         outcome.tokens_per_s,
         counts.calls,

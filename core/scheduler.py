@@ -1,7 +1,10 @@
 """A bounded, fair queue of generation turns.
 
 Requests are grouped per user and served round-robin, one running request per user, so one
-user's burst cannot starve the others. The requester's own task does the work once its turn
+user's burst cannot starve the others: everyone's next question comes before anyone's second one
+(a user's running request counts as their question of this round), and within a round questions
+are served in the order they arrived. So a new question's place only ever moves forward, and
+the wait it is told at admission holds while users keep arriving. The requester's own task does the work once its turn
 comes. `ChatService.reply` drives the steps itself: `enqueue(user)` (raises `Busy` when the queue
 is full, `ShuttingDown` after `close()`) gives a `Ticket`; while `ticket.ready` is not done it
 reports `position(ticket)` as a `Queued` event whenever that changes and awaits
@@ -25,7 +28,8 @@ from core.errors import Busy, ShuttingDown
 @dataclass(eq=False)
 class Ticket:
     user_id: str
-    seq: int = 0
+    seq: int = 0  # arrival order
+    round: int = 0  # how many of the user's questions were waiting or running when it came
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -34,7 +38,6 @@ class FairScheduler:
         self.max_waiting = max_waiting
         self.concurrency = concurrency
         self._waiting: dict[str, deque[Ticket]] = {}
-        self._last_served: dict[str, int] = {}  # user -> serial of their latest turn
         self._serial = 0
         self._running: set[Ticket] = set()
         self._closed = False
@@ -57,13 +60,11 @@ class FairScheduler:
         """1-based place in the order the queue will be served (0 once running)."""
         if ticket in self._running:
             return 0
-        order: list[Ticket] = []
-        queues = [list(self._waiting[user]) for user in sorted(self._waiting, key=self._priority)]
-        depth = 0
-        while any(depth < len(queue) for queue in queues):
-            order.extend(queue[depth] for queue in queues if depth < len(queue))
-            depth += 1
-        return order.index(ticket) + 1 if ticket in order else 0
+        queue = self._waiting.get(ticket.user_id)
+        if not queue or ticket not in queue:
+            return 0
+        key = (ticket.round, ticket.seq)
+        return 1 + sum((other.round, other.seq) < key for queue in self._waiting.values() for other in queue)
 
     # -- the public context manager ------------------------------------------------------
     @asynccontextmanager
@@ -83,8 +84,10 @@ class FairScheduler:
         if self.waiting >= self.max_waiting:
             raise Busy(self.waiting)
         self._serial += 1
-        ticket = Ticket(user_id, seq=self._serial)
-        self._waiting.setdefault(user_id, deque()).append(ticket)
+        queue = self._waiting.setdefault(user_id, deque())
+        running = sum(other.user_id == user_id for other in self._running)
+        ticket = Ticket(user_id, seq=self._serial, round=len(queue) + running)
+        queue.append(ticket)
         self._dispatch()
         return ticket
 
@@ -113,25 +116,19 @@ class FairScheduler:
         self._notify()
 
     # -- internals -----------------------------------------------------------------------
-    def _priority(self, user: str) -> tuple[int, int]:
-        """Least recently served first; among never-served users, earliest arrival first."""
-        return (self._last_served.get(user, 0), self._waiting[user][0].seq)
-
     def _dispatch(self) -> None:
         busy_users = {ticket.user_id for ticket in self._running}
         while len(self._running) < self.concurrency:
             candidates = [user for user in self._waiting if user not in busy_users]
             if not candidates:
                 break
-            user = min(candidates, key=self._priority)
+            user = min(candidates, key=lambda user: (self._waiting[user][0].round, self._waiting[user][0].seq))
             queue = self._waiting[user]
             ticket = queue.popleft()
             if not queue:
                 del self._waiting[user]
             if ticket.ready.done():  # cancelled while waiting
                 continue
-            self._serial += 1
-            self._last_served[user] = self._serial
             ticket.ready.set_result(None)
             self._running.add(ticket)
             busy_users.add(user)

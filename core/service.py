@@ -23,7 +23,7 @@ from core.history import ConversationStore
 from core.limits import UserRateLimiter, clean_user_text
 from core.pool import EngineFactory, ModelPool
 from core.registry import ModelEntry, ModelRegistry
-from core.scheduler import FairScheduler
+from core.scheduler import FairScheduler, Ticket
 from core.settings import CoreSettings
 from core.turns import InterruptedReply, TurnState
 from core.worker import LoadedModel
@@ -181,8 +181,7 @@ class ChatService:
         await self.limiter.check(user_id)
         model = await self.current_model(conversation_id, scope_id)
         entry = self.registry.get(model)
-        self._admit(user_id, model)
-        ticket = self.scheduler.enqueue(user_id)
+        ticket = self._admit(user_id, model)
         turn_id: int | None = None
         settled = False  # _generate marked the turn answered/interrupted
         outcome: TurnState = "failed"
@@ -231,21 +230,26 @@ class ChatService:
         per_reply = statistics.fmean(self._reply_seconds)
         return position * per_reply / self.settings.parallel
 
-    def _admit(self, user_id: str, model: str | None = None) -> None:
-        """Accept while the expected wait stays under `max_wait_s`; refuse with the estimate beyond.
+    def _admit(self, user_id: str, model: str | None = None) -> Ticket:
+        """Queue the request if its expected wait stays under `max_wait_s`; refuse with the
+        estimate beyond.
 
+        The estimate uses the place the request really gets (the scheduler's serving order, not
+        the whole queue's length: a user's second question in a row waits behind everyone's first).
         A user's further questions queue behind their first (answered in order) up to
         `max_waiting_per_user`; the queue's hard cap (`queue_max`) is checked by the scheduler."""
         mine = self.scheduler.waiting_for(user_id)
         if mine >= self.settings.max_waiting_per_user:
             raise TooManyWaiting(mine)
-        ahead = self.scheduler.waiting
-        wait = self.estimated_wait_s(ahead + 1)
+        ticket = self.scheduler.enqueue(user_id)
+        position = self.scheduler.position(ticket)  # 0: it runs at once
+        wait = self.estimated_wait_s(position) if position else None
         if model is not None and (backpressure := self.pool.backpressure_s(model)) > 0:
             wait = (wait or 0.0) + backpressure  # the model's servers asked us to wait (429/503)
-        free_slot = self.scheduler.running < self.settings.parallel and ahead == 0
-        if wait is not None and not free_slot and wait > self.settings.max_wait_s:
-            raise Busy(ahead, wait)
+        if wait is not None and wait > self.settings.max_wait_s:
+            self.scheduler.release(ticket)
+            raise Busy(max(0, position - 1), wait)
+        return ticket
 
     # -- internals -------------------------------------------------------------------------
     @property

@@ -72,7 +72,7 @@ class CoreSettings(BaseSettings):
         "is read in chunks, so replies being generated never wait for more than one such step).",
     )
     prompt_cache_mb: int = Field(
-        512,
+        1024,
         ge=0,
         description="Host memory (MiB per model) for the KV cache of conversations that lost their slot: "
         "their next turn restores it instead of reading the whole history again; 0 = off.",

@@ -85,3 +85,19 @@ async def test_close_fails_waiters_and_refuses_new():
         await waiter.ready
     with pytest.raises(ShuttingDown):
         scheduler.enqueue("c")
+
+
+async def test_a_waiting_question_keeps_its_place_while_new_users_arrive():
+    """Within a round, first come first served: a user who was answered before and asks again is
+    not pushed back by users arriving after them (the place told at admission holds)."""
+    scheduler = FairScheduler(max_waiting=10, concurrency=1)
+    first = scheduler.enqueue("a")
+    scheduler.release(first)  # a was answered once
+    blocker = scheduler.enqueue("x")  # runs
+    again = scheduler.enqueue("a")
+    assert scheduler.position(again) == 1
+    later = [scheduler.enqueue(user) for user in ("b", "c", "d")]
+    assert scheduler.position(again) == 1
+    assert [scheduler.position(t) for t in later] == [2, 3, 4]
+    scheduler.release(blocker)
+    assert scheduler.position(again) == 0  # it runs next

@@ -96,6 +96,36 @@ async def test_full_queue_says_busy(tmp_path):
         assert (await first)[1].text == (await second)[1].text == "a b c d e f"
 
 
+async def test_admission_estimates_the_place_the_question_really_gets(tmp_path):
+    """u2's second question waits behind everyone's first, so a new user is told (and judged on)
+    their own place — 2nd — not the length of the whole queue (3)."""
+    async with make_service(
+        tmp_path, reply="a b c d e f", token_delay_s=0.2, parallel=1, max_wait_s=25, max_waiting_per_user=3
+    ) as service:
+        service._reply_seconds.extend([10.0] * 5)  # 10 s a reply, one at a time: 10 s per place
+        running = asyncio.create_task(collect(service, "c1", "u1"))
+        await until(lambda: service.scheduler.running == 1)
+        waiting = [asyncio.create_task(collect(service, f"c2{i}", "u2")) for i in range(2)]
+        await until(lambda: service.scheduler.waiting == 2)
+        events = service.reply("c3", "u3", "hi")
+        queued = [event async for event in _until_queued(events)]
+        assert queued[-1].position == 2  # behind u2's first question only: about 20 s, accepted
+        await events.aclose()
+        service._reply_seconds.extend([20.0] * 50)  # now 20 s per place: 2nd place is 40 s > 25 s
+        with pytest.raises(Busy) as refused:
+            await collect(service, "c4", "u4")
+        assert refused.value.wait_s == pytest.approx(40.0)
+        for task in (running, *waiting):
+            task.cancel()
+
+
+async def _until_queued(events):
+    async for event in events:
+        yield event
+        if isinstance(event, Queued):
+            return
+
+
 async def test_cancel_mid_stream_stops_engine_and_stores_nothing(tmp_path):
     words = " ".join(f"w{i}" for i in range(200))
     async with make_service(tmp_path, reply=words, token_delay_s=0.01) as service:
