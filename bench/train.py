@@ -5,14 +5,14 @@
     (c) lorabot's tuned baseline (preset `baseline-tuned`): same 8 x 1024 tokens per optimizer step
         and the same loss, but padding-free packing (BFD) in one micro-batch of 8 rows, no
         recomputation, Unsloth, 4-bit base
-    (d) lorabot's fast baseline (preset `baseline-fast`): (c) on a 16-bit base (bf16 LoRA) with
-        the settings the lever sweep below found fastest at matching loss (docs/benchmarks.md)
+    (d) lorabot's fast baseline (preset `baseline-fast`): (c) on a 16-bit base (bf16 LoRA), 16 rows
+        per micro-batch, learning rate scaled with the tokens per step (docs/benchmarks.md)
     (e) the `improved` preset's shape (Llama-3.2-3B, r=16) with the notebook's settings, as (a)
     (f) the same 3B shape with `baseline-fast`'s settings, as (d)
 
 Levers (`--cases lever:...`, or `--cases levers` for all): (c) with one thing changed, to
 measure what each gives: a 16-bit base, larger micro-batches, DataLoader workers, torch.compile,
-fewer host syncs. Each case is a dict of settings, so a new one is one line in CASES or LEVERS.
+fewer host syncs, SDPA off cuDNN attention, Unsloth's per-block compile off. Each case is a dict of settings, so a new one is one line in CASES or LEVERS.
 
 Model: Llama-3.2-1B's (or 3B's) architecture with random weights (no hub needed), LoRA on
 q,k,v,o,gate,up,down. Data: synthetic conversations whose lengths are spread like FineTome-100k's
@@ -48,7 +48,7 @@ from training.data.synthetic import synthetic_conversations
 from training.errors import HardwareError, TrainingError
 
 STEP_KEYS = ("batch_size", "grad_accum", "packing", "gradient_checkpointing", "load_in_4bit", "learning_rate",
-             "warmup_steps")
+             "warmup_steps", "cudnn_attention")
 IMPROVED_SHAPE = dict(shape="llama-3.2-3b", lora_r=16)  # the `improved` preset: Llama-3.2-3B, r=16, alpha=32
 
 
@@ -83,10 +83,13 @@ LEVERS: dict[str, dict[str, Any]] = {
     "lever:bf16-mb16": dict(title="(c) + 16-bit base + micro-batch 16", load_in_4bit=False, batch_size=16),
     "lever:bf16-mb32": dict(title="(c) + 16-bit base + micro-batch 32", load_in_4bit=False, batch_size=32),
     "lever:bf16-mb64": dict(title="(c) + 16-bit base + micro-batch 64", load_in_4bit=False, batch_size=64),
-    "lever:bf16-mb32-lr": dict(title="(c) + 16-bit base + micro-batch 32, lr 8e-4, warm-up 2",
-                               load_in_4bit=False, batch_size=32, learning_rate=8e-4, warmup_steps=2),
+    "lever:bf16-mb32-lr": dict(title="(c) + 16-bit base + micro-batch 32, lr 8e-4, warm-up 1",
+                               load_in_4bit=False, batch_size=32, learning_rate=8e-4, warmup_steps=1),
     "lever:bf16-compile": dict(title="(c) + 16-bit base + torch.compile", load_in_4bit=False,
                                sft=dict(torch_compile=True)),
+    "lever:no-cudnn": dict(title="(c) + SDPA off cuDNN attention (flash)", cudnn_attention=False),
+    "lever:bf16-mb16-no-cudnn": dict(title="(c) + 16-bit base + micro-batch 16 + SDPA off cuDNN",
+                                     load_in_4bit=False, batch_size=16, cudnn_attention=False),
     "lever:bf16-noblock": dict(title="(c) + 16-bit base, Unsloth's per-block compile off", load_in_4bit=False,
                                env=dict(UNSLOTH_BLOCK_COMPILE="0")),
 }

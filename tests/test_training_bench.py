@@ -9,7 +9,10 @@ import pytest
 
 pytest.importorskip("trl")
 
-from bench.train import CASES, lora_step_flops, matmul_params, run_case, table  # noqa: E402
+from bench.train import (  # noqa: E402
+    CASES, LEVERS, STEP_KEYS, case_spec, expand_cases, loss_at_tokens, lora_step_flops, matmul_params, run_case, table,
+    token_milestones,
+)
 from training.data.synthetic import synthetic_conversations  # noqa: E402
 from training.base_model import LLAMA_COMMON, LLAMA_SHAPES  # noqa: E402
 
@@ -28,6 +31,30 @@ def test_synthetic_lengths_are_spread_like_finetome():
     assert words[len(words) // 2] > 250 and words[-1] > 1000 and words[0] < 100
 
 
+def test_loss_is_compared_at_equal_real_tokens_not_steps():
+    # (x) sees 1,000 real tokens per step, (y) 4,000: at step 2 (y) is 4x further into the data.
+    x = [[1000 * k, 10.0 - k] for k in range(1, 17)]
+    y = [[4000 * k, 10.0 - 4 * k + 0.5] for k in range(1, 5)]
+    milestones = token_milestones([x, y], count=4)
+    assert milestones == [4000, 8000, 12000, 16000]
+    assert loss_at_tokens(x, milestones) == [7.5, 3.5, -0.5, -4.5]  # mean of the 4 steps in each window
+    assert loss_at_tokens(y, milestones) == [6.5, 2.5, -1.5, -5.5]
+    assert loss_at_tokens(x, [500]) == [None]  # no step ended in that window
+
+
+def test_every_case_and_lever_is_a_valid_training_config():
+    from training.config import build_config
+
+    assert set(expand_cases(["levers"])) == {"c", *LEVERS}
+    for name in [*CASES, *LEVERS]:
+        spec = case_spec(name)
+        settings = {key: spec[key] for key in STEP_KEYS if key in spec}
+        cfg = build_config("baseline", backend=spec["backend"], **settings)
+        assert cfg.batch_size == spec["batch_size"], name
+    assert case_spec("lever:bf16")["load_in_4bit"] is False and case_spec("c")["load_in_4bit"] is True
+    assert case_spec("f")["shape"] == "llama-3.2-3b" and case_spec("f")["batch_size"] == case_spec("d")["batch_size"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["c"])  # packed + padding-free: the path with the most bookkeeping
 def test_bench_case_runs_on_a_toy_model(case, tmp_path, monkeypatch):
@@ -37,6 +64,11 @@ def test_bench_case_runs_on_a_toy_model(case, tmp_path, monkeypatch):
     result = run_case(case, data, steps=4, shape="llama-test", lora_r=4, out=tmp_path, backend="hf", max_seq_length=96)
     assert result["tokens_per_s"] > 0 and result["real_tokens"] > 0 and len(result["losses"]) == 4
     assert result["packing"] == CASES[case]["packing"]
+    # every real token counted once, from the collator (no GPU sync), and placed on the curve
+    assert result["lengths_from_batch"] == 0
+    tokens = [point[0] for point in result["curve"]]
+    assert len(tokens) == 4 and all(later > earlier for earlier, later in zip(tokens, tokens[1:]))
+    assert tokens[-1] - tokens[-2] == result["real_tokens"]  # 4 steps, 3 warm-up: the timed window is step 4
     print(table({"device": "CPU", "shape": "llama-test", "lora_r": 4, "steps": 4, "warmup_steps": 3,
                  "cases": {case: {**result, "mfu": None}}}))
 

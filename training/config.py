@@ -55,6 +55,9 @@ class TrainConfig(BaseModel, extra="forbid"):
     lr_scheduler: str = "linear"
     optim: str = "adamw_8bit"
     packing: bool = False
+    # False: SDPA stays off cuDNN attention (CUDA). Packed rows run attention once per document, and
+    # a cuDNN call cost ~0.5 ms of host time each on an H200 (docs/benchmarks.md, Training (GPU)).
+    cudnn_attention: bool = True
     # bookkeeping
     logging_steps: int = Field(1, ge=1)
     eval_steps: int | None = Field(None, ge=1)  # None: evaluate at the end only

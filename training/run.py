@@ -150,6 +150,10 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
     from training.backends import get_backend
 
     backend = get_backend(backend_name)  # imports unsloth first when chosen
+    if hw.cuda and not cfg.cudnn_attention:
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)  # SDPA picks flash (or mem-efficient) instead
     dtype = pick_dtype(hw, cfg.dtype)
     console.print(f"[bold]lorabot train[/bold] preset={cfg.preset} backend={backend_name} device={hw.summary} dtype={dtype}")
 
