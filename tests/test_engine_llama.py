@@ -27,7 +27,9 @@ COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps coun
 
 @pytest.fixture(scope="module")
 def engine(embedded_gguf):
-    settings = load_core_settings(kv_slots=3, parallel=1, context_length=1024)
+    # Without the host prompt cache slots are chosen by warmth (own, empty, least recently used);
+    # tests/test_prompt_cache.py covers the placement with it.
+    settings = load_core_settings(kv_slots=3, parallel=1, context_length=1024, prompt_cache_mb=0)
     engine = LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings)
     yield engine
     engine.close()

@@ -93,3 +93,44 @@ def test_cache_is_bounded_by_bytes_least_recently_used_first():
     cache.put("huge", state(300))  # larger than the whole cache: not kept, nothing else lost
     assert "huge" not in cache and len(cache) == 2
     assert cache.take("b") is not None and cache.size_bytes == 100
+
+
+def request(conversation, messages, max_new_tokens=8):
+    return GenerationRequest("smol", conversation, messages, max_new_tokens=max_new_tokens, temperature=0.0)
+
+
+def test_busy_slots_stay_consecutive(embedded_gguf):
+    """llama.cpp computes each run of consecutive sequence ids as one ubatch: a new turn takes the
+    lowest idle slot, so the busy ones stay packed instead of scattering over the slots."""
+    settings = load_core_settings(kv_slots=4, parallel=4, context_length=512, prompt_cache_mb=16)
+    engine = LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings)
+    try:
+        asking = {c: engine.begin(request(c, [SYSTEM, {"role": "user", "content": c}]), GenerationStats()) for c in "abcd"}
+        assert [asking[c].slot.seq_id for c in "abcd"] == [0, 1, 2, 3]
+        engine.end(asking["c"])
+        engine.end(asking["a"])  # idle: 0 and 2 (the least recently used); busy: 1 and 3
+        new = engine.begin(request("e", [SYSTEM, {"role": "user", "content": "e"}]), GenerationStats())
+        assert new.slot.seq_id == 0
+        engine.end(asking["b"])
+        engine.end(asking["d"])
+        engine.end(new)
+    finally:
+        engine.close()
+
+
+def test_a_conversation_moves_to_the_lowest_slot_with_its_cache(embedded_gguf):
+    settings = load_core_settings(kv_slots=2, parallel=2, context_length=512, prompt_cache_mb=16)
+    engine = LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings)
+    try:
+        holder = engine.begin(request("x", [SYSTEM, {"role": "user", "content": "Hi"}]), GenerationStats())
+        engine.step([holder])  # x has read its prompt: slot 0 holds its KV
+        y = [SYSTEM, {"role": "user", "content": "Name a colour."}]
+        first, stats1 = run(engine, "y", y)  # slot 0 is busy: y's KV is in slot 1
+        engine.end(holder)
+        y += [{"role": "assistant", "content": first}, {"role": "user", "content": "And another one?"}]
+        _, stats2 = run(engine, "y", y)
+        assert engine.slots[0].conversation_id == "y"  # moved down to slot 0 ...
+        assert stats2.reused_tokens >= stats1.prompt_tokens  # ... with everything it had read
+        assert "x" in engine.prompt_cache  # what slot 0 held is kept for x's next turn
+    finally:
+        engine.close()

@@ -259,25 +259,37 @@ class LlamaEngine:
 
     # -- slots ------------------------------------------------------------------------------
     def _slot_for(self, conversation_id: str, prompt: list[int]) -> Slot:
-        """The conversation's idle slot if it has one, else an empty one, else an idle slot that
-        already holds nearly all of this prompt (the same first question in a new conversation;
-        llama.cpp's server too picks slots by prompt similarity), else the least recently used
-        idle slot. A recycled slot keeps what the new prompt shares with it (the system prompt,
-        typically): `_reuse_prefix` drops only the rest."""
+        """The slot for a new turn. An idle slot that already holds nearly all of this prompt (the
+        same first question in a new conversation; llama.cpp's server too picks slots by prompt
+        similarity) is taken as it is. Otherwise, with the prompt cache on, a slot is only a
+        place: the lowest-numbered idle one, so that the busy slots stay consecutive — llama.cpp
+        computes each run of consecutive sequences as one ubatch, and scattered slots made every
+        step cost up to one decode per reply (4 replies in 8 slots: 38 vs 81 tokens/s here,
+        docs/engine.md). The conversation's own KV moves there through host memory (~1 ms), and
+        what the slot held is saved for its own conversation. Without the cache: the
+        conversation's own idle slot, else an empty one, else the least recently used. A recycled
+        slot keeps what the new prompt shares with it (the system prompt, typically)."""
         idle = [slot for slot in self.slots if not slot.busy]
         if not idle:
             raise RuntimeError("all KV slots are busy (LORABOT_PARALLEL must not exceed LORABOT_KV_SLOTS)")
-        for slot in idle:
-            if slot.conversation_id == conversation_id:
-                return slot
-        empty = [slot for slot in idle if slot.conversation_id is None]
-        if empty:
-            slot = min(empty, key=lambda s: s.last_used)
-        else:
+        own = next((slot for slot in idle if slot.conversation_id == conversation_id), None)
+        twin = None
+        if own is None and conversation_id not in self.prompt_cache:
             shared = {slot.seq_id: _common_prefix(slot.tokens, prompt) for slot in idle}
             best = max(idle, key=lambda s: (shared[s.seq_id], -s.last_used))
-            worth = shared[best.seq_id] >= 0.9 * len(prompt)  # not just the system prompt they all share
-            slot = best if worth else min(idle, key=lambda s: s.last_used)
+            if shared[best.seq_id] >= 0.9 * len(prompt):  # not just the system prompt they all share
+                twin = best
+        if twin is not None:
+            slot = twin
+        elif not self.prompt_cache.capacity_bytes:
+            empty = [slot for slot in idle if slot.conversation_id is None]
+            slot = own or min(empty or idle, key=lambda s: s.last_used)
+        else:
+            slot = min(idle, key=lambda s: s.seq_id)
+            if own is not None and own is not slot:
+                self._save(own)  # restored into `slot` below
+                self._clear(own)
+        if slot.conversation_id != conversation_id:
             self._save(slot)  # its conversation's next turn restores this instead of reading it all again
         slot.conversation_id = conversation_id
         self._restore(slot, conversation_id, prompt)
