@@ -120,10 +120,7 @@ def models_pull(
         ModelRegistry(current.resolved_models_file).add(
             model_name, pulled.path, context_length=context_length, description=f"{repo} ({pulled.path.name})"
         )
-    except HubError as error:
-        console.print(f"[red]{escape(str(error))}[/red]")
-        raise typer.Exit(2) from None
-    except (RegistryError, ValueError) as error:
+    except (HubError, RegistryError, ValueError) as error:
         console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(2) from None
     console.print(f"Registered {model_name} → {pulled.path} ({repo}@{pulled.commit[:12]})")

@@ -33,7 +33,7 @@ from core.engines.base import kind_of
 from core.engines.llama import LlamaEngine
 from core.engines.remote import OpenAIEngine, ReplyCut
 from core.errors import Busy, ModelLoadError
-from core.events import Delta, Done
+from core.events import Done
 from core.pool import default_engine_factory
 from core.registry import ModelEntry, ModelRegistry
 from core.remote.endpoints import retry_after_s
@@ -41,6 +41,7 @@ from core.remote.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_PROMPT
 from core.service import ChatService
 from core.settings import CoreSettings, load_core_settings
 from core.worker import compute_thread
+from support.replies import Reply
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite
@@ -234,29 +235,8 @@ async def remote_service(
         await service.close()
 
 
-class Reply:
-    """A reply running in the background; `events` fills in as it streams."""
-
-    def __init__(self, service: ChatService, conversation: str, text: str, user: str | None = None) -> None:
-        self.events: list[object] = []
-        self.task = asyncio.create_task(self._run(service, conversation, user or f"user-{conversation}", text))
-
-    async def _run(self, service: ChatService, conversation: str, user: str, text: str) -> Done:
-        async with asyncio.timeout(WAIT_S):
-            async for event in service.reply(conversation, user, text):
-                self.events.append(event)
-        return next(e for e in self.events if isinstance(e, Done))
-
-    @property
-    def deltas(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, Delta)]
-
-    async def done(self) -> Done:
-        return await self.task
-
-
 async def ask(service: ChatService, conversation: str, text: str, user: str | None = None) -> Reply:
-    reply = Reply(service, conversation, text, user)
+    reply = Reply(service, conversation, text, user, timeout_s=WAIT_S)
     await reply.done()
     return reply
 
@@ -331,7 +311,7 @@ async def test_cancelling_a_reply_closes_the_stream_and_the_server_stops(tmp_pat
     engines = Engines()
     async with remote_service(tmp_path, [llama_server.url], engines, max_new_tokens=400) as service:
         disconnects = llama_server.log_text().count("Disconnected from client")
-        reply = Reply(service, "cancel", COUNT)
+        reply = Reply(service, "cancel", COUNT, timeout_s=WAIT_S)
         await until(lambda: len(reply.deltas) >= 3)
         reply.task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -348,7 +328,7 @@ async def test_cancelling_a_reply_closes_the_stream_and_the_server_stops(tmp_pat
 async def test_two_endpoints_share_requests_and_fail_over_when_one_is_killed(tmp_path, llama_server, spare_server):
     engines = Engines()
     async with remote_service(tmp_path, [spare_server.url, llama_server.url], engines) as service:
-        burst = [Reply(service, f"b{i}", "Say hello.") for i in range(2)]
+        burst = [Reply(service, f"b{i}", "Say hello.", timeout_s=WAIT_S) for i in range(2)]
         for reply in burst:
             assert (await reply.done()).text.strip()
         spare, main = engines.built["remote"].endpoints.all
@@ -367,7 +347,7 @@ async def test_two_endpoints_share_requests_and_fail_over_when_one_is_killed(tmp
 @deadline
 async def test_a_server_dying_mid_reply_ends_it_with_a_clear_note(tmp_path, spare_server):
     async with remote_service(tmp_path, [spare_server.url], max_new_tokens=400) as service:
-        reply = Reply(service, "cut", COUNT)
+        reply = Reply(service, "cut", COUNT, timeout_s=WAIT_S)
         await until(lambda: len(reply.deltas) >= 3)
         spare_server.kill()
         with pytest.raises(ReplyCut) as caught:
@@ -383,7 +363,7 @@ async def test_a_server_dying_mid_reply_ends_it_with_a_clear_note(tmp_path, spar
 async def test_backpressure_honours_retry_after_counts_in_the_queue_and_loses_nothing(tmp_path, scripted, status):
     server = await scripted([(status, {"Retry-After": "2"})])
     async with remote_service(tmp_path, [server.url], parallel=1, kv_slots=1, max_wait_s=1.0) as service:
-        first = Reply(service, "c1", "hello")
+        first = Reply(service, "c1", "hello", timeout_s=WAIT_S)
         await until(lambda: len(server.chats) == 1)
         await until(lambda: service.pool.backpressure_s("remote") > 0)
         assert service.pool.backpressure_s("remote") <= 2.0

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from support.engines import make_service
 from support.faulty import FaultyEngine, RecordingFactory
+from support.replies import Reply
 
 from core.engines.base import GenerationRequest, GenerationStats
 from core.engines.llama import LlamaEngine
 from core.errors import EngineClosed, EngineFailed, ModelLoadError
-from core.events import Delta, Done
+from core.events import Done
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
@@ -51,29 +52,8 @@ async def until(condition, timeout=WAIT_S):
             await asyncio.sleep(0.005)
 
 
-class Reply:
-    """A reply running in the background; `events` fills in as it streams."""
-
-    def __init__(self, service: ChatService, conversation: str, text: str, user: str | None = None) -> None:
-        self.events: list[object] = []
-        self.task = asyncio.create_task(self._run(service, conversation, user or f"user-{conversation}", text))
-
-    async def _run(self, service: ChatService, conversation: str, user: str, text: str) -> Done:
-        async with asyncio.timeout(WAIT_S):
-            async for event in service.reply(conversation, user, text):
-                self.events.append(event)
-        return next(e for e in self.events if isinstance(e, Done))
-
-    @property
-    def deltas(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, Delta)]
-
-    async def done(self) -> Done:
-        return await self.task
-
-
 async def ask(service: ChatService, conversation: str, text: str, user: str | None = None) -> Done:
-    return await Reply(service, conversation, text, user).done()
+    return await Reply(service, conversation, text, user, timeout_s=WAIT_S).done()
 
 
 def real_service(tmp_path: Path, factory: RecordingFactory, **overrides: object) -> ChatService:
@@ -107,7 +87,7 @@ async def test_two_users_on_two_models_with_one_model_slot_are_both_answered(tmp
         tmp_path, reply=long, models={"m2": "from m2"}, max_loaded_models=1, token_delay_s=0.005, parallel=2
     ) as service:
         await service.set_model("c2", "m2")
-        first = Reply(service, "c1", "hi")
+        first = Reply(service, "c1", "hi", timeout_s=WAIT_S)
         await until(lambda: len(first.deltas) >= 2)
         second = await ask(service, "c2", "hi")
         assert second.text == "from m2"
@@ -127,7 +107,7 @@ async def test_reregistering_a_model_while_it_streams(tmp_path, embedded_gguf):
         for conversation in ("ref", "c1", "c2"):
             await service.set_model(conversation, "tuned")
         reference = (await ask(service, "ref", COUNT)).text  # the same greedy reply, alone
-        first = Reply(service, "c1", COUNT)
+        first = Reply(service, "c1", COUNT, timeout_s=WAIT_S)
         await until(lambda: len(first.deltas) >= 3)
         service.registry.add("tuned", v2)  # `lorabot models add tuned v2.gguf` while c1 streams
         second = await ask(service, "c2", "Say hello.")
@@ -160,7 +140,7 @@ async def test_gguf_replaced_on_disk_while_loaded(tmp_path, embedded_gguf):
         reference = (await ask(service, "ref", COUNT)).text
         with model.open("rb") as held:  # the inode the loaded model maps
             before = os.fstat(held.fileno())
-            first = Reply(service, "c1", COUNT)
+            first = Reply(service, "c1", COUNT, timeout_s=WAIT_S)
             await until(lambda: len(first.deltas) >= 3)
             with replacing(model) as tmp:  # how `lorabot export` writes every GGUF
                 shutil.copyfile(embedded_gguf, tmp)
