@@ -42,7 +42,7 @@ from core.registry import ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
 from training.evaluate.timing import decode_rate, timed_reply
-from core.worker import OMP_WAIT_POLICY_BEFORE, compute_thread
+from core.worker import GOMP_SPINCOUNT_BEFORE, OMP_WAIT_POLICY_BEFORE, compute_thread
 
 QUESTIONS = [
     "Explain recursion to a 5 year old.",
@@ -210,9 +210,14 @@ class LlamaServer:
         ]
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
-        # Run as a user would: with their own OpenMP wait policy (lorabot sets PASSIVE for itself,
-        # core/worker.py), unless LLAMA_SERVER_OMP_WAIT_POLICY asks for another.
+        # Run as a user would: with their own OpenMP wait policy and spin count (lorabot sets
+        # PASSIVE with a short spin for itself, core/worker.py), unless LLAMA_SERVER_OMP_WAIT_POLICY
+        # asks for another policy.
         self.env = dict(os.environ)
+        if GOMP_SPINCOUNT_BEFORE is None:
+            self.env.pop("GOMP_SPINCOUNT", None)
+        else:
+            self.env["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT_BEFORE
         self.omp_wait_policy = os.environ.get("LLAMA_SERVER_OMP_WAIT_POLICY") or OMP_WAIT_POLICY_BEFORE
         if self.omp_wait_policy:
             self.env["OMP_WAIT_POLICY"] = self.omp_wait_policy
