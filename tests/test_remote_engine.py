@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from core.service import ChatService
 from core.settings import CoreSettings, load_core_settings
 from core.worker import compute_thread
 from support.replies import Reply
+from support.timeouts import within
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite
@@ -49,13 +49,7 @@ COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps coun
 SERVER_CTX = 1024
 
 
-def deadline(test):
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        async with asyncio.timeout(3 * WAIT_S):
-            await test(*args, **kwargs)
-
-    return bounded
+deadline = within(3 * WAIT_S)  # the whole test, shutdown included: a regression fails, never hangs
 
 
 async def until(condition, timeout: float = WAIT_S) -> None:

@@ -8,7 +8,6 @@ Every wait has a deadline, so a regression fails here instead of hanging the sui
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from support.engines import make_service
 from support.faulty import FaultyEngine, RecordingFactory
 from support.replies import Reply
+from support.timeouts import within
 
 from core.engines.base import GenerationRequest, GenerationStats
 from core.engines.llama import LlamaEngine
@@ -35,15 +35,7 @@ COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps coun
 WAIT_S = 240.0  # generous (a busy 2-core machine); a hang fails the test instead of blocking it
 
 
-def deadline(test):
-    """The whole test (service shutdown included) within a deadline: a regression fails, never hangs."""
-
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        async with asyncio.timeout(3 * WAIT_S):
-            await test(*args, **kwargs)
-
-    return bounded
+deadline = within(3 * WAIT_S)  # the whole test, shutdown included: a regression fails, never hangs
 
 
 async def until(condition, timeout=WAIT_S):
