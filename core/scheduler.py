@@ -4,7 +4,8 @@ Requests are grouped per user and served round-robin, one running request per us
 user's burst cannot starve the others: everyone's next question comes before anyone's second one
 (a user's running request counts as their question of this round), and within a round questions
 are served in the order they arrived. So a new question's place only ever moves forward, and
-the wait it is told at admission holds while users keep arriving. The requester's own task does the work once its turn
+the wait it is told at admission holds while users keep arriving. The requester's own task does
+the work once its turn
 comes. `ChatService.reply` drives the steps itself: `enqueue(user)` (raises `Busy` when the queue
 is full, `ShuttingDown` after `close()`) gives a `Ticket`; while `ticket.ready` is not done it
 reports `position(ticket)` as a `Queued` event whenever that changes and awaits
@@ -31,6 +32,11 @@ class Ticket:
     seq: int = 0  # arrival order
     round: int = 0  # how many of the user's questions were waiting or running when it came
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Serving order: rounds first, then arrival."""
+        return (self.round, self.seq)
 
 
 class FairScheduler:
@@ -60,11 +66,9 @@ class FairScheduler:
         """1-based place in the order the queue will be served (0 once running)."""
         if ticket in self._running:
             return 0
-        queue = self._waiting.get(ticket.user_id)
-        if not queue or ticket not in queue:
+        if ticket not in self._waiting.get(ticket.user_id, ()):
             return 0
-        key = (ticket.round, ticket.seq)
-        return 1 + sum((other.round, other.seq) < key for queue in self._waiting.values() for other in queue)
+        return 1 + sum(other.order < ticket.order for queue in self._waiting.values() for other in queue)
 
     # -- the public context manager ------------------------------------------------------
     @asynccontextmanager
@@ -122,7 +126,7 @@ class FairScheduler:
             candidates = [user for user in self._waiting if user not in busy_users]
             if not candidates:
                 break
-            user = min(candidates, key=lambda user: (self._waiting[user][0].round, self._waiting[user][0].seq))
+            user = min(candidates, key=lambda user: self._waiting[user][0].order)
             queue = self._waiting[user]
             ticket = queue.popleft()
             if not queue:
