@@ -113,6 +113,8 @@ class ComputeThread:
         self._outbox: list[tuple[_Job, object]] = []  # items for consumers, sent by _flush()
         self._lock = threading.Lock()  # orders post() against the thread's death
         self._dead = False
+        # batched engines with work for idle moments (`read_ahead`), in the order they got it
+        self._idle_work: dict[LocalEngine, None] = {}
         self._thread = threading.Thread(target=self._run, name="lorabot-compute", daemon=True)
         self._thread.start()
 
@@ -171,7 +173,7 @@ class ComputeThread:
         while True:
             self._flush()  # never block (or decode) with items not handed over
             idle = not active
-            block = idle
+            block = idle and not self._idle_work
             while True:
                 try:
                     message = self._inbox.get(block=block)
@@ -188,6 +190,9 @@ class ComputeThread:
                         break
                     self._take(message, active)
             self._flush()  # e.g. requests that could not start: told before the next decode
+            if not active and self._idle_work:  # nothing waits: read ahead, one decode, then look again
+                self._read_ahead()
+                continue
             for job in [job for job in active if job.cancel.is_set()]:
                 job.stats.finish_reason = "cancelled"
                 active.remove(job)
@@ -201,6 +206,18 @@ class ComputeThread:
                     log.exception("model %s: advancing %d requests failed", _engine_name(engine), len(jobs))
                     self._fail_all([job for job in jobs if job in active], _failure(error), active)
                 self._flush()  # this engine's step is out before the next engine's runs
+
+    def _read_ahead(self) -> None:
+        """One decode of an engine's idle work; an error there is logged and that work dropped
+        (no request depends on it)."""
+        engine = next(iter(self._idle_work))
+        try:
+            more = engine.read_ahead()  # type: ignore[attr-defined]
+        except Exception:
+            log.warning("model %s: reading ahead failed", _engine_name(engine), exc_info=True)
+            more = False
+        if not more:
+            self._idle_work.pop(engine, None)
 
     def _take(self, message: tuple, active: list[_Job]) -> None:
         try:
@@ -229,6 +246,7 @@ class ComputeThread:
             self._admit(message[1], active)
         elif kind == "close":
             _, engine, loop, future = message
+            self._idle_work.pop(engine, None)
             try:
                 for job in [job for job in active if job.engine is engine]:
                     active.remove(job)
@@ -311,6 +329,7 @@ class ComputeThread:
         try:
             if job.batched and job.state is not None:
                 job.engine.end(job.state, failed=failed or error is not None)  # type: ignore[attr-defined]
+                self._idle_work[job.engine] = None  # it may have lined up work for idle moments
             elif job.pieces is not None and hasattr(job.pieces, "close"):
                 job.pieces.close()  # type: ignore[union-attr]
         except Exception:  # the reply itself is settled; a failed clean-up must not end the loop

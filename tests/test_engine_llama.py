@@ -324,3 +324,67 @@ async def test_cancel_mid_prefill_frees_the_slot(embedded_gguf):
 
 async def _collect(stream):
     return "".join([piece async for piece in stream])
+
+
+# -- reading the next turn's opening ahead, while the slot is idle ----------------------------
+def _second_turn(engine, conversation, read_ahead):
+    """Turn 1, then (optionally) the idle-time read-ahead, then turn 2; returns turn 2's text,
+    stats and messages."""
+    engine.forget(conversation)
+    messages = [SYSTEM, {"role": "user", "content": "Name a colour."}]
+    first, _ = run(engine, conversation, list(messages))
+    slot = next(s for s in engine.slots if s.conversation_id == conversation)
+    assert slot.ahead  # end() lined up the next turn's opening
+    if read_ahead:
+        while engine.read_ahead():
+            pass
+        assert not slot.ahead
+    messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And another one?"}]
+    text, stats = run(engine, conversation, messages)
+    return text, stats, messages
+
+
+def test_the_next_turns_opening_is_read_while_idle(engine):
+    plain_text, plain, _ = _second_turn(engine, "ahead-off", read_ahead=False)
+    text, stats, messages = _second_turn(engine, "ahead-on", read_ahead=True)
+    assert text == plain_text and text.strip()  # the same greedy reply either way
+    unread = engine.prompt_tokens(messages)[stats.reused_tokens :]
+    # left for the turn itself: what the user wrote and the generation prompt, as in a first turn
+    left = engine.model.detokenize(unread, special=True).decode()
+    assert left.startswith("And another one?"), left
+    assert (plain.prompt_tokens - plain.reused_tokens) - len(unread) >= 4  # the template's tokens, read before
+
+
+def test_an_unfinished_reply_is_not_read_ahead(engine):
+    cancel = threading.Event()
+    stats = GenerationStats()
+    request = GenerationRequest("smol", "ahead-cancel", [SYSTEM, {"role": "user", "content": COUNT}],
+                                max_new_tokens=50, temperature=0.0)
+    for index, _ in enumerate(engine.generate(request, cancel, stats)):
+        if index == 2:
+            cancel.set()
+    assert stats.finish_reason == "cancelled"
+    slot = next(s for s in engine.slots if s.conversation_id == "ahead-cancel")
+    assert slot.ahead == []  # the stored turn is not a whole reply: nothing to guess
+
+
+async def test_the_compute_thread_reads_ahead_between_turns(embedded_gguf):
+    settings = load_core_settings(kv_slots=2, parallel=2, context_length=1024)
+    worker = LoadedModel("smol")
+    engine = await worker.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
+    try:
+        messages = [SYSTEM, {"role": "user", "content": "Name a colour."}]
+        first_stats = GenerationStats()
+        first = await _collect(worker.stream(request("between", "Name a colour.", max_new_tokens=16), first_stats))
+        slot = next(s for s in engine.slots if s.conversation_id == "between")
+        async with asyncio.timeout(60):
+            while slot.ahead or len(slot.tokens) <= first_stats.prompt_tokens + first_stats.completion_tokens - 1:
+                await asyncio.sleep(0.005)  # the idle compute thread reads the opening on its own
+        messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And another one?"}]
+        stats = GenerationStats()
+        second = GenerationRequest("smol", "between", messages, max_new_tokens=8, temperature=0.0)
+        assert (await _collect(worker.stream(second, stats))).strip()
+        unread = engine.prompt_tokens(messages)[stats.reused_tokens :]
+        assert engine.model.detokenize(unread, special=True).decode().startswith("And another one?")
+    finally:
+        await worker.close()

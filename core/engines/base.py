@@ -6,7 +6,7 @@
   the vocabulary) are run by `LoadedModel.call` at once in the caller's thread.
   - `BatchedEngine` (the llama.cpp one) advances all its replies with one decode per step:
     `begin(request, stats) -> state`, `step([state, ...]) -> [(text, finished), ...]`,
-    `end(state, failed=...)`.
+    `end(state, failed=...)`, and `read_ahead()` for work the compute thread does when idle.
   - `GeneratorEngine` (test engines) yields the pieces of one reply from `generate`; the compute
     thread advances such replies one `next()` each, in turn.
 - A **remote** engine (`RemoteEngine`, an OpenAI-compatible inference server) computes elsewhere:
@@ -109,6 +109,10 @@ class BatchedEngine(LocalEngine, Protocol):
 
     def end(self, state: object, *, failed: bool = False) -> None:
         """Release the request's resources; `failed` drops what it cached."""
+
+    def read_ahead(self) -> bool:
+        """Work worth doing while no request is active (the llama.cpp engine reads the next turn's
+        opening into idle slots), one decode at most; returns whether any remains."""
 
 
 class RemoteEngine(Engine, Protocol):

@@ -60,6 +60,12 @@ class Slot:
     last_used: float = 0.0
     busy: bool = False
     forget_after_use: bool = False
+    ahead: list[int] = field(default_factory=list)  # the next turn's opening, read while idle
+
+
+# Tokens of the next turn's opening that differ from the reply's own tokens (its last ones read
+# again) beyond this are not read ahead: the template rewrites earlier turns, nothing to gain.
+READ_AHEAD_MAX_TOKENS = 32
 
 
 @dataclass
@@ -80,6 +86,8 @@ class Generation:
     reading: bool = True  # still reading its prompt (nothing sampled yet)
     logit_index: int | None = None
     prefill_steps: int = 0  # steps that read part of its prompt
+    messages: list[Message] = field(default_factory=list)  # the prompt's messages, for reading ahead
+    reply: list[str] = field(default_factory=list)  # the text given out so far
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -325,6 +333,7 @@ class LlamaEngine:
     def _clear(self, slot: Slot) -> None:
         self.ctx.kv_cache_seq_rm(slot.seq_id, -1, -1)
         slot.tokens = []
+        slot.ahead = []
         slot.conversation_id = None
 
     def forget(self, conversation_id: str) -> None:
@@ -368,6 +377,7 @@ class LlamaEngine:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the {self.context_length}-token window")
         slot = self._slot_for(request.conversation_id, prompt)
         slot.busy = True
+        slot.ahead = []  # not read yet: the prompt holds those tokens anyway
         slot.last_used = time.monotonic()
         stats.reused_tokens = self._reuse_prefix(slot, prompt)
         return Generation(
@@ -378,6 +388,7 @@ class LlamaEngine:
             sampler=self._sampler(request),
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
             order=next(self._admitted),
+            messages=list(request.messages),
         )
 
     def step(self, generations: list[Generation]) -> list[tuple[str, bool]]:
@@ -391,26 +402,32 @@ class LlamaEngine:
         llama.cpp computes a run of consecutive sequence ids together, and splits the batch
         wherever the next sequence id is not the previous one + 1 (see docs/engine.md)."""
         room = self.prefill_chunk
-        plan: list[tuple[Generation, list[int], bool]] = []  # what each generation feeds this step
+        plan: list[tuple[Slot, list[int], Generation | None, bool]] = []  # what each slot feeds this step
         for generation in generations:
             generation.logit_index = None
             if not generation.reading:
-                plan.append((generation, generation.pending, True))
+                plan.append((generation.slot, generation.pending, generation, True))
         for generation in sorted((g for g in generations if g.reading), key=lambda g: g.order):
             if room <= 0:
                 break
             take = generation.pending[:room]
             room -= len(take)
-            plan.append((generation, take, len(take) == len(generation.pending)))
-        plan.sort(key=lambda entry: entry[0].slot.seq_id)
+            plan.append((generation.slot, take, generation, len(take) == len(generation.pending)))
+        for slot in self.slots:  # idle slots reading their conversation's next opening
+            if room > 0 and slot.ahead and not slot.busy:
+                take, slot.ahead = slot.ahead[:room], slot.ahead[room:]
+                room -= len(take)
+                plan.append((slot, take, None, False))
+        plan.sort(key=lambda entry: entry[0].seq_id)
         batch = self.batch
         used = 0
-        for generation, take, last in plan:
-            slot = generation.slot
+        for slot, take, generation, last in plan:
             used = batch.put(used, take, len(slot.tokens), slot.seq_id, last)
+            slot.tokens.extend(take)
+            if generation is None:
+                continue
             if last:
                 generation.logit_index = used - 1
-            slot.tokens.extend(take)
             if generation.reading:
                 del generation.pending[: len(take)]
                 generation.prefill_steps += 1
@@ -421,6 +438,9 @@ class LlamaEngine:
             self.steps += 1
             code = llama_cpp.llama_decode(self.ctx.ctx, batch.batch)
             if code != 0:
+                for slot, _, generation, _ in plan:
+                    if generation is None:
+                        self._clear(slot)  # its cells may be half written: start it afresh
                 raise RuntimeError(f"llama_decode returned {code}")
         return [self._sample(generation) for generation in generations]
 
@@ -433,23 +453,64 @@ class LlamaEngine:
         piece = self._piece(token)
         if piece is None:  # end of generation
             stats.finish_reason = "stop"
-            return generation.decoder.decode(b"", final=True), True
+            text = generation.decoder.decode(b"", final=True)
+            generation.reply.append(text)
+            return text, True
         stats.completion_tokens += 1
         text = generation.decoder.decode(piece)
+        generation.reply.append(text)
         if stats.completion_tokens >= generation.budget:
             stats.finish_reason = "length"
-            return text + generation.decoder.decode(b"", final=True), True
+            tail = generation.decoder.decode(b"", final=True)
+            generation.reply.append(tail)
+            return text + tail, True
         generation.pending = [token]
         return text, False
 
     def end(self, generation: Generation, *, failed: bool = False) -> None:
-        """Release the generation's slot (its KV cache stays for the conversation's next turn)."""
+        """Release the generation's slot (its KV cache stays for the conversation's next turn),
+        and line up that turn's opening to be read while the slot is idle (`read_ahead`)."""
         slot = generation.slot
         slot.busy = False
         slot.last_used = time.monotonic()
         if failed or slot.forget_after_use:
             slot.forget_after_use = False
             self._clear(slot)
+        elif generation.stats.finish_reason in ("stop", "length"):
+            self._plan_read_ahead(slot, generation)
+
+    # -- reading ahead ----------------------------------------------------------------------
+    def _plan_read_ahead(self, slot: Slot, generation: Generation) -> None:
+        """Line up the tokens the conversation's next prompt will surely start with: the reply
+        closed by the template and the next user turn opened (`<|im_end|>\n<|im_start|>user\n`
+        for ChatML), found as what two renderings with different next questions share. Reading
+        them now, while the user types, means the next turn reads only the question and the
+        generation prompt, as a first turn does after the cached system prompt (docs/engine.md).
+        A wrong guess costs nothing but those few tokens: the next turn keeps only the prefix
+        it shares with the slot."""
+        history = [*generation.messages, {"role": "assistant", "content": "".join(generation.reply)}]
+        try:
+            one = self.model.tokenize(self.render([*history, {"role": "user", "content": "Hi"}]).encode(), add_bos=False, special=True)
+            two = self.model.tokenize(self.render([*history, {"role": "user", "content": "?"}]).encode(), add_bos=False, special=True)
+        except Exception:  # a template that cannot render this history: nothing to read ahead
+            return
+        opening = one[: _common_prefix(one, two)]
+        kept = _common_prefix(slot.tokens, opening)
+        ahead = opening[kept:]
+        if not ahead or len(ahead) > READ_AHEAD_MAX_TOKENS or len(opening) >= self.context_length:
+            return
+        if kept < len(slot.tokens):  # the reply's last tokens read back differently: keep the template's
+            if not self.ctx.kv_cache_seq_rm(slot.seq_id, kept, -1):
+                return
+            del slot.tokens[kept:]
+        slot.ahead = ahead
+
+    def read_ahead(self) -> bool:
+        """One decode of idle slots' pending openings (the compute thread calls it when it has
+        nothing else to do). Returns whether any remain."""
+        if any(slot.ahead and not slot.busy for slot in self.slots):
+            self.step([])
+        return any(slot.ahead and not slot.busy for slot in self.slots)
 
     def generate(
         self, request: GenerationRequest, cancel: threading.Event, stats: GenerationStats

@@ -91,6 +91,10 @@ class FaultyEngine:
         self.inner.end(generation, failed=failed)  # type: ignore[attr-defined]
         self._fire("end", self.fail_end, generation)
 
+    def read_ahead(self) -> bool:
+        self._check_open("read_ahead")
+        return self.inner.read_ahead()  # type: ignore[attr-defined]
+
     def close(self) -> None:
         self._check_open("close")
         self.closed = True
