@@ -5,14 +5,17 @@
     (c) lorabot's tuned baseline (preset `baseline-tuned`): same 8 x 1024 tokens per optimizer step
         and the same loss, but padding-free packing (BFD) in one micro-batch of 8 rows, no
         recomputation, Unsloth, 4-bit base
-    (d) lorabot's fast baseline (preset `baseline-fast`): (c) on a 16-bit base (bf16 LoRA), 16 rows
-        per micro-batch, learning rate scaled with the tokens per step (docs/benchmarks.md)
+    (d) lorabot's fast baseline (preset `baseline-fast`): (c) on a 16-bit base (bf16 LoRA), packed
+        rows' attention in one varlen flash call per layer; same tokens per step and learning rate
+        (docs/benchmarks.md). A case whose preset has fewer max_steps than `baseline-tuned` runs
+        that share of `--steps`, so it sees as many real tokens as (c)
     (e) the `improved` preset's shape (Llama-3.2-3B, r=16) with the notebook's settings, as (a)
     (f) the same 3B shape with `baseline-fast`'s settings, as (d)
 
 Levers (`--cases lever:...`, or `--cases levers` for all): (c) with one thing changed, to
 measure what each gives: a 16-bit base, larger micro-batches, DataLoader workers, torch.compile,
-fewer host syncs, SDPA off cuDNN attention, Unsloth's per-block compile off. Each case is a dict of settings, so a new one is one line in CASES or LEVERS.
+fewer host syncs, SDPA off cuDNN attention, varlen flash attention for packed rows, Unsloth's
+per-block compile off. Each case is a dict of settings, so a new one is one line in CASES or LEVERS.
 
 Model: Llama-3.2-1B's (or 3B's) architecture with random weights (no hub needed), LoRA on
 q,k,v,o,gate,up,down. Data: synthetic conversations whose lengths are spread like FineTome-100k's
@@ -48,20 +51,36 @@ from training.data.synthetic import synthetic_conversations
 from training.errors import HardwareError, TrainingError
 
 STEP_KEYS = ("batch_size", "grad_accum", "packing", "gradient_checkpointing", "load_in_4bit", "learning_rate",
-             "warmup_steps", "cudnn_attention")
+             "warmup_steps", "cudnn_attention", "varlen_attention")
 IMPROVED_SHAPE = dict(shape="llama-3.2-3b", lora_r=16)  # the `improved` preset: Llama-3.2-3B, r=16, alpha=32
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    return tomllib.loads((PRESETS_DIR / f"{name}.toml").read_text(encoding="utf-8"))
 
 
 def preset_settings(name: str) -> dict[str, Any]:
     """The step-shaping settings of a preset file (the rest of a case comes from the benchmark)."""
-    preset = tomllib.loads((PRESETS_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    preset = read_preset(name)
     return {key: preset[key] for key in STEP_KEYS if key in preset}
+
+
+def preset_max_steps(name: str) -> int:
+    return int(read_preset(name)["max_steps"])
+
+
+def case_steps(spec: dict[str, Any], steps: int) -> int:
+    """The optimizer steps a case runs: `--steps`, scaled for cases with more tokens per step."""
+    return max(1, round(steps * spec.get("steps_scale", 1.0)))
 
 
 NOTEBOOK = dict(backend="unsloth", batch_size=2, grad_accum=4, packing=False, padding_free=False,
                 gradient_checkpointing="unsloth")
 TUNED = dict(backend="unsloth", padding_free=None, **preset_settings("baseline-tuned"))
-FAST = dict(backend="unsloth", padding_free=None, **preset_settings("baseline-fast"))
+# A preset with more tokens per step in fewer steps: scaling a case's steps by the presets' max_steps
+# keeps its learning-rate schedule on the same real tokens as (c)'s, so losses compare.
+FAST = dict(backend="unsloth", padding_free=None, **preset_settings("baseline-fast"),
+            steps_scale=preset_max_steps("baseline-fast") / preset_max_steps("baseline-tuned"))
 CASES: dict[str, dict[str, Any]] = {
     "a": dict(title="Unsloth, notebook settings (2x4, padded)", **NOTEBOOK),
     "b": dict(title="transformers+peft+trl, same settings", **{**NOTEBOOK, "backend": "hf", "gradient_checkpointing": True}),
@@ -90,6 +109,15 @@ LEVERS: dict[str, dict[str, Any]] = {
     "lever:no-cudnn": dict(title="(c) + SDPA off cuDNN attention (flash)", cudnn_attention=False),
     "lever:bf16-mb16-no-cudnn": dict(title="(c) + 16-bit base + micro-batch 16 + SDPA off cuDNN",
                                      load_in_4bit=False, batch_size=16, cudnn_attention=False),
+    "lever:varlen": dict(title="(c) + varlen flash attention (one call per layer)", varlen_attention=True),
+    "lever:bf16-varlen": dict(title="(c) + 16-bit base + varlen attention", load_in_4bit=False, varlen_attention=True),
+    "lever:bf16-mb16-varlen": dict(title="(c) + 16-bit base + micro-batch 16 + varlen attention",
+                                   load_in_4bit=False, batch_size=16, varlen_attention=True),
+    "lever:bf16-mb16-varlen-lr": dict(title="(c) + 16-bit base + mb 16 + varlen, lr 4e-4, warm-up 3, half the steps",
+                                      load_in_4bit=False, batch_size=16, varlen_attention=True, learning_rate=4e-4,
+                                      warmup_steps=3, steps_scale=0.5),
+    "lever:bf16-mb32-varlen": dict(title="(c) + 16-bit base + micro-batch 32 + varlen attention",
+                                   load_in_4bit=False, batch_size=32, varlen_attention=True),
     "lever:bf16-noblock": dict(title="(c) + 16-bit base, Unsloth's per-block compile off", load_in_4bit=False,
                                env=dict(UNSLOTH_BLOCK_COMPILE="0")),
 }
@@ -221,6 +249,7 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
     if (backend or spec["backend"]) == "unsloth":
         os.environ.setdefault("UNSLOTH_LOG_MFU", "1")  # Unsloth's own MFU in each log: a cross-check of ours
     shape, lora_r = spec.get("shape", shape), spec.get("lora_r", lora_r)
+    steps = case_steps(spec, steps)
     from training.config import build_config
     from training.hardware import detect
     from training.run import build_trainer
@@ -305,7 +334,7 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
         "shape": shape, "lora_r": lora_r, "load_in_4bit": cfg.load_in_4bit, "sft": spec.get("sft", {}),
         "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "packing": cfg.packing,
         "learning_rate": cfg.learning_rate, "warmup_steps": cfg.warmup_steps, "env": spec.get("env", {}),
-        "timed_steps": len(marks) - warmup, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
+        "steps": steps, "timed_steps": len(marks) - warmup, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
         "tokens_per_s": round(sum(lengths) / seconds, 1) if seconds > 0 else 0.0,
         "real_tokens_per_step": round(sum(step_tokens) / max(1, len(step_tokens))),
         "mfu": round(flops / seconds / peak, 4) if peak and seconds > 0 else None,

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("trl")
 
 from bench.train import (  # noqa: E402
-    CASES, LEVERS, STEP_KEYS, case_spec, expand_cases, loss_at_tokens, lora_step_flops, matmul_params, run_case, table,
+    CASES, LEVERS, STEP_KEYS, case_spec, case_steps, expand_cases, loss_at_tokens, lora_step_flops, matmul_params, run_case, table,
     token_milestones,
 )
 from training.data.synthetic import synthetic_conversations  # noqa: E402
@@ -53,6 +53,20 @@ def test_every_case_and_lever_is_a_valid_training_config():
         assert cfg.batch_size == spec["batch_size"], name
     assert case_spec("lever:bf16")["load_in_4bit"] is False and case_spec("c")["load_in_4bit"] is True
     assert case_spec("f")["shape"] == "llama-3.2-3b" and case_spec("f")["batch_size"] == case_spec("d")["batch_size"]
+
+
+def test_the_fast_preset_optimises_as_the_tuned_one_does():
+    # Same rows per step, lr and schedule: its loss at equal real tokens is (c)'s (docs/benchmarks.md)
+    tuned, fast = case_spec("c"), case_spec("d")
+    for key in ("batch_size", "grad_accum", "learning_rate", "warmup_steps", "packing"):
+        assert fast[key] == tuned[key], key
+    assert fast["varlen_attention"] is True and fast["load_in_4bit"] is False and tuned.get("varlen_attention") is None
+    assert case_steps(fast, 40) == case_steps(case_spec("f"), 40) == 40
+
+
+def test_a_case_with_twice_the_tokens_per_step_runs_half_the_steps():
+    wide = case_spec("lever:bf16-mb16-varlen-lr")
+    assert wide["batch_size"] == 2 * case_spec("c")["batch_size"] and case_steps(wide, 40) == 20
 
 
 @pytest.mark.slow

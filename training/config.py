@@ -58,6 +58,9 @@ class TrainConfig(BaseModel, extra="forbid"):
     # False: SDPA stays off cuDNN attention (CUDA). Packed rows run attention once per document, and
     # a cuDNN call cost ~0.5 ms of host time each on an H200 (docs/benchmarks.md, Training (GPU)).
     cudnn_attention: bool = True
+    # True (unsloth backend): packed rows run attention once per layer through torch's varlen flash
+    # kernel, which Unsloth takes by itself only from torch 2.12 (training/backends/unsloth_backend.py).
+    varlen_attention: bool = False
     # bookkeeping
     logging_steps: int = Field(1, ge=1)
     eval_steps: int | None = Field(None, ge=1)  # None: evaluate at the end only

@@ -154,6 +154,10 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
         import torch
 
         torch.backends.cuda.enable_cudnn_sdp(False)  # SDPA picks flash (or mem-efficient) instead
+    if backend_name == "unsloth" and cfg.varlen_attention:
+        from training.backends.unsloth_backend import use_torch_varlen
+
+        console.print(f"varlen attention for packed rows: {use_torch_varlen()}")
     dtype = pick_dtype(hw, cfg.dtype)
     console.print(f"[bold]lorabot train[/bold] preset={cfg.preset} backend={backend_name} device={hw.summary} dtype={dtype}")
 

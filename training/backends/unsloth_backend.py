@@ -29,6 +29,77 @@ def template_family(tokenizer: Any) -> str | None:
     return None
 
 
+def _varlen_shim(query: Any, key: Any, value: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, *,
+                 scale: float | None = None, window_size: tuple[int, int] = (-1, -1), enable_gqa: bool = False) -> Any:
+    """torch < 2.12's `varlen_attn` under the 2.12 signature Unsloth asks for. `enable_gqa` is only
+    a flag there: the flash kernel takes fewer K/V heads than Q heads as they are."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, scale=scale, window_size=tuple(window_size))
+
+
+def _varlen_matches_segments(dispatch: Any) -> bool:
+    """One small packed GQA row through Unsloth's varlen path against plain SDPA per document
+    (outputs and input gradients): the patch is kept only where it computes the same function."""
+    import torch
+    import torch.nn.functional as F
+
+    lengths, heads, kv_heads, dim = [37, 5, 64, 1, 21], 8, 2, 64
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, h, sum(lengths), dim, device="cuda", dtype=torch.bfloat16, generator=gen,
+                           requires_grad=True) for h in (heads, kv_heads, kv_heads))
+    seq_info = (torch.tensor(lengths, dtype=torch.int32, device="cuda"),
+                torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda"),
+                max(lengths))
+    out = dispatch._torch_varlen_packed(q, k, v, seq_info, n_groups=heads // kv_heads, is_causal=True,
+                                        sliding_window=None, scale=None)  # (1, T, H, D)
+    refs, start = [], 0
+    for n in lengths:
+        part = [x[:, :, start:start + n].float() for x in (q, k, v)]
+        refs.append(F.scaled_dot_product_attention(*part, is_causal=True, enable_gqa=True).transpose(1, 2))
+        start += n
+    ref = torch.cat(refs, dim=1)
+    grads = torch.autograd.grad((out.float() * ref.detach()).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), (q, k, v))
+    close = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in [(out, ref), *zip(grads, ref_grads)]]
+    return max(close) < 2e-2
+
+
+def use_torch_varlen() -> str:
+    """Let Unsloth's padding-free path run attention once per layer through torch's varlen flash kernel.
+
+    Unsloth 2026.10 takes that kernel only from torch 2.12 (it wants `varlen_attn(enable_gqa=)`);
+    before, it runs SDPA once per run of equal-length documents, ~15-30 calls per layer per step,
+    and that host time dominated a packed step on an H200 (docs/benchmarks.md). Returns what was
+    done; leaves Unsloth as it is when its internals differ or the self-check fails."""
+    import torch
+
+    try:
+        from torch.nn.attention import varlen as torch_varlen
+        from unsloth.utils import attention_dispatch as dispatch
+    except ImportError as error:
+        return f"not available ({error})"
+    if dispatch._TORCH_VARLEN_ATTN is not None:
+        return "already on (Unsloth's own)"
+    needed = ("_LEAN_VARLEN", "_torch_varlen_packed", "_LeanFlashVarlen", "_torch_varlen_takes")
+    if not all(hasattr(dispatch, name) for name in needed) or not hasattr(torch_varlen, "varlen_attn"):
+        return "not available (Unsloth or torch internals differ)"
+    saved = {name: getattr(dispatch, name, None) for name in ("_TORCH_VARLEN_ATTN", "_LEAN_VARLEN", "_varlen_can_use_cudnn")}
+    dispatch._TORCH_VARLEN_ATTN = _varlen_shim
+    dispatch._LEAN_VARLEN = True  # eager calls: aten's flash varlen kernels, no custom-op dispatch
+    dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False  # torch < 2.12 varlen is flash only
+    try:
+        ok = _varlen_matches_segments(dispatch)
+    except Exception as error:  # noqa: BLE001  (any failure: keep Unsloth's own path)
+        ok, saved["why"] = False, f"{type(error).__name__}: {error}"
+    if not ok:
+        for name, value in saved.items():
+            if name != "why":
+                setattr(dispatch, name, value)
+        return f"off: self-check failed ({saved.get('why', 'outputs differ from per-document SDPA')})"
+    return "on (checked against per-document SDPA)"
+
+
 class UnslothBackend:
     name = "unsloth"
 
