@@ -68,7 +68,7 @@ SERVER_TARGETS = {
     "vs_server_ttft_last_p95": ("<=", 1.0),
 }
 SERVER_TURNS = 6
-SERVER_ROUNDS = 2  # per side, alternating: lorabot, server, server, lorabot (, lorabot, server, ...)
+SERVER_ROUNDS = 4  # per side, alternating: lorabot, server, server, lorabot, lorabot, server, ...; runs differ by ±3 %
 
 
 class RawLlama:
@@ -297,7 +297,21 @@ class LlamaServer:
 Ask = Callable[[int, str], Awaitable[tuple[float, int]]]  # (conversation, question) -> (ttft s, tokens)
 
 
-async def conversations_at_once(ask: Ask, conversations: int, turns: int) -> dict[str, float]:
+# Each round's questions open differently, so that every round's turn 1 is a burst of prompts
+# neither side has seen: with the same questions again, both sides found them in a slot and the
+# "burst" measured a prompt-cache hit (tens of milliseconds) instead of reading 8 prompts.
+ROUND_OPENINGS = ["", "Quick question: ", "Please answer this: ", "I was wondering: ", "Help me out: "]
+
+
+def round_question(round_index: int, index: int) -> str:
+    opening = ROUND_OPENINGS[round_index % len(ROUND_OPENINGS)]
+    if round_index >= len(ROUND_OPENINGS):
+        opening = f"({round_index}) {opening}"
+    question = QUESTIONS[index % len(QUESTIONS)]
+    return opening + (question[0].lower() + question[1:] if opening else question)
+
+
+async def conversations_at_once(ask: Ask, conversations: int, turns: int, round_index: int = 0) -> dict[str, float]:
     """`conversations` users at once, each asking `turns` questions in turn and waiting for each
     reply: turn 1 is a burst (all arrive together), later turns arrive as replies end."""
     ttfts: list[list[float]] = [[] for _ in range(turns)]
@@ -306,7 +320,7 @@ async def conversations_at_once(ask: Ask, conversations: int, turns: int) -> dic
     async def user(conv: int) -> None:
         nonlocal tokens
         for turn in range(turns):
-            ttft, count = await ask(conv, QUESTIONS[(turn + conv) % len(QUESTIONS)])
+            ttft, count = await ask(conv, round_question(round_index, turn + conv))
             ttfts[turn].append(ttft)
             tokens += count
 
@@ -362,14 +376,14 @@ async def measure_vs_server(
             await timed_reply(service, "vs-warmup", "vs-warmup", "Hello!")
             await server.complete(client, tokenizer.prompt_tokens([system, {"role": "user", "content": "Hello!"}]), max_tokens)
 
-            async def lorabot_round(tag: str) -> dict[str, float]:
+            async def lorabot_round(tag: str, index: int) -> dict[str, float]:
                 async def ask(conv: int, question: str) -> tuple[float, int]:
                     reply = await timed_reply(service, f"{tag}-c{conv}", f"{tag}-u{conv}", question)
                     return reply.ttft_s, reply.done.completion_tokens
 
-                return await conversations_at_once(ask, conversations, turns)
+                return await conversations_at_once(ask, conversations, turns, index)
 
-            async def server_round(tag: str) -> dict[str, float]:
+            async def server_round(index: int) -> dict[str, float]:
                 histories: list[list[dict[str, str]]] = [[] for _ in range(conversations)]
 
                 async def ask(conv: int, question: str) -> tuple[float, int]:
@@ -383,15 +397,15 @@ async def measure_vs_server(
                         raise RuntimeError("llama-server gave no reply")
                     return first, count
 
-                return await conversations_at_once(ask, conversations, turns)
+                return await conversations_at_once(ask, conversations, turns, index)
 
             for index in range(rounds):
                 order = ("lorabot", "server") if index % 2 == 0 else ("server", "lorabot")
                 for side in order:
                     if side == "lorabot":
-                        lorabot_runs.append(await lorabot_round(f"vs{index}"))
+                        lorabot_runs.append(await lorabot_round(f"vs{index}", index))
                     else:
-                        server_runs.append(await server_round(f"vs{index}"))
+                        server_runs.append(await server_round(index))
         finally:
             server.stop()
             await service.close()
