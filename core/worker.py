@@ -69,6 +69,10 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # burst's prompts are read together instead of the first alone while the others wait for it.
 BURST_GAP_S = 0.004
 BURST_MAX_S = 0.030
+# Work for idle moments (an engine reading the next turn's opening ahead) waits this long for a
+# request to come first: a user's next question, or another user's that was on its way as the
+# last reply ended, should not wait for that decode.
+IDLE_WORK_AFTER_S = 0.050
 
 
 @dataclass(eq=False)
@@ -173,13 +177,14 @@ class ComputeThread:
         while True:
             self._flush()  # never block (or decode) with items not handed over
             idle = not active
-            block = idle and not self._idle_work
+            wait: float | None = IDLE_WORK_AFTER_S if idle and self._idle_work else None
+            block = idle
             while True:
                 try:
-                    message = self._inbox.get(block=block)
+                    message = self._inbox.get(block=block, timeout=wait)
                 except queue.Empty:
                     break
-                block = False
+                block, wait = False, None
                 self._take(message, active)
             if idle and active:  # woken by new requests: let the rest of a burst join them
                 deadline = time.monotonic() + BURST_MAX_S

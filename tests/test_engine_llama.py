@@ -388,3 +388,22 @@ async def test_the_compute_thread_reads_ahead_between_turns(embedded_gguf):
         assert engine.model.detokenize(unread, special=True).decode().startswith("And another one?")
     finally:
         await worker.close()
+
+
+def test_reading_ahead_never_delays_a_first_token(engine):
+    """An idle slot's opening rides along only in steps where nobody reads a prompt: the steps
+    that end in someone's first token carry nothing else."""
+    engine.forget("ahead-idle")
+    run(engine, "ahead-idle", [SYSTEM, {"role": "user", "content": "Name a colour."}], max_new_tokens=8)
+    idle = next(s for s in engine.slots if s.conversation_id == "ahead-idle")
+    pending = list(idle.ahead)
+    assert pending
+    engine.forget("ahead-busy")
+    generation = engine.begin(request("ahead-busy", "Name a fruit.", max_new_tokens=4), GenerationStats())
+    try:
+        engine.step([generation])  # reads the prompt, samples the first token
+        assert generation.stats.completion_tokens == 1 and idle.ahead == pending  # not read with it
+        engine.step([generation])  # a decode-only step takes the opening along
+        assert idle.ahead == [] and idle.tokens[-len(pending):] == pending
+    finally:
+        engine.end(generation, failed=True)

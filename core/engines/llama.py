@@ -422,8 +422,9 @@ class LlamaEngine:
             take = generation.pending[:room]
             room -= len(take)
             plan.append((generation.slot, take, generation, len(take) == len(generation.pending)))
-        for slot in self.slots:  # idle slots reading their conversation's next opening
-            if room > 0 and slot.ahead and not slot.busy:
+        reading = any(generation.reading for generation in generations)
+        for slot in self.slots:  # idle slots reading their next opening, never before someone's first token
+            if not reading and room > 0 and slot.ahead and not slot.busy:
                 take, slot.ahead = slot.ahead[:room], slot.ahead[room:]
                 room -= len(take)
                 plan.append((slot, take, None, False))
