@@ -537,7 +537,7 @@ class LlamaEngine:
         for one small decode at most). Returns whether any remain."""
         slot = next((slot for slot in self.slots if slot.ahead and not slot.busy), None)
         if slot is not None:
-            take, slot.ahead = slot.ahead[:READ_AHEAD_MAX_TOKENS], slot.ahead[READ_AHEAD_MAX_TOKENS:]
+            take, slot.ahead = slot.ahead, []  # at most READ_AHEAD_MAX_TOKENS
             self._decode([(slot, take, None, False)])
         return any(slot.ahead and not slot.busy for slot in self.slots)
 
