@@ -88,15 +88,15 @@ def use_torch_varlen() -> str:
     dispatch._TORCH_VARLEN_ATTN = _varlen_shim
     dispatch._LEAN_VARLEN = True  # eager calls: aten's flash varlen kernels, no custom-op dispatch
     dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False  # torch < 2.12 varlen is flash only
+    why = "outputs differ from per-document SDPA"
     try:
         ok = _varlen_matches_segments(dispatch)
     except Exception as error:  # noqa: BLE001  (any failure: keep Unsloth's own path)
-        ok, saved["why"] = False, f"{type(error).__name__}: {error}"
+        ok, why = False, f"{type(error).__name__}: {error}"
     if not ok:
         for name, value in saved.items():
-            if name != "why":
-                setattr(dispatch, name, value)
-        return f"off: self-check failed ({saved.get('why', 'outputs differ from per-document SDPA')})"
+            setattr(dispatch, name, value)
+        return f"off: self-check failed ({why})"
     return "on (checked against per-document SDPA)"
 
 
