@@ -376,9 +376,9 @@ async def measure_vs_server(
             await timed_reply(service, "vs-warmup", "vs-warmup", "Hello!")
             await server.complete(client, tokenizer.prompt_tokens([system, {"role": "user", "content": "Hello!"}]), max_tokens)
 
-            async def lorabot_round(tag: str, index: int) -> dict[str, float]:
+            async def lorabot_round(index: int) -> dict[str, float]:
                 async def ask(conv: int, question: str) -> tuple[float, int]:
-                    reply = await timed_reply(service, f"{tag}-c{conv}", f"{tag}-u{conv}", question)
+                    reply = await timed_reply(service, f"vs{index}-c{conv}", f"vs{index}-u{conv}", question)
                     return reply.ttft_s, reply.done.completion_tokens
 
                 return await conversations_at_once(ask, conversations, turns, index)
@@ -403,7 +403,7 @@ async def measure_vs_server(
                 order = ("lorabot", "server") if index % 2 == 0 else ("server", "lorabot")
                 for side in order:
                     if side == "lorabot":
-                        lorabot_runs.append(await lorabot_round(f"vs{index}", index))
+                        lorabot_runs.append(await lorabot_round(index))
                     else:
                         server_runs.append(await server_round(index))
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -471,19 +472,18 @@ class LlamaEngine:
         piece = self._piece(token)
         if piece is None:  # end of generation
             stats.finish_reason = "stop"
-            text = generation.decoder.decode(b"", final=True)
-            generation.reply.append(text)
-            return text, True
-        stats.completion_tokens += 1
-        text = generation.decoder.decode(piece)
+            text, finished = generation.decoder.decode(b"", final=True), True
+        else:
+            stats.completion_tokens += 1
+            text = generation.decoder.decode(piece)
+            finished = stats.completion_tokens >= generation.budget
+            if finished:
+                stats.finish_reason = "length"
+                text += generation.decoder.decode(b"", final=True)
+            else:
+                generation.pending = [token]
         generation.reply.append(text)
-        if stats.completion_tokens >= generation.budget:
-            stats.finish_reason = "length"
-            tail = generation.decoder.decode(b"", final=True)
-            generation.reply.append(tail)
-            return text + tail, True
-        generation.pending = [token]
-        return text, False
+        return text, finished
 
     def end(self, generation: Generation, *, failed: bool = False) -> None:
         """Release the generation's slot (its KV cache stays for the conversation's next turn),
@@ -517,9 +517,8 @@ class LlamaEngine:
             return  # the template renders earlier turns differently once the reply is in
         # Only the reply and what follows is tokenized (~0.1 ms, the whole history ~0.7 ms here):
         # the prompt's own tokens are the slot's first ones.
-        one, two = one[len(prompt) :], two[len(prompt) :]
-        shared = next((i for i, (a, b) in enumerate(zip(one, two)) if a != b), min(len(one), len(two)))
-        tail = self.model.tokenize(one[:shared].encode(), add_bos=False, special=True)
+        shared = os.path.commonprefix([one, two])[len(prompt) :]
+        tail = self.model.tokenize(shared.encode(), add_bos=False, special=True)
         base = generation.stats.prompt_tokens
         kept = base + _common_prefix(slot.tokens[base:], tail)
         ahead = tail[kept - base :]
