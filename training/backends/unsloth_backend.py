@@ -61,7 +61,8 @@ def _varlen_matches_segments(dispatch: Any) -> bool:
     ref = torch.cat(refs, dim=1)
     grads = torch.autograd.grad((out.float() * ref.detach()).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), (q, k, v))
-    close = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in [(out, ref), *zip(grads, ref_grads)]]
+    pairs = [(out.detach(), ref.detach()), *zip(grads, ref_grads)]
+    close = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in pairs]
     return max(close) < 2e-2
 
 
