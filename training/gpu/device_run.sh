@@ -13,7 +13,7 @@
 #                                                                   # the lever sweep, one fresh machine
 # .wheels/p1 = every wheel but pyarrow/pandas/tzdata/dateutil/converter (~33 MiB: fits one transfer;
 # the image's pyarrow and pandas serve `datasets`); .wheels/p2 = those, for `train`'s export.
-#   bash training/gpu/device_run.sh test --wheels .wheels/p2       # the CUDA-only pytest tests (the image has pytest)
+#   bash training/gpu/device_run.sh test --wheels .wheels/p2       # after `install` on the same machine: the CUDA-only tests
 set -uo pipefail
 usage="usage: bash training/gpu/device_run.sh install|train|bench|test [--wheels DIR]... [-- BENCH FLAGS]"
 stage=${1:-}; shift || true
