@@ -101,7 +101,9 @@ def _sqlite_transactions(engine: sa.Engine, lock_timeout_s: float) -> None:
         dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() != "wal":  # WAL is kept in the file: switched once
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -110,6 +112,12 @@ def _sqlite_transactions(engine: sa.Engine, lock_timeout_s: float) -> None:
         # never waits for a writer), which also spares them a round trip to the driver's thread
         if connection.get_execution_options().get("lorabot_write"):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite_locked(error: BaseException) -> bool:
+    """SQLite's 'database is locked': also raised at once, without the busy wait, when connections
+    switch a new file to WAL together or would deadlock upgrading their locks; a retry gets through."""
+    return isinstance(error, DBAPIError) and "database is locked" in str(error.orig)
 
 
 def is_passing(error: BaseException | None) -> bool:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before giving up
+OPEN_RETRY_S = 0.05  # between tries to open a SQLite file that another process is setting up
 PRUNE_EVERY_S = 3600.0
 MAX_DEFERRED = 1000  # settle/delivery writes kept for a retry while the store refuses writes
 LEASE_S = 60.0  # a process whose heartbeat is older than this is gone (when its pid can't be checked)
@@ -69,6 +70,7 @@ class ConversationStore:
         if self.url.get_backend_name() == "sqlite":
             Path(self.url.database or "").parent.mkdir(parents=True, exist_ok=True)
         timeout = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
+        self._lock_timeout_s = timeout
         self.engine: AsyncEngine = database.create_engine(self.url, lock_timeout_s=timeout)
         self._writer = self.engine.execution_options(**database.WRITE)
         self.dialect = self.url.get_backend_name()
@@ -101,14 +103,20 @@ class ConversationStore:
         async with self._open_lock:
             if self._opened:
                 return
-            try:
-                async with self._writer.begin() as db:
-                    await migrate(db)
-                    await self._heartbeat(db)
-            except STORE_ERRORS as error:
-                where = database.describe(self.url)  # no password
-                log.warning("history store: cannot open %s: %s", where, error)
-                raise StoreUnavailable(f"open the conversation history at {where}") from error
+            give_up_at = time.monotonic() + self._lock_timeout_s
+            while True:
+                try:
+                    async with self._writer.begin() as db:
+                        await migrate(db)
+                        await self._heartbeat(db)
+                    break
+                except STORE_ERRORS as error:
+                    if database.is_sqlite_locked(error) and time.monotonic() < give_up_at:
+                        await asyncio.sleep(OPEN_RETRY_S)  # processes starting together on a new file
+                        continue
+                    where = database.describe(self.url)  # no password
+                    log.warning("history store: cannot open %s: %s", where, error)
+                    raise StoreUnavailable(f"open the conversation history at {where}") from error
             self._opened = True
             self._lease_task = asyncio.create_task(self._keep_lease(), name="history-lease")
 
