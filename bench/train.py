@@ -39,24 +39,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from training.config import PRESETS_DIR
+from training.config import read_preset
 from training.data.synthetic import synthetic_conversations
 from training.errors import HardwareError, TrainingError
 
 STEP_KEYS = ("batch_size", "grad_accum", "packing", "gradient_checkpointing", "load_in_4bit", "learning_rate",
              "warmup_steps", "cudnn_attention", "varlen_attention")
 IMPROVED_SHAPE = dict(shape="llama-3.2-3b", lora_r=16)  # the `improved` preset: Llama-3.2-3B, r=16, alpha=32
-
-
-def read_preset(name: str) -> dict[str, Any]:
-    return tomllib.loads((PRESETS_DIR / f"{name}.toml").read_text(encoding="utf-8"))
 
 
 def preset_settings(name: str) -> dict[str, Any]:

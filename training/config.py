@@ -102,16 +102,21 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_preset(name: str) -> dict[str, Any]:
+    """A preset file's settings, as written (the benchmark reads them too)."""
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
 def build_config(
     preset: str | None = None, config_file: Path | None = None, **overrides: Any
 ) -> TrainConfig:
     """Merge preset < file < overrides (None values in overrides mean 'not given')."""
     from_file = read_config_file(config_file) if config_file else {}
     name = preset or from_file.get("preset") or "tiny"
-    preset_path = PRESETS_DIR / f"{name}.toml"
-    if not preset_path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
-    merged: dict[str, Any] = {**tomllib.loads(preset_path.read_text(encoding="utf-8")), **from_file}
+    merged: dict[str, Any] = {**read_preset(name), **from_file}
     merged.update({key: value for key, value in overrides.items() if value is not None})
     merged["preset"] = name
     try:
