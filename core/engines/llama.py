@@ -63,6 +63,11 @@ class Slot:
     forget_after_use: bool = False
     ahead: list[int] = field(default_factory=list)  # the next turn's opening, read while idle
 
+    @property
+    def reads_ahead(self) -> bool:
+        """Idle, with the next turn's opening still to read."""
+        return bool(self.ahead) and not self.busy
+
 
 # Tokens of the next turn's opening that differ from the reply's own tokens (its last ones read
 # again) beyond this are not read ahead: the template rewrites earlier turns, nothing to gain.
@@ -423,9 +428,10 @@ class LlamaEngine:
             take = generation.pending[:room]
             room -= len(take)
             plan.append((generation.slot, take, generation, len(take) == len(generation.pending)))
-        reading = any(generation.reading for generation in generations)
-        for slot in self.slots:  # idle slots reading their next opening, never before someone's first token
-            if not reading and room > 0 and slot.ahead and not slot.busy:
+        if not any(generation.reading for generation in generations):  # never before someone's first token
+            for slot in [slot for slot in self.slots if slot.reads_ahead]:
+                if room <= 0:
+                    break
                 take, slot.ahead = slot.ahead[:room], slot.ahead[room:]
                 room -= len(take)
                 plan.append((slot, take, None, False))
@@ -534,11 +540,11 @@ class LlamaEngine:
         """Read one idle slot's pending opening (the compute thread calls this when it has nothing
         else to do, and looks for new requests between two calls: a request that arrives waits
         for one small decode at most). Returns whether any remain."""
-        slot = next((slot for slot in self.slots if slot.ahead and not slot.busy), None)
+        slot = next((slot for slot in self.slots if slot.reads_ahead), None)
         if slot is not None:
             take, slot.ahead = slot.ahead, []  # at most READ_AHEAD_MAX_TOKENS
             self._decode([(slot, take, None, False)])
-        return any(slot.ahead and not slot.busy for slot in self.slots)
+        return any(slot.reads_ahead for slot in self.slots)
 
     def generate(
         self, request: GenerationRequest, cancel: threading.Event, stats: GenerationStats
