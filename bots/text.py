@@ -75,7 +75,8 @@ def split_chunks(text: str, limit: int, length: Length = len) -> list[Chunk]:
         body, rest = rest[:cut].rstrip(), _skip_cut_whitespace(rest[:cut], rest[cut:])
         if not body.strip():
             continue  # only whitespace before the cut: nothing to send, the fence state is unchanged
-        inside = (opener + body).count(_FENCE) % 2 == 1
+        # a fence left open is closed and reopened only when more text follows (the last closes nothing)
+        inside = (opener + body).count(_FENCE) % 2 == 1 and bool(rest.strip())
         chunks.append(Chunk(opener, body, _CLOSE if inside else ""))
         opener = _reopener(opener + body, limit, length) if inside else ""
     return chunks
