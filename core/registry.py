@@ -44,14 +44,20 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 def normalize_url(url: str) -> str:
     """An endpoint's base URL (`http://host:port/v1`) without a trailing slash; only http(s) with
-    a host, and no credentials in it (keys come from the environment, see `api_key_env`)."""
+    a host, and no credentials, query or fragment in it (keys come from the environment, see
+    `api_key_env`). The errors about those never echo the URL: it may hold a key."""
     url = url.strip().rstrip("/")
+    if "?" in url or "#" in url:  # requests go to {url}/chat/completions: a query would break them
+        raise ValueError(
+            "put no query (?…) or fragment (#…) in an endpoint URL: give the base URL, like "
+            "http://gpu-1:8000/v1, and name the variable holding a key with api_key_env"
+        )
     scheme, sep, rest = url.partition("://")
     host = rest.split("/", 1)[0]
-    if scheme.lower() not in ("http", "https") or not sep or not host:
-        raise ValueError(f"{url!r} is not an http(s) URL like http://gpu-1:8000/v1")
     if "@" in host:
         raise ValueError("put no credentials in the URL: name the variable holding the key (api_key_env)")
+    if scheme.lower() not in ("http", "https") or not sep or not host:
+        raise ValueError(f"{url!r} is not an http(s) URL like http://gpu-1:8000/v1")
     return url
 
 

@@ -57,6 +57,21 @@ class CoreSettings(BaseSettings):
     max_input_chars: int = Field(4000, ge=100, description="Longer messages are trimmed with a notice.")
     max_new_tokens: int = Field(400, ge=1)
     generation_timeout_s: float = Field(180.0, gt=0)
+    remote_first_byte_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A remote endpoint silent this long after a request is failed over (the reply's own "
+        "deadline is generation_timeout_s).",
+    )
+    remote_backoff_s: float = Field(
+        0.5, gt=0, description="Least wait after a remote 429/503 (even Retry-After: 0), doubled per further 429."
+    )
+    remote_backoff_max_s: float = Field(
+        30.0, gt=0, description="Cap of that doubling (a longer Retry-After is obeyed)."
+    )
+    remote_backpressure_retries: int = Field(
+        6, ge=0, description="429/503 answers a request may get before it ends with a clear 'overloaded' error."
+    )
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
     max_loaded_models: int = Field(2, ge=1, description="Loaded models kept in memory (LRU).")
     kv_slots: int = Field(8, ge=1, le=64, description="Conversations whose KV cache stays warm per model.")

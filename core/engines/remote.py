@@ -6,8 +6,14 @@ connection pool. The whole history is sent each turn: the server's prompt cache 
 has already read. With several endpoints each request goes to the one with the fewest requests
 in flight (`core.remote.endpoints`):
 - a connection failure or a 5xx before the first piece tries another endpoint;
-- a 429/503 is backpressure: that endpoint waits out its `Retry-After`, the request goes to
-  another one or waits for it (and the service counts the wait in its queue estimate);
+- a 429/503 is backpressure: that endpoint waits out its `Retry-After`, but at least
+  `backoff_s`, doubled for each further 429/503 the same request gets (up to `backoff_max_s`), so
+  `Retry-After: 0` cannot make a retry storm; the request goes to another endpoint or waits, and
+  the service counts the wait in its queue estimate. After `backpressure_retries` it ends with
+  `ServersBusy`, a clear message;
+- a server that sends nothing for `first_byte_timeout_s` after the request (stuck, though its
+  health check answers) is treated like a failure before the first token: another endpoint;
+- a chunk of the wrong shape, or a line over the bound, is the endpoint's failure too;
 - a failure after pieces were shown ends the reply with `ReplyCut`, a clear note;
 - closing the stream (the user went away, a timeout) closes the connection, so the server stops.
 API keys come from the environment variable the entry names, never from the models file, and are
@@ -30,7 +36,7 @@ from core.errors import EngineFailed
 from core.logs import register_secret
 from core.registry import ModelEntry
 from core.remote.chat import Backpressure, EndpointFailed, Rejected, request_body, stream_chat
-from core.remote.endpoints import Endpoint, Endpoints, NoEndpoint
+from core.remote.endpoints import Endpoint, Endpoints, NoEndpoint, backoff_s
 from core.remote.tokens import RemoteTokenizer
 from core.settings import CoreSettings
 
@@ -58,6 +64,18 @@ class ServersUnavailable(EngineFailed):
         self.args = (self.user_message,)
 
 
+class ServersBusy(EngineFailed):
+    """The servers kept answering 429/503 to one request: it stops instead of retrying forever."""
+
+    def __init__(self, name: str, attempts: int) -> None:
+        super().__init__(f"{attempts} answers of 429/503")
+        self.user_message = (
+            f"The servers running {name!r} are overloaded (they asked me to wait {attempts} times). "
+            "Please try again in a few minutes."
+        )
+        self.args = (self.user_message,)
+
+
 class MissingApiKey(ValueError):
     """The entry names a key variable that is not set (the pool turns it into ModelLoadError)."""
 
@@ -75,8 +93,16 @@ class OpenAIEngine:
         api_key: str | None = None,
         read_timeout_s: float = 180.0,
         health_interval_s: float = 5.0,
+        first_byte_timeout_s: float | None = 60.0,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        backpressure_retries: int = 6,
     ) -> None:
         self.name = name
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.backpressure_retries = backpressure_retries
         self.context_length = context_length
         self.remote_model = remote_model
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -102,7 +128,13 @@ class OpenAIEngine:
             remote_model=entry.remote_model,
             api_key=api_key,
             read_timeout_s=settings.generation_timeout_s,
-            **options,
+            **{
+                "first_byte_timeout_s": settings.remote_first_byte_timeout_s,
+                "backoff_s": settings.remote_backoff_s,
+                "backoff_max_s": settings.remote_backoff_max_s,
+                "backpressure_retries": settings.remote_backpressure_retries,
+                **options,
+            },
         )
 
     def served_model(self, endpoint: Endpoint | None = None) -> str:
@@ -129,6 +161,7 @@ class OpenAIEngine:
         stats.prompt_tokens = await self.tokenizer.count_messages(request.messages)  # cached: no request
         failed: set[Endpoint] = set()
         shown = False
+        waits = 0  # 429/503 answers to this request
         try:
             while True:
                 try:
@@ -141,14 +174,25 @@ class OpenAIEngine:
                 try:
                     with self.endpoints.using(endpoint):
                         async with contextlib.aclosing(
-                            stream_chat(self.client, endpoint, body, self.headers, stats)
+                            stream_chat(
+                                self.client, endpoint, body, self.headers, stats,
+                                first_byte_timeout_s=self.first_byte_timeout_s,
+                            )  # fmt: skip
                         ) as pieces:
                             async for piece in pieces:
                                 shown = True
                                 yield piece
                     return
                 except Backpressure as wait:  # sent before any piece: nothing shown yet
-                    self.endpoints.back_off(endpoint, wait.retry_after)
+                    waits += 1
+                    if waits > self.backpressure_retries:
+                        log.warning("model %s: %d answers of 429/503 to a request; giving up", self.name, waits)
+                        raise ServersBusy(self.name, waits) from None
+                    # On the endpoint, not in a local sleep: routing, and the service's queue
+                    # estimate (backpressure_s), see the whole wait while the request sits it out.
+                    floor, cap = self.backoff_s, self.backoff_max_s
+                    delay = backoff_s(wait.retry_after, waits, floor_s=floor, cap_s=cap)
+                    self.endpoints.back_off(endpoint, delay)
                 except EndpointFailed as failure:
                     if failure.down:
                         self.endpoints.mark_down(endpoint, failure.reason)

@@ -1,17 +1,22 @@
 """One streamed chat completion from one endpoint (`POST …/chat/completions`, `stream: true`,
-server-sent events), with each way it can fail sorted by what the caller should do next."""
+server-sent events), with each way it can fail sorted by what the caller should do next: a chunk of
+the wrong shape, an oversized line or a server silent past the first-byte timeout is the
+endpoint's fault (`EndpointFailed`: another endpoint is tried, or the reply ends with a note)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from core.engines.base import GenerationRequest, GenerationStats
 from core.remote.endpoints import Endpoint, retry_after_s
+from core.remote.sse import MAX_EVENT_BYTES, event_data
+from core.remote.text import SurrogateJoiner, fix_surrogates, neutralize_markers
 
 
 class EndpointFailed(Exception):
@@ -37,9 +42,15 @@ class Rejected(Exception):
 
 
 def request_body(request: GenerationRequest, model: str) -> dict[str, Any]:
+    """The chat request. Message content other than the system prompt (the operator's) has its
+    template markers neutralized: the server parses special tokens in what it renders."""
+    messages = [
+        m if m.get("role") == "system" else {**m, "content": neutralize_markers(m["content"])}
+        for m in request.messages
+    ]
     return {
         "model": model,
-        "messages": request.messages,
+        "messages": messages,
         "stream": True,
         "max_tokens": request.max_new_tokens,
         "temperature": request.temperature,
@@ -50,59 +61,103 @@ def request_body(request: GenerationRequest, model: str) -> dict[str, Any]:
 
 
 async def stream_chat(
-    client: httpx.AsyncClient, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str], stats: GenerationStats
+    client: httpx.AsyncClient,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    stats: GenerationStats,
+    *,
+    first_byte_timeout_s: float | None = None,
+    max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> AsyncIterator[str]:
     """The reply's pieces as they arrive. Raises `Backpressure`, `EndpointFailed` or `Rejected`;
-    closing the iterator closes the connection, which is how a server learns to stop."""
-    try:
-        async with client.stream("POST", f"{endpoint.url}/chat/completions", json=body, headers=headers) as response:
-            status = response.status_code
-            if status in (429, 503):
-                raise Backpressure(status, retry_after_s(response.headers.get("retry-after")))
-            if status >= 500:
-                raise EndpointFailed(f"HTTP {status}: {await _snippet(response)}")
-            if status != 200:
-                raise Rejected(f"{endpoint.url} answered HTTP {status}: {await _snippet(response)}")
-            async for event in EventSource(response).aiter_sse():
-                if event.data.strip() == "[DONE]":
-                    return
-                if not event.data.strip():
-                    continue
-                for piece in _pieces(json.loads(event.data), stats):
-                    yield piece
-    except httpx.ConnectError as error:
-        raise EndpointFailed(f"cannot connect: {error}", down=True) from error
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as error:
-        raise EndpointFailed(f"connection lost: {type(error).__name__}", down=True) from error
-    except httpx.TimeoutException as error:
-        raise EndpointFailed(f"timed out: {type(error).__name__}") from error
-    except (SSEError, ValueError) as error:  # not an event stream, or bad JSON in it
-        raise EndpointFailed(f"bad stream: {error}") from error
+    closing the iterator closes the connection, which is how a server learns to stop.
+
+    `first_byte_timeout_s` bounds the time from sending the request to the stream's first event
+    (a stuck server whose health check still answers); what follows is bounded by the client's
+    read timeout and the service's generation deadline."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            try:
+                async with asyncio.timeout(first_byte_timeout_s):
+                    response = await stack.enter_async_context(
+                        client.stream("POST", f"{endpoint.url}/chat/completions", json=body, headers=headers)
+                    )
+                    await _check_status(endpoint, response)
+                    events = event_data(response, max_event_bytes)
+                    stack.push_async_callback(events.aclose)
+                    data = await anext(events, None)
+            except TimeoutError:
+                raise EndpointFailed(f"nothing received within {first_byte_timeout_s:g} s") from None
+            joiner = SurrogateJoiner()
+            while data is not None and data.strip() != "[DONE]":
+                if data.strip():
+                    for piece in _pieces(json.loads(data), stats):
+                        if text := joiner.feed(piece):
+                            yield text
+                data = await anext(events, None)
+            if tail := joiner.flush():
+                yield tail
+        except httpx.ConnectError as error:
+            raise EndpointFailed(f"cannot connect: {error}", down=True) from error
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as error:
+            raise EndpointFailed(f"connection lost: {type(error).__name__}", down=True) from error
+        except httpx.TimeoutException as error:
+            raise EndpointFailed(f"timed out: {type(error).__name__}") from error
+        except ValueError as error:  # not an event stream, an oversized line, bad JSON, a bad chunk
+            raise EndpointFailed(f"bad stream: {fix_surrogates(str(error))[:200]}") from error
+
+
+async def _check_status(endpoint: Endpoint, response: httpx.Response) -> None:
+    status = response.status_code
+    if status in (429, 503):
+        raise Backpressure(status, retry_after_s(response.headers.get("retry-after")))
+    if status >= 500:
+        raise EndpointFailed(f"HTTP {status}: {await _snippet(response)}")
+    if status != 200:
+        raise Rejected(f"{endpoint.url} answered HTTP {status}: {await _snippet(response)}")
+
+
+class BadChunk(ValueError):
+    """A chunk that is JSON but not the shape of a `chat.completion.chunk`."""
+
+
+def _field(container: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """`container[name]` if it has type `kind`, `default` if absent or null; else `BadChunk`."""
+    value = container.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise BadChunk(f"{name!r} is {type(value).__name__}, not {kind.__name__}")
+    return value
 
 
 def _pieces(chunk: Any, stats: GenerationStats) -> list[str]:
-    """The text in one `chat.completion.chunk`; its finish reason and usage go to `stats`."""
+    """The text in one `chat.completion.chunk`; its finish reason and usage go to `stats`. A chunk
+    of another shape is the server's fault (`BadChunk`): missing fields are fine, wrong types not."""
     if not isinstance(chunk, dict):
-        raise ValueError("a chunk is not a JSON object")
+        raise BadChunk("a chunk is not a JSON object")
     if "error" in chunk:  # some servers report a failure mid-stream as an event
-        raise EndpointFailed(f"server error: {str(chunk['error'])[:200]}")
+        raise EndpointFailed(f"server error: {fix_surrogates(str(chunk['error']))[:200]}")
     pieces = []
-    for choice in chunk.get("choices") or []:
-        text = (choice.get("delta") or {}).get("content")
+    for choice in _field(chunk, "choices", list, []):
+        if not isinstance(choice, dict):
+            raise BadChunk("a choice is not a JSON object")
+        text = _field(_field(choice, "delta", dict, {}), "content", str, "")
         if text:
             stats.completion_tokens += 1  # one chunk per token on llama.cpp servers; usage corrects it
             pieces.append(text)
-        if choice.get("finish_reason"):
-            stats.finish_reason = str(choice["finish_reason"])
-    usage = chunk.get("usage") or {}
-    if isinstance(usage.get("completion_tokens"), int):
-        stats.completion_tokens = usage["completion_tokens"]
-    if isinstance(usage.get("prompt_tokens"), int):
-        stats.prompt_tokens = usage["prompt_tokens"]
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if finish := _field(choice, "finish_reason", str, ""):
+            stats.finish_reason = finish
+    usage = _field(chunk, "usage", dict, {})
+    if (completion := _field(usage, "completion_tokens", int, None)) is not None:
+        stats.completion_tokens = completion
+    if (prompt := _field(usage, "prompt_tokens", int, None)) is not None:
+        stats.prompt_tokens = prompt
+    cached = _field(_field(usage, "prompt_tokens_details", dict, {}), "cached_tokens", int, None)
     if cached is None:
-        cached = (chunk.get("timings") or {}).get("cache_n")  # llama.cpp's server
-    if isinstance(cached, int):
+        cached = _field(_field(chunk, "timings", dict, {}), "cache_n", int, None)  # llama.cpp's server
+    if cached is not None:
         stats.reused_tokens = cached
     return pieces
 

@@ -5,8 +5,9 @@ Routing: the endpoint with the fewest requests in flight among those up and not 
 after a connection failure and *up* again when a health check (`GET …/models`, every
 `health_interval_s`) answers; while every endpoint is down, requests still try them (the last
 failure may be stale). A 429/503 is *backpressure*: the endpoint is skipped until its
-`Retry-After` has passed, and a request finding every endpoint backing off waits for the first
-to come back instead of failing (`backpressure_s` feeds the service's queue estimate).
+`Retry-After` has passed (never less than the growing floor of `backoff_s`), and a request
+finding every endpoint backing off waits for the first to come back instead of failing
+(`backpressure_s` feeds the service's queue estimate).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float:
     if seconds != seconds:  # NaN
         return DEFAULT_RETRY_AFTER_S
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def backoff_s(retry_after: float, attempt: int, *, floor_s: float, cap_s: float) -> float:
+    """The wait after one request's `attempt`-th 429/503 (1-based): what the server asked, but at
+    least `floor_s` doubled for each earlier one, up to `cap_s`, so `Retry-After: 0` (proxies send
+    it) or a date in the past cannot make a retry storm. A longer `Retry-After` is obeyed."""
+    grown = min(cap_s, floor_s * 2 ** min(attempt - 1, 32))
+    return max(retry_after, grown)
 
 
 @dataclass(eq=False)

@@ -8,7 +8,8 @@ more than real tokenizers use for English (~4 characters a token) so trimming er
 
 The chat template is not rendered remotely (only some servers can), so each message adds
 `TOKENS_PER_MESSAGE` and every prompt `TOKENS_PER_PROMPT` (BOS, the generation prompt, and the
-date header Llama 3.1's template writes into the system message). Each text is counted once
+date header Llama 3.1's template writes into the system message). Texts are counted as they are
+sent (template markers neutralized, `core.remote.text`). Each text is counted once
 (kept in a small cache), so fitting a long history costs one request per new message.
 """
 
@@ -25,6 +26,7 @@ import httpx
 
 from core.engines.base import Message
 from core.remote.endpoints import Endpoints
+from core.remote.text import neutralize_markers
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,10 @@ class RemoteTokenizer:
         if (cached := self._counts.get(text)) is not None:
             self._counts.move_to_end(text)
             return cached
-        count = await self._server_count(text)
+        sent = neutralize_markers(text)  # what the server will read (for the system prompt: a bound)
+        count = await self._server_count(sent)
         if count is None:
-            return estimate_tokens(text)  # not cached: the server may count it next time
+            return estimate_tokens(sent)  # not cached: the server may count it next time
         self._counts[text] = count
         while len(self._counts) > CACHE_SIZE:
             self._counts.popitem(last=False)
