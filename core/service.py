@@ -20,7 +20,7 @@ from core.engines.base import GenerationRequest, GenerationStats, Message
 from core.errors import BadTemperature, Busy, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
 from core.history import ConversationStore
-from core.limits import UserRateLimiter, clean_user_text
+from core.limits import ModelTextCleaner, UserRateLimiter, clean_user_text
 from core.pool import EngineFactory, ModelPool
 from core.registry import ModelEntry, ModelRegistry
 from core.scheduler import FairScheduler, Ticket
@@ -281,6 +281,7 @@ class ChatService:
         first_piece_at: float | None = None
         deadline = started + settings.generation_timeout_s
         pieces: list[str] = []
+        cleaner = ModelTextCleaner()  # no NUL or lone surrogate reaches a platform or the store
         stream = worker.stream(request, stats)
         interrupted = False
         try:
@@ -298,10 +299,14 @@ class ChatService:
                     raise GenerationTimeout(settings.generation_timeout_s) from None
                 if first_piece_at is None:
                     first_piece_at = time.perf_counter()
-                pieces.append(piece)
-                yield Delta(piece)
+                if piece := cleaner.feed(piece):
+                    pieces.append(piece)
+                    yield Delta(piece)
         finally:
             await stream.aclose()
+        if tail := cleaner.finish():  # the stream ended on half a surrogate pair
+            pieces.append(tail)
+            yield Delta(tail)
         if interrupted:  # after aclose: the worker marks the stopped job "cancelled"
             stats.finish_reason = "interrupted"
         reply = "".join(pieces)
