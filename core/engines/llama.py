@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from llama_cpp import _internals as internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from core.engines.base import EngineKind, GenerationRequest, GenerationStats, Message, thread_safe
+from core.engines.chat_tokens import ChatTokenizer, shared_continuation
 from core.engines.prompt_cache import PromptCache, SavedState
 from core.registry import ModelEntry
 from core.settings import CoreSettings
@@ -193,6 +193,7 @@ class LlamaEngine:
             bos_token=self.model.token_get_text(bos) if bos >= 0 else "",
             eos_token=self.model.token_get_text(eos) if eos >= 0 else "",
         )
+        self.chat = ChatTokenizer(self.model, self.formatter)  # message content is only ever text
 
     @classmethod
     def load(cls, entry: ModelEntry, settings: CoreSettings) -> LlamaEngine:
@@ -225,17 +226,19 @@ class LlamaEngine:
     # the caller's thread instead of queueing them behind a decode step (`thread_safe`).
     @thread_safe
     def render(self, messages: list[Message]) -> str:
-        return self.formatter(messages=messages).prompt
+        return self.chat.render(messages)
 
     @thread_safe
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
-        """The prompt's tokens. The last few prompts are remembered: the service counts the tokens
-        of the very messages it then asks to generate from, and `begin()` reuses that work."""
+        """The prompt's tokens: control tokens only where the template puts them, message content
+        read as text, so no message can close its turn and open a forged one (`ChatTokenizer`).
+        The last few prompts are remembered: the service counts the tokens of the very messages
+        it then asks to generate from, and `begin()` reuses that work."""
         key = tuple((message["role"], message["content"]) for message in messages)
         tokens = self._prompts.get(key)
         if tokens is None:
             # The template writes the BOS text itself where the model wants one.
-            tokens = self.model.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True)
+            tokens = self.chat.tokens(messages)
             self._prompts[key] = tokens
             while len(self._prompts) > 4 * len(self.slots):
                 try:
@@ -513,18 +516,17 @@ class LlamaEngine:
         A wrong guess costs nothing but those few tokens: the next turn keeps only the prefix
         it shares with the slot."""
         history = [*generation.messages, {"role": "assistant", "content": "".join(generation.reply)}]
+        chat = self.chat
         try:
-            prompt = self.render(generation.messages)  # the text of the slot's first prompt_tokens tokens
-            one = self.render([*history, {"role": "user", "content": "Hi"}])
-            two = self.render([*history, {"role": "user", "content": "?"}])
+            prompt = chat.segments(generation.messages)  # what the slot's first prompt_tokens tokens hold
+            one = chat.segments([*history, {"role": "user", "content": "Hi"}])
+            two = chat.segments([*history, {"role": "user", "content": "?"}])
         except Exception:  # a template that cannot render this history: nothing to read ahead
             return
-        if not (one.startswith(prompt) and two.startswith(prompt)):
-            return  # the template renders earlier turns differently once the reply is in
-        # Only the reply and what follows is tokenized (~0.1 ms, the whole history ~0.7 ms here):
-        # the prompt's own tokens are the slot's first ones.
-        shared = os.path.commonprefix([one, two])[len(prompt) :]
-        tail = self.model.tokenize(shared.encode(), add_bos=False, special=True)
+        # Empty when the template renders earlier turns differently once the reply is in. Only the
+        # reply and what follows is tokenized (~0.1 ms, the whole history ~0.7 ms here): the
+        # prompt's own tokens are the slot's first ones.
+        tail = chat.tokenize(shared_continuation(prompt, one, two))
         base = generation.stats.prompt_tokens
         kept = base + _common_prefix(slot.tokens[base:], tail)
         ahead = tail[kept - base :]
