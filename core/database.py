@@ -84,7 +84,8 @@ def create_engine(url: URL, *, lock_timeout_s: float) -> AsyncEngine:
             "pool_pre_ping": True,  # a restarted server's dead connections are replaced, not handed out
             "connect_args": {"server_settings": {"lock_timeout": millis}, "timeout": max(lock_timeout_s, 1.0)},
         }
-    engine = create_async_engine(url, pool_timeout=max(lock_timeout_s * 4, 5.0), **options)
+    # hide_parameters: a store error's text (logged) never carries what users wrote or were answered
+    engine = create_async_engine(url, pool_timeout=max(lock_timeout_s * 4, 5.0), hide_parameters=True, **options)
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(engine.sync_engine, lock_timeout_s)
     return engine
@@ -133,6 +134,14 @@ def is_passing(error: BaseException | None) -> bool:
     if code:
         return code[:2] in _PASSING_SQLSTATE_CLASSES or code in _PASSING_SQLSTATES
     return isinstance(error, sa.exc.OperationalError)  # SQLite: locked, busy, disk full, read-only
+
+
+def error_kind(error: BaseException) -> str:
+    """An error for a log line that must not quote the data: its driver class and SQLSTATE."""
+    orig = getattr(error, "orig", None) or error
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    driver = orig.__cause__ if isinstance(orig.__cause__, Exception) else orig  # asyncpg's own class
+    return type(driver).__name__ + (f" (SQLSTATE {code})" if code else "")
 
 
 def db_clock(dialect: str) -> sa.ColumnElement[float]:

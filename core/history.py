@@ -6,8 +6,10 @@ several bot processes share state; core/database.py connects, core/schema.py mig
 A question is stored as a pending turn when it is accepted, so a killed process loses nothing:
 the next start marks it interrupted and the adapter can mark its half-shown reply. Every write is
 one transaction, rolled back on error, and a store error becomes `StoreUnavailable` (a polite
-`ChatError`) instead of breaking every later write. A write that cannot wait (the end of a reply)
-is kept and retried when the store refuses it for a passing reason.
+`ChatError`) instead of breaking every later write. Every text is cleaned before it is bound
+(core.schema.CleanText: no NUL, no lone surrogate). A write that cannot wait (the end of a reply)
+is kept when the store refuses it for a passing reason and retried, in a transaction of its own,
+before the next write; one that then fails for good is dropped and logged.
 
 Several processes may share one database: each keeps a lease (a heartbeat row) so the others can
 tell a process that stopped from one that is busy, also across hosts (docs/scaling.md).
@@ -131,24 +133,51 @@ class ConversationStore:
             raise StoreUnavailable(action) from error
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]], action: str) -> T:
-        """Run `work` (and any deferred writes) in one transaction: all of it is stored, or none."""
+        """Run `work` in one transaction (all of it is stored, or none), after the deferred writes.
+
+        While a deferred write still fails for a passing reason, `work` is not tried (the kept
+        writes go in first, and the store would refuse it for the same reason)."""
         await self.ready()
         async with self._write_lock:
-            applied = dict(self._deferred)
+            if (error := await self._replay_deferred()) is not None:
+                log.warning("history store: cannot %s: %s", action, error)
+                raise StoreUnavailable(action) from error
             try:
                 async with self._writer.begin() as db:
-                    for statement in applied.values():
-                        await db.execute(statement)
-                    result = await work(db)
+                    return await work(db)
             except STORE_ERRORS as error:
                 log.warning("history store: cannot %s: %s", action, error)
                 raise StoreUnavailable(action) from error
-            for key, statement in applied.items():
-                if self._deferred.get(key) is statement:  # not replaced by a newer version meanwhile
+
+    async def _replay_deferred(self) -> BaseException | None:
+        """Store the deferred writes, each in its own transaction (call with `_write_lock` held).
+
+        One that fails for a reason that will not pass (bad data, a constraint) is dropped and
+        logged by its key, never its text: kept, it would fail every later write. Returns the
+        error of one that failed for a passing reason (it and those after it are kept), else None."""
+        stored = 0
+        for key, statement in list(self._deferred.items()):
+            try:
+                async with self._writer.begin() as db:
+                    await db.execute(statement)
+            except Exception as error:  # noqa: BLE001 - anything that will not pass is dropped
+                if isinstance(error, STORE_ERRORS) and database.is_passing(error):
+                    if stored:
+                        log.info("history store: %d deferred write(s) stored", stored)
+                    return error
+                if self._deferred.get(key) is statement:
                     del self._deferred[key]
-            if applied:
-                log.info("history store: %d deferred write(s) stored", len(applied))
-            return result
+                log.warning(
+                    "history store: dropped the deferred write %s of turn %s, which cannot be stored: %s",
+                    key[0], key[1], database.error_kind(error),
+                )  # fmt: skip
+                continue
+            stored += 1
+            if self._deferred.get(key) is statement:  # not replaced by a newer version meanwhile
+                del self._deferred[key]
+        if stored:
+            log.info("history store: %d deferred write(s) stored", stored)
+        return None
 
     async def _write_or_defer(self, key: tuple[str, int], statement: sa.Executable, action: str) -> bool:
         """For writes whose caller cannot wait or fail (the end of a reply, a delivery record):
@@ -194,20 +223,32 @@ class ConversationStore:
             statement.on_conflict_do_update(index_elements=["owner"], set_={"heartbeat_at": now})
         )
 
+    async def _renew_lease(self) -> None:
+        """The heartbeat in a transaction of its own, outside `_write_lock`: a deferred write that
+        keeps failing, or a write waiting for a lock, never makes this process look gone to the
+        others (who would mark its turns interrupted while it still answers them)."""
+        try:
+            async with self._writer.begin() as db:
+                await self._heartbeat(db)
+        except STORE_ERRORS as error:
+            log.warning("history store: cannot renew this process's lease: %s", error)
+            raise StoreUnavailable("renew this process's lease") from error
+
     async def _keep_lease(self) -> None:
-        """Renew this process's lease a few times per lease period; also store writes deferred
+        """Renew this process's lease a few times per lease period; then store writes deferred
         while the store refused them, and mark the turns of processes that went away meanwhile."""
         failing = False
         while True:
             await asyncio.sleep(self.lease_s / 4)
             try:
-                await self._write(self._heartbeat, "renew this process's lease")
-                await self._recover(own_turns_dead=False)
+                await self._renew_lease()
                 if failing:
                     log.info("history store: lease renewed again")
                 failing = False
             except StoreUnavailable:
-                failing = True  # logged by _write; the next round tries again
+                failing = True  # logged; the next round tries again
+            with contextlib.suppress(StoreUnavailable):  # logged by _write; tried again next round
+                await self._recover(own_turns_dead=False)  # a write: the deferred ones go in first
 
     # -- turns ------------------------------------------------------------------------------
     async def begin_turn(self, conversation_id: str, question: str) -> int:
@@ -246,7 +287,7 @@ class ConversationStore:
             .values(
                 state=state,
                 answer=answer,
-                question=sa.func.coalesce(sa.literal(question, sa.Text), turns.c.question),
+                question=sa.func.coalesce(sa.literal(question, turns.c.question.type), turns.c.question),
                 updated_at=time.time(),
             )
         )

@@ -17,11 +17,27 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.errors import ChatError
+from core.limits import clean_model_text
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x6C6F7261  # pg_advisory_xact_lock key ("lora"): one migrating process at a time
+
+
+
+class CleanText(sa.types.TypeDecorator[str]):
+    """TEXT whose every bound value is cleaned first (core.limits.clean_model_text): a NUL or a lone
+    surrogate from a model, a remote server or a platform can then never make a write fail
+    (PostgreSQL refuses NUL with SQLSTATE 22021; neither driver can encode a lone surrogate), nor a
+    deferred write that would be retried again and again."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return clean_model_text(value) if isinstance(value, str) else value
+
 
 metadata = sa.MetaData()
 # Integer on SQLite: only an INTEGER PRIMARY KEY is the rowid (and AUTOINCREMENT never reuses ids)
@@ -31,14 +47,14 @@ turns = sa.Table(
     "turns",
     metadata,
     sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("conversation_id", sa.Text, nullable=False),
-    sa.Column("question", sa.Text, nullable=False),
-    sa.Column("answer", sa.Text, nullable=False, server_default=""),
-    sa.Column("state", sa.Text, nullable=False),
-    sa.Column("owner", sa.Text),  # the process writing it (core.turns.process_owner)
-    sa.Column("platform", sa.Text),  # where the reply is shown, set by record_delivery
-    sa.Column("handles", sa.Text, nullable=False, server_default="[]"),  # JSON list of message handles
-    sa.Column("shown", sa.Text, nullable=False, server_default=""),  # the reply text shown so far
+    sa.Column("conversation_id", CleanText, nullable=False),
+    sa.Column("question", CleanText, nullable=False),
+    sa.Column("answer", CleanText, nullable=False, server_default=""),
+    sa.Column("state", CleanText, nullable=False),
+    sa.Column("owner", CleanText),  # the process writing it (core.turns.process_owner)
+    sa.Column("platform", CleanText),  # where the reply is shown, set by record_delivery
+    sa.Column("handles", CleanText, nullable=False, server_default="[]"),  # JSON list of message handles
+    sa.Column("shown", CleanText, nullable=False, server_default=""),  # the reply text shown so far
     sa.Column("notice_due", sa.Integer, nullable=False, server_default="0"),  # take_interrupted clears it
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
@@ -64,19 +80,19 @@ _turn_indexes = [
 model_choice = sa.Table(
     "model_choice",
     metadata,
-    sa.Column("key", sa.Text, primary_key=True),  # a conversation id, or 'scope:' + a scope id
-    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("key", CleanText, primary_key=True),  # a conversation id, or 'scope:' + a scope id
+    sa.Column("model", CleanText, nullable=False),
 )
 conversation_options = sa.Table(
     "conversation_options",
     metadata,
-    sa.Column("conversation_id", sa.Text, primary_key=True),
+    sa.Column("conversation_id", CleanText, primary_key=True),
     sa.Column("temperature", sa.Double),  # NULL: the model's or the global default
 )
 processes = sa.Table(  # leases: who is alive, for processes whose pid this host cannot check
     "processes",
     metadata,
-    sa.Column("owner", sa.Text, primary_key=True),
+    sa.Column("owner", CleanText, primary_key=True),
     sa.Column("heartbeat_at", sa.Double, nullable=False),  # the database's clock (core.database.db_clock)
 )
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))

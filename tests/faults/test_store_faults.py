@@ -83,11 +83,27 @@ async def test_locked_longer_than_busy_timeout_gives_clear_error_then_serves(tmp
         assert contents(await service.history.recent("c1", 10)) == ["next question", "stored answer"]
 
 
+async def sqlite_statements(store: ConversationStore) -> list[str]:
+    """The statements the store's SQLite connection starts from now on (sqlite3's trace callback
+    fires as a statement begins to run, before it asks for a lock)."""
+    started: list[str] = []
+    async with store.engine.connect() as db:
+        driver = (await db.get_raw_connection()).driver_connection  # the aiosqlite connection
+        await driver.set_trace_callback(started.append)
+    return started
+
+
 async def test_lock_shorter_than_busy_timeout_is_waited_out(tmp_path):
+    """The question's write is seen running its BEGIN IMMEDIATE while another connection holds the
+    lock and not failing (SQLite's busy wait: BUSY_TIMEOUT_S is 5 s); it goes in once the lock is
+    released."""
     async with make_service(tmp_path, reply="patient") as service:
+        await service.history.ready()
+        statements = await sqlite_statements(service.history)
         with write_locked(db_path(tmp_path)):
             task = asyncio.create_task(collect(service, text="q"))
-            await asyncio.sleep(0.3)  # the lock is held a while (BUSY_TIMEOUT_S is 5 s)
+            await until(lambda: "BEGIN IMMEDIATE" in statements or task.done())
+            assert not task.done()  # blocked on the lock: it cannot have stored anything, nor failed
         _, done = await task
         assert done.text == "patient"
         assert contents(await service.history.recent("c1", 10)) == ["q", "patient"]
