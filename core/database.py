@@ -85,7 +85,8 @@ def create_engine(url: URL, *, lock_timeout_s: float) -> AsyncEngine:
             "connect_args": {"server_settings": {"lock_timeout": millis}, "timeout": max(lock_timeout_s, 1.0)},
         }
     # hide_parameters: a store error's text (logged) never carries what users wrote or were answered
-    engine = create_async_engine(url, pool_timeout=max(lock_timeout_s * 4, 5.0), hide_parameters=True, **options)
+    pool_timeout = max(lock_timeout_s * 4, 5.0)
+    engine = create_async_engine(url, pool_timeout=pool_timeout, hide_parameters=True, **options)
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(engine.sync_engine, lock_timeout_s)
     return engine
