@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,7 +204,7 @@ class ConversationStore:
         """INSERT with the backend's ON CONFLICT (the same SQL on both; SQLAlchemy has one per dialect)."""
         return (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(table)
 
-    async def _upsert(self, table: sa.Table, key: str, values: dict[str, object], action: str) -> None:
+    async def _upsert(self, table: sa.Table, key: str, values: Mapping[str, object], action: str) -> None:
         statement = self._insert(table).values(values)
         statement = statement.on_conflict_do_update(
             index_elements=[key], set_={name: statement.excluded[name] for name in values if name != key}
@@ -357,7 +357,7 @@ class ConversationStore:
             ]
             if not dead:
                 return 0
-            whose = turns.c.owner.in_([owner for owner in dead if owner])
+            whose: sa.ColumnElement[bool] = turns.c.owner.in_([owner for owner in dead if owner])
             if None in dead:
                 whose = sa.or_(whose, turns.c.owner.is_(None))
             shown = sa.and_(turns.c.platform.is_not(None), turns.c.handles != "[]")

@@ -102,7 +102,11 @@ Migration = Callable[[AsyncConnection], Awaitable[None]]
 
 async def _create(db: AsyncConnection, *items: sa.Table | sa.Index) -> None:
     for item in items:
-        await db.run_sync(lambda sync, item=item: item.create(sync, checkfirst=True))
+
+        def create(sync: sa.Connection, item: sa.Table | sa.Index = item) -> None:
+            item.create(sync, checkfirst=True)
+
+        await db.run_sync(create)
 
 
 async def _to_v1(db: AsyncConnection) -> None:
