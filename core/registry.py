@@ -20,18 +20,31 @@ The embedded SmolLM2 model is always present. The file is re-read when it change
 model registered by `lorabot train --register` shows up in running bots without a restart. A file
 that fails to parse never stops replies: the last good registry stays in use (at least the
 embedded model), the error is logged once per change of the file and shown by `problem`.
+
+Writers (`models add`, `models pull`, `train --register`, from any process) take turns: an flock
+on a sidecar `models.toml.lock` around read-modify-write, a unique temporary file in the same
+folder renamed over the file, and an edit of the entry's own lines only, so comments, other
+tables and keys this version does not know stay as they were written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import errno
+import fcntl
 import logging
+import os
 import re
+import stat
+import tempfile
 import threading
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import tomli_w
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from core.errors import UnknownModel
@@ -63,6 +76,8 @@ def normalize_url(url: str) -> str:
 
 class ModelEntry(BaseModel):
     """One registered model: a GGUF file (`path`) or OpenAI-compatible endpoints (`urls`)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a refused URL may hold a key: never echo it
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     path: Path | None = None
@@ -123,9 +138,6 @@ class ModelRegistry:
         except FileNotFoundError:
             return None
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-
-    def _read_file(self) -> dict[str, dict]:
-        return self._parse()[0]
 
     def _parse(self) -> tuple[dict[str, dict], str]:
         """The [models] table and the file's text (for line numbers)."""
@@ -221,31 +233,159 @@ class ModelRegistry:
         )
         if name == EMBEDDED_MODEL_NAME:
             raise RegistryError(f"{name!r} is the embedded model's name; pick another")
-        raw = self._read_file()
-        if name in raw and not overwrite:
-            raise RegistryError(f"{name!r} is already registered")
-        raw[name] = {
+        table = {
             key: (str(value) if isinstance(value, Path) else value)
             for key, value in entry.model_dump(exclude={"name", "embedded"}).items()
             if value not in (None, "", [])
         }
-        self._write(raw)
+        with self._writing() as text:
+            if name in self._models_of(text) and not overwrite:
+                raise RegistryError(f"{name!r} is already registered")
+            self._write(edit_models_text(text, name, table))
         return entry
 
     def remove(self, name: str) -> None:
-        raw = self._read_file()
-        if name not in raw:
-            raise UnknownModel(name, list(raw))
-        del raw[name]
-        self._write(raw)
+        with self._writing() as text:
+            models = self._models_of(text)
+            if name not in models:
+                raise UnknownModel(name, list(models))
+            self._write(edit_models_text(text, name, None))
 
-    def _write(self, models: dict[str, dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(tomli_w.dumps({"models": models}), encoding="utf-8")
-        tmp.replace(self.path)
+    def _models_of(self, text: str) -> dict[str, dict]:
+        try:
+            models = tomllib.loads(text).get("models", {})
+        except tomllib.TOMLDecodeError as error:
+            raise RegistryError(f"{self.path}: cannot read models file: {error}") from error
+        if not isinstance(models, dict):
+            raise RegistryError(f"{self.path}: [models] must be a table of tables")
+        return models
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[str]:
+        """The file's text, read and then rewritten while this writer holds the lock: writers in
+        other processes wait (an flock on a sidecar file: the models file itself is replaced by a
+        rename, so a lock on it would hold the old inode). OSErrors say what to do, no traceback."""
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() and not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise _unwritable(path, error) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                text = path.read_text(encoding="utf-8") if path.exists() else ""
+            except (OSError, UnicodeDecodeError) as error:
+                raise RegistryError(f"{path}: cannot read models file: {error}") from error
+            yield text
+        finally:
+            os.close(fd)  # and the lock with it
+
+    def _write(self, text: str) -> None:
+        """Replace the file with `text` atomically: a temporary file of its own in the same folder
+        (a fixed name let two writers trip over each other's), renamed over it."""
+        path = self.path
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as error:
+            raise _unwritable(path, error) from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                mode = stat.S_IMODE(path.stat().st_mode)
+            except FileNotFoundError:
+                mode = 0o644
+            os.chmod(tmp, mode)  # mkstemp's 0600 would hide the file from a bot running as another user
+            os.replace(tmp, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _unwritable(path, error) from None
         with self._lock:
             self._cache_key = None
+
+
+def _unwritable(path: Path, error: OSError) -> RegistryError:
+    """A clear reason a writer cannot change the models file, and what to do about it."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.EBUSY:  # rename over a file bind-mounted on its own
+        hint = "it is a mount point (a file mounted into a container on its own): mount its folder instead"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = (
+            "it or its folder is read-only here (in docker compose: a read-only mount); make it writable, "
+            "or edit the file where it is writable"
+        )
+    else:
+        hint = "nothing was changed"
+    return RegistryError(f"cannot write the models file {path} ({reason}): {hint}")
+
+
+_HEADER = re.compile(r"^\s*\[\[?[^\[\]]+\]\]?\s*(#.*)?$")
+
+
+def _header_path(line: str) -> list[str] | None:
+    """The key path of a table header line (`[models."my.tune"]` -> models, my.tune), else None."""
+    if not _HEADER.match(line):
+        return None
+    try:
+        node: object = tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return None
+    keys = []
+    while isinstance(node, dict) and len(node) == 1:
+        key, node = next(iter(node.items()))
+        keys.append(key)
+        if isinstance(node, list) and node:  # [[array.of.tables]]
+            node = node[-1]
+    return keys
+
+
+def edit_models_text(text: str, name: str, table: dict | None) -> str:
+    """`text` with the entry `[models.NAME]` replaced by `table` (None: removed), every other line
+    kept as written: comments, other tables, keys this version does not know. The edit is checked
+    by parsing it; where the entry is not a plain `[models.NAME]` table (an inline table, dotted
+    keys) the parsed document is written out whole instead: all its data kept, its comments lost."""
+    data = tomllib.loads(text)
+    expected = copy.deepcopy(data)
+    models = expected.setdefault("models", {})
+    if table is None:
+        models.pop(name, None)
+    else:
+        models[name] = table
+    lines = text.splitlines(keepends=True)
+    headers = [(i, keys) for i, line in enumerate(lines) if (keys := _header_path(line)) is not None]
+    spans = []
+    for n, (start, keys) in enumerate(headers):
+        if keys[:2] != ["models", name]:
+            continue
+        end = headers[n + 1][0] if n + 1 < len(headers) else len(lines)
+        while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+            end -= 1  # blank lines and comments before the next header belong to it
+        spans.append((start, end))
+    block = tomli_w.dumps({"models": {name: table}}) if table is not None else ""
+    if spans:
+        first = spans[0][0]
+        kept = [line for i, line in enumerate(lines) if not any(a <= i < b for a, b in spans)]
+        before = sum(1 for i in range(first) if not any(a <= i < b for a, b in spans))
+        edited = "".join([*kept[:before], block, *kept[before:]])
+    else:
+        edited = text
+        if block:
+            if edited and not edited.endswith("\n"):
+                edited += "\n"
+            edited += ("\n" if edited.strip() else "") + block
+    try:
+        if tomllib.loads(edited) == expected:
+            return edited
+    except tomllib.TOMLDecodeError:
+        pass
+    log.warning("rewrote the models file whole: [models.%s] is not a plain table (its comments are lost)", name)
+    return tomli_w.dumps(expected)
 
 
 def _embedded_entries() -> dict[str, ModelEntry]:

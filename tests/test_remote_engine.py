@@ -10,43 +10,32 @@ speaking the same streaming protocol, because the real one cannot be made to ans
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import httpx
 import pytest
-from aiohttp import web
+from support.fake_openai import FakeOpenAI
+from support.llama_server import SERVER_CTX, LlamaCppServer
+from support.remote_service import Engines, remote_service
+from support.replies import Reply
+from support.timeouts import within
 from typer.testing import CliRunner
 
 from core.engines.base import kind_of
 from core.engines.llama import LlamaEngine
-from core.engines.remote import OpenAIEngine, ReplyCut
+from core.engines.remote import ReplyCut
 from core.errors import Busy, ModelLoadError
 from core.events import Done
-from core.pool import default_engine_factory
 from core.registry import ModelEntry, ModelRegistry
 from core.remote.endpoints import retry_after_s
 from core.remote.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_PROMPT
 from core.service import ChatService
-from core.settings import CoreSettings, load_core_settings
+from core.settings import load_core_settings
 from core.worker import compute_thread
-from support.replies import Reply
-from support.timeouts import within
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite
 COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps counting: a long reply
-SERVER_CTX = 1024
 
 
 deadline = within(3 * WAIT_S)  # the whole test, shutdown included: a regression fails, never hangs
@@ -56,50 +45,6 @@ async def until(condition, timeout: float = WAIT_S) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-# -- a real llama-cpp-python server ---------------------------------------------------------------
-class LlamaCppServer:
-    """`python -m llama_cpp.server` on the embedded GGUF, one thread, on a free loopback port."""
-
-    def __init__(self, model: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = log
-        command = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-            "--port", str(self.port), "--n_ctx", str(SERVER_CTX), "--n_threads", "1", "--n_threads_batch", "1",
-            "--interrupt_requests", "False",  # else a second request cuts the streaming one short
-        ]  # fmt: skip
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                ["nice", "-n", "19", *command], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-
-    def wait_ready(self, timeout: float = WAIT_S) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            assert self.process.poll() is None, f"server exited: {self.log.read_text()[-2000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/models", timeout=2, trust_env=False).status_code == 200:
-                    return
-            time.sleep(0.1)  # polling for readiness, not proving anything
-        raise AssertionError(f"server not ready: {self.log.read_text()[-2000:]}")
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -124,58 +69,7 @@ def spare_server(embedded_gguf, tmp_path):
 
 
 # -- a small OpenAI-compatible server whose answers the test scripts -------------------------------
-class ScriptedServer:
-    """`/v1/chat/completions` streaming "Hello from the fake server." as SSE, unless the next
-    entry of `script` says to answer a status instead (e.g. (503, {"Retry-After": "1"}))."""
-
-    def __init__(self, script: list[tuple[int, dict[str, str]]] | None = None, *, api_key: str | None = None) -> None:
-        self.script = list(script or [])
-        self.api_key = api_key
-        self.chats: list[tuple[float, dict, dict]] = []  # (monotonic time, headers, body) of each request
-        self.health_checks = 0
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> ScriptedServer:
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def _authorized(self, request: web.Request) -> bool:
-        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
-
-    async def _models(self, request: web.Request) -> web.Response:
-        self.health_checks += 1
-        if not self._authorized(request):
-            return web.json_response({"error": "bad key"}, status=401)
-        return web.json_response({"object": "list", "data": [{"id": "fake-model"}]})
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.chats.append((time.monotonic(), dict(request.headers), body))
-        if not self._authorized(request):
-            return web.json_response({"error": "bad key"}, status=401)
-        if self.script:
-            status, headers = self.script.pop(0)
-            return web.json_response({"error": f"scripted {status}"}, status=status, headers=headers)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for word in ["Hello", " from", " the", " fake", " server."]:
-            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": word}}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        await response.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
-        return response
+ScriptedServer = FakeOpenAI  # tests/support/fake_openai.py
 
 
 @pytest.fixture
@@ -191,44 +85,7 @@ async def scripted():
         await server.stop()
 
 
-# -- the service, with the production engine factory ------------------------------------------------
-class Engines:
-    """The production factory; remembers each remote engine it built (health checks every
-    `health_interval_s`)."""
-
-    def __init__(self, health_interval_s: float = 3600.0) -> None:
-        self.health_interval_s = health_interval_s
-        self.built: dict[str, OpenAIEngine] = {}
-
-    def __call__(self, entry: ModelEntry, settings: CoreSettings):
-        if not entry.is_remote:
-            return default_engine_factory(entry, settings)
-        engine = OpenAIEngine.from_entry(entry, settings, health_interval_s=self.health_interval_s)
-        self.built[entry.name] = engine
-        return engine
-
-
-@contextlib.asynccontextmanager
-async def remote_service(
-    tmp_path: Path, urls: list[str], engines: Engines | None = None, *, entry: dict | None = None, **overrides
-) -> AsyncIterator[ChatService]:
-    settings = load_core_settings(
-        **{
-            "data_dir": tmp_path / "data", "default_model": "remote", "temperature": 0.0, "max_new_tokens": 24,
-            "rate_limit_messages": 1000, "threads": 1, "kv_slots": 2, "parallel": 2, "context_length": 512,
-            **overrides,
-        }
-    )  # fmt: skip
-    registry = ModelRegistry(settings.resolved_models_file)
-    registry.add("remote", urls=urls, **(entry or {}))
-    service = ChatService(settings, engine_factory=engines or Engines(), registry=registry)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.close()
-
-
+# -- the service, with the production engine factory (tests/support/remote_service.py) ---------------
 async def ask(service: ChatService, conversation: str, text: str, user: str | None = None) -> Reply:
     reply = Reply(service, conversation, text, user, timeout_s=WAIT_S)
     await reply.done()

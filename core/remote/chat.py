@@ -127,14 +127,22 @@ def _field(container: dict[str, Any], name: str, kind: type, default: Any) -> An
     value = container.get(name)
     if value is None:
         return default
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind):
         raise BadChunk(f"{name!r} is {type(value).__name__}, not {kind.__name__}")
     return value
 
 
+def _count(container: Any, name: str) -> int | None:
+    """A token count from `usage` or `timings`, or None: statistics only, so a value of the wrong
+    type (or a container that is not an object) is ignored rather than failing the reply."""
+    value = container.get(name) if isinstance(container, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _pieces(chunk: Any, stats: GenerationStats) -> list[str]:
     """The text in one `chat.completion.chunk`; its finish reason and usage go to `stats`. A chunk
-    of another shape is the server's fault (`BadChunk`): missing fields are fine, wrong types not."""
+    whose text path has another shape is the server's fault (`BadChunk`): missing fields are fine,
+    wrong types (choices not a list, delta not an object, content not a string) are not."""
     if not isinstance(chunk, dict):
         raise BadChunk("a chunk is not a JSON object")
     if "error" in chunk:  # some servers report a failure mid-stream as an event
@@ -147,16 +155,16 @@ def _pieces(chunk: Any, stats: GenerationStats) -> list[str]:
         if text:
             stats.completion_tokens += 1  # one chunk per token on llama.cpp servers; usage corrects it
             pieces.append(text)
-        if finish := _field(choice, "finish_reason", str, ""):
-            stats.finish_reason = finish
-    usage = _field(chunk, "usage", dict, {})
-    if (completion := _field(usage, "completion_tokens", int, None)) is not None:
+        if finish := choice.get("finish_reason"):
+            stats.finish_reason = str(finish)[:40]
+    usage = chunk.get("usage")
+    if (completion := _count(usage, "completion_tokens")) is not None:
         stats.completion_tokens = completion
-    if (prompt := _field(usage, "prompt_tokens", int, None)) is not None:
+    if (prompt := _count(usage, "prompt_tokens")) is not None:
         stats.prompt_tokens = prompt
-    cached = _field(_field(usage, "prompt_tokens_details", dict, {}), "cached_tokens", int, None)
+    cached = _count(usage.get("prompt_tokens_details") if isinstance(usage, dict) else None, "cached_tokens")
     if cached is None:
-        cached = _field(_field(chunk, "timings", dict, {}), "cache_n", int, None)  # llama.cpp's server
+        cached = _count(chunk.get("timings"), "cache_n")  # llama.cpp's server
     if cached is not None:
         stats.reused_tokens = cached
     return pieces
