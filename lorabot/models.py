@@ -135,4 +135,7 @@ def models_remove(name: str) -> None:
     except ChatError as error:
         console.print(f"[red]{error.user_message}[/red]")
         raise typer.Exit(2) from None
+    except RegistryError as error:  # e.g. a read-only models file: say so, no traceback
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"Removed {name}")
