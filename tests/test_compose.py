@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -88,9 +88,7 @@ def test_lorabot_gets_the_postgres_database(compose):
 def test_lorabot_answers_through_llama_server(compose):
     services = compose["services"]
     bot = services["lorabot"]
-    mounts = dict(volume.split(":")[:2] for volume in bot["volumes"] if volume.startswith("./"))
-    source = next(src for src, dst in mounts.items() if dst == bot["environment"]["LORABOT_MODELS_FILE"])
-    registry = ModelRegistry(ROOT / source)  # the file lorabot reads in its container
+    registry = ModelRegistry(models_file_on_host(bot))  # the file lorabot reads in its container
     assert registry.problem is None, registry.problem
     entry = registry.get(bot["environment"]["LORABOT_DEFAULT_MODEL"])
     server = services["llama-server"]["command"]
@@ -98,3 +96,26 @@ def test_lorabot_answers_through_llama_server(compose):
     assert entry.urls == [f"http://llama-server:{port}/v1"]
     assert server[server.index("--host") + 1] == "0.0.0.0"  # reachable from the lorabot container
     assert any(volume.endswith(":/models:ro") for volume in services["llama-server"]["volumes"])
+
+
+def models_file_on_host(bot: dict) -> Path:
+    """The host file behind the container's LORABOT_MODELS_FILE, through its bind mount."""
+    inside = PurePosixPath(bot["environment"]["LORABOT_MODELS_FILE"])
+    for volume in bot["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("./") and inside.is_relative_to(target):
+            return ROOT / source / inside.relative_to(target)
+    raise AssertionError(f"no mount holds {inside}")
+
+
+def test_models_add_can_write_the_models_file_in_the_container(compose):
+    """`lorabot models add` inside the container replaces the file by a rename next to it and takes
+    a lock beside it: the models file's folder is mounted, writable; a file mounted on its own
+    (read-only before) cannot be replaced (EBUSY) and read-only cannot be written at all."""
+    bot = compose["services"]["lorabot"]
+    inside = PurePosixPath(bot["environment"]["LORABOT_MODELS_FILE"])
+    mount = next(v for v in bot["volumes"] if v.startswith("./") and inside.is_relative_to(v.split(":")[1]))
+    source, target, *options = mount.split(":")
+    assert PurePosixPath(target) == inside.parent  # the folder, not the file
+    assert (ROOT / source).is_dir() and models_file_on_host(bot).is_file()
+    assert "ro" not in ",".join(options).split(",")
