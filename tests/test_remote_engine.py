@@ -109,7 +109,9 @@ async def test_a_remote_model_streams_its_answer_and_gets_the_history_each_turn(
         assert second.text.strip()
         # The whole history is sent again: the second prompt is the first plus its answer and the
         # new question (counted by the server's tokenizer, the template's share estimated).
-        added = await engine.tokenizer.count_text(done.text) + await engine.tokenizer.count_text("And to Bob?")
+        added = await engine.tokenizer.count_text(done.text) + await engine.tokenizer.count_text(
+            "And to Bob?"
+        )
         assert second.prompt_tokens == done.prompt_tokens + added + 2 * TOKENS_PER_MESSAGE
 
 
@@ -117,7 +119,9 @@ async def test_a_remote_model_streams_its_answer_and_gets_the_history_each_turn(
 async def test_token_counts_come_from_the_servers_tokenizer(tmp_path, llama_server, embedded_gguf):
     engines = Engines()
     local = await compute_thread().call(
-        LlamaEngine.load, ModelEntry(name="local", path=embedded_gguf), load_core_settings(kv_slots=1, parallel=1, threads=1)
+        LlamaEngine.load,
+        ModelEntry(name="local", path=embedded_gguf),
+        load_core_settings(kv_slots=1, parallel=1, threads=1),
     )
     try:
         async with remote_service(tmp_path, [llama_server.url], engines) as service:
@@ -149,7 +153,9 @@ async def test_a_long_history_is_trimmed_to_the_servers_window(tmp_path, llama_s
         long_answer = " ".join(f"fact{i} is about the colour of the sea" for i in range(40))  # ~400 tokens
         for turn in range(6):
             turn_id = await store.begin_turn("long", f"Question {turn}: tell me facts.")
-            await store.finish_turn(turn_id, "answered", long_answer, question=f"Question {turn}: tell me facts.")
+            await store.finish_turn(
+                turn_id, "answered", long_answer, question=f"Question {turn}: tell me facts."
+            )
         reply = await ask(service, "long", "Thanks! Say goodbye.")
         done = await reply.done()
         assert done.text.strip()
@@ -176,7 +182,9 @@ async def test_cancelling_a_reply_closes_the_stream_and_the_server_stops(tmp_pat
 
 
 @deadline
-async def test_two_endpoints_share_requests_and_fail_over_when_one_is_killed(tmp_path, llama_server, spare_server):
+async def test_two_endpoints_share_requests_and_fail_over_when_one_is_killed(
+    tmp_path, llama_server, spare_server
+):
     engines = Engines()
     async with remote_service(tmp_path, [spare_server.url, llama_server.url], engines) as service:
         burst = [Reply(service, f"b{i}", "Say hello.", timeout_s=WAIT_S) for i in range(2)]
@@ -211,7 +219,9 @@ async def test_a_server_dying_mid_reply_ends_it_with_a_clear_note(tmp_path, spar
 # -- backpressure and faults (scripted server) -----------------------------------------------------
 @pytest.mark.parametrize("status", [503, 429])
 @deadline
-async def test_backpressure_honours_retry_after_counts_in_the_queue_and_loses_nothing(tmp_path, scripted, status):
+async def test_backpressure_honours_retry_after_counts_in_the_queue_and_loses_nothing(
+    tmp_path, scripted, status
+):
     server = await scripted([(status, {"Retry-After": "2"})])
     async with remote_service(tmp_path, [server.url], parallel=1, kv_slots=1, max_wait_s=1.0) as service:
         first = Reply(service, "c1", "hello", timeout_s=WAIT_S)
@@ -282,7 +292,9 @@ async def test_the_api_key_comes_from_the_environment_and_is_never_stored_or_log
     server = await scripted(api_key=key)
     monkeypatch.setenv("LORABOT_TEST_REMOTE_KEY", key)
     caplog.set_level(logging.DEBUG)
-    async with remote_service(tmp_path, [server.url], entry={"api_key_env": "LORABOT_TEST_REMOTE_KEY"}) as service:
+    async with remote_service(
+        tmp_path, [server.url], entry={"api_key_env": "LORABOT_TEST_REMOTE_KEY"}
+    ) as service:
         done = await (await ask(service, "c", "hi")).done()
         assert done.text == "Hello from the fake server."
         assert server.chats[0][1]["Authorization"] == f"Bearer {key}"
@@ -290,7 +302,9 @@ async def test_the_api_key_comes_from_the_environment_and_is_never_stored_or_log
         assert "LORABOT_TEST_REMOTE_KEY" in service.registry.path.read_text()
     assert key not in caplog.text
     monkeypatch.delenv("LORABOT_TEST_REMOTE_KEY")
-    async with remote_service(tmp_path / "b", [server.url], entry={"api_key_env": "LORABOT_TEST_REMOTE_KEY"}) as service:
+    async with remote_service(
+        tmp_path / "b", [server.url], entry={"api_key_env": "LORABOT_TEST_REMOTE_KEY"}
+    ) as service:
         with pytest.raises(ModelLoadError, match="LORABOT_TEST_REMOTE_KEY"):
             async for _ in service.reply("c", "u", "hi"):
                 pass
@@ -299,7 +313,12 @@ async def test_the_api_key_comes_from_the_environment_and_is_never_stored_or_log
 # -- registry, CLI, eval ------------------------------------------------------------------------------
 def test_registry_entries_name_endpoints_instead_of_a_file(tmp_path):
     registry = ModelRegistry(tmp_path / "models.toml")
-    entry = registry.add("big", urls=["http://gpu-1:8000/v1/", "http://gpu-2:8000/v1"], remote_model="llama", api_key_env="BIG_KEY")
+    entry = registry.add(
+        "big",
+        urls=["http://gpu-1:8000/v1/", "http://gpu-2:8000/v1"],
+        remote_model="llama",
+        api_key_env="BIG_KEY",
+    )
     assert entry.is_remote and entry.path is None and entry.size_bytes is None
     again = registry.get("big")
     assert again.urls == ["http://gpu-1:8000/v1", "http://gpu-2:8000/v1"] and again.remote_model == "llama"
@@ -315,7 +334,20 @@ def test_models_add_with_urls_and_the_list_shows_them(tmp_path, monkeypatch):
     monkeypatch.setenv("LORABOT_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")
     runner = CliRunner()
-    added = runner.invoke(app, ["models", "add", "big", "--url", "http://gpu-1:8000/v1", "--url", "http://gpu-2:8000/v1", "--api-key-env", "BIG_KEY"])
+    added = runner.invoke(
+        app,
+        [
+            "models",
+            "add",
+            "big",
+            "--url",
+            "http://gpu-1:8000/v1",
+            "--url",
+            "http://gpu-2:8000/v1",
+            "--api-key-env",
+            "BIG_KEY",
+        ],
+    )
     assert added.exit_code == 0, added.output
     listed = runner.invoke(app, ["models"])
     assert "http://gpu-1:8000/v1" in listed.output and "http://gpu-2:8000/v1" in listed.output
@@ -330,7 +362,10 @@ def test_eval_accepts_a_remote_model(tmp_path):
 
     registry = ModelRegistry(tmp_path / "models.toml")
     registry.add("big", urls=["http://gpu-1:8000/v1"])
-    assert [entry.name for entry in resolve_models(registry, ["smollm2-135m", "big"])] == ["smollm2-135m", "big"]
+    assert [entry.name for entry in resolve_models(registry, ["smollm2-135m", "big"])] == [
+        "smollm2-135m",
+        "big",
+    ]
 
 
 def test_retry_after_takes_seconds_or_an_http_date():

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 
@@ -60,7 +60,9 @@ class ServersUnavailable(EngineFailed):
 
     def __init__(self, name: str, detail: str) -> None:
         super().__init__(detail)
-        self.user_message = f"The servers running {name!r} are not answering right now. Please try again later."
+        self.user_message = (
+            f"The servers running {name!r} are not answering right now. Please try again later."
+        )
         self.args = (self.user_message,)
 
 
@@ -110,11 +112,20 @@ class OpenAIEngine:
         # trust_env=False: endpoints are named in the registry; a proxy meant for the package
         # registries must not sit between the bot and its own inference servers.
         self.client = httpx.AsyncClient(timeout=timeout, trust_env=False)
-        self.endpoints = Endpoints(urls, self.client, headers=self.headers, health_interval_s=health_interval_s)
+        self.endpoints = Endpoints(
+            urls, self.client, headers=self.headers, health_interval_s=health_interval_s
+        )
         self.tokenizer = RemoteTokenizer(self.endpoints, self.served_model, self.headers)
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, settings: CoreSettings, **options: float) -> OpenAIEngine:
+        tuning: dict[str, Any] = {
+            "first_byte_timeout_s": settings.remote_first_byte_timeout_s,
+            "backoff_s": settings.remote_backoff_s,
+            "backoff_max_s": settings.remote_backoff_max_s,
+            "backpressure_retries": settings.remote_backpressure_retries,
+            **options,
+        }
         api_key = None
         if entry.api_key_env:
             api_key = os.environ.get(entry.api_key_env)
@@ -128,13 +139,7 @@ class OpenAIEngine:
             remote_model=entry.remote_model,
             api_key=api_key,
             read_timeout_s=settings.generation_timeout_s,
-            **{
-                "first_byte_timeout_s": settings.remote_first_byte_timeout_s,
-                "backoff_s": settings.remote_backoff_s,
-                "backoff_max_s": settings.remote_backoff_max_s,
-                "backpressure_retries": settings.remote_backpressure_retries,
-                **options,
-            },
+            **tuning,
         )
 
     def served_model(self, endpoint: Endpoint | None = None) -> str:
@@ -162,6 +167,7 @@ class OpenAIEngine:
         failed: set[Endpoint] = set()
         shown = False
         waits = 0  # 429/503 answers to this request
+        ttfb = self.first_byte_timeout_s
         try:
             while True:
                 try:
@@ -175,9 +181,8 @@ class OpenAIEngine:
                     with self.endpoints.using(endpoint):
                         async with contextlib.aclosing(
                             stream_chat(
-                                self.client, endpoint, body, self.headers, stats,
-                                first_byte_timeout_s=self.first_byte_timeout_s,
-                            )  # fmt: skip
+                                self.client, endpoint, body, self.headers, stats, first_byte_timeout_s=ttfb
+                            )
                         ) as pieces:
                             async for piece in pieces:
                                 shown = True
@@ -186,7 +191,9 @@ class OpenAIEngine:
                 except Backpressure as wait:  # sent before any piece: nothing shown yet
                     waits += 1
                     if waits > self.backpressure_retries:
-                        log.warning("model %s: %d answers of 429/503 to a request; giving up", self.name, waits)
+                        log.warning(
+                            "model %s: %d answers of 429/503 to a request; giving up", self.name, waits
+                        )
                         raise ServersBusy(self.name, waits) from None
                     # On the endpoint, not in a local sleep: routing, and the service's queue
                     # estimate (backpressure_s), see the whole wait while the request sits it out.
@@ -199,9 +206,16 @@ class OpenAIEngine:
                     endpoint.last_error = failure.reason
                     if shown:
                         stats.finish_reason = "error"
-                        log.warning("model %s: %s failed mid-reply: %s", self.name, endpoint.url, failure.reason)
+                        log.warning(
+                            "model %s: %s failed mid-reply: %s", self.name, endpoint.url, failure.reason
+                        )
                         raise ReplyCut(self.name, f"{endpoint.url}: {failure.reason}") from None
-                    log.warning("model %s: %s failed (%s); trying another endpoint", self.name, endpoint.url, failure.reason)
+                    log.warning(
+                        "model %s: %s failed (%s); trying another endpoint",
+                        self.name,
+                        endpoint.url,
+                        failure.reason,
+                    )
                     failed.add(endpoint)
                 except Rejected as rejected:
                     raise EngineFailed(str(rejected)) from None

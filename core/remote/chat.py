@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -69,7 +69,7 @@ async def stream_chat(
     *,
     first_byte_timeout_s: float | None = None,
     max_event_bytes: int = MAX_EVENT_BYTES,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The reply's pieces as they arrive. Raises `Backpressure`, `EndpointFailed` or `Rejected`;
     closing the iterator closes the connection, which is how a server learns to stop.
 

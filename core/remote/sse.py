@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import httpx
 
@@ -23,7 +23,7 @@ class BadStream(ValueError):
     """Not an event stream, or one whose lines or events exceed the bound."""
 
 
-async def event_data(response: httpx.Response, max_bytes: int = MAX_EVENT_BYTES) -> AsyncIterator[str]:
+async def event_data(response: httpx.Response, max_bytes: int = MAX_EVENT_BYTES) -> AsyncGenerator[str, None]:
     """The `data` of each event in `response`'s body, in order (events without data are skipped)."""
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type:

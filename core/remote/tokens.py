@@ -38,7 +38,10 @@ CACHE_SIZE = 4096
 # (path under the server's root, request body): tried in this order.
 TOKENIZE_APIS: list[tuple[str, Callable[[str, str], dict[str, Any]]]] = [
     ("/extras/tokenize/count", lambda text, model: {"input": text, "model": model}),
-    ("/tokenize", lambda text, model: {"content": text, "prompt": text, "model": model, "add_special": False}),
+    (
+        "/tokenize",
+        lambda text, model: {"content": text, "prompt": text, "model": model, "add_special": False},
+    ),
 ]
 _UNKNOWN = "unknown"
 
@@ -104,7 +107,10 @@ class RemoteTokenizer:
         for path, body in apis:
             try:
                 response = await self.endpoints.client.post(
-                    f"{endpoint.root}{path}", json=body(text, self.model_name()), headers=self.headers, timeout=10.0
+                    f"{endpoint.root}{path}",
+                    json=body(text, self.model_name()),
+                    headers=self.headers,
+                    timeout=10.0,
                 )
             except httpx.HTTPError:
                 return None  # unreachable now: estimate this once, decide nothing

@@ -11,6 +11,7 @@ the embedded model and reads how the server itself tokenized the prompt.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -58,7 +59,7 @@ async def fake():
 
 def gaps(server: FakeOpenAI) -> list[float]:
     times = [at for at, _, _ in server.chats]
-    return [later - earlier for earlier, later in zip(times, times[1:])]
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
 
 
 def past_date() -> str:
@@ -68,7 +69,9 @@ def past_date() -> str:
 # -- 429/503 with "come back now" ------------------------------------------------------------------
 @pytest.mark.parametrize("retry_after", ["0", "past-date"])
 @deadline
-async def test_retry_after_zero_backs_off_growing_and_gives_up_with_a_clear_error(tmp_path, fake, retry_after):
+async def test_retry_after_zero_backs_off_growing_and_gives_up_with_a_clear_error(
+    tmp_path, fake, retry_after
+):
     # A proxy answering every request 429 with Retry-After: 0 (or a date already past). Before the
     # fix the engine came straight back: ~500 requests a second until the reply's timeout.
     value = past_date() if retry_after == "past-date" else "0"
@@ -94,7 +97,13 @@ async def test_a_request_backing_off_counts_in_the_admission_estimate(tmp_path, 
     # question that could not start within max_wait_s gets the clear busy answer.
     server = await fake([(429, {"Retry-After": "0"})] * 2)
     async with remote_service(
-        tmp_path, [server.url], parallel=1, kv_slots=1, max_wait_s=1.0, remote_backoff_s=1.5, remote_backoff_max_s=8
+        tmp_path,
+        [server.url],
+        parallel=1,
+        kv_slots=1,
+        max_wait_s=1.0,
+        remote_backoff_s=1.5,
+        remote_backoff_max_s=8,
     ) as service:
         first = Reply(service, "c1", "hello", timeout_s=WAIT_S)
         await until(lambda: service.pool.backpressure_s("remote") > 2.0 or first.task.done())
@@ -272,7 +281,9 @@ def test_forged_template_markers_reach_the_server_as_text(real_server, embedded_
         assert tokens(sent, True) == tokens(sent, False)  # nothing in it can be read as a control token
         body |= {"stream": False}
         del body["stream_options"]
-        response = httpx.post(f"{real_server.url}/chat/completions", json=body, timeout=WAIT_S, trust_env=False)
+        response = httpx.post(
+            f"{real_server.url}/chat/completions", json=body, timeout=WAIT_S, trust_env=False
+        )
         assert response.status_code == 200, response.text
         return response.json()["usage"]["prompt_tokens"]
 

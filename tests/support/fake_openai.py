@@ -49,7 +49,11 @@ class Silent:
 
 def chunk(content: Any = None, **fields: Any) -> dict[str, Any]:
     """A `chat.completion.chunk` carrying `content` (any JSON value: tests send wrong ones too)."""
-    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}}], **fields}
+    return {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": content}}],
+        **fields,
+    }
 
 
 def sse(*chunks: dict[str, Any] | str, done: bool = True) -> list[bytes]:

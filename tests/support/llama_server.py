@@ -26,12 +26,14 @@ class LlamaCppServer:
         self.log = log
         command = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-            "--port", str(self.port), "--n_ctx", str(SERVER_CTX), "--n_threads", "1", "--n_threads_batch", "1",
+            "--port", str(self.port), "--n_ctx", str(SERVER_CTX),
+            "--n_threads", "1", "--n_threads_batch", "1",
             "--interrupt_requests", "False",  # else a second request cuts the streaming one short
         ]  # fmt: skip
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                ["nice", "-n", "19", *command], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                ["nice", "-n", "19", *command],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
 

@@ -36,7 +36,8 @@ async def remote_service(
 ) -> AsyncIterator[ChatService]:
     settings = load_core_settings(
         **{
-            "data_dir": tmp_path / "data", "default_model": "remote", "temperature": 0.0, "max_new_tokens": 24,
+            "data_dir": tmp_path / "data", "default_model": "remote",
+            "temperature": 0.0, "max_new_tokens": 24,
             "rate_limit_messages": 1000, "threads": 1, "kv_slots": 2, "parallel": 2, "context_length": 512,
             **overrides,
         }
@@ -49,5 +50,3 @@ async def remote_service(
         yield service
     finally:
         await service.close()
-
-
