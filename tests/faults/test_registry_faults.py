@@ -66,7 +66,7 @@ def test_two_processes_adding_at_once_keep_every_entry(tmp_path, embedded_gguf):
         subprocess.Popen(
             [sys.executable, "-c", WRITER, str(models), name, str(ADDS), str(embedded_gguf)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-        )  # fmt: skip
+        )
         for name in ("a", "b")
     ]
     for writer in writers:
