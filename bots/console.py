@@ -7,18 +7,20 @@ import getpass
 import sys
 from typing import TextIO
 
+from core.commands import Shown, Where, help_lines, run_command
 from core.errors import ChatError
 from core.events import Delta, Done, Notice, Queued
 from core.service import ChatService
 
-HELP = """Commands:
-  /model NAME   switch this chat to another registered model
-  /model        show the current model
-  /models       list registered models
-  /reset        forget this conversation
-  /temperature [X|default]  show or set how varied answers are (0–2)
-  /help         this help
-  /quit         leave (Ctrl-D works too)"""
+CONSOLE_COMMANDS = [
+    "/models – list registered models",
+    "/help – this help",
+    "/quit – leave (Ctrl-D works too)",
+]
+
+
+def help_text() -> str:
+    return "Commands:\n" + "\n".join(f"  {line}" for line in [*help_lines(), *CONSOLE_COMMANDS])
 
 
 class ConsoleChat:
@@ -54,41 +56,26 @@ class ConsoleChat:
     async def command(self, line: str) -> bool:
         """Handle a /command; returns False when the user wants to leave."""
         name, _, argument = line[1:].partition(" ")
-        argument = argument.strip()
         if name in {"quit", "exit", "q"}:
             return False
         if name == "help":
-            self.say(HELP)
-        elif name == "models":
-            current = await self.service.current_model(self.conversation_id)
-            for entry in self.service.models():
-                marker = "*" if entry.name == current else " "
-                self.say(f" {marker} {entry.name:<24} {entry.description}")
-        elif name == "model" and argument:
-            try:
-                await self.service.set_model(self.conversation_id, argument)
-                self.say(f"Now using {argument}.")
-            except ChatError as error:
-                self.say(error.user_message)
-        elif name == "model":
-            self.say(f"Current model: {await self.service.current_model(self.conversation_id)}")
-        elif name == "temperature":
-            try:
-                if argument:
-                    await self.service.set_temperature(self.conversation_id, argument)
-                model = await self.service.current_model(self.conversation_id)
-                self.say(f"Temperature: {await self.service.current_temperature(self.conversation_id, model):g}")
-            except ChatError as error:
-                self.say(error.user_message)
-        elif name == "reset":
-            try:
-                await self.service.reset(self.conversation_id)
-                self.say("Conversation forgotten.")
-            except ChatError as error:
-                self.say(error.user_message)
-        else:
-            self.say(f"Unknown command /{name}. {HELP}")
+            self.say(help_text())
+            return True
+        if name == "models":  # the terminal has no buttons: /model's list, marked
+            name, argument = "model", ""
+        shown = await run_command(self.service, self.where, name, argument)
+        self.say(shown.text if not shown.choices else self._list(shown))
         return True
+
+    @property
+    def where(self) -> Where:
+        """The terminal is one person's own conversation: they may change everything in it."""
+        return Where(self.conversation_id, self.user)
+
+    @staticmethod
+    def _list(shown: Shown) -> str:
+        head = shown.text.split("\n", 1)[0]
+        return "\n".join([head, *(f" {'*' if c.selected else ' '} {c.label}" for c in shown.choices)])
 
     async def loop(self) -> None:
         model = await self.service.current_model(self.conversation_id)

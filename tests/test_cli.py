@@ -76,7 +76,7 @@ def test_run_without_tokens_opens_terminal_chat(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "terminal chat" in out
-    assert "Unknown model 'nope'" in out and "/reset" in out and "Conversation forgotten." in out
+    assert "Unknown model 'nope'" in out and "/reset" in out and "Forgot this conversation" in out
     assert out.count("bot> ") == 1
 
 
