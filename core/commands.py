@@ -30,6 +30,12 @@ class Where:
     shared: bool = False  # several people share this conversation (a group, a thread)
     may_change: bool = True  # may change what this conversation shares (model, temperature, history)
     who_may_change: str = "chat admins"  # named in the refusal when `may_change` is False
+    ask_may_change: Callable[[], Awaitable[bool]] | None = None  # instead of `may_change`, asked only
+    # when a command changes something (Telegram asks getChatMember: not for every /stats)
+    model_scope: str | None = None  # where `/model NAME` keeps the choice: None = this conversation
+
+    async def allowed(self) -> bool:
+        return await self.ask_may_change() if self.ask_may_change is not None else self.may_change
 
 
 @dataclass(frozen=True)
@@ -119,14 +125,17 @@ def model_choices(service: ChatService, current: str | None = None) -> list[Choi
 )
 async def model(service: ChatService, where: Where, name: str) -> Shown:
     if name:
-        if not where.may_change:
+        if not await where.allowed():
             return _refusal(where, "change the model")
-        entry = await service.set_model(where.conversation_id, name)
-        return Shown(f"This conversation now uses {entry.name}.", public=where.shared)
+        if where.model_scope is not None:
+            entry = await service.set_scope_default(where.model_scope, name)
+        else:
+            entry = await service.set_model(where.conversation_id, name)
+        return Shown(f"Model here is now {entry.name}.", public=where.shared)
     current = await service.current_model(where.conversation_id, where.scopes)
     choices = tuple(model_choices(service, current))
     lines = [f"Model here: {current}", "", *(f"• {choice.label}" for choice in choices)]
-    if not where.may_change:
+    if where.shared and (where.ask_may_change is not None or not where.may_change):
         lines += ["", f"Only {where.who_may_change} can change it."]
     return Shown("\n".join(lines), choices=choices, choose="model")
 
@@ -147,7 +156,7 @@ async def set_scope_model(service: ChatService, scope: str, name: str, *, allowe
 
 @command("reset", "forget this conversation")
 async def reset(service: ChatService, where: Where, _: str) -> Shown:
-    if not where.may_change:
+    if not await where.allowed():
         return _refusal(where, "reset this conversation")
     removed = await service.reset(where.conversation_id)
     return Shown(f"🧹 Forgot this conversation ({removed} messages).", public=where.shared)
@@ -161,7 +170,7 @@ async def reset(service: ChatService, where: Where, _: str) -> Shown:
 )
 async def temperature(service: ChatService, where: Where, value: str) -> Shown:
     if value:
-        if not where.may_change:
+        if not await where.allowed():
             return _refusal(where, "change the temperature")
         await service.set_temperature(where.conversation_id, value)
     model_here = await service.current_model(where.conversation_id, where.scopes)

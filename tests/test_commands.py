@@ -29,7 +29,7 @@ async def test_model_lists_choices_with_the_current_one_selected_then_sets_it(se
     ]
     assert shown.text.startswith("Model here: smollm2-135m")
     shown = await run_command(service, alice, "model", " other ")
-    assert shown.text == "This conversation now uses other." and not shown.public
+    assert shown.text == "Model here is now other." and not shown.public
     assert await service.current_model("c1") == "other"
     assert [choice.value for choice in (await run_command(service, alice, "model")).choices if choice.selected] == [
         "other"
