@@ -67,6 +67,7 @@ class Sink(Protocol):
         """A string that finds the message again after a restart (e.g. "chat:message")."""
 
 
+# (refs of the reply's messages, the text of its last message): what a restart needs to mark it
 ShownCallback = Callable[[list[str], str], Awaitable[None]]
 
 
@@ -120,6 +121,8 @@ class ReplyView:
         self._task: asyncio.Task[None] | None = None
         self._last_call = float("-inf")
         self._last_record = float("-inf")
+        self._record_due = False  # a newer state than the store has was shown
+        self._recorder: asyncio.Task[None] | None = None
         self._failed_final = 0
         self.delivered = False  # the final text is on screen
 
@@ -129,8 +132,14 @@ class ReplyView:
         return [shown.handle for shown in self._shown]
 
     @property
-    def shown_text(self) -> str:
-        return "\n".join(shown.text for shown in self._shown)
+    def last_text(self) -> str:
+        """The text of the reply's last message on screen (the one a restart marks)."""
+        return self._shown[-1].text if self._shown else ""
+
+    @property
+    def next_edit_interval_s(self) -> float:
+        """How long the next in-between edit waits after the last call: the view's schedule."""
+        return min(self.max_edit_interval_s, self.edit_interval_s * EDIT_GROWTH**self._text_edits)
 
     def status(self, line: str) -> None:
         """A status line (queue position) in the first message, until text arrives."""
@@ -194,7 +203,7 @@ class ReplyView:
                     continue
                 index, _ = step
                 if index < len(self._shown) and self._kind != "final":  # an edit: keep to our pace
-                    interval = self.status_interval_s if self._kind == "status" else self._edit_interval()
+                    interval = self.status_interval_s if self._kind == "status" else self.next_edit_interval_s
                     wait = self._last_call + interval - self._clock()
                     if wait > 0:
                         self._wake.clear()
@@ -213,9 +222,6 @@ class ReplyView:
             log.exception("delivery in %s failed", self.sink.chat_key)
         finally:
             self._done.set()
-
-    def _edit_interval(self) -> float:
-        return min(self.max_edit_interval_s, self.edit_interval_s * EDIT_GROWTH**self._text_edits)
 
     async def _slot(self, index: int) -> bool:
         """Wait for the pacer; False if the reply became final meanwhile (ask again, at its priority)."""
@@ -283,19 +289,47 @@ class ReplyView:
             self.counts.failures += 1
             log.warning("can't answer in %s (giving up on this reply): %s", self.sink.chat_key, error)
             return False
-        await self._record(force=new)
+        self._record(force=new)
         return True
 
-    async def _record(self, *, force: bool) -> None:
-        """Tell the store where the reply is shown (new messages at once, edits now and then)."""
+    # -- telling the store where the reply is shown (never on the delivery path) ----------------
+    def _record(self, *, force: bool) -> None:
+        """Have the store learn where the reply is shown (new messages at once, edits now and then).
+
+        The write runs in a task of its own: a locked or slow store never delays what users see.
+        States shown while a write waits are coalesced: the next write takes the newest."""
         now = self._clock()
         if self.on_shown is None or not (force or now - self._last_record >= self.record_every_s):
             return
         self._last_record = now
-        try:
-            await self.on_shown([self.sink.ref(handle) for handle in self.handles], self.shown_text)
-        except Exception as error:  # the store's trouble must not stop the reply
-            log.warning("could not record a reply's messages: %s", error)
+        self._record_due = True
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._store_records(), name="lorabot-record")
+
+    async def _store_records(self) -> None:
+        assert self.on_shown is not None
+        while self._record_due:
+            self._record_due = False
+            refs, last = [self.sink.ref(handle) for handle in self.handles], self.last_text  # the newest
+            try:
+                await self.on_shown(refs, last)
+            except Exception as error:  # the store's trouble must not stop the reply
+                log.warning("could not record a reply's messages: %s", error)
+
+    async def settle_records(self, timeout_s: float | None = None, *, record_now: bool = False) -> bool:
+        """Wait for the store to have the last recorded state (`record_now`: the state on screen
+        now); False if `timeout_s` passed first (the write is then given up)."""
+        if record_now and self._shown:
+            self._record(force=True)
+        recorder = self._recorder
+        if recorder is None or recorder.done():
+            return True
+        done, _ = await asyncio.wait({recorder}, timeout=timeout_s)
+        if not done:
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
+        return bool(done)
 
 
 class Typing:

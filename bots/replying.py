@@ -4,6 +4,11 @@ The handler consumes the service's events without ever waiting for the platform 
 task delivers), so the generation slot is released the moment generation ends; then it waits for
 the final text to be on screen. Errors become the reply's text, a shutdown marks the reply as
 interrupted, and every reply ends with one log line.
+
+The turn is settled only once the user has the reply (`ChatService.settle_delivery`): answered
+when its final text is on screen, interrupted when the user saw an interruption note (or nothing),
+and left pending when a shutdown could not show the note, so the next start marks it. A reply cut
+before its final text was on screen never goes back into the model's context.
 """
 
 from __future__ import annotations
@@ -110,6 +115,21 @@ async def answer(
         if turn_id is not None:
             await service.record_delivery(turn_id, question.platform, handles, shown)
 
+    async def settle(delivered: bool | None) -> None:
+        """After the view is done; shielded: a shutdown's cancel must not lose the turn's end."""
+        if turn_id is not None:
+            await asyncio.shield(service.settle_delivery(turn_id, delivered))
+
+    async def interrupted(text: str) -> None:
+        """A shutdown cut the reply: show `text` (with the note) within `final_timeout_s`."""
+        typing.stop()
+        outcome.result, outcome.text = "interrupted", text
+        await _finish_bounded(view, text, final_timeout_s)
+        # the user saw the note: interrupted; else a restart marks it (the turn stays pending)
+        await view.settle_records(final_timeout_s, record_now=not view.delivered)
+        await settle(False if view.delivered else None)
+        _log(question, outcome)
+
     view = ReplyView(
         sink,
         pacer,
@@ -123,7 +143,13 @@ async def answer(
     written, notice = "", ""
     accepted_at = time.monotonic()
     try:
-        events = service.reply(question.conversation_id, question.user_id, question.text, scope_id=question.scope_id)
+        events = service.reply(
+            question.conversation_id,
+            question.user_id,
+            question.text,
+            scope_id=question.scope_id,
+            settle_after_delivery=True,
+        )
         async with contextlib.aclosing(events):
             async for event in events:
                 if interrupt is not None and interrupt.is_set():
@@ -161,11 +187,7 @@ async def answer(
         outcome.reason = type(error).__name__
         final = with_note(notice + clean(written), notes.error_prefix + error.user_message)
     except asyncio.CancelledError:
-        typing.stop()
-        outcome.result = "interrupted"
-        outcome.text = with_note(notice + clean(written), notes.interrupted)
-        await _finish_bounded(view, outcome.text, final_timeout_s)
-        _log(question, outcome)
+        await interrupted(with_note(notice + clean(written), notes.interrupted))
         raise
     except Exception as error:
         log.exception("reply failed in conversation %s", question.conversation_id)
@@ -176,11 +198,13 @@ async def answer(
     outcome.text = final
     try:
         await view.finish(final)
-    except asyncio.CancelledError:
-        await view.close()
+    except asyncio.CancelledError:  # generated, but not yet on screen when the grace ran out
+        await interrupted(with_note(final, notes.interrupted))
         raise
     if not view.delivered:
         outcome.result = "undelivered"
+    await settle(view.delivered)  # first: a store write made after the user saw the text finds it settled
+    await view.settle_records()
     _log(question, outcome)
     return outcome
 

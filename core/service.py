@@ -62,6 +62,9 @@ class ChatService:
         self._speeds: deque[float] = deque(maxlen=20)
         self._reply_seconds: deque[float] = deque(maxlen=50)  # Started → Done, for wait estimates
         self._replies = 0
+        # turns generated for `reply(settle_after_delivery=True)`, until `settle_delivery`:
+        # turn id -> (state, answer, the question the model read)
+        self._unsettled: dict[int, tuple[TurnState, str, str | None]] = {}
         self._stopping = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -151,9 +154,22 @@ class ChatService:
 
     async def record_delivery(self, turn_id: int, platform: str, handles: list[str], shown: str) -> None:
         """Remember where turn `turn_id`'s reply is shown (adapter handles, e.g. "chat:message") and
-        the text shown so far, so a restart after a crash can mark it. Call it throttled and when a
+        the text of its last message, so a restart after a crash can mark it. Call it throttled and when a
         platform message is created; it never raises for a store error (it is retried later)."""
         await self._store.record_delivery(turn_id, platform, handles, shown)
+
+    async def settle_delivery(self, turn_id: int, delivered: bool | None) -> None:
+        """End a turn of `reply(settle_after_delivery=True)` once its delivery ended: `delivered`
+        True, the reply as generated is on screen (answered, or interrupted if generation was);
+        False, the user saw an interruption note or nothing (interrupted, out of the context);
+        None, nobody knows what the user sees (a shutdown could not show the note): the turn stays
+        pending, and the next start marks it interrupted and due for a note. Never raises for a
+        store error (the write is kept); a turn the service already settled (failed) is left alone."""
+        kept = self._unsettled.pop(turn_id, None)
+        if kept is None or delivered is None:
+            return
+        state, answer, question = kept
+        await self._store.finish_turn(turn_id, state if delivered else "interrupted", answer, question=question)
 
     async def take_interrupted(self, platform: str) -> list[InterruptedReply]:
         """Replies on `platform` that a previous process left unfinished (with their handles),
@@ -174,9 +190,19 @@ class ChatService:
         )
 
     async def reply(
-        self, conversation_id: str, user_id: str, text: str, *, scope_id: Scopes = None
+        self,
+        conversation_id: str,
+        user_id: str,
+        text: str,
+        *,
+        scope_id: Scopes = None,
+        settle_after_delivery: bool = False,
     ) -> AsyncIterator[ReplyEvent]:
-        """Answer `text`; see docs/core-api.md. Raises `ChatError`s with user-facing text."""
+        """Answer `text`; see docs/core-api.md. Raises `ChatError`s with user-facing text.
+
+        `settle_after_delivery`: a reply that ends (Done) or is cut (cancelled, closed) leaves its
+        turn pending until the caller's `settle_delivery` says what the user got; errors are still
+        settled here (failed). Platform adapters use it, so a reply is answered only once on screen."""
         text, notice = clean_user_text(text, self.settings.max_input_chars)
         await self.limiter.check(user_id)
         model = await self.current_model(conversation_id, scope_id)
@@ -200,7 +226,10 @@ class ChatService:
             async with self.pool.use(model) as worker:
                 yield Started(model)
                 started_at = time.monotonic()
-                async for event in self._generate(worker, entry, conversation_id, text, turn_id):
+                generated = self._generate(
+                    worker, entry, conversation_id, text, turn_id, defer=settle_after_delivery
+                )
+                async for event in generated:
                     if isinstance(event, Done):
                         settled = True
                         self._reply_seconds.append(time.monotonic() - started_at)
@@ -210,7 +239,9 @@ class ChatService:
             raise
         finally:
             try:
-                if turn_id is not None and not settled:
+                if turn_id is not None and not settled and settle_after_delivery and outcome == "interrupted":
+                    self._unsettled.setdefault(turn_id, ("interrupted", "", None))  # the caller settles
+                elif turn_id is not None and not settled:
                     # shielded: a cancelled reply is still recorded (a store error keeps the write)
                     await asyncio.shield(self._store.finish_turn(turn_id, outcome))
             except Exception:  # never hide the reply's own outcome; a restart marks the turn
@@ -259,7 +290,14 @@ class ChatService:
         return self.history
 
     async def _generate(
-        self, worker: LoadedModel, entry: ModelEntry, conversation_id: str, text: str, turn_id: int
+        self,
+        worker: LoadedModel,
+        entry: ModelEntry,
+        conversation_id: str,
+        text: str,
+        turn_id: int,
+        *,
+        defer: bool = False,
     ) -> AsyncIterator[ReplyEvent]:
         settings = self.settings
         context_length = worker.context_length  # EngineClosed, never a freed model
@@ -315,7 +353,10 @@ class ChatService:
         if speed:
             self._speeds.append(speed)
         state: TurnState = "interrupted" if stats.finish_reason == "interrupted" else "answered"
-        await self._store.finish_turn(turn_id, state, reply, question=text)  # text: the part the model read
+        if defer:  # settled by settle_delivery once the user has it (text: the part the model read)
+            self._unsettled[turn_id] = (state, reply, text)
+        else:
+            await self._store.finish_turn(turn_id, state, reply, question=text)  # text: the part the model read
         self._replies += 1
         yield Done(
             text=reply,

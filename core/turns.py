@@ -24,8 +24,8 @@ TurnState = Literal["pending", "answered", "interrupted", "failed"]
 @dataclass(frozen=True)
 class InterruptedReply:
     """A reply a previous process left unfinished on a platform: `handles` say where it is shown
-    (opaque adapter strings, e.g. "chat:message") and `shown` what it showed, so the adapter can
-    mark it as interrupted."""
+    (opaque adapter strings, e.g. "chat:message") and `shown` what its last message showed (the
+    whole reply in rows of versions before issue 21), so the adapter can mark it as interrupted."""
 
     turn_id: int
     conversation_id: str

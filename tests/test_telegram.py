@@ -265,7 +265,7 @@ async def test_queue_full_shows_busy_message(fake, tmp_path):
 async def test_20_chats_at_once_get_20_complete_replies(fake, tmp_path):
     users = [fake.add_user(1000 + i, f"User{i}") for i in range(20)]
     async with running_bot(fake, tmp_path, reply=lambda request: "Answer to " + request.messages[-1]["content"],
-                           token_delay_s=0.001, rate_limit_messages=100):
+                           token_delay_s=0.01, rate_limit_messages=100):
         for user in users:
             fake.send_text(user, fake.private_chat(user), f"question {user['id']}")
         await fake.wait_for(
@@ -431,11 +431,14 @@ async def test_real_embedded_model_answers_through_telegram(fake, tmp_path, embe
         fake.send_text(fake.alice, fake.private_chat(fake.alice), "Say hello in one short sentence.")
         stored = await fake.wait_for(lambda: service.stats().replies == 1 and service.scheduler.running == 0, timeout=60)
         assert stored
-        history = await service.history.recent(f"telegram:{ALICE}", 10)
+        # delivery goes on after generation ended (the slot is already free), and the turn is
+        # answered only once its final text is on screen (issue 21): wait for that
+        async with asyncio.timeout(15):
+            while not (history := await service.history.recent(f"telegram:{ALICE}", 10)):
+                await asyncio.sleep(0.05)
         answer = history[-1]["content"]
         assert answer.strip()
-        # delivery goes on after generation ended (the slot is already free): wait for it
-        await fake.wait_for(lambda: fake.bot_texts(ALICE) == [answer.strip()], timeout=15)
+        assert fake.bot_texts(ALICE) == [answer.strip()]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -23,7 +23,7 @@ from bots.discord_bot.replies import (
     request,
 )
 from bots.discord_bot.settings import DiscordSettings
-from bots.inflight import InFlight, mark_interrupted
+from bots.inflight import InFlight, keep_marking_interrupted
 from bots.replying import Outcome, Pace, Question, answer
 from core.service import ChatService
 
@@ -105,7 +105,10 @@ class LorabotClient(discord.Client):
         )
         if not self._restart_marked:  # on_ready repeats after reconnects
             self._restart_marked = True
-            await mark_interrupted(self.service, "discord", self._edit_by_ref, limit=DISCORD_LIMIT, note=RESTARTED)
+            marking = keep_marking_interrupted(
+                self.service, "discord", self._edit_by_ref, limit=DISCORD_LIMIT, note=RESTARTED
+            )
+            self.inflight.run_in_background(marking, name="lorabot-mark-interrupted")
 
     async def _edit_by_ref(self, ref: str, text: str) -> None:
         channel_id, message_id = (int(part) for part in ref.split(":"))

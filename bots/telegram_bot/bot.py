@@ -41,7 +41,7 @@ from bots.telegram_bot.handlers import (
     on_model_button,
     on_private_text,
 )
-from bots.inflight import mark_interrupted
+from bots.inflight import keep_marking_interrupted
 from bots.telegram_bot.replies import LIMIT, RESTARTED, edit_message, telegram_pacer, utf16_length
 from bots.telegram_bot.settings import TelegramSettings
 from bots.telegram_bot.state import BotState
@@ -176,7 +176,8 @@ async def _start_updates(app: Application, settings: TelegramSettings) -> None:
 
 
 async def _mark_restarted(app: Application) -> None:
-    """Edit the replies a killed process left half-written, so none stays without a note."""
+    """Edit the replies a killed process left half-written, so none stays without a note (at
+    start, then now and then: the store may mark another process's turns later)."""
     state = app.bot_data["lorabot"]
 
     async def edit(ref: str, text: str) -> None:
@@ -184,7 +185,9 @@ async def _mark_restarted(app: Application) -> None:
         await edit_message(app.bot, chat_id, message_id, text)
 
     try:
-        await mark_interrupted(state.service, "telegram", edit, limit=LIMIT, length=utf16_length, note=RESTARTED)
+        await keep_marking_interrupted(
+            state.service, "telegram", edit, limit=LIMIT, length=utf16_length, note=RESTARTED
+        )
     except Exception:
         log.exception("could not mark the replies interrupted by the last restart")
 
