@@ -318,17 +318,15 @@ class ReplyView:
 
     async def settle_records(self, timeout_s: float | None = None, *, record_now: bool = False) -> bool:
         """Wait for the store to have the last recorded state (`record_now`: the state on screen
-        now); False if `timeout_s` passed first (the write is then given up)."""
+        now); False if `timeout_s` passed first. The write itself is never cut (a store write
+        cancelled in the middle leaves its database connection closing forever): it ends within
+        the store's lock timeout."""
         if record_now and self._shown:
             self._record(force=True)
         recorder = self._recorder
         if recorder is None or recorder.done():
             return True
         done, _ = await asyncio.wait({recorder}, timeout=timeout_s)
-        if not done:
-            recorder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recorder
         return bool(done)
 
 

@@ -21,6 +21,7 @@ from core.service import ChatService
 
 log = logging.getLogger(__name__)
 COLLECT_EVERY_S = 15.0  # as often as the store looks for turns of stopped processes (its lease / 4)
+ROUND_BOUND_S = 5.0  # how long a shutdown waits for a round of marking that is under way
 ELLIPSIS = "…"
 
 
@@ -58,8 +59,9 @@ class InFlight:
     async def shutdown(self, grace_s: float, note_s: float = 5.0) -> None:
         """Finish within `grace_s + note_s` (plus a little), however the platform behaves."""
         self.closing = True
-        for task in list(self._background):
-            task.cancel()
+        background = set(self._background)
+        for task in background:
+            task.cancel()  # each ends the step it is in first (bounded)
         pending = set(self.tasks)
         if pending and grace_s > 0:
             _, pending = await asyncio.wait(pending, timeout=grace_s)
@@ -72,6 +74,8 @@ class InFlight:
                 log.warning("%d replies did not stop in time; leaving them", len(stuck))
         if pending:
             log.info("interrupted %d replies at shutdown", len(pending))
+        if background:
+            await asyncio.wait(background, timeout=ROUND_BOUND_S + 1)
 
 
 async def mark_interrupted(
@@ -110,8 +114,16 @@ async def keep_marking_interrupted(
     """`mark_interrupted` now and every `COLLECT_EVERY_S` until cancelled (the bot's life): turns
     the store marks after start-up (a stopped process's lease ran out) get their note too."""
     while True:
+        marking = asyncio.ensure_future(
+            mark_interrupted(service, platform, edit, limit=limit, length=length, note=note)
+        )
         try:
-            await mark_interrupted(service, platform, edit, limit=limit, length=length, note=note)
+            await asyncio.shield(marking)
+        except asyncio.CancelledError:
+            # a shutdown lets the round end: a store write cut in the middle leaves its database
+            # connection closing forever (aiosqlite), and a turn taken but not yet marked is lost
+            await asyncio.wait({marking}, timeout=ROUND_BOUND_S)
+            raise
         except Exception as error:  # the store is unavailable: the next round tries again
             log.warning("could not mark the replies of a stopped process: %s", error)
         await asyncio.sleep(COLLECT_EVERY_S)
