@@ -9,6 +9,7 @@ lower bounds hold however loaded the machine is; wall-clock comparisons between 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -78,7 +79,7 @@ async def stream(view: ReplyView, seconds: float, every_s: float = 0.02) -> str:
 def in_between_gaps(sink: RecordingSink) -> list[float]:
     """Seconds from each call to the in-between edit after it (the final edit may follow at once)."""
     times = [at for _, at, _ in sink.calls]
-    return [after - before for before, after in zip(times, times[1:-1])]
+    return [after - before for before, after in itertools.pairwise(times[:-1])]
 
 
 async def test_a_long_reply_is_edited_ever_less_often():

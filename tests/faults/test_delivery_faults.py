@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import sqlite3
 import time
@@ -209,10 +210,11 @@ async def telegram_fake() -> AsyncIterator[FakeBotAPI]:
 
 
 def telegram_settings(fake: FakeBotAPI, **overrides) -> TelegramSettings:
-    values = dict(
-        token=fake.token, api_base_url=fake.base_url, file_base_url=fake.base_file_url, edit_interval_s=0.1,
-        group_edit_interval_s=0.1, poll_timeout_s=1, shutdown_grace_s=0, _env_file=None,
-    )  # fmt: skip
+    values = {
+        "token": fake.token, "api_base_url": fake.base_url, "file_base_url": fake.base_file_url,
+        "edit_interval_s": 0.1, "group_edit_interval_s": 0.1, "poll_timeout_s": 1, "shutdown_grace_s": 0,
+        "_env_file": None,
+    }  # fmt: skip
     values.update(overrides)
     return TelegramSettings(**values)
 
@@ -312,7 +314,7 @@ async def test_edits_reach_the_platform_while_the_store_is_locked(telegram_fake,
         assert [t["state"] for t in turns(tmp_path)] == ["pending"]
         shown = [call.params["text"] for call in fake.calls_of("editMessageText")]
         assert len(shown) >= 2 and shown[-1] == text  # it grew on screen, then the final text
-        assert all(len(a) < len(b) for a, b in zip(shown, shown[1:]))
+        assert all(len(a) < len(b) for a, b in itertools.pairwise(shown))
     finally:
         for other in lock:
             other.execute("ROLLBACK")
