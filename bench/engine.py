@@ -38,11 +38,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from core.compute import GOMP_SPINCOUNT_BEFORE, OMP_WAIT_POLICY_BEFORE, compute_thread
 from core.registry import ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
 from training.evaluate.timing import decode_rate, timed_reply
-from core.worker import GOMP_SPINCOUNT_BEFORE, OMP_WAIT_POLICY_BEFORE, compute_thread
 
 QUESTIONS = [
     "Explain recursion to a 5 year old.",
@@ -119,7 +119,7 @@ async def measure(
     """Every comparison alternates its two sides so a busy machine slows both alike.
 
     The raw side runs on the core's compute thread too: llama.cpp calls from a second thread
-    would start a second OpenMP team, which slows both sides (see core/worker.py). Without a
+    would start a second OpenMP team, which slows both sides (see core/compute.py). Without a
     `model_path` (a remote model) there is no raw side: only the core is measured.
     """
     compute = compute_thread()
@@ -211,7 +211,7 @@ class LlamaServer:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         # Run as a user would: with their own OpenMP wait policy and spin count (lorabot sets
-        # PASSIVE with a short spin for itself, core/worker.py), unless LLAMA_SERVER_OMP_WAIT_POLICY
+        # PASSIVE with a short spin for itself, core/compute.py), unless LLAMA_SERVER_OMP_WAIT_POLICY
         # asks for another policy.
         self.env = dict(os.environ)
         if GOMP_SPINCOUNT_BEFORE is None:

@@ -1,12 +1,12 @@
-"""The pool of loaded models (`ModelPool`): lazily loaded on first use, least-recently-used unloaded over the cap.
+"""The pool of loaded models (`ModelPool`): loaded on first use, least recently used unloaded over the cap.
 
-Each `LoadedModel` counts the requests using it, and nothing in use is ever closed: a model
-over the cap waits for its last user (the cap may be exceeded meanwhile), and a model whose
-registration or file changed is *retired* — new requests get a freshly loaded worker while the
-old one finishes its replies and is closed after the last. A file counts as changed when its
-(inode, size, mtime) changes, so a GGUF replaced on disk (written elsewhere and renamed over)
-reloads. A remote entry (endpoint URLs) counts as changed when its URLs, served model name or
-key variable change.
+Each model handle (`core.handles.LoadedModel`, local or remote as the registry entry says) counts
+the requests using it, and nothing in use is ever closed: a model over the cap waits for its last
+user (the cap may be exceeded meanwhile), and a model whose registration or file changed is
+*retired* — new requests get a freshly loaded handle while the old one finishes its replies and
+is closed after the last. A file counts as changed when its (inode, size, mtime) changes, so a
+GGUF replaced on disk (written elsewhere and renamed over) reloads. A remote entry (endpoint URLs)
+counts as changed when its URLs, served model name or key variable change.
 
 A model that fails to load raises `ModelLoadError` and leaves the already-loaded ones alone, so a
 bad file in the registry never takes the bot down. The failure is remembered for
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from core.engines.base import Engine
 from core.errors import EngineClosed, ModelLoadError
+from core.handles import FileKey, LoadedModel
 from core.registry import ModelEntry, ModelRegistry
 from core.settings import CoreSettings
-from core.worker import FileKey, LoadedModel
 
 EngineFactory = Callable[[ModelEntry, CoreSettings], Engine]
 LOAD_RETRY_S = 60.0  # how long a failed load is remembered before the file is tried again
@@ -83,111 +83,112 @@ class ModelPool:
         self.factory = factory or default_engine_factory
         self.load_retry_s = LOAD_RETRY_S
         self.clock: Callable[[], float] = time.monotonic
-        self._workers: OrderedDict[str, LoadedModel] = OrderedDict()  # current ones, LRU first
+        self._handles: OrderedDict[str, LoadedModel] = OrderedDict()  # current ones, LRU first
         self._retired: set[LoadedModel] = set()  # replaced while in use: closed after their last user
         self._failures: dict[str, _LoadFailure] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._workers)
+        return list(self._handles)
 
     @asynccontextmanager
     async def use(self, name: str) -> AsyncIterator[LoadedModel]:
         """Hold model `name` loaded for the body (it is not closed while in use)."""
-        worker = await self._acquire(name)  # counted as in use before anything is evicted
+        handle = await self._acquire(name)  # counted as in use before anything is evicted
         try:
             await self._evict()
-            yield worker
+            yield handle
         finally:
-            await self._release(worker)
+            await self._release(handle)
 
     async def _acquire(self, name: str) -> LoadedModel:
         entry = self.registry.get(name)  # UnknownModel lists the valid names
         async with self._load_locks.setdefault(name, asyncio.Lock()):
             key = file_key(entry.path)
-            worker = self._workers.get(name)
-            if worker is not None and self._stale(worker, entry, key):
+            handle = self._handles.get(name)
+            if handle is not None and self._stale(handle, entry, key):
                 log.info("model %s changed on disk or in the registry: loading it again", name)
                 await self.unload(name)
-                worker = None
-            if worker is None:
-                worker = await self._load(entry, key)
-                self._workers[name] = worker
-            self._workers.move_to_end(name)
-            worker.users += 1  # no await from here to the caller's try: it is always released
-        return worker
+                handle = None
+            if handle is None:
+                handle = await self._load(entry, key)
+                self._handles[name] = handle
+            self._handles.move_to_end(name)
+            handle.users += 1  # no await from here to the caller's try: it is always released
+        return handle
 
     async def _load(self, entry: ModelEntry, key: FileKey | None) -> LoadedModel:
         failure = self._failures.get(entry.name)
         if failure is not None:
-            if (failure.path, failure.key) == (entry.path, key) and self.clock() - failure.at < self.load_retry_s:
+            same_file = (failure.path, failure.key) == (entry.path, key)
+            if same_file and self.clock() - failure.at < self.load_retry_s:
                 raise ModelLoadError(entry.name, failure.reason)
             del self._failures[entry.name]
-        worker = LoadedModel(entry.name, entry.path, key, source=remote_source(entry))
+        handle = LoadedModel.for_entry(entry, key, remote_source(entry))
         try:
-            await worker.load(lambda: self.factory(entry, self.settings), on_compute_thread=not entry.is_remote)
+            await handle.load(lambda: self.factory(entry, self.settings))
         except Exception as error:  # any loader failure becomes a clear user message
-            await worker.close()
+            await handle.close()
             self._failures[entry.name] = _LoadFailure(entry.path, key, self.clock(), _reason(error))
             log.warning("model %s could not be loaded: %s", entry.name, _reason(error))
             raise ModelLoadError(entry.name, _reason(error)) from error
-        return worker
+        return handle
 
     @staticmethod
-    def _stale(worker: LoadedModel, entry: ModelEntry, key: FileKey | None) -> bool:
+    def _stale(handle: LoadedModel, entry: ModelEntry, key: FileKey | None) -> bool:
         """Re-registering a name with a new file, or replacing its file, loads the new file. A file
         that vanished keeps the loaded copy (it is still in memory)."""
-        if worker.source != remote_source(entry):
+        if handle.source != remote_source(entry):
             return True
-        return worker.path != entry.path or (key is not None and worker.file_key != key)
+        return handle.path != entry.path or (key is not None and handle.file_key != key)
 
-    async def _release(self, worker: LoadedModel) -> None:
-        worker.users -= 1
-        if worker.users == 0 and worker in self._retired:
-            self._retired.discard(worker)
-            await worker.close()
+    async def _release(self, handle: LoadedModel) -> None:
+        handle.users -= 1
+        if handle.users == 0 and handle in self._retired:
+            self._retired.discard(handle)
+            await handle.close()
         await self._evict()
 
     async def _evict(self) -> None:
         """Close least recently used models over the cap; those in use stay until released."""
-        for name, worker in list(self._workers.items()):
-            if len(self._workers) <= self.settings.max_loaded_models:
+        for name, handle in list(self._handles.items()):
+            if len(self._handles) <= self.settings.max_loaded_models:
                 break
-            if worker.users == 0 and self._workers.get(name) is worker:
-                del self._workers[name]
-                await worker.close()
+            if handle.users == 0 and self._handles.get(name) is handle:
+                del self._handles[name]
+                await handle.close()
 
     async def unload(self, name: str) -> None:
         """Drop `name` from the pool: closed now if idle, else after its last user."""
-        worker = self._workers.pop(name, None)
-        if worker is None:
+        handle = self._handles.pop(name, None)
+        if handle is None:
             return
-        if worker.users:
-            self._retired.add(worker)
+        if handle.users:
+            self._retired.add(handle)
         else:
-            await worker.close()
+            await handle.close()
 
     async def forget(self, conversation_id: str) -> None:
         """Drop what every loaded model keeps for the conversation (its KV cache)."""
-        for worker in [*self._workers.values(), *self._retired]:
+        for handle in [*self._handles.values(), *self._retired]:
             try:
-                await worker.forget(conversation_id)
+                await handle.forget(conversation_id)
             except EngineClosed:  # unloaded meanwhile: nothing left to forget
                 pass
 
     def backpressure_s(self, name: str) -> float:
         """Seconds until model `name`'s servers take requests again, as they said (429/503
         Retry-After); 0 for a local model or one not loaded."""
-        worker = self._workers.get(name)
-        return worker.backpressure_s() if worker is not None else 0.0
+        handle = self._handles.get(name)
+        return handle.backpressure_s() if handle is not None else 0.0
 
     async def close(self) -> None:
-        workers = [*self._workers.values(), *self._retired]
-        self._workers.clear()
+        handles = [*self._handles.values(), *self._retired]
+        self._handles.clear()
         self._retired.clear()
-        for worker in workers:
-            await worker.close()
+        for handle in handles:
+            await handle.close()
 
 
 def _reason(error: Exception) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # isort: off
-import core.worker  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
+import core.compute  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
 # isort: on
 import asyncio
 import math
@@ -16,10 +16,10 @@ from core.engines.base import GenerationRequest, GenerationStats
 from core.engines.llama import LlamaEngine
 from core.errors import ModelLoadError
 from core.events import Delta, Done
+from core.handles import LocalModel
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
-from core.worker import LoadedModel
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps counting: a long reply
@@ -288,12 +288,12 @@ def test_a_long_prompt_never_pauses_replies_being_generated(long_engine):
 
 async def test_cancel_mid_prefill_frees_the_slot(embedded_gguf):
     settings = load_core_settings(kv_slots=2, parallel=2, context_length=2048, prefill_chunk=64)
-    worker = LoadedModel("smol")
-    engine = await worker.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
+    handle = LocalModel("smol")
+    engine = await handle.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
     try:
         long_request = request("cancelled", long_text(engine, 1500), max_new_tokens=8)
         stats = GenerationStats()
-        stream = worker.stream(long_request, stats)
+        stream = handle.stream(long_request, stats)
         first = asyncio.ensure_future(anext(stream))
         async with asyncio.timeout(120):
             while engine.steps < 2:  # two chunks of ~24 read: mid-prefill
@@ -312,14 +312,14 @@ async def test_cancel_mid_prefill_frees_the_slot(embedded_gguf):
         stats2, stats3 = GenerationStats(), GenerationStats()
         async with asyncio.timeout(120):
             texts = await asyncio.gather(
-                _collect(worker.stream(long_request, stats2)),
-                _collect(worker.stream(request("other", "Say hello.", max_new_tokens=8), stats3)),
+                _collect(handle.stream(long_request, stats2)),
+                _collect(handle.stream(request("other", "Say hello.", max_new_tokens=8), stats3)),
             )
         assert all(text.strip() for text in texts)
         assert stats2.reused_tokens == read
         assert not any(s.busy for s in engine.slots)
     finally:
-        await worker.close()
+        await handle.close()
 
 
 async def _collect(stream):
@@ -370,12 +370,12 @@ def test_an_unfinished_reply_is_not_read_ahead(engine):
 
 async def test_the_compute_thread_reads_ahead_between_turns(embedded_gguf):
     settings = load_core_settings(kv_slots=2, parallel=2, context_length=1024)
-    worker = LoadedModel("smol")
-    engine = await worker.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
+    handle = LocalModel("smol")
+    engine = await handle.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
     try:
         messages = [SYSTEM, {"role": "user", "content": "Name a colour."}]
         first_stats = GenerationStats()
-        first = await _collect(worker.stream(request("between", "Name a colour.", max_new_tokens=16), first_stats))
+        first = await _collect(handle.stream(request("between", "Name a colour.", max_new_tokens=16), first_stats))
         slot = next(s for s in engine.slots if s.conversation_id == "between")
         async with asyncio.timeout(60):
             while slot.ahead or len(slot.tokens) <= first_stats.prompt_tokens + first_stats.completion_tokens - 1:
@@ -383,11 +383,11 @@ async def test_the_compute_thread_reads_ahead_between_turns(embedded_gguf):
         messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And another one?"}]
         stats = GenerationStats()
         second = GenerationRequest("smol", "between", messages, max_new_tokens=8, temperature=0.0)
-        assert (await _collect(worker.stream(second, stats))).strip()
+        assert (await _collect(handle.stream(second, stats))).strip()
         unread = engine.prompt_tokens(messages)[stats.reused_tokens :]
         assert engine.model.detokenize(unread, special=True).decode().startswith("And another one?")
     finally:
-        await worker.close()
+        await handle.close()
 
 
 def test_reading_ahead_never_delays_a_first_token(engine):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # isort: off
-import core.worker  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
+import core.compute  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
 # isort: on
 import threading
 

@@ -21,6 +21,7 @@ from support.replies import Reply
 from support.timeouts import within
 from typer.testing import CliRunner
 
+from core.compute import compute_thread
 from core.engines.base import kind_of
 from core.engines.llama import LlamaEngine
 from core.engines.remote import ReplyCut
@@ -31,7 +32,6 @@ from core.remote.endpoints import retry_after_s
 from core.remote.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_PROMPT
 from core.service import ChatService
 from core.settings import load_core_settings
-from core.worker import compute_thread
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite

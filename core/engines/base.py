@@ -1,9 +1,9 @@
 """The engine seam: what the core asks of an engine, in the two shapes an engine can take.
 
 - A **local** engine computes on this machine. Its methods are blocking and only ever called from
-  the compute thread (`core.worker.ComputeThread`), because a `llama_cpp.Llama` is not
+  the compute thread (`core.compute.ComputeThread`), because a `llama_cpp.Llama` is not
   thread-safe, with one exception: methods marked `@thread_safe` (tokenizer work that only reads
-  the vocabulary) are run by `LoadedModel.call` at once in the caller's thread.
+  the vocabulary) are run by `LocalModel.call` at once in the caller's thread.
   - `BatchedEngine` (the llama.cpp one) advances all its replies with one decode per step:
     `begin(request, stats) -> state`, `step([state, ...]) -> [(text, finished), ...]`,
     `end(state, failed=...)`, and `read_ahead()` for work the compute thread does when idle.
@@ -12,20 +12,22 @@
 - A **remote** engine (`RemoteEngine`, an OpenAI-compatible inference server) computes elsewhere:
   its methods are coroutines, run on the asyncio side, and never touch the compute thread.
 
-An engine says which it is with its class attribute `kind`; `kind_of` reads it, so the worker and
-the pool never guess from the methods an object happens to have. `core.worker.LoadedModel` is the
-one handle the service uses for any kind.
+An engine says which it is with its class attribute `kind`; `kind_of` reads it (and `is_local`,
+`is_batched`, `is_remote` narrow the type), so the compute thread and the model handles never
+guess from the methods an object happens to have. The service uses any kind through one handle,
+`core.handles.LoadedModel`: `LocalModel` (through the compute thread) or `RemoteModel`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol, TypeVar
+from typing import ClassVar, Literal, Protocol, TypeGuard, TypeVar
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 EngineKind = Literal["batched", "generator", "remote"]
+ENGINE_KINDS: tuple[EngineKind, ...] = ("batched", "generator", "remote")
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -126,8 +128,8 @@ class RemoteEngine(Engine, Protocol):
     async def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
         """A prefix of `text` of at most about `max_tokens` tokens."""
 
-    def stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
-        """Pieces of the reply as the server sends them; closing the iterator ends the request."""
+    def stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncGenerator[str, None]:
+        """Pieces of the reply as the server sends them; closing the generator ends the request."""
 
     def backpressure_s(self) -> float:
         """Seconds until a server said it would take requests again (0 when one takes them now)."""
@@ -143,6 +145,20 @@ def kind_of(engine: object) -> EngineKind:
     """The protocol `engine` declares with its `kind`. An engine that declares none is a plain
     generator engine (`generate` only), the simplest thing a test can write."""
     kind = getattr(engine, "kind", "generator")
-    if kind not in ("batched", "generator", "remote"):
-        raise TypeError(f"engine {engine!r} declares an unknown kind {kind!r}")
-    return kind
+    for known in ENGINE_KINDS:
+        if kind == known:
+            return known
+    raise TypeError(f"engine {engine!r} declares an unknown kind {kind!r}")
+
+
+def is_local(engine: object) -> TypeGuard[LocalEngine]:
+    """A batched or generator engine: it runs on the compute thread."""
+    return kind_of(engine) != "remote"
+
+
+def is_batched(engine: object) -> TypeGuard[BatchedEngine]:
+    return kind_of(engine) == "batched"
+
+
+def is_remote(engine: object) -> TypeGuard[RemoteEngine]:
+    return kind_of(engine) == "remote"

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import httpx
@@ -161,7 +161,7 @@ class OpenAIEngine:
         return await self.tokenizer.truncate(text, max_tokens)
 
     # -- generation ------------------------------------------------------------------------
-    async def stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
+    async def stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncGenerator[str, None]:
         self.endpoints.start()
         stats.prompt_tokens = await self.tokenizer.count_messages(request.messages)  # cached: no request
         failed: set[Endpoint] = set()

@@ -18,14 +18,15 @@ from support.faulty import FaultyEngine, RecordingFactory
 from support.replies import Reply
 from support.timeouts import within
 
+from core.compute import compute_thread
 from core.engines.base import GenerationRequest, GenerationStats
 from core.engines.llama import LlamaEngine
 from core.errors import EngineClosed, EngineFailed, ModelLoadError
 from core.events import Done
+from core.handles import LocalModel
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
-from core.worker import LoadedModel, compute_thread
 from training.errors import ExportError
 from training.gguf_tools import quantize, replacing
 
@@ -272,16 +273,22 @@ def _request(conversation: str, text: str, max_new_tokens: int) -> GenerationReq
     return GenerationRequest(DEFAULT, conversation, messages, max_new_tokens=max_new_tokens, temperature=0.0)
 
 
-async def _load_worker(path: Path) -> tuple[LoadedModel, FaultyEngine]:
+async def _load_model(path: Path) -> tuple[LocalModel, FaultyEngine]:
     settings = load_core_settings(kv_slots=2, parallel=2, context_length=512, threads=1)
-    worker = LoadedModel(DEFAULT, path)
-    engine = await worker.load(lambda: FaultyEngine(LlamaEngine.load(ModelEntry(name=DEFAULT, path=path), settings)))
-    return worker, engine  # type: ignore[return-value]
+    built: list[FaultyEngine] = []
+
+    def build() -> FaultyEngine:  # on the compute thread, like every local model
+        built.append(FaultyEngine(LlamaEngine.load(ModelEntry(name=DEFAULT, path=path), settings)))
+        return built[0]
+
+    handle = LocalModel(DEFAULT, path)
+    await handle.load(build)
+    return handle, built[0]
 
 
 @deadline
 async def test_a_dead_compute_thread_fails_its_requests_and_is_replaced(embedded_gguf):
-    worker, engine = await _load_worker(embedded_gguf)
+    handle, engine = await _load_model(embedded_gguf)
     try:
         old_thread = compute_thread()
         engine.fail_end = lambda generation: SystemExit("boom") if generation.slot.conversation_id == "short" else None
@@ -289,7 +296,7 @@ async def test_a_dead_compute_thread_fails_its_requests_and_is_replaced(embedded
 
         async def consume(conversation: str, text: str, max_new_tokens: int, into: list[str]) -> str:
             async with asyncio.timeout(WAIT_S):
-                async for piece in worker.stream(_request(conversation, text, max_new_tokens), GenerationStats()):
+                async for piece in handle.stream(_request(conversation, text, max_new_tokens), GenerationStats()):
                     into.append(piece)
             return "".join(into)
 
@@ -303,19 +310,19 @@ async def test_a_dead_compute_thread_fails_its_requests_and_is_replaced(embedded
         assert new_thread is not old_thread and new_thread.alive and not old_thread.alive
         assert (await consume("after", "Say hello.", 8, [])).strip()  # served by the new thread
     finally:
-        await worker.close()
+        await handle.close()
 
 
 @deadline
 async def test_a_closed_model_is_never_called(embedded_gguf):
-    worker, engine = await _load_worker(embedded_gguf)
+    handle, engine = await _load_model(embedded_gguf)
     count_tokens = engine.count_tokens
-    await worker.close()
+    await handle.close()
     assert engine.closed
     with pytest.raises(EngineClosed):
-        await worker.call(count_tokens, [{"role": "user", "content": "hi"}])
+        await handle.call(count_tokens, [{"role": "user", "content": "hi"}])
     with pytest.raises(EngineClosed):
-        await anext(worker.stream(_request("c", "hi", 4), GenerationStats()))
+        await anext(handle.stream(_request("c", "hi", 4), GenerationStats()))
     with pytest.raises(EngineClosed) as caught:
-        worker.require_engine()
+        handle.require_engine()
     assert "unloaded" in caught.value.user_message

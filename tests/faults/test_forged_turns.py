@@ -9,7 +9,7 @@ in a shared group or thread conversation, stayed in everyone's context. Content 
 from __future__ import annotations
 
 # isort: off
-import core.worker  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
+import core.compute  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
 # isort: on
 import threading
 
@@ -134,7 +134,7 @@ async def test_through_the_service_a_group_member_cannot_forge_a_turn(tmp_path):
         assert isinstance(first, Done)
         done = [e async for e in service.reply("group", "alice", "Hello, what are the rules?")][-1]
         assert isinstance(done, Done)
-        engine = service.pool._workers[service.pool.loaded[0]].engine
+        engine = service.pool._handles[service.pool.loaded[0]].engine
         start, end = markers(engine)
         slot = next(slot for slot in engine.slots if slot.conversation_id == "group")
         read = slot.tokens[: done.prompt_tokens]

@@ -18,10 +18,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from core.compute import compute_thread
 from core.errors import UnknownModel
 from core.registry import ModelEntry, ModelRegistry, RegistryError
 from core.settings import CoreSettings
-from core.worker import compute_thread
 from training.evaluate.errors import EvalError
 from training.evaluate.inputs import DEFAULT_HELDOUT, DEFAULT_PROMPTS, load_heldout, load_prompts
 
@@ -92,7 +92,7 @@ def evaluate_model(settings: CoreSettings, entry: ModelEntry, prompts: list[str]
             "quality_note": "remote model: held-out perplexity needs the GGUF on this machine",
         }
     # llama.cpp work runs on the core's compute thread: a second calling thread would start a
-    # second OpenMP team and slow every later measurement (see core/worker.py).
+    # second OpenMP team and slow every later measurement (see core/compute.py).
     quality = compute_thread().run(
         partial(
             gguf_perplexity,

@@ -1,14 +1,13 @@
-"""The compute thread: every call into an engine happens there.
+"""The compute thread: every call into a local engine happens there.
 
-`llama_cpp.Llama` objects are not thread-safe, so one thread owns every engine from load to
+`llama_cpp.Llama` objects are not thread-safe, so one thread owns every local engine from load to
 close. It runs a small loop: handle calls (load, count tokens, forget, close), admit new
 requests, then advance every active request by one step — one batched decode per engine for
 engines that offer `begin/step/end` (the llama.cpp engine: a token for each reply being generated
 plus a chunk of the prompts still being read), or one `next()` each for plain generator engines.
 What a step produced goes to asyncio in one hand-over per event loop, not one per piece.
-asyncio code talks to it through `LoadedModel`, the one handle the service holds for a loaded
-model of any kind: for a remote engine (`core/engines/remote.py`) the same handle runs everything
-on the asyncio side and the compute thread never sees it.
+asyncio code reaches it through `generate` and `close_engine` here, or `ComputeThread.call`;
+the service only sees `core.handles.LocalModel`. Remote engines never reach this thread.
 
 Faults never leave a caller waiting: an engine error fails only the requests it touched (with
 `EngineFailed`, a user-facing `ChatError`) and the loop goes on; if the thread dies anyway, it
@@ -25,27 +24,24 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-from core.engines.base import (
-    Engine,
-    EngineKind,
-    GenerationRequest,
-    GenerationStats,
-    LocalEngine,
-    Message,
-    is_thread_safe,
-    kind_of,
-)
+from core.engines.base import BatchedEngine, GenerationRequest, GenerationStats, LocalEngine, is_batched
 from core.errors import ChatError, EngineClosed, EngineFailed
 
 T = TypeVar("T")
-_END = object()
+
+
+class _End:
+    """The last item a job's consumer gets (after its error, if any)."""
+
+
+_END = _End()
+_Item = str | BaseException | _End  # what a job's consumer gets: pieces, then an error and/or _END
+_Post = tuple[Any, ...]  # a message to the thread: ("call" | "sync" | "job" | "close" | "wake", ...)
 log = logging.getLogger(__name__)
-FileKey = tuple[int, int, int]  # (inode, size, mtime_ns) of a model file
 
 # llama.cpp's CPU threads are an OpenMP team, and by default OpenMP threads wait by spinning (for
 # the next decode, and at each of the hundreds of barriers inside one). When the cores are shared
@@ -82,11 +78,11 @@ class _Job:
     stats: GenerationStats
     cancel: threading.Event
     loop: asyncio.AbstractEventLoop  # the consumer's: items reach `queue` there, in order
-    queue: asyncio.Queue[object] = field(repr=False)  # pieces, then an error and/or _END
+    queue: asyncio.Queue[_Item] = field(repr=False)  # pieces, then an error and/or _END
     finished: asyncio.Future[None] = field(repr=False)  # set once _END is delivered
-    state: Any = None  # a batched engine's state for this request (its Generation)
-    pieces: Iterator[str] | None = field(default=None, repr=False)  # a generator engine's reply
-    batched: bool = False  # driven through begin/step/end (the engine's declared kind)
+    state: object = None  # a batched engine's state for this request (its Generation)
+    pieces: Iterator[str] = field(default_factory=lambda: iter(()), repr=False)  # a generator engine's reply
+    batched: BatchedEngine | None = None  # `engine` when driven through begin/step/end (its declared kind)
 
 
 def _failure(error: BaseException) -> ChatError:
@@ -113,12 +109,12 @@ class ComputeThread:
     """
 
     def __init__(self) -> None:
-        self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        self._outbox: list[tuple[_Job, object]] = []  # items for consumers, sent by _flush()
+        self._inbox: queue.SimpleQueue[_Post] = queue.SimpleQueue()
+        self._outbox: list[tuple[_Job, _Item]] = []  # items for consumers, sent by _flush()
         self._lock = threading.Lock()  # orders post() against the thread's death
         self._dead = False
         # batched engines with work for idle moments (`read_ahead`), in the order they got it
-        self._idle_work: dict[LocalEngine, None] = {}
+        self._idle_work: dict[BatchedEngine, None] = {}
         self._thread = threading.Thread(target=self._run, name="lorabot-compute", daemon=True)
         self._thread.start()
 
@@ -165,7 +161,9 @@ class ComputeThread:
                 try:
                     self._loop(active)
                 except Exception as error:  # a fault outside one job: fail what was in flight, go on
-                    log.exception("compute thread: unexpected error; failing %d running requests", len(active))
+                    log.exception(
+                        "compute thread: unexpected error; failing %d running requests", len(active)
+                    )
                     self._fail_all(active, _failure(error))
                     self._flush()
         except BaseException as error:  # the thread ends here: nobody may be left waiting on it
@@ -217,21 +215,21 @@ class ComputeThread:
         (no request depends on it)."""
         engine = next(iter(self._idle_work))
         try:
-            more = engine.read_ahead()  # type: ignore[attr-defined]
+            more = engine.read_ahead()
         except Exception:
             log.warning("model %s: reading ahead failed", _engine_name(engine), exc_info=True)
             more = False
         if not more:
             self._idle_work.pop(engine, None)
 
-    def _take(self, message: tuple, active: list[_Job]) -> None:
+    def _take(self, message: _Post, active: list[_Job]) -> None:
         try:
             self._handle(message, active)
         except Exception as error:  # that message's caller gets the error; the loop goes on
             log.exception("compute thread: %r failed", message[0])
             self._fail_message(message, _failure(error))
 
-    def _handle(self, message: tuple, active: list[_Job]) -> None:
+    def _handle(self, message: _Post, active: list[_Job]) -> None:
         kind = message[0]
         if kind == "call":
             _, fn, args, loop, future = message
@@ -265,9 +263,9 @@ class ComputeThread:
     def _admit(self, job: _Job, active: list[_Job]) -> None:
         engine = job.engine
         try:
-            job.batched = kind_of(engine) == "batched"
-            if job.batched:
-                job.state = engine.begin(job.request, job.stats)  # type: ignore[attr-defined]
+            if is_batched(engine):
+                job.batched = engine
+                job.state = engine.begin(job.request, job.stats)
             else:
                 job.pieces = iter(engine.generate(job.request, job.cancel, job.stats))
         except BaseException as error:
@@ -279,11 +277,13 @@ class ComputeThread:
 
     def _advance(self, engine: LocalEngine, jobs: list[_Job], active: list[_Job]) -> None:
         """One token for each of `engine`'s jobs: one batched decode, or one next() each."""
-        if jobs[0].batched:  # all of one engine's jobs share its kind
+        batched = jobs[0].batched  # all of one engine's jobs share its kind
+        if batched is not None:
             try:
-                results = engine.step([job.state for job in jobs])  # type: ignore[attr-defined]
+                results = batched.step([job.state for job in jobs])
             except BaseException as error:  # a failed decode fails the whole batch, nothing else
-                log.error("model %s: decode failed for %d requests: %s", _engine_name(engine), len(jobs), error)
+                name = _engine_name(engine)
+                log.error("model %s: decode failed for %d requests: %s", name, len(jobs), error)
                 self._fail_all(jobs, _failure(error), active)
                 return
             for job, (text, finished) in zip(jobs, results):
@@ -295,7 +295,7 @@ class ComputeThread:
             return
         for job in jobs:
             try:
-                self._emit(job, next(job.pieces))  # type: ignore[arg-type]
+                self._emit(job, next(job.pieces))
             except StopIteration:
                 active.remove(job)
                 self._finish(job)
@@ -310,7 +310,7 @@ class ComputeThread:
                 active.remove(job)
             self._finish(job, error=error)
 
-    def _emit(self, job: _Job, item: object) -> None:
+    def _emit(self, job: _Job, item: _Item) -> None:
         """Queue a piece, an error or `_END` for the job's consumer; `_flush` hands them over."""
         self._outbox.append((job, item))
 
@@ -320,7 +320,7 @@ class ComputeThread:
         if not self._outbox:
             return
         items, self._outbox = self._outbox, []
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, object]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, _Item]]] = {}
         for job, item in items:
             by_loop.setdefault(job.loop, []).append((job, item))
         for loop, batch in by_loop.items():
@@ -332,11 +332,11 @@ class ComputeThread:
     def _finish(self, job: _Job, error: BaseException | None = None, failed: bool = False) -> None:
         """Release the job's engine state, then tell its consumer: `_END` is always emitted."""
         try:
-            if job.batched and job.state is not None:
-                job.engine.end(job.state, failed=failed or error is not None)  # type: ignore[attr-defined]
-                self._idle_work[job.engine] = None  # it may have lined up work for idle moments
-            elif job.pieces is not None and hasattr(job.pieces, "close"):
-                job.pieces.close()  # type: ignore[union-attr]
+            if job.batched is not None and job.state is not None:
+                job.batched.end(job.state, failed=failed or error is not None)
+                self._idle_work[job.batched] = None  # it may have lined up work for idle moments
+            elif (close := getattr(job.pieces, "close", None)) is not None:
+                close()  # a generator's `finally` runs now, on this thread
         except Exception:  # the reply itself is settled; a failed clean-up must not end the loop
             log.exception("model %s: releasing a request failed", _engine_name(job.engine))
         finally:
@@ -344,7 +344,7 @@ class ComputeThread:
                 self._emit(job, error)
             self._emit(job, _END)
 
-    def _fail_message(self, message: tuple, error: ChatError) -> None:
+    def _fail_message(self, message: _Post, error: ChatError) -> None:
         kind = message[0]
         if kind == "call":
             _resolve(message[3], message[4], None, error)
@@ -395,138 +395,43 @@ def compute_thread() -> ComputeThread:
         return _compute
 
 
-class LoadedModel:
-    """One loaded model: the handle the service and the pool use, whatever the engine's kind.
+async def generate(
+    engine: LocalEngine, request: GenerationRequest, stats: GenerationStats
+) -> AsyncGenerator[str, None]:
+    """Generate on the compute thread, yielding the pieces here.
 
-    A local engine runs on the shared compute thread; a remote one runs on the asyncio side (its
-    methods are coroutines) and never reaches that thread. `ModelPool` counts its `users` and
-    closes it only after the last one; once closed, every use raises `EngineClosed` instead of
-    reaching freed llama.cpp memory.
+    Closing this iterator (or cancelling its consumer) stops the request: the job's cancel flag is
+    set and the compute thread drops it before its next token (we wait until it has).
     """
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[_Item] = asyncio.Queue()
+    finished: asyncio.Future[None] = loop.create_future()
+    job = _Job(engine, request, stats, threading.Event(), loop, pieces, finished)
+    compute = compute_thread()
+    compute.post("job", job)  # accepted jobs always get _END, even if the thread dies
+    try:
+        while True:
+            item = await pieces.get()
+            if isinstance(item, _End):
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        job.cancel.set()
+        compute.wake()
+        await _ended(finished, compute)
 
-    def __init__(
-        self, name: str, path: Path | None = None, file_key: FileKey | None = None, *, source: object = None
-    ) -> None:
-        self.name = name
-        self.path = path  # the file it was loaded from: a re-registered name reloads
-        self.file_key = file_key  # that file's identity when loaded: a replaced file reloads
-        self.source = source  # a remote entry's endpoints and model: a changed entry reloads
-        self.engine: Engine | None = None
-        self.kind: EngineKind | None = None
-        self.users = 0
-        self.closed = False
 
-    def require_engine(self) -> Engine:
-        """The loaded engine, or `EngineClosed` (never None) once the model was unloaded."""
-        if self.closed or self.engine is None:
-            raise EngineClosed(self.name)
-        return self.engine
-
-    @property
-    def remote(self) -> bool:
-        return self.kind == "remote"
-
-    @property
-    def context_length(self) -> int:
-        return self.require_engine().context_length
-
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a method of the local engine on the compute thread (thread-safe ones at once)."""
-        # Checked when posted: a close posted later runs after this call (the inbox is FIFO).
-        if self.closed:
-            raise EngineClosed(self.name)
-        if is_thread_safe(fn):  # tokenizer work: no need to wait for the current decode step
-            return fn(*args)
-        return await compute_thread().call(fn, *args)
-
-    async def count_tokens(self, messages: list[Message]) -> int:
-        engine = self.require_engine()
-        if self.remote:
-            return await engine.count_tokens(messages)  # type: ignore[attr-defined, no-any-return]
-        return await self.call(engine.count_tokens, messages)  # type: ignore[attr-defined]
-
-    async def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
-        engine = self.require_engine()
-        if self.remote:
-            return await engine.truncate_to_tokens(text, max_tokens)  # type: ignore[attr-defined, no-any-return]
-        return await self.call(engine.truncate_to_tokens, text, max_tokens)  # type: ignore[attr-defined]
-
-    async def forget(self, conversation_id: str) -> None:
-        engine = self.require_engine()
-        if self.remote:
-            await engine.forget(conversation_id)  # type: ignore[attr-defined]
-        else:
-            await self.call(engine.forget, conversation_id)  # type: ignore[attr-defined]
-
-    def backpressure_s(self) -> float:
-        """How long the servers asked us to wait before the next request (0 for local engines)."""
-        if not self.remote or self.closed or self.engine is None:
-            return 0.0
-        return self.engine.backpressure_s()  # type: ignore[attr-defined, no-any-return]
-
-    async def load(self, factory: Callable[[], Engine], *, on_compute_thread: bool = True) -> Engine:
-        """Build the engine: on the compute thread (a local model is read there), or here for a
-        remote one (nothing to read, and no reason to wait for a decode step)."""
-        engine = await compute_thread().call(factory) if on_compute_thread else factory()
-        self.kind = kind_of(engine)
-        self.engine = engine
-        return engine
-
-    async def stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[str]:
-        """Generate, yielding pieces here.
-
-        Closing this iterator (or cancelling its consumer) stops the request: a local job's cancel
-        flag is set and the compute thread drops it before its next token (we wait until it has);
-        a remote request's stream is closed, so the server stops generating.
-        """
-        engine = self.require_engine()
-        if self.remote:
-            pieces_from_server = engine.stream(request, stats)  # type: ignore[attr-defined]
-            try:
-                async for piece in pieces_from_server:
-                    yield piece
-            finally:
-                await pieces_from_server.aclose()
-            return
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[object] = asyncio.Queue()
-        finished = loop.create_future()
-        job = _Job(engine, request, stats, threading.Event(), loop, pieces, finished)  # type: ignore[arg-type]
-        compute = compute_thread()
-        compute.post("job", job)  # accepted jobs always get _END, even if the thread dies
-        try:
-            while True:
-                item = await pieces.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item  # type: ignore[misc]
-        finally:
-            job.cancel.set()
-            compute.wake()
-            await _ended(finished, compute)
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        engine, self.engine = self.engine, None
-        if engine is None:
-            return
-        if kind_of(engine) == "remote":
-            try:
-                await engine.close()  # type: ignore[attr-defined]
-            except Exception:  # the model is being dropped anyway
-                log.exception("closing model %s failed", self.name)
-            return
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        try:
-            compute_thread().post("close", engine, loop, future)
-        except EngineFailed:  # it died between the two lines: the next one frees the model
-            compute_thread().post("close", engine, loop, future)
-        await future
+async def close_engine(engine: LocalEngine) -> None:
+    """Close `engine` on the compute thread, failing its requests still running (`EngineClosed`)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    try:
+        compute_thread().post("close", engine, loop, future)
+    except EngineFailed:  # it died between the two lines: the next one frees the model
+        compute_thread().post("close", engine, loop, future)
+    await future
 
 
 async def _ended(finished: asyncio.Future[None], compute: ComputeThread) -> None:
@@ -538,7 +443,7 @@ async def _ended(finished: asyncio.Future[None], compute: ComputeThread) -> None
             return
 
 
-def _deliver(items: list[tuple[_Job, object]]) -> None:
+def _deliver(items: list[tuple[_Job, _Item]]) -> None:
     """On the consumers' event loop: one compute step's pieces, errors and ends, in order."""
     for job, item in items:
         job.queue.put_nowait(item)
@@ -546,7 +451,9 @@ def _deliver(items: list[tuple[_Job, object]]) -> None:
             job.finished.set_result(None)
 
 
-def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _resolve(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any, error: BaseException | None
+) -> None:
     def settle() -> None:
         if future.done():
             return
