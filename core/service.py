@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from core.engines.base import GenerationRequest, GenerationStats, Message
 from core.errors import BadTemperature, Busy, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
+from core.handles import LoadedModel
 from core.history import ConversationStore
 from core.limits import ModelTextCleaner, UserRateLimiter, clean_user_text
 from core.pool import EngineFactory, ModelPool
@@ -26,7 +27,6 @@ from core.registry import ModelEntry, ModelRegistry
 from core.scheduler import FairScheduler, Ticket
 from core.settings import CoreSettings
 from core.turns import InterruptedReply, TurnState
-from core.worker import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +223,11 @@ class ChatService:
                     shown = position
                 await self.scheduler.wait_for_change(ticket)
             ticket.ready.result()  # ShuttingDown if the service closed while we waited
-            async with self.pool.use(model) as worker:
+            async with self.pool.use(model) as handle:
                 yield Started(model)
                 started_at = time.monotonic()
                 generated = self._generate(
-                    worker, entry, conversation_id, text, turn_id, defer=settle_after_delivery
+                    handle, entry, conversation_id, text, turn_id, defer=settle_after_delivery
                 )
                 async for event in generated:
                     if isinstance(event, Done):
@@ -291,7 +291,7 @@ class ChatService:
 
     async def _generate(
         self,
-        worker: LoadedModel,
+        handle: LoadedModel,
         entry: ModelEntry,
         conversation_id: str,
         text: str,
@@ -300,9 +300,9 @@ class ChatService:
         defer: bool = False,
     ) -> AsyncIterator[ReplyEvent]:
         settings = self.settings
-        context_length = worker.context_length  # EngineClosed, never a freed model
+        context_length = handle.context_length  # EngineClosed, never a freed model
         max_new = min(entry.max_new_tokens or settings.max_new_tokens, context_length // 2)
-        messages, text, trimmed = await self._fit_context(worker, conversation_id, text, max_new)
+        messages, text, trimmed = await self._fit_context(handle, conversation_id, text, max_new)
         if trimmed:
             yield Notice(trimmed)
         request = GenerationRequest(
@@ -320,7 +320,7 @@ class ChatService:
         deadline = started + settings.generation_timeout_s
         pieces: list[str] = []
         cleaner = ModelTextCleaner()  # no NUL or lone surrogate reaches a platform or the store
-        stream = worker.stream(request, stats)
+        stream = handle.stream(request, stats)
         interrupted = False
         try:
             while True:
@@ -345,7 +345,7 @@ class ChatService:
         if tail := cleaner.finish():  # the stream ended on half a surrogate pair
             pieces.append(tail)
             yield Delta(tail)
-        if interrupted:  # after aclose: the worker marks the stopped job "cancelled"
+        if interrupted:  # after aclose: the model marks the stopped request "cancelled"
             stats.finish_reason = "interrupted"
         reply = "".join(pieces)
         elapsed = time.perf_counter() - (first_piece_at or started)
@@ -370,18 +370,18 @@ class ChatService:
         )
 
     async def _fit_context(
-        self, worker: LoadedModel, conversation_id: str, text: str, max_new: int
+        self, handle: LoadedModel, conversation_id: str, text: str, max_new: int
     ) -> tuple[list[Message], str, str | None]:
         """System prompt + as many recent turns as fit + the new message, within the window."""
-        budget = worker.context_length - max_new
+        budget = handle.context_length - max_new
         system: Message = {"role": "system", "content": self.settings.system_prompt}
         history = await self._store.recent(conversation_id, self.settings.history_max_turns)
         notice = None
-        base = await worker.count_tokens([system, {"role": "user", "content": ""}])
+        base = await handle.count_tokens([system, {"role": "user", "content": ""}])
         room_for_text = budget - base
         if room_for_text < 16:
             raise ChatError("The system prompt is too long for this model's context window.")
-        shortened = await worker.truncate_to_tokens(text, room_for_text)
+        shortened = await handle.truncate_to_tokens(text, room_for_text)
         if shortened != text:
             notice = "Your message was too long for this model; I only read its beginning."
             text = shortened
@@ -390,7 +390,7 @@ class ChatService:
         limit = budget
         while True:
             messages = [system, *history, {"role": "user", "content": text}]
-            if not history or await worker.count_tokens(messages) <= limit:
+            if not history or await handle.count_tokens(messages) <= limit:
                 return messages, text, notice
             history = history[2:]  # drop the oldest exchange
             limit = int(budget * 0.75)
