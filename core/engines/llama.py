@@ -222,7 +222,7 @@ class LlamaEngine:
 
     # -- text <-> tokens --------------------------------------------------------------------
     # Rendering and tokenizing only read the vocabulary, which llama.cpp's own server also does
-    # from its HTTP threads while its main loop decodes: `LoadedModel.call` runs these at once in
+    # from its HTTP threads while its main loop decodes: `LocalModel.call` runs these at once in
     # the caller's thread instead of queueing them behind a decode step (`thread_safe`).
     @thread_safe
     def render(self, messages: list[Message]) -> str:
