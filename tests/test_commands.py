@@ -92,3 +92,62 @@ async def test_every_command_is_offered_in_the_terminal_help(service):
         assert f"/{name}" in out.getvalue()
     await chat.command("/models")
     assert " * smollm2-135m" in out.getvalue() and "   other – scripted other" in out.getvalue()
+
+
+# -- a new command reaches every platform with no adapter code ----------------------------------
+@pytest.fixture
+def pick_command():
+    """A command registered the way a new setting would be: one function in COMMANDS."""
+    from core.commands import Choice, Shown, command
+
+    async def pick(service, where: Where, value: str) -> Shown:
+        if value:
+            return Shown(f"picked {value} in {where.conversation_id}", public=where.shared)
+        return Shown("pick one", choices=(Choice("red", "red"), Choice("blue", "blue")), choose="pick")
+
+    command("pick", "pick a colour", argument="colour", argument_help="red or blue")(pick)
+    yield
+    COMMANDS.pop("pick")
+
+
+async def test_a_new_command_works_on_telegram_with_its_keyboard(tmp_path, pick_command):
+    from test_under_load import telegram_bot
+
+    async with telegram_bot(tmp_path, "ok") as (fake, _service):
+        alice = fake.add_user(91, "Alice")
+        chat = fake.private_chat(alice)
+        assert "pick" in [c["command"] for c in fake.commands]
+        fake.send_text(alice, chat, "/pick blue")
+        await fake.wait_for(lambda: fake.bot_texts(91) == ["picked blue in telegram:91"])
+        fake.send_text(alice, chat, "/pick")
+        keyboard = await fake.wait_for(
+            lambda: next((m for m in fake.bot_messages(91) if "reply_markup" in m), None)
+        )
+        data = [row[0]["callback_data"] for row in keyboard["reply_markup"]["inline_keyboard"]]
+        assert data == ["pick:red", "pick:blue"]
+        query = fake.press_button(alice, keyboard, "pick:red")
+        await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery", callback_query_id=query))
+        assert fake.calls_of("answerCallbackQuery", callback_query_id=query)[0].params["text"] == (
+            "picked red in telegram:91"
+        )
+
+
+async def test_a_new_command_works_on_discord_as_an_app_command(tmp_path, pick_command):
+    from test_under_load import discord_bot
+
+    async with discord_bot(tmp_path, "ok") as (fake, _client, _):
+        commands = {c["name"]: c for c in fake.commands}
+        assert commands["pick"]["description"] == "pick a colour"
+        assert [option["name"] for option in commands["pick"]["options"]] == ["colour"]
+        token = await fake.slash("pick", {"colour": "red"})
+        reply = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+        assert reply.startswith("picked red in discord:channel:")
+
+
+async def test_a_new_command_works_in_the_terminal(service, pick_command):
+    out = io.StringIO()
+    chat = ConsoleChat(service, out=out, user="alice")
+    await chat.command("/pick blue")
+    assert "picked blue in console:alice" in out.getvalue()
+    await chat.command("/help")
+    assert "/pick [colour] – pick a colour" in out.getvalue()

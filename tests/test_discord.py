@@ -318,7 +318,7 @@ async def test_reset_help_and_stats(fake, start_bot):
     first = await fake.user_message("one", mention_bot=True)
     await answer(fake, client, first)
     token = await fake.slash("reset", {})
-    assert "forgot" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    assert "Forgot this conversation" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
     again = await fake.user_message("two", mention_bot=True)
     assert (await answer(fake, client, again))[0]["content"] == "2 messages"
 
@@ -706,7 +706,7 @@ async def test_model_scopes_conversation_channel_and_server_each_with_its_permis
 
     # /model name: — anyone, for their own conversation in this channel only
     mine = await said(fake, await fake.slash("model", {"name": "pirate"}, user_id=5))
-    assert "Your conversation here now uses `pirate`" in mine["content"] and mine["flags"] & EPHEMERAL
+    assert "Model here is now pirate." in mine["content"] and mine["flags"] & EPHEMERAL
     assert await answer_text(fake, client, user_id=5) == "Arr"
     assert await answer_text(fake, client, user_id=6) == "default"  # other people here: unchanged
     assert await answer_text(fake, client, user_id=5, **other) == "default"  # other channels too
@@ -724,7 +724,7 @@ async def test_model_scopes_conversation_channel_and_server_each_with_its_permis
             permissions=EVERYDAY_PERMISSIONS | MANAGE_CHANNELS,
         ),
     )
-    assert "This channel now uses `robot`" in allowed["content"] and not allowed["flags"] & EPHEMERAL
+    assert "The default model here is now robot" in allowed["content"] and not allowed["flags"] & EPHEMERAL
     assert await answer_text(fake, client, user_id=7) == "Beep"
     assert await answer_text(fake, client, user_id=5) == "Arr"
     assert await answer_text(fake, client, user_id=7, **other) == "default"
@@ -744,14 +744,14 @@ async def test_model_scopes_conversation_channel_and_server_each_with_its_permis
 
     # a configured admin id may set a channel's model without Manage Channels
     admin = await said(fake, await fake.slash("model", {"name": "pirate", "scope": "channel"}, user_id=77))
-    assert "This channel now uses `pirate`" in admin["content"]
+    assert "The default model here is now pirate" in admin["content"]
     assert await answer_text(fake, client, user_id=10) == "Arr"
 
     # in a DM there is one conversation: scope:channel changes just that
     dm = await said(
         fake, await fake.slash("model", {"name": "owl", "scope": "channel"}, user_id=42, guild=False)
     )
-    assert "Our DMs now use `owl`" in dm["content"]
+    assert "Model here is now owl." in dm["content"]
     message = await fake.user_message("hello", guild=False, user_id=42)
     assert (await answer(fake, client, message))[0]["content"] == "Hoo"
 

@@ -93,7 +93,7 @@ async def test_private_message_gets_streamed_reply_equal_to_engine_output(fake, 
     edits = fake.calls_of("editMessageText", chat_id=ALICE)
     assert len(edits) >= 2, "the reply grows by edits while tokens arrive"
     assert all("parse_mode" not in call.params for call in fake.calls_of("sendMessage") + edits)
-    assert [c["command"] for c in fake.commands] == ["start", "help", "ask", "model", "reset", "stats", "temperature"]
+    assert [c["command"] for c in fake.commands] == ["start", "help", "ask", "model", "reset", "temperature", "stats"]
     # the engine saw the question
     assert fake.calls_of("getMe") and fake.calls_of("deleteWebhook")
 

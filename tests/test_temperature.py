@@ -74,7 +74,7 @@ async def test_discord_temperature_is_per_user_conversation(tmp_path):
     async with discord_bot(tmp_path, "ok") as (fake, client, _):
         token = await fake.slash("temperature", {"value": "0.4"})
         reply = (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
-        assert reply == "Temperature in your conversation here: 0.4."
+        assert reply == "Temperature here is now 0.4."
         message = await fake.user_message("hi", mention_bot=True)
         await fake.wait_until(lambda: fake.replies_to(message["id"]))
         await client.wait_idle()

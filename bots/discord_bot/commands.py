@@ -1,12 +1,15 @@
-"""Slash commands: /chat, /model, /model-default, /reset, /help, /stats, /temperature.
+"""Slash commands: /chat, /model, /model-default and /help here; every command of
+`core.commands.COMMANDS` (/reset, /stats, /temperature, …) becomes an app command by itself.
 
-Each is a small decorated function; the allow/deny lists are applied once in
-`LorabotTree.interaction_check`. Replies about settings are ephemeral so channels stay quiet.
+The commands' logic lives in core/commands.py; this module only turns an interaction into a
+`Where` (the permissions Discord gives), the argument, and renders the `Shown` (ephemeral unless it
+changed what everyone here shares). The allow/deny lists are applied once in
+`LorabotTree.interaction_check`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -21,8 +24,7 @@ from bots.discord_bot.policy import (
     scope_id,
 )
 from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
-from bots.text import stats_lines
-from core.errors import ChatError
+from core.commands import COMMANDS, Choice, Command, Shown, Where, help_lines, model_choices, run_command, set_scope_model
 
 if TYPE_CHECKING:  # the client registers these commands: no import at run time, no cycle
     from bots.discord_bot.client import LorabotClient
@@ -37,9 +39,9 @@ HELP = """\
 thread: the thread's, shared by everyone in it). `/model name: scope:channel` changes it for the whole \
 channel (Manage Channels). `/model-default name:` sets the server's default (Manage Server).
   Your conversation's choice wins over the channel's, the channel's over the server's.
-• `/reset` makes me forget this conversation; `/stats` shows the queue and speed.
-• `/temperature value:` sets how varied my answers are in your conversation here (0–2; `default` goes back to the model's).
-Replies stream in as they are written; when many people ask at once you'll see your place in the queue."""
+Replies stream in as they are written; when many people ask at once you'll see your place in the queue.
+More commands, each for your conversation here:
+"""
 
 CONVERSATION, CHANNEL = "conversation", "channel"
 SCOPES = [
@@ -50,10 +52,6 @@ SCOPES = [
 
 def _client(interaction: discord.Interaction) -> LorabotClient:
     return interaction.client  # type: ignore[return-value]
-
-
-def _code(name: str) -> str:
-    return f"`{name.replace('`', '')}`"
 
 
 async def _say(interaction: discord.Interaction, text: str, *, ephemeral: bool = True) -> None:
@@ -72,44 +70,24 @@ async def chat(interaction: discord.Interaction, prompt: str) -> None:
         await client.answer(InteractionSink(interaction), origin, prompt)
 
 
-async def _list_models(interaction: discord.Interaction, origin: Origin) -> None:
-    service = _client(interaction).service
-    current = await service.current_model(conversation_id(origin), model_scopes(origin))
-    lines = [f"Model here: {_code(current)}", "Available:"]
-    for entry in service.models():
-        about = f" — {entry.description}" if entry.description else ""
-        lines.append(f"• {_code(entry.name)}{about}")
-    await _say(interaction, "\n".join(lines))
+def _where(interaction: discord.Interaction, origin: Origin) -> Where:
+    """In a channel each person has their own conversation, so anyone may change theirs; a thread
+    is shared by everyone in it (and anyone in it may change it, as before)."""
+    return Where(
+        conversation_id(origin), str(origin.user_id), scopes=model_scopes(origin), shared=origin.is_thread
+    )
 
 
-async def _set_conversation_model(interaction: discord.Interaction, origin: Origin, name: str) -> None:
-    """Anyone may pick the model of their own conversation (a thread's is shared: say it publicly)."""
-    entry = await _client(interaction).service.set_model(conversation_id(origin), name)
-    if origin.is_dm:
-        await _say(interaction, f"Our DMs now use {_code(entry.name)}.")
-    elif origin.is_thread:
-        await _say(interaction, f"This thread now uses {_code(entry.name)}.", ephemeral=False)
-    else:
-        await _say(interaction, f"Your conversation here now uses {_code(entry.name)}.")
+async def _show(interaction: discord.Interaction, shown: Shown) -> None:
+    await _say(interaction, shown.text, ephemeral=not shown.public)
 
 
-async def _set_channel_model(interaction: discord.Interaction, origin: Origin, name: str) -> None:
+async def _set_channel_model(interaction: discord.Interaction, origin: Origin, name: str) -> Shown:
     """The channel's model is everyone's default there: Manage Channels (or a lorabot admin)."""
     client = _client(interaction)
-    if not may_set_channel_model(
-        client.settings, origin, manage_channels=interaction.permissions.manage_channels
-    ):
-        await _say(
-            interaction,
-            "Only members with **Manage Channels** (or lorabot admins) can change the model for the "
-            "whole channel; `/model name:` alone changes it for your own conversation.",
-        )
-        return
-    entry = await client.service.set_scope_default(channel_scope(origin), name)
-    await _say(
-        interaction,
-        f"This channel now uses {_code(entry.name)} (conversations here that picked their own keep it).",
-        ephemeral=False,
+    allowed = may_set_channel_model(client.settings, origin, manage_channels=interaction.permissions.manage_channels)
+    return await set_scope_model(
+        client.service, channel_scope(origin), name, allowed=allowed, who="members with Manage Channels (or lorabot admins)"
     )
 
 
@@ -124,30 +102,28 @@ async def _set_channel_model(interaction: discord.Interaction, origin: Origin, n
 async def model(
     interaction: discord.Interaction, name: str | None = None, scope: app_commands.Choice[str] | None = None
 ) -> None:
-    origin = _client(interaction).origin_of_interaction(interaction)
-    if not name:
-        await _list_models(interaction, origin)
-        return
-    try:
-        if scope is not None and scope.value == CHANNEL and not origin.is_dm:  # a DM is one conversation
-            await _set_channel_model(interaction, origin, name)
-        else:
-            await _set_conversation_model(interaction, origin, name)
-    except ChatError as error:
-        await _say(interaction, f"⚠️ {error.user_message}")
+    client = _client(interaction)
+    origin = client.origin_of_interaction(interaction)
+    if name and scope is not None and scope.value == CHANNEL and not origin.is_dm:  # a DM is one conversation
+        await _show(interaction, await _set_channel_model(interaction, origin, name))
+    else:
+        await _show(interaction, await run_command(client.service, _where(interaction, origin), "model", name or ""))
 
 
 @model.autocomplete("name")
 async def model_name_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
+    return _suggestions(model_choices(_client(interaction).service), current)
+
+
+def _suggestions(choices: list[Choice], current: str) -> list[app_commands.Choice[str]]:
     needle = current.lower()
-    choices = []
-    for entry in _client(interaction).service.models():
-        if needle in entry.name.lower():
-            label = f"{entry.name} — {entry.description}" if entry.description else entry.name
-            choices.append(app_commands.Choice(name=label[:100], value=entry.name))
-    return choices[:25]
+    return [
+        app_commands.Choice(name=choice.label[:100], value=choice.value)
+        for choice in choices
+        if needle in choice.value.lower()
+    ][:25]
 
 
 @app_commands.command(
@@ -163,65 +139,57 @@ async def model_default(interaction: discord.Interaction, name: str) -> None:
     if server is None:  # guild_only hides it in DMs; an old client may still send it
         await _say(interaction, "`/model-default` works in a server; in DMs use `/model`.")
         return
-    if not may_set_server_model(client.settings, origin, manage_guild=interaction.permissions.manage_guild):
-        await _say(
-            interaction,
-            "Only members with **Manage Server** (or lorabot admins) can change the server default.",
-        )
-        return
-    try:
-        entry = await client.service.set_scope_default(server, name)
-    except ChatError as error:
-        await _say(interaction, f"⚠️ {error.user_message}")
-        return
-    await _say(interaction, f"The server's default model is now {_code(entry.name)}.", ephemeral=False)
-
-
-@app_commands.command(name="reset", description="Make lorabot forget this conversation.")
-async def reset(interaction: discord.Interaction) -> None:
-    client = _client(interaction)
-    try:
-        await client.service.reset(conversation_id(client.origin_of_interaction(interaction)))
-    except ChatError as error:  # e.g. the history store refused the write: nothing was forgotten
-        await _say(interaction, f"⚠️ {error.user_message}")
-        return
-    await _say(interaction, "Done: I forgot our conversation here.")
+    allowed = may_set_server_model(client.settings, origin, manage_guild=interaction.permissions.manage_guild)
+    shown = await set_scope_model(
+        client.service, server, name, allowed=allowed, who="members with Manage Server (or lorabot admins)"
+    )
+    await _show(interaction, shown)
 
 
 @app_commands.command(name="help", description="What lorabot can do.")
 async def help_command(interaction: discord.Interaction) -> None:
-    await _say(interaction, HELP)
+    lines = [line for line in help_lines() if not line.startswith("/model")]
+    await _say(interaction, HELP + "\n".join(f"• {line}" for line in lines))
 
 
-@app_commands.command(name="stats", description="Queue, loaded models and speed.")
-async def stats(interaction: discord.Interaction) -> None:
+def app_command(entry: Command) -> app_commands.Command[Any, ..., None]:
+    """A core command as a Discord app command: its argument an optional string option, with
+    autocomplete where the command suggests values."""
+    if entry.argument is None:
+
+        async def run(interaction: discord.Interaction) -> None:
+            await _run(interaction, entry.name, "")
+
+    else:
+
+        @app_commands.rename(value=entry.argument)
+        @app_commands.describe(value=entry.argument_help or entry.argument)
+        async def run(interaction: discord.Interaction, value: str | None = None) -> None:
+            await _run(interaction, entry.name, value or "")
+
+    command = app_commands.Command(name=entry.name, description=entry.summary[:100], callback=run)
+    if entry.suggest is not None:
+        suggest = entry.suggest
+
+        @command.autocomplete("value")
+        async def complete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            return _suggestions(suggest(_client(interaction).service), current)
+
+    return command
+
+
+async def _run(interaction: discord.Interaction, name: str, argument: str) -> None:
     client = _client(interaction)
-    service, origin = client.service, client.origin_of_interaction(interaction)
-    numbers = service.stats()
-    wait = service.estimated_wait_s(numbers.queue_depth + 1) if numbers.queue_depth else None
-    model_here = await service.current_model(conversation_id(origin), model_scopes(origin))
-    temperature = await service.current_temperature(conversation_id(origin), model_here)
-    here = f"Model in your conversation here: {_code(model_here)}, temperature {temperature:g}"
-    await _say(interaction, "\n".join([here, *stats_lines(numbers, wait)]))
+    where = _where(interaction, client.origin_of_interaction(interaction))
+    await _show(interaction, await run_command(client.service, where, name, argument))
 
 
-@app_commands.command(name="temperature", description="Show or set how varied answers are in your conversation here.")
-@app_commands.describe(value="0 (always the same answer) to 2 (most varied), or 'default'")
-async def temperature(interaction: discord.Interaction, value: str | None = None) -> None:
-    client = _client(interaction)
-    origin = client.origin_of_interaction(interaction)
-    conversation = conversation_id(origin)
-    model_here = await client.service.current_model(conversation, model_scopes(origin))
-    if value is not None:
-        try:
-            await client.service.set_temperature(conversation, value)
-        except ChatError as error:
-            await _say(interaction, f"⚠️ {error.user_message}")
-            return
-    current = await client.service.current_temperature(conversation, model_here)
-    await _say(interaction, f"Temperature in your conversation here: {current:g}.")
+DISCORD_ONLY = (chat, model, model_default, help_command)  # /model here also takes a scope
 
 
 def register_commands(tree: app_commands.CommandTree) -> None:
-    for command in (chat, model, model_default, reset, help_command, stats, temperature):
+    for command in DISCORD_ONLY:
         tree.add_command(command)
+    for entry in COMMANDS.values():
+        if entry.name not in {command.name for command in DISCORD_ONLY}:
+            tree.add_command(app_command(entry))

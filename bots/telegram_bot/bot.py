@@ -2,7 +2,7 @@
 
 Thin on purpose: `policy` decides whether the bot is addressed and maps updates to the core's
 `(conversation_id, user_id, text)`, `handlers` answers commands and messages, `replies` renders the
-service's events with `bots.streaming.LiveReply` as plain text.
+service's events through the shared delivery layer (`bots.replying`, `bots.delivery`) as plain text.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import datetime as dtm
 import logging
 import secrets
+import re
 from urllib.parse import urlsplit
 
 from telegram import Update
@@ -28,20 +29,17 @@ from telegram.ext import (
 
 from bots.telegram_bot.handlers import (
     COMMANDS,
-    MODEL_PREFIX,
     check_access,
     cmd_ask,
     cmd_help,
-    cmd_model,
-    cmd_reset,
-    cmd_stats,
-    cmd_temperature,
+    on_choice,
+    on_command,
     on_error,
     on_group_text,
-    on_model_button,
     on_private_text,
 )
 from bots.inflight import keep_marking_interrupted
+from core.commands import COMMANDS as CORE_COMMANDS
 from bots.telegram_bot.replies import LIMIT, RESTARTED, edit_message, telegram_pacer, utf16_length
 from bots.telegram_bot.settings import TelegramSettings
 from bots.telegram_bot.state import BotState
@@ -71,11 +69,9 @@ def build_application(service: ChatService, settings: TelegramSettings) -> Appli
     app.add_handler(TypeHandler(Update, check_access), group=-1)
     app.add_handler(CommandHandler(["start", "help"], cmd_help))
     app.add_handler(CommandHandler("ask", cmd_ask))
-    app.add_handler(CommandHandler("model", cmd_model))
-    app.add_handler(CommandHandler("reset", cmd_reset))
-    app.add_handler(CommandHandler("stats", cmd_stats))
-    app.add_handler(CommandHandler("temperature", cmd_temperature))
-    app.add_handler(CallbackQueryHandler(on_model_button, pattern=f"^{MODEL_PREFIX}"))
+    core_commands = list(CORE_COMMANDS)  # every command of core/commands.py, with its keyboard
+    app.add_handler(CommandHandler(core_commands, on_command))
+    app.add_handler(CallbackQueryHandler(on_choice, pattern=f"^({'|'.join(map(re.escape, core_commands))}):"))
     text = filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND
     app.add_handler(MessageHandler(text & private, on_private_text))
     app.add_handler(MessageHandler(text & groups, on_group_text))

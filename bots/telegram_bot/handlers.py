@@ -1,4 +1,8 @@
-"""The bot's handlers: access checks, messages, /ask /help /model /reset /stats, errors."""
+"""The bot's handlers: access checks, messages, /ask /help, every command of core/commands.py, errors.
+
+A core command's handler only builds the `Where` (the chat's admins may change what a group
+shares) and renders the `Shown`: text, and its choices as an inline keyboard whose buttons run the
+command again with their value (`callback_data` = "command:value")."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from telegram import (
     Chat,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    Message,
     Update,
 )
 from telegram.constants import ChatMemberStatus
@@ -19,35 +24,29 @@ from telegram.ext import (
     ContextTypes,
 )
 
-from bots.text import stats_lines
-from bots.telegram_bot.policy import addressed_text, conversation_id, is_anonymous_admin, scope_id
+from bots.telegram_bot.policy import addressed_text, conversation_id, is_anonymous_admin, scope_id, sender_key
 from bots.telegram_bot.replies import (
     answer,
     say,
 )
 from bots.telegram_bot.state import bot_state
-from core.errors import ChatError
+from core.commands import COMMANDS as CORE_COMMANDS
+from core.commands import Shown, Where, help_lines, run_command
 
 log = logging.getLogger(__name__)
 
-MODEL_PREFIX = "model:"
 COMMANDS = [
     BotCommand("start", "Say hello and show what I can do"),
     BotCommand("help", "How to talk to me"),
     BotCommand("ask", "Ask a question: /ask your question"),
-    BotCommand("model", "Choose the model for this chat"),
-    BotCommand("reset", "Forget this conversation (in groups: admins only)"),
-    BotCommand("stats", "Queue, speed and loaded models"),
-    BotCommand("temperature", "Show or set how creative answers are: /temperature 0.7"),
+    *(BotCommand(entry.name, entry.summary[:256]) for entry in CORE_COMMANDS.values()),
 ]
 HELP = (
     "I'm lorabot, a small language model running on a CPU.\n\n"
     "In a private chat just write to me. In a group, mention me (@{username}), reply to one of my "
-    "messages, or use /ask <question>.\n\n"
-    "/model – choose the model for this chat (in groups: admins only)\n"
-    "/reset – forget this conversation (in groups: admins only, the group shares it)\n"
-    "/stats – queue, speed and loaded models\n"
-    "/temperature [0–2|default] – how creative answers are here (in groups: admins only)\n\n"
+    "messages, or use /ask <question>. In groups the conversation is shared, so only chat admins "
+    "change it.\n\n"
+    "{commands}\n\n"
     "Model here: {model}"
 )
 
@@ -108,32 +107,8 @@ async def cmd_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     service = bot_state(context).service
     message = update.effective_message
     model = await service.current_model(conversation_id(message), scope_id(message.chat))
-    await say(message, HELP.format(username=context.bot.username, model=model))
-
-
-def _model_keyboard(names: list[str], current: str) -> InlineKeyboardMarkup:
-    buttons = []
-    for index, name in enumerate(names):
-        data = MODEL_PREFIX + name
-        if len(data.encode()) > 64:  # Telegram's callback_data limit
-            data = f"{MODEL_PREFIX}#{index}"
-        buttons.append([InlineKeyboardButton(("✅ " if name == current else "") + name, callback_data=data)])
-    return InlineKeyboardMarkup(buttons)
-
-
-async def cmd_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Show the registered models as buttons; pressing one sets this chat's model."""
-    service = bot_state(context).service
-    message = update.effective_message
-    current = await service.current_model(conversation_id(message), scope_id(message.chat))
-    lines = [f"Model here: {current}", ""]
-    lines += [
-        f"• {entry.name}" + (f" – {entry.description}" if entry.description else "")
-        for entry in service.models()
-    ]
-    if message.chat.type != Chat.PRIVATE:
-        lines += ["", "Only chat admins can change it."]
-    await say(message, "\n".join(lines), reply_markup=_model_keyboard(service.model_names(), current))
+    commands = "\n".join(help_lines())
+    await say(message, HELP.format(username=context.bot.username, model=model, commands=commands))
 
 
 async def is_chat_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
@@ -157,77 +132,61 @@ async def is_chat_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> b
     return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
 
-async def on_model_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+def _where(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message, user: str) -> Where:
+    """A group's conversation (and its model, kept for the whole chat) is everyone's there."""
+    return Where(
+        conversation_id(message),
+        user,
+        scopes=(scope_id(message.chat),),
+        shared=message.chat.type != Chat.PRIVATE,
+        ask_may_change=lambda: is_chat_admin(update, context),
+        model_scope=scope_id(message.chat),
+    )
+
+
+def _keyboard(shown: Shown) -> InlineKeyboardMarkup | None:
+    if not shown.choices or shown.choose is None:
+        return None
+    buttons = []
+    for index, choice in enumerate(shown.choices):
+        data = f"{shown.choose}:{choice.value}"
+        if len(data.encode()) > 64:  # Telegram's callback_data limit: the choice's place instead
+            data = f"{shown.choose}:#{index}"
+        buttons.append([InlineKeyboardButton(("✅ " if choice.selected else "") + choice.value, callback_data=data)])
+    return InlineKeyboardMarkup(buttons)
+
+
+async def on_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any command of core/commands.py: `/name argument…`."""
+    message = update.effective_message
+    name = message.text.split(maxsplit=1)[0][1:].split("@", 1)[0].lower()
+    where = _where(update, context, message, sender_key(message))
+    shown = await run_command(bot_state(context).service, where, name, " ".join(context.args or []))
+    await say(message, shown.text, reply_markup=_keyboard(shown))
+
+
+async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button of a command's keyboard: run that command with the button's value."""
     query = update.callback_query
     service = bot_state(context).service
-    if not await is_chat_admin(update, context):
-        await query.answer("Only chat admins can change the model here.", show_alert=True)
+    name, _, value = query.data.partition(":")
+    if value.startswith("#") and value[1:].isdigit() and name == "model":
+        names = service.model_names()
+        value = names[int(value[1:])] if int(value[1:]) < len(names) else value
+    message = query.message if isinstance(query.message, Message) else None
+    if message is None:  # too old for Telegram to send it: nothing to show the change in
+        await query.answer("This menu is too old; send the command again.", show_alert=True)
         return
-    choice = query.data.removeprefix(MODEL_PREFIX)
-    names = service.model_names()
-    if choice.startswith("#") and choice[1:].isdigit() and int(choice[1:]) < len(names):
-        choice = names[int(choice[1:])]
-    try:
-        await service.set_scope_default(scope_id(update.effective_chat), choice)
-    except ChatError as error:
-        await query.answer(error.user_message[:200], show_alert=True)
+    where = _where(update, context, message, f"telegram:{query.from_user.id}")
+    shown = await run_command(service, where, name, value)
+    await query.answer(shown.text[:200], show_alert=shown.refused)
+    if shown.refused:
         return
-    await query.answer(f"Model set to {choice}")
+    listing = await run_command(service, where, name, "")
     with contextlib.suppress(BadRequest):  # e.g. the keyboard message is too old to edit
         await query.edit_message_text(
-            f"Model here: {choice} (set by {query.from_user.full_name})",
-            reply_markup=_model_keyboard(names, choice),
+            f"{shown.text} (set by {query.from_user.full_name})", reply_markup=_keyboard(listing)
         )
-
-
-async def cmd_reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Forget the conversation; in a group it is everyone's, so only chat admins may."""
-    if not await is_chat_admin(update, context):
-        await say(
-            update.effective_message, "Only chat admins can reset this conversation (the group shares it)."
-        )
-        return
-    try:
-        removed = await bot_state(context).service.reset(conversation_id(update.effective_message))
-    except ChatError as error:  # e.g. the history store refused the write: nothing was forgotten
-        await say(update.effective_message, f"⚠️ {error.user_message}")
-        return
-    await say(update.effective_message, f"🧹 Forgot this conversation ({removed} messages).")
-
-
-async def cmd_temperature(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """`/temperature` shows it, `/temperature 0.4` or `default` sets it for this conversation
-    (in groups the conversation is shared: chat admins only, as for /reset)."""
-    service, message = bot_state(context).service, update.effective_message
-    conversation = conversation_id(message)
-    if not context.args:
-        current = await service.current_temperature(conversation, await _model_here(service, message))
-        await say(message, f"Temperature here: {current:g} (0 = always the same answer, 2 = most varied)")
-        return
-    if not await is_chat_admin(update, context):
-        await say(message, "Only chat admins can change the temperature here (the group shares it).")
-        return
-    try:
-        await service.set_temperature(conversation, context.args[0])
-    except ChatError as error:
-        await say(message, f"⚠️ {error.user_message}")
-        return
-    current = await service.current_temperature(conversation, await _model_here(service, message))
-    await say(message, f"Temperature here is now {current:g}.")
-
-
-async def _model_here(service, message) -> str:
-    return await service.current_model(conversation_id(message), scope_id(message.chat))
-
-
-async def cmd_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    service = bot_state(context).service
-    stats = service.stats()
-    message = update.effective_message
-    model = await service.current_model(conversation_id(message), scope_id(message.chat))
-    wait = service.estimated_wait_s(stats.queue_depth + 1) if stats.queue_depth else None
-    temperature = await service.current_temperature(conversation_id(message), model)
-    await say(message, "\n".join([f"Model here: {model}, temperature {temperature:g}", *stats_lines(stats, wait)]))
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
