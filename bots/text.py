@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from core.service import ServiceStats
-
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,18 +131,3 @@ def _reopener(chunk: str, limit: int, length: Length) -> str:
     if not _LANGUAGE.fullmatch(language) or length(opener + _CLOSE) > limit // 4:
         return _FENCE + "\n"
     return opener
-
-
-def stats_lines(stats: ServiceStats, wait_s: float | None) -> list[str]:
-    """What /stats shows on every platform: queue, expected wait, models, speed, and problems."""
-    speed = f"{stats.tokens_per_s:.1f} tokens/s" if stats.tokens_per_s else "no replies yet"
-    lines = [
-        f"Queue: {stats.running} running, {stats.queue_depth} waiting"
-        + (f" (a new question waits about {wait_s:.0f} s)" if wait_s else ""),
-        f"Loaded models: {', '.join(stats.loaded_models) or 'none'}",
-        f"Speed (recent replies): {speed}",
-        f"Replies since start: {stats.replies}",
-    ]
-    if stats.registry_problem:
-        lines.append(f"⚠️ models file problem (the last good version is in use): {stats.registry_problem}")
-    return lines
