@@ -17,6 +17,7 @@ leave the queue or stop a running request. `turn(user)` wraps enqueue/wait/relea
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -145,6 +146,7 @@ class FairScheduler:
         """Return when the queue moved (or `ticket` started, or `timeout` passed)."""
         changed = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait({changed, ticket.ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {changed, ticket.ready}
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()

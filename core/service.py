@@ -13,7 +13,7 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from core.engines.base import GenerationRequest, GenerationStats, Message
@@ -197,7 +197,7 @@ class ChatService:
         *,
         scope_id: Scopes = None,
         settle_after_delivery: bool = False,
-    ) -> AsyncIterator[ReplyEvent]:
+    ) -> AsyncGenerator[ReplyEvent, None]:
         """Answer `text`; see docs/core-api.md. Raises `ChatError`s with user-facing text.
 
         `settle_after_delivery`: a reply that ends (Done) or is cut (cancelled, closed) leaves its
@@ -298,7 +298,7 @@ class ChatService:
         turn_id: int,
         *,
         defer: bool = False,
-    ) -> AsyncIterator[ReplyEvent]:
+    ) -> AsyncGenerator[ReplyEvent, None]:
         settings = self.settings
         context_length = handle.context_length  # EngineClosed, never a freed model
         max_new = min(entry.max_new_tokens or settings.max_new_tokens, context_length // 2)

@@ -116,7 +116,7 @@ async def test_a_new_command_works_on_telegram_with_its_keyboard(tmp_path, pick_
     async with telegram_bot(tmp_path, "ok") as (fake, _service):
         alice = fake.add_user(91, "Alice")
         chat = fake.private_chat(alice)
-        assert "pick" in [c["command"] for c in fake.commands]
+        await fake.wait_for(lambda: "pick" in [c["command"] for c in fake.commands])
         fake.send_text(alice, chat, "/pick blue")
         await fake.wait_for(lambda: fake.bot_texts(91) == ["picked blue in telegram:91"])
         fake.send_text(alice, chat, "/pick")

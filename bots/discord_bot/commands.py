@@ -152,22 +152,23 @@ async def help_command(interaction: discord.Interaction) -> None:
     await _say(interaction, HELP + "\n".join(f"• {line}" for line in lines))
 
 
-def app_command(entry: Command) -> app_commands.Command[Any, ..., None]:
+AppCommand = app_commands.Command[Any, ..., None]
+
+
+def app_command(entry: Command) -> AppCommand:
     """A core command as a Discord app command: its argument an optional string option, with
     autocomplete where the command suggests values."""
-    if entry.argument is None:
 
-        async def run(interaction: discord.Interaction) -> None:
-            await _run(interaction, entry.name, "")
+    async def run_plain(interaction: discord.Interaction) -> None:
+        await _run(interaction, entry.name, "")
 
-    else:
+    @app_commands.rename(value=entry.argument or "value")
+    @app_commands.describe(value=entry.argument_help or entry.argument or "value")
+    async def run_with_argument(interaction: discord.Interaction, value: str | None = None) -> None:
+        await _run(interaction, entry.name, value or "")
 
-        @app_commands.rename(value=entry.argument)
-        @app_commands.describe(value=entry.argument_help or entry.argument)
-        async def run(interaction: discord.Interaction, value: str | None = None) -> None:
-            await _run(interaction, entry.name, value or "")
-
-    command = app_commands.Command(name=entry.name, description=entry.summary[:100], callback=run)
+    callback = run_plain if entry.argument is None else run_with_argument
+    command: AppCommand = app_commands.Command(name=entry.name, description=entry.summary[:100], callback=callback)
     if entry.suggest is not None:
         suggest = entry.suggest
 
@@ -184,7 +185,7 @@ async def _run(interaction: discord.Interaction, name: str, argument: str) -> No
     await _show(interaction, await run_command(client.service, where, name, argument))
 
 
-DISCORD_ONLY = (chat, model, model_default, help_command)  # /model here also takes a scope
+DISCORD_ONLY: tuple[AppCommand, ...] = (chat, model, model_default, help_command)  # /model here also takes a scope
 
 
 def register_commands(tree: app_commands.CommandTree) -> None:

@@ -28,7 +28,7 @@ from telegram.ext import (
 )
 
 from bots.telegram_bot.handlers import (
-    COMMANDS,
+    bot_commands,
     check_access,
     cmd_ask,
     cmd_help,
@@ -126,7 +126,7 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
         marking = asyncio.create_task(_mark_restarted(app))
         try:
             with contextlib.suppress(TelegramError):
-                await app.bot.set_my_commands(COMMANDS)
+                await app.bot.set_my_commands(bot_commands())
             await _start_updates(app, settings)
             await app.start()
             await asyncio.Future()  # until cancelled
@@ -142,8 +142,11 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
 async def _start_updates(app: Application, settings: TelegramSettings) -> None:
     """Long polling by default; a webhook server when TELEGRAM_WEBHOOK_URL is set."""
     updates = [Update.MESSAGE, Update.CALLBACK_QUERY]
+    updater = app.updater
+    if updater is None:  # build_application always makes one
+        raise RuntimeError("the Telegram application has no updater")
     if settings.webhook_url is None:
-        await app.updater.start_polling(
+        await updater.start_polling(
             timeout=dtm.timedelta(seconds=settings.poll_timeout_s),
             allowed_updates=updates,
             drop_pending_updates=settings.drop_pending_updates,
@@ -153,7 +156,7 @@ async def _start_updates(app: Application, settings: TelegramSettings) -> None:
     secret = (
         settings.webhook_secret.get_secret_value() if settings.webhook_secret else secrets.token_urlsafe(32)
     )
-    await app.updater.start_webhook(
+    await updater.start_webhook(
         listen=settings.webhook_listen,
         port=settings.webhook_port,
         url_path=urlsplit(settings.webhook_url).path.lstrip("/"),

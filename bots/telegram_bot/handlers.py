@@ -11,6 +11,7 @@ import logging
 
 from telegram import (
     BotCommand,
+    CallbackQuery,
     Chat,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -35,12 +36,16 @@ from core.commands import Shown, Where, help_lines, run_command
 
 log = logging.getLogger(__name__)
 
-COMMANDS = [
-    BotCommand("start", "Say hello and show what I can do"),
-    BotCommand("help", "How to talk to me"),
-    BotCommand("ask", "Ask a question: /ask your question"),
-    *(BotCommand(entry.name, entry.summary[:256]) for entry in CORE_COMMANDS.values()),
-]
+def bot_commands() -> list[BotCommand]:
+    """The command menu: ours, then every core command registered when the bot starts."""
+    return [
+        BotCommand("start", "Say hello and show what I can do"),
+        BotCommand("help", "How to talk to me"),
+        BotCommand("ask", "Ask a question: /ask your question"),
+        *(BotCommand(entry.name, entry.summary[:256]) for entry in CORE_COMMANDS.values()),
+    ]
+
+
 HELP = (
     "I'm lorabot, a small language model running on a CPU.\n\n"
     "In a private chat just write to me. In a group, mention me (@{username}), reply to one of my "
@@ -68,14 +73,28 @@ async def check_access(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     raise ApplicationHandlerStop
 
 
+def message_of(update: Update) -> Message:
+    """The update's message: every handler here is registered for updates that carry one."""
+    if update.effective_message is None:
+        raise ValueError(f"update {update.update_id} has no message")
+    return update.effective_message
+
+
+def query_of(update: Update) -> CallbackQuery:
+    if update.callback_query is None:
+        raise ValueError(f"update {update.update_id} has no callback query")
+    return update.callback_query
+
+
 async def on_private_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Private chat: every text message is a question."""
-    await answer(update.effective_message, context, update.effective_message.text)
+    message = message_of(update)
+    await answer(message, context, message.text or "")
 
 
 async def on_group_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Group: answer only when mentioned or replied to."""
-    message = update.effective_message
+    message = message_of(update)
     text = addressed_text(message, context.bot.username, context.bot.id)
     if text is None:
         return
@@ -87,7 +106,7 @@ async def on_group_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 
 async def cmd_ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/ask question`, or `/ask` in reply to a message: that message's text is the question."""
-    message = update.effective_message
+    message = message_of(update)
     question = " ".join(context.args or [])
     if (
         not question
@@ -105,7 +124,7 @@ async def cmd_ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def cmd_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     service = bot_state(context).service
-    message = update.effective_message
+    message = message_of(update)
     model = await service.current_model(conversation_id(message), scope_id(message.chat))
     commands = "\n".join(help_lines())
     await say(message, HELP.format(username=context.bot.username, model=model, commands=commands))
@@ -118,6 +137,8 @@ async def is_chat_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> b
     anonymously as the group (Telegram hides who, but only admins can), and TELEGRAM_ADMIN_IDS.
     """
     user, chat = update.effective_user, update.effective_chat
+    if chat is None:
+        return False
     if chat.type == Chat.PRIVATE or is_anonymous_admin(update.message):
         return True
     if user is None:
@@ -158,8 +179,8 @@ def _keyboard(shown: Shown) -> InlineKeyboardMarkup | None:
 
 async def on_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Any command of core/commands.py: `/name argument…`."""
-    message = update.effective_message
-    name = message.text.split(maxsplit=1)[0][1:].split("@", 1)[0].lower()
+    message = message_of(update)
+    name = (message.text or "/").split(maxsplit=1)[0][1:].split("@", 1)[0].lower()
     where = _where(update, context, message, sender_key(message))
     shown = await run_command(bot_state(context).service, where, name, " ".join(context.args or []))
     await say(message, shown.text, reply_markup=_keyboard(shown))
@@ -167,9 +188,9 @@ async def on_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
 
 async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A button of a command's keyboard: run that command with the button's value."""
-    query = update.callback_query
+    query = query_of(update)
     service = bot_state(context).service
-    name, _, value = query.data.partition(":")
+    name, _, value = (query.data or "").partition(":")
     if value.startswith("#") and value[1:].isdigit() and name == "model":
         names = service.model_names()
         value = names[int(value[1:])] if int(value[1:]) < len(names) else value

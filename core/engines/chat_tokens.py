@@ -82,7 +82,7 @@ class ChatTokenizer:
         self._partitions: dict[str, tuple[str | ControlToken, ...]] = {}
 
     def render(self, messages: list[Message]) -> str:
-        return self.formatter(messages=messages).prompt
+        return self.formatter(messages=messages).prompt  # type: ignore[arg-type]  # llama_cpp's message TypedDicts
 
     def segments(self, messages: list[Message]) -> list[Segment]:
         """The rendered prompt as the template's text and the messages' contents, in order."""
@@ -159,9 +159,10 @@ class ChatTokenizer:
             if isinstance(item, ControlToken):
                 tokens.append(item.id)
                 continue
-            if i + 1 < len(items) and items[i + 1].lstrip:  # type: ignore[union-attr]
+            following, preceding = items[i + 1] if i + 1 < len(items) else None, items[i - 1] if i else None
+            if isinstance(following, ControlToken) and following.lstrip:
                 item = item.rstrip(_C_SPACE)
-            if i > 0 and items[i - 1].rstrip:  # type: ignore[union-attr]
+            if isinstance(preceding, ControlToken) and preceding.rstrip:
                 item = item.lstrip(_C_SPACE)
             if item:
                 tokens += self._text_tokens(item.encode("utf-8"))

@@ -197,6 +197,8 @@ class LlamaEngine:
 
     @classmethod
     def load(cls, entry: ModelEntry, settings: CoreSettings) -> LlamaEngine:
+        if entry.path is None:  # the pool gives remote entries to the remote engine
+            raise ValueError(f"model {entry.name!r} has no GGUF file to load")
         check_gguf(entry.path)
         try:
             llm = llama_cpp.Llama(
