@@ -42,7 +42,7 @@ def platform_runner(name: str) -> Runner:
             f"The {name} adapter is not available ({error}). Install it with `pip install -e '.[{name}]'`."
         ) from error
     try:
-        settings = settings_class.load() if hasattr(settings_class, "load") else settings_class()
+        settings = settings_class.load()
     except SettingsError as error:
         raise RuntimeError(str(error)) from error
 
