@@ -125,7 +125,8 @@ class FakeDiscord:
         self.identifies: list[dict[str, Any]] = []  # every IDENTIFY, one per shard connection
         self.ready_shards: set[tuple[int, int]] = set()  # (shard id, count) sent READY + GUILD_CREATE
         self.extra_guilds: dict[int, int] = {}  # guild id -> its one text channel (add_guild)
-        self.messages: dict[int, dict[str, Any]] = {}  # every message the bot created, by id
+        self.messages: dict[int, dict[str, Any]] = {}  # the bot's messages still on screen, by id
+        self.deleted: dict[int, dict[str, Any]] = {}  # the bot's messages deleted since (delete_message)
         self.commands: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []  # interaction callback bodies, in order
         self._ids = itertools.count(1_000_000_000_000_000_001)
@@ -198,6 +199,16 @@ class FakeDiscord:
     def delay_next(self, method: str, path_regex: str, seconds: float) -> None:
         """Handle the next matching request at once but send its answer `seconds` later."""
         self._delays.append((method, re.compile(path_regex), seconds))
+
+    async def delete_message(self, message_id: int | str) -> None:
+        """A moderator (or the user) deletes one of the bot's messages: it leaves the channel's
+        view, MESSAGE_DELETE goes out, and editing it answers 404 Unknown Message (10008)."""
+        message = self.messages.pop(int(message_id))
+        self.deleted[int(message_id)] = message
+        event = {"id": message["id"], "channel_id": message["channel_id"]}
+        if message.get("guild_id"):
+            event["guild_id"] = message["guild_id"]
+        await self.dispatch("MESSAGE_DELETE", event)
 
     def add_user(self, user_id: int, name: str | None = None) -> dict[str, Any]:
         self.users.setdefault(user_id, _user(user_id, name or f"user{user_id % 10_000}"))
@@ -347,6 +358,10 @@ class FakeDiscord:
             m for m in self.messages.values() if channel_id is None or int(m["channel_id"]) == channel_id
         ]
         return sorted(found, key=lambda m: int(m["id"]))
+
+    def visible_texts(self, channel_id: int | None = None) -> list[str]:
+        """What a user scrolling the channel sees of the bot, oldest first (deleted ones gone)."""
+        return [m["content"] for m in self.bot_messages(channel_id)]
 
     def replies_to(self, message_id: str) -> list[dict[str, Any]]:
         """The bot's messages that reply to user message `message_id`."""
@@ -657,6 +672,11 @@ class FakeDiscord:
             return 200, self._create_message(int(match.group(1)), body)
         if method == "PATCH" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
             return self._edit_message(int(match.group(1)), body)
+        if method == "DELETE" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
+            if int(match.group(1)) not in self.messages:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            self.deleted[int(match.group(1))] = self.messages.pop(int(match.group(1)))
+            return 204, None
         if method == "POST" and (match := m(r"/interactions/(\d+)/([^/]+)/callback", path)):
             return self._interaction_callback(match.group(2), body)
         if method == "POST" and (match := m(r"/webhooks/\d+/([^/]+)", path)):

@@ -165,7 +165,8 @@ class FakeBotAPI:
         self.chats: dict[int, dict[str, Any]] = {}
         self.admins: dict[int, set[int]] = {}
         self.users: dict[int, dict[str, Any]] = {}
-        self.messages: dict[tuple[int, int], dict[str, Any]] = {}
+        self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # what is in the chats now
+        self.deleted: list[dict[str, Any]] = []  # messages deleted since (delete_message, deleteMessage)
         self.commands: list[dict[str, Any]] = []
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
@@ -240,6 +241,14 @@ class FakeBotAPI:
     def fail_next(self, method: str, status: int = 502, times: int = 1, description: str = "Bad Gateway") -> None:
         """Answer the next `times` calls of `method` with an error (e.g. a 5xx of Telegram's edge)."""
         self._failures.setdefault(method, []).extend([(status, description)] * times)
+
+    def delete_message(self, chat_id: int, message_id: int) -> dict[str, Any]:
+        """Someone deletes a message: it leaves the chat, and editing it answers 400 "Bad Request:
+        message to edit not found", as Telegram does."""
+        message = self.messages.pop((chat_id, message_id))
+        self.deleted.append(message)
+        self._changed.set()
+        return message
 
     def send_text(self, user: dict, chat: dict, text: str, *, reply_to: dict | None = None,
                   thread_id: int | None = None) -> dict:
@@ -565,6 +574,13 @@ class FakeBotAPI:
         else:
             message.pop("reply_markup", None)
         return message
+
+    async def _api_deleteMessage(self, params):
+        chat = self._chat(params)
+        if (chat["id"], params.get("message_id")) not in self.messages:
+            raise _APIError(400, "Bad Request: message to delete not found")
+        self.deleted.append(self.messages.pop((chat["id"], params["message_id"])))
+        return True
 
     async def _api_sendChatAction(self, params):
         self._chat(params)

@@ -7,9 +7,8 @@ exception, never a reply stuck on a stale partial.
 
 from __future__ import annotations
 
-import pytest
-
 from bench.fakes.discord import FakeDiscord
+from core.engines.base import GenerationRequest
 from test_under_load import discord_bot, telegram_bot
 
 TEXT = " ".join(f"w{i}" for i in range(40))
@@ -42,26 +41,58 @@ async def test_telegram_final_edit_failing_is_retried(tmp_path):
     assert [c.status for c in fake.calls_of("editMessageText", ok_only=False, chat_id=62)][-3:] == [502, 502, 200]
 
 
-@pytest.mark.parametrize("deleted_at", ["mid-stream", "final"])
-async def test_discord_reply_deleted_mid_stream_is_sent_again(tmp_path, deleted_at):
-    interval = 0.2 if deleted_at == "mid-stream" else 60  # "final": the only edit is the final text
-    async with discord_bot(
-        tmp_path, TEXT, token_delay_s=0.02, parallel=1, kv_slots=1, edit_interval_s=interval
-    ) as (fake, client, _):
-        if deleted_at == "final":  # someone else's reply runs; ours shows a status line, then gets deleted
-            blocker = await fake.user_message("first", mention_bot=True, user_id=901)
-            await fake.wait_until(lambda: fake.replies_to(blocker["id"]))
-            # ours waits behind it: its status line is what gets deleted
-        fake.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=404, code=10008)
+def answer_to(request: GenerationRequest) -> str:
+    """Each question gets its own answer, so the channel shows whose is whose."""
+    return f"{TEXT} ({request.messages[-1]['content']})"
+
+
+async def test_discord_reply_deleted_mid_stream_is_sent_again_once(tmp_path):
+    """A moderator deletes the reply while it grows: the next edit gets 10008, the reply is sent
+    again, and the channel shows the answer exactly once."""
+    async with discord_bot(tmp_path, answer_to, token_delay_s=0.05, edit_interval_s=0.2) as (fake, client, _):
         message = await fake.user_message("go", mention_bot=True)
-        await fake.wait_until(
-            lambda: any(m["content"] == TEXT for m in fake.bot_messages(FakeDiscord.CHANNEL_ID)), timeout=20
-        )
+        first = await fake.wait_until(lambda: fake.replies_to(message["id"]))
+        await fake.delete_message(first[0]["id"])
+        await fake.wait_until(lambda: f"{TEXT} (go)" in fake.visible_texts(), timeout=20)
         await client.wait_idle()
-    failed = [c for c in fake.calls if c.method == "PATCH" and c.status == 404]
-    assert len(failed) == 1
-    assert any(m["content"] == TEXT for m in fake.bot_messages(FakeDiscord.CHANNEL_ID))
-    assert message  # the user's message stays; the answer was posted again after the deletion
+    refused = [c for c in fake.calls if c.status == 404 and c.path.endswith(f"/messages/{first[0]['id']}")]
+    assert refused and all(c.method == "PATCH" for c in refused)  # the deleted one was edited, not found
+    assert fake.visible_texts(FakeDiscord.CHANNEL_ID) == [f"{TEXT} (go)"]
+
+
+async def test_discord_status_line_deleted_before_the_final_text(tmp_path):
+    """Bob's question waits behind Alice's: his status line is on screen and gets deleted; the edit
+    that would turn it into his answer finds it gone, and his answer is posted once, as a new
+    message. Alice's reply is untouched."""
+    async with discord_bot(
+        tmp_path, answer_to, token_delay_s=0.05, parallel=1, kv_slots=1, edit_interval_s=60
+    ) as (fake, client, _):
+        alice = await fake.user_message("first", mention_bot=True, user_id=901)
+        await fake.wait_until(lambda: fake.replies_to(alice["id"]))
+        bob = await fake.user_message("second", mention_bot=True, user_id=902)
+        status = await fake.wait_until(
+            lambda: [m for m in fake.replies_to(bob["id"]) if m["content"].startswith("⏳")]
+        )
+        await fake.delete_message(status[0]["id"])
+        await fake.wait_until(lambda: f"{TEXT} (second)" in fake.visible_texts(), timeout=20)
+        await client.wait_idle()
+    refused = [c for c in fake.calls if c.status == 404]
+    assert [c.path for c in refused] == [f"/channels/{FakeDiscord.CHANNEL_ID}/messages/{status[0]['id']}"]
+    assert fake.visible_texts(FakeDiscord.CHANNEL_ID) == [f"{TEXT} (first)", f"{TEXT} (second)"]
+
+
+async def test_telegram_reply_deleted_mid_stream_is_sent_again_once(tmp_path):
+    """Telegram answers an edit of a deleted message with 400 "message to edit not found"; the
+    reply is sent again and the chat shows it exactly once."""
+    async with telegram_bot(tmp_path, answer_to, token_delay_s=0.05, edit_interval_s=0.2) as (fake, _):
+        alice = fake.add_user(81, "Alice")
+        fake.send_text(alice, fake.private_chat(alice), "go")
+        await fake.wait_for(lambda: fake.bot_messages(81))
+        gone = fake.delete_message(81, fake.bot_messages(81)[0]["message_id"])
+        await fake.wait_for(lambda: f"{TEXT} (go)" in fake.bot_texts(81), timeout=20)
+    refused = [c for c in fake.calls_of("editMessageText", ok_only=False) if c.status == 400]
+    assert refused and {c.params["message_id"] for c in refused} == {gone["message_id"]}
+    assert fake.bot_texts(81) == [f"{TEXT} (go)"]
 
 
 async def test_stats_tells_admins_about_a_broken_models_file(tmp_path):
