@@ -7,9 +7,10 @@ exception, never a reply stuck on a stale partial.
 
 from __future__ import annotations
 
+from test_under_load import discord_bot, telegram_bot
+
 from bench.fakes.discord import FakeDiscord
 from core.engines.base import GenerationRequest
-from test_under_load import discord_bot, telegram_bot
 
 TEXT = " ".join(f"w{i}" for i in range(40))
 
@@ -38,7 +39,11 @@ async def test_telegram_final_edit_failing_is_retried(tmp_path):
         await fake.wait_for(lambda: fake.bot_texts(61) == ["all done now"])  # Bob's final edit is next
         fake.fail_next("editMessageText", status=502, times=2)
         await fake.wait_for(lambda: fake.bot_texts(62) == ["all done now"], timeout=20)
-    assert [c.status for c in fake.calls_of("editMessageText", ok_only=False, chat_id=62)][-3:] == [502, 502, 200]
+    assert [c.status for c in fake.calls_of("editMessageText", ok_only=False, chat_id=62)][-3:] == [
+        502,
+        502,
+        200,
+    ]
 
 
 def answer_to(request: GenerationRequest) -> str:
