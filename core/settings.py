@@ -32,31 +32,62 @@ class CoreSettings(BaseSettings):
         env_prefix="LORABOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    data_dir: Path = Field(Path("data"), description="Where history and the models file live.")
+    data_dir: Path = Field(
+        Path("data"),
+        description="Default home of the SQLite history and the models file; `lorabot models pull` "
+        "downloads here.",
+    )
     database_url: SecretStr | None = Field(
         None,
         description="Where history, model choices and in-flight questions are stored: postgresql://user:password@host/db "
         "for several bot processes on one database; default sqlite:///DATA_DIR/history.sqlite3.",
     )
     models_file: Path | None = Field(None, description="TOML models registry; default DATA_DIR/models.toml.")
-    default_model: str = Field("smollm2-135m", description="Model used when a conversation picked none.")
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    default_model: str = Field(
+        "smollm2-135m",
+        description="Model used where neither the conversation nor its channel/server picked one.",
+    )
+    system_prompt: str = Field(
+        DEFAULT_SYSTEM_PROMPT, description="System message in front of every conversation."
+    )
     queue_max: int = Field(1000, ge=1, description="Hard cap on requests waiting at once (see max_wait_s).")
     max_wait_s: float = Field(
         120.0, gt=0, description="Refuse a new request when its estimated wait in the queue exceeds this."
     )
     max_waiting_per_user: int = Field(
-        3, ge=1, description="Questions one user may have waiting; later ones are queued behind them up to this."
+        3,
+        ge=1,
+        description="Questions one user may have waiting besides one being answered (answered in order); "
+        "a further one is refused.",
     )
-    rate_limit_messages: int = Field(6, ge=1, description="Messages a user may send per period.")
-    rate_limit_period_s: float = Field(60.0, gt=0)
-    history_max_turns: int = Field(20, ge=1, description="Stored turns kept per conversation.")
+    rate_limit_messages: int = Field(
+        6, ge=1, description="Questions a user may ask per period (all conversations); more are refused."
+    )
+    rate_limit_period_s: float = Field(60.0, gt=0, description="That period, in seconds (a sliding window).")
+    history_max_turns: int = Field(
+        20,
+        ge=1,
+        description="Most past exchanges read into the model's context (fewer when they do not fit); "
+        "the store keeps every turn until history_keep_days.",
+    )
     history_keep_days: float = Field(
-        30, ge=0, description="Stored turns older than this are deleted (checked hourly); 0 = keep forever."
+        30,
+        ge=0,
+        description="Stored turns older than this are deleted (at start, then at most hourly); "
+        "0 = keep forever.",
     )
     max_input_chars: int = Field(4000, ge=100, description="Longer messages are trimmed with a notice.")
-    max_new_tokens: int = Field(400, ge=1)
-    generation_timeout_s: float = Field(180.0, gt=0)
+    max_new_tokens: int = Field(
+        400,
+        ge=1,
+        description="Most tokens in a reply unless the model's entry sets its own; at most half its window.",
+    )
+    generation_timeout_s: float = Field(
+        180.0,
+        gt=0,
+        description="A reply still generating this long after it started (queue and loading not counted) is "
+        "stopped; also a remote model's read timeout.",
+    )
     remote_first_byte_timeout_s: float = Field(
         60.0,
         gt=0,
@@ -64,21 +95,34 @@ class CoreSettings(BaseSettings):
         "deadline is generation_timeout_s).",
     )
     remote_backoff_s: float = Field(
-        0.5, gt=0, description="Least wait after a remote 429/503 (even Retry-After: 0), doubled per further 429."
+        0.5,
+        gt=0,
+        description="Least wait after a remote 429/503 (even Retry-After: 0), doubled per further one.",
     )
     remote_backoff_max_s: float = Field(
         30.0, gt=0, description="Cap of that doubling (a longer Retry-After is obeyed)."
     )
     remote_backpressure_retries: int = Field(
-        6, ge=0, description="429/503 answers a request may get before it ends with a clear 'overloaded' error."
+        6,
+        ge=0,
+        description="Times a request is retried after a 429/503; the next one ends it ('overloaded').",
     )
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 = all cores.")
-    max_loaded_models: int = Field(2, ge=1, description="Loaded models kept in memory (LRU).")
-    kv_slots: int = Field(8, ge=1, le=64, description="Conversations whose KV cache stays warm per model.")
-    parallel: int = Field(
-        4, ge=1, le=64, description="Replies generated at once (batched together on the CPU)."
+    max_loaded_models: int = Field(
+        2, ge=1, description="Models kept loaded, remote ones too (LRU; one in use stays until it is idle)."
     )
-    context_length: int = Field(2048, ge=256, description="Context window per conversation.")
+    kv_slots: int = Field(
+        8, ge=1, le=64, description="Conversations whose KV cache stays warm per local model."
+    )
+    parallel: int = Field(
+        4, ge=1, le=64, description="Replies generated at once, all models together (batched per model)."
+    )
+    context_length: int = Field(
+        2048,
+        ge=256,
+        description="Context window (tokens) per conversation unless the model's entry sets its own; a local "
+        "model's is capped at its trained length.",
+    )
     prefill_chunk: int = Field(
         256,
         ge=16,
@@ -92,10 +136,14 @@ class CoreSettings(BaseSettings):
         description="Host memory (MiB per model) for the KV cache of conversations that lost their slot: "
         "their next turn restores it instead of reading the whole history again; 0 = off.",
     )
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    seed: int = 3407
-    log_level: str = Field("INFO", description="Log level of `lorabot run` and the bots (DEBUG, INFO, WARNING).")
+    temperature: float = Field(
+        0.7, ge=0, description="Used unless the conversation (/temperature) or the model's entry sets one."
+    )
+    top_p: float = Field(0.9, gt=0, le=1, description="Used unless the model's entry sets one.")
+    seed: int = Field(3407, description="Sampling seed of every reply.")
+    log_level: str = Field(
+        "INFO", description="Log level of `lorabot run` and the bots (DEBUG, INFO, WARNING, ERROR)."
+    )
 
     @field_validator("default_model", "system_prompt")
     @classmethod

@@ -34,7 +34,7 @@ class QuantizerMissing(ExportError):
 
 
 def converter_dir() -> Path:
-    """$LORABOT_CONVERTER_DIR, else <venv>/convert-hf-to-gguf (where `make setup-train` puts it)."""
+    """$LORABOT_CONVERTER_DIR, else <venv>/convert-hf-to-gguf (where `make setup-dev` puts it)."""
     candidates = [os.environ.get(CONVERTER_ENV), Path(sys.prefix) / "convert-hf-to-gguf"]
     for candidate in candidates:
         if candidate and (Path(candidate) / CONVERTER_SCRIPT).is_file():

@@ -29,7 +29,9 @@ class DiscordSettings(BaseSettings):
     )
     gateway_url: str = Field(DISCORD_GATEWAY_URL, description="Gateway websocket URL.")
     admin_ids: IdSet = Field(
-        frozenset(), description="User IDs that may set channel models and server defaults anywhere."
+        frozenset(),
+        description="User IDs that may set channel models and server defaults anywhere, and DM the bot "
+        "while a guild/channel/role allow list is set.",
     )
     allowed_guild_ids: IdSet = frozenset()
     denied_guild_ids: IdSet = frozenset()
@@ -48,7 +50,11 @@ class DiscordSettings(BaseSettings):
         "(default: only DISCORD_ALLOWED_USER_IDS and DISCORD_ADMIN_IDS).",
     )
     edit_interval_s: float = Field(
-        1.0, ge=0.05, le=60, description="Minimum seconds between edits of a streaming reply."
+        1.0,
+        ge=0.05,
+        le=60,
+        description="Seconds before the first in-between edit of a streaming reply; each later one waits 1.5x "
+        "longer, up to 5 s (the final text is sent at once).",
     )
     message_content_intent: bool = Field(
         True,

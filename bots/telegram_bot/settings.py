@@ -24,13 +24,20 @@ class TelegramSettings(BaseSettings):
         description="Bot API URL up to '/bot'; the token is appended (or replaces '{token}').",
     )
     file_base_url: str = Field("https://api.telegram.org/file/bot", description="Bot API file URL.")
-    admin_ids: IdSet = Field(frozenset(), description="User ids that may change the model in any chat.")
+    admin_ids: IdSet = Field(
+        frozenset(),
+        description="User ids that count as admins in every chat (may change a group's model and settings, "
+        "/reset it) and pass the allow lists.",
+    )
     allowed_user_ids: IdSet = Field(frozenset(), description="Only these users may use the bot (empty: all).")
     allowed_chat_ids: IdSet = Field(
         frozenset(), description="Only in these chats (empty: all). A private chat's id is the user's id."
     )
     edit_interval_s: float = Field(
-        1.5, gt=0, description="Least seconds between edits of a streaming reply in a private chat."
+        1.5,
+        gt=0,
+        description="Seconds before the first in-between edit of a streaming reply in a private chat; each "
+        "later one waits 1.5x longer, up to 5 s (the final text is sent at once).",
     )
     group_edit_interval_s: float = Field(
         3.0, gt=0, description="Same in groups (Telegram allows ~20 messages a minute per group)."
