@@ -46,11 +46,15 @@ def test_every_case_and_lever_is_a_valid_training_config():
     from training.config import build_config
 
     assert set(expand_cases(["levers"])) == {"c", *LEVERS}
+    rows_per_step = {}
     for name in [*CASES, *LEVERS]:
         spec = case_spec(name)
         settings = {key: spec[key] for key in STEP_KEYS if key in spec}
-        cfg = build_config("baseline", backend=spec["backend"], **settings)
-        assert cfg.batch_size == spec["batch_size"], name
+        cfg = build_config("baseline", backend=spec["backend"], **settings)  # ConfigError if not valid
+        rows_per_step[name] = (cfg.batch_size, cfg.grad_accum)
+    assert rows_per_step["a"] == rows_per_step["b"] == rows_per_step["e"] == (2, 4)  # the notebook's
+    assert rows_per_step["c"] == rows_per_step["d"] == rows_per_step["f"] == (8, 1)  # baseline-tuned / -fast
+    assert rows_per_step["lever:mb16"] == (16, 1) and rows_per_step["lever:bf16-mb64"] == (64, 1)
     assert case_spec("lever:bf16")["load_in_4bit"] is False and case_spec("c")["load_in_4bit"] is True
     assert case_spec("f")["shape"] == "llama-3.2-3b" and case_spec("f")["batch_size"] == case_spec("d")["batch_size"]
 

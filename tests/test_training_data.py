@@ -163,15 +163,20 @@ def test_cli_module_imports_no_torch_and_no_bench():
     assert out.split() == ["False", "False", "False"]  # training never imports the benchmarks
 
 
-def test_presets_come_from_the_presets_folder(tmp_path):
+def test_presets_come_from_the_presets_folder(tmp_path, monkeypatch):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from training import cli
-    from training.config import PRESETS_DIR
+    from training import cli, config
 
-    assert preset_names() == sorted(path.stem for path in PRESETS_DIR.glob("*.toml"))
-    assert "baseline-tuned" in preset_names()
+    assert preset_names() == ["baseline", "baseline-fast", "baseline-tuned", "improved", "tiny"]
+    # a file dropped into the folder is a preset, nothing else lists them
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "mine.toml").write_text('lora_r = 4\nmax_steps = 3\n')
+    with monkeypatch.context() as patched:
+        patched.setattr(config, "PRESETS_DIR", tmp_path / "presets")
+        assert preset_names() == ["mine"]
+        assert (build_config("mine").lora_r, build_config("mine").max_steps) == (4, 3)
     app = typer.Typer()
     app.command("train")(cli.train)
     app.command("export")(cli.export)
