@@ -96,6 +96,7 @@ class ReplyView:
         max_edit_interval_s: float | None = None,
         status_interval_s: float = 60.0,
         final_retries: int = 4,
+        max_resends: int = 3,
         on_shown: ShownCallback | None = None,
         record_every_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -109,6 +110,8 @@ class ReplyView:
         self.status_interval_s = status_interval_s
         self._text_edits = 0
         self.final_retries = final_retries
+        self.max_resends = max_resends  # messages of this reply found deleted and sent again, at most
+        self._gone = 0
         self.on_shown = on_shown
         self.record_every_s = record_every_s
         self.counts = DeliveryCounts()
@@ -265,6 +268,12 @@ class ReplyView:
             self.pacer.hold(None if slow.everywhere else self.sink.chat_key, slow.retry_after)
             return True
         except MessageGone:
+            self._gone += 1
+            if self._gone > self.max_resends:  # e.g. an automod deleting every message of ours
+                log.warning(
+                    "reply messages in %s were deleted %d times; giving up on this reply", self.sink.chat_key, self._gone
+                )
+                return False
             log.info("a reply message in %s was deleted; sending it again", self.sink.chat_key)
             del self._shown[index:]  # later continuations would now read out of order
             return True

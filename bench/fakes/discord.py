@@ -127,6 +127,9 @@ class FakeDiscord:
         self.extra_guilds: dict[int, int] = {}  # guild id -> its one text channel (add_guild)
         self.messages: dict[int, dict[str, Any]] = {}  # the bot's messages still on screen, by id
         self.deleted: dict[int, dict[str, Any]] = {}  # the bot's messages deleted since (delete_message)
+        # an automod or a quick moderator: each new bot message it picks is deleted as soon as posted
+        # (it is given the stored message: `_original` marks an interaction's original response)
+        self.auto_delete: Callable[[dict[str, Any]], bool] | None = None
         self.commands: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []  # interaction callback bodies, in order
         self._ids = itertools.count(1_000_000_000_000_000_001)
@@ -746,6 +749,9 @@ class FakeDiscord:
         self.messages[int(message["id"])] = message
         if not message.get("flags", 0) & 64:  # like Discord, echo the bot's own message on the gateway
             self._echo("MESSAGE_CREATE", self._public(message))
+        if self.auto_delete is not None and self.auto_delete(message):
+            self.deleted[int(message["id"])] = self.messages.pop(int(message["id"]))
+            self._echo("MESSAGE_DELETE", {k: message[k] for k in ("id", "channel_id", "guild_id") if k in message})
         return self._public(message)
 
     def _echo(self, event: str, data: dict[str, Any]) -> None:

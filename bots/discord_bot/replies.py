@@ -119,18 +119,28 @@ class InteractionSink:
         self.interaction = interaction
         self.chat_key = f"discord:{interaction.channel_id or 0}"
         self.typing_key = f"discord-typing:{interaction.channel_id or 0}"
+        self.name = interaction.command.name if interaction.command else "command"
         self.sent = 0
+        self.original_gone = False  # the deferred response was deleted: only follow-ups are left
 
     def length(self, text: str) -> int:
         return len(text)
 
     async def send(self, text: str) -> discord.InteractionMessage | discord.WebhookMessage:
-        if self.sent == 0:
-            sent = await request(
-                self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-            )
-        else:
-            sent = await request(self.interaction.followup.send(text, allowed_mentions=NO_MENTIONS, wait=True))
+        if self.sent == 0 and not self.original_gone:
+            try:
+                sent: discord.InteractionMessage | discord.WebhookMessage = await request(
+                    self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+                )
+            except MessageGone:
+                # The "thinking…" response was deleted: editing it answers 10008 forever. The
+                # interaction's token still takes follow-ups (for 15 minutes): post the text as one.
+                log.info("the response to /%s in %s was deleted; answering in a follow-up", self.name, self.chat_key)
+                self.original_gone = True
+            else:
+                self.sent += 1
+                return sent
+        sent = await request(self.interaction.followup.send(text, allowed_mentions=NO_MENTIONS, wait=True))
         self.sent += 1
         return sent
 
