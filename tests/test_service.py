@@ -14,13 +14,7 @@ from core.events import Accepted, Delta, Done, Notice, Queued, Started
 from core.history import ConversationStore
 from core.service import InterruptedReply
 from support.engines import make_service
-
-
-async def until(condition, timeout=10.0):
-    """Wait for `condition()` instead of guessing a sleep (the machine may be busy)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
+from support.waiting import until
 
 
 async def collect(service, conversation="c1", user="u1", text="hi", **kwargs):
