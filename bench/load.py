@@ -226,10 +226,10 @@ class Run:
         }
 
 
-def _common(texts: list[str], top: int = 3) -> dict[str, int]:
-    """The most frequent texts (numbers masked, so "#12" and "#13" count as one)."""
+def _common(texts: list[str]) -> dict[str, int]:
+    """The three most frequent texts (numbers masked, so "#12" and "#13" count as one)."""
     masked = Counter(re.sub(r"\d+", "N", " ".join(text.split()))[:100] for text in texts)
-    return dict(masked.most_common(top))
+    return dict(masked.most_common(3))
 
 
 def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:

@@ -219,12 +219,12 @@ class StepRecorder:
         return recording_step
 
 
-def profile_summary(prof: Any, wall_s: float, rows: int = 18) -> dict[str, Any]:
-    """Top GPU kernels of the profiled steps and how busy the GPU was (kernel time / wall time)."""
+def profile_summary(prof: Any, wall_s: float) -> dict[str, Any]:
+    """The top 18 GPU kernels of the profiled steps and how busy the GPU was (kernel time / wall time)."""
     events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
     busy_us = sum(e.self_device_time_total for e in events)
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    top = [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count} for e in events[:rows]]
+    top = [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count} for e in events[:18]]
     cpu = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
     top_cpu = [{"name": e.key[:90], "ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count} for e in cpu]
     return {"wall_ms": round(wall_s * 1e3, 1), "gpu_busy": round(busy_us / 1e6 / wall_s, 3) if wall_s else None,

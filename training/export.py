@@ -72,7 +72,6 @@ def export_run(
     quantization: str | None = "q4_k_m",
     register: str | None = None,
     description: str = "",
-    keep_merged: bool = True,
 ) -> ExportResult:
     """Merge, convert and quantize the adapter of a finished run; optionally register the GGUF."""
     from transformers import AutoTokenizer
@@ -103,8 +102,6 @@ def export_run(
             quant = quantize(f16, run_dir / f"model-{quantization}.gguf", quantization)
         except QuantizerMissing as error:
             console.print(f"[yellow]{error}[/yellow]")
-    if not keep_merged:
-        shutil.rmtree(merged_dir, ignore_errors=True)
     result = ExportResult(merged_dir=merged_dir, f16_gguf=f16, quant_gguf=quant)
     if register:
         from training.register import register_model

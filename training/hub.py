@@ -75,7 +75,7 @@ def token_from_environment(required: bool = False) -> str | None:
 
 
 @contextlib.contextmanager
-def hub_errors(repo: str, kind: str = "model") -> Iterator[None]:
+def hub_errors(repo: str) -> Iterator[None]:
     """huggingface_hub / httpx exceptions → one HubError saying what to do."""
     import httpx
     from huggingface_hub import errors
@@ -93,7 +93,7 @@ def hub_errors(repo: str, kind: str = "model") -> Iterator[None]:
         if error.response is not None and error.response.status_code == 401 and os.environ.get(TOKEN_VARIABLE):
             raise HubError(f"the Hub refused the token in {TOKEN_VARIABLE} for {repo} (wrong, expired or no access)") from error
         raise HubError(
-            f"no {kind} repo {repo!r} on {where} (if it is private or gated, set {TOKEN_VARIABLE})"
+            f"no model repo {repo!r} on {where} (if it is private or gated, set {TOKEN_VARIABLE})"
         ) from error
     except errors.RevisionNotFoundError as error:
         raise HubError(f"{repo} has no such revision: {redact(str(error)).splitlines()[-1]}") from error
@@ -165,8 +165,9 @@ def _names(files: list[RemoteFile]) -> str:
     return ", ".join(shown) + (f" and {len(files) - 12} more" if len(files) > 12 else "")
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
+def file_digest(path: Path) -> str:
+    """The file's sha256 (what the Hub lists for LFS files), read in 4 MiB blocks."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(2**22):
             digest.update(block)

@@ -85,10 +85,11 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
-    def psql(self, sql: str, database: str = "postgres") -> str:
+    def psql(self, sql: str) -> str:
+        """Run `sql` in the server's `postgres` database; its output, trimmed."""
         result = subprocess.run(
             [str(self.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql],
             check=True, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         return result.stdout.strip()

@@ -16,6 +16,7 @@ Turn = tuple[str, str]  # (user text, assistant text)
 HERE = Path(__file__).parent
 SEED = 3407
 HELDOUT = 60
+TOTAL = 480  # conversations written, held-out ones included
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
@@ -220,8 +221,8 @@ def conversations(rng: random.Random, count: int) -> Iterator[dict]:
             yield {"conversations": row}
 
 
-def main(total: int = 480) -> None:
-    rows = list(conversations(random.Random(SEED), total))
+def main() -> None:
+    rows = list(conversations(random.Random(SEED), TOTAL))
     for name, part in (("heldout", rows[:HELDOUT]), ("train", rows[HELDOUT:])):
         with open(HERE / f"{name}.jsonl", "w", encoding="utf-8") as out:
             for row in part:
