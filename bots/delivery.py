@@ -44,6 +44,11 @@ class TransientFailure(Exception):
     """A 5xx, a timeout or a dropped connection: the same call may work later."""
 
 
+class MaybeSent(Exception):
+    """A send timed out after the platform may have taken it: sending again could show the text
+    twice, and without the message's id it cannot be edited either (Telegram has no nonce)."""
+
+
 class Sink(Protocol):
     """Where one reply goes: a chat/channel, and the message it answers."""
 
@@ -271,12 +276,22 @@ class ReplyView:
             self._gone += 1
             if self._gone > self.max_resends:  # e.g. an automod deleting every message of ours
                 log.warning(
-                    "reply messages in %s were deleted %d times; giving up on this reply", self.sink.chat_key, self._gone
+                    "reply messages in %s were deleted %d times; giving up on this reply",
+                    self.sink.chat_key,
+                    self._gone,
                 )
                 return False
             log.info("a reply message in %s was deleted; sending it again", self.sink.chat_key)
-            del self._shown[index:]  # later continuations would now read out of order
+            # only that one: the later messages are still on screen and take its place by edits
+            # (each shows the chunk before its own), the last chunk is sent anew: text once, in order
+            del self._shown[index]
             return True
+        except MaybeSent as error:
+            self.counts.failures += 1
+            log.warning(
+                "a message in %s may have been sent (%s); not sending it twice", self.sink.chat_key, error
+            )
+            return False
         except TransientFailure as error:
             self.counts.failures += 1
             if self._kind != "final":
@@ -289,6 +304,7 @@ class ReplyView:
                     log.error("could not deliver a reply in %s: %s", self.sink.chat_key, error)
                     return False
                 log.warning("editing the final text failed in %s; sending it as a new message", self.sink.chat_key)
+                await self._remove(self._shown[index:])  # else its stale text stays above the new one
                 del self._shown[index:]
                 self._failed_final = 0
                 return True
@@ -300,6 +316,20 @@ class ReplyView:
             return False
         self._record(force=new)
         return True
+
+    async def _remove(self, stale: list[_Shown]) -> None:
+        """Delete messages about to be replaced by new ones, where the sink can (best effort: a
+        failure is logged, the new message is sent anyway)."""
+        delete = getattr(self.sink, "delete", None)  # optional: `async def delete(handle)`
+        for shown in stale if delete is not None else []:
+            await self.pacer.acquire(self.sink.chat_key, FINAL)
+            self.counts.calls += 1
+            try:
+                await delete(shown.handle)
+            except MessageGone:
+                pass
+            except Exception as error:
+                log.warning("could not remove a stale reply message in %s: %s", self.sink.chat_key, error)
 
     # -- telling the store where the reply is shown (never on the delivery path) ----------------
     def _record(self, *, force: bool) -> None:

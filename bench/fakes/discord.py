@@ -135,6 +135,8 @@ class FakeDiscord:
         self._ids = itertools.count(1_000_000_000_000_000_001)
         self._failures: list[Failure] = []
         self._delays: list[tuple[str, re.Pattern[str], float]] = []
+        self._drops: list[tuple[str, re.Pattern[str]]] = []
+        self._nonces: dict[tuple[int, str], int] = {}  # (channel, nonce) -> message id (enforce_nonce)
         self._sockets: list[_GatewaySession] = []
         self._ready = asyncio.Event()
         self._interactions: dict[str, dict[str, Any]] = {}  # token -> interaction payload
@@ -192,12 +194,19 @@ class FakeDiscord:
     ) -> None:
         """Answer the next `times` matching requests with an error (429 carries retry_after;
         `is_global` makes it the bot-wide 429 that closes discord.py's global gate)."""
-        self._failures.append(Failure(method, re.compile(path_regex), status, retry_after, times, is_global, code))
+        self._failures.append(
+            Failure(method, re.compile(path_regex), status, retry_after, times, is_global, code)
+        )
 
     async def drop_connections(self, code: int = 4000) -> None:
         """Close every gateway socket as Discord does on a hiccup; clients should RESUME."""
         for session in list(self._sockets):
             await session.ws.close(code=code, message=b"fake disconnect")
+
+    def drop_next(self, method: str, path_regex: str) -> None:
+        """Carry out the next matching request, then close the connection without an answer (a
+        timeout after Discord took it): the client cannot know that it went through."""
+        self._drops.append((method, re.compile(path_regex)))
 
     def delay_next(self, method: str, path_regex: str, seconds: float) -> None:
         """Handle the next matching request at once but send its answer `seconds` later."""
@@ -565,6 +574,12 @@ class FakeDiscord:
         except _Rejected as rejected:
             status, answer = rejected.status, rejected.body
         call.status = status
+        for drop in self._drops:
+            if drop[0] == request.method and drop[1].search(path):
+                self._drops.remove(drop)
+                assert request.transport is not None
+                request.transport.close()  # done, but the answer never comes
+                return web.Response(status=status)
         for delay in self._delays:
             if delay[0] == request.method and delay[1].search(path):
                 self._delays.remove(delay)
@@ -606,7 +621,11 @@ class FakeDiscord:
             elif bucket is not None:
                 headers.update(self._bucket_headers(bucket, now))
                 headers["X-RateLimit-Scope"] = "user"
-            body = {"message": "You are being rate limited.", "retry_after": round(wait, 3), "global": is_global}
+            body = {
+                "message": "You are being rate limited.",
+                "retry_after": round(wait, 3),
+                "global": is_global,
+            }
             return _json(body, status=429, headers=headers)
         return self._bucket_headers(bucket, now) if bucket is not None else None
 
@@ -672,7 +691,13 @@ class FakeDiscord:
             self._echo("THREAD_CREATE", dict(thread, newly_created=True))
             return 201, thread
         if method == "POST" and (match := m(r"/channels/(\d+)/messages", path)):
-            return 200, self._create_message(int(match.group(1)), body)
+            key = (int(match.group(1)), str(body.get("nonce")))
+            if body.get("enforce_nonce") and key in self._nonces and self._nonces[key] in self.messages:
+                return 200, self._public(self.messages[self._nonces[key]])  # already posted: that one
+            message = self._create_message(int(match.group(1)), body)
+            if body.get("nonce") is not None:
+                self._nonces[key] = int(message["id"])
+            return 200, message
         if method == "PATCH" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
             return self._edit_message(int(match.group(1)), body)
         if method == "DELETE" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
@@ -751,7 +776,9 @@ class FakeDiscord:
             self._echo("MESSAGE_CREATE", self._public(message))
         if self.auto_delete is not None and self.auto_delete(message):
             self.deleted[int(message["id"])] = self.messages.pop(int(message["id"]))
-            self._echo("MESSAGE_DELETE", {k: message[k] for k in ("id", "channel_id", "guild_id") if k in message})
+            self._echo(
+                "MESSAGE_DELETE", {k: message[k] for k in ("id", "channel_id", "guild_id") if k in message}
+            )
         return self._public(message)
 
     def _echo(self, event: str, data: dict[str, Any]) -> None:

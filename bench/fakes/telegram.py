@@ -176,6 +176,7 @@ class FakeBotAPI:
         self._changed = asyncio.Event()
         self._throttle: dict[str, list[float]] = {}
         self._failures: dict[str, list[tuple[int, str]]] = {}
+        self._drops: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.webhook: dict[str, Any] | None = None  # set by setWebhook: updates are POSTed there
@@ -249,6 +250,11 @@ class FakeBotAPI:
         self.deleted.append(message)
         self._changed.set()
         return message
+
+    def drop_next(self, method: str, times: int = 1) -> None:
+        """Carry out the next `times` calls of `method`, then close the connection without an
+        answer (a timeout after Telegram took the request)."""
+        self._drops[method] = self._drops.get(method, 0) + times
 
     def send_text(self, user: dict, chat: dict, text: str, *, reply_to: dict | None = None,
                   thread_id: int | None = None) -> dict:
@@ -423,6 +429,10 @@ class FakeBotAPI:
             except _APIError as error:
                 call.status = error.code
                 return self._error(error.code, error.description)
+            if self._drops.get(method):
+                self._drops[method] -= 1
+                assert request.transport is not None
+                request.transport.close()  # done, but the answer never comes
             return web.json_response({"ok": True, "result": result})
         finally:
             self._changed.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -81,23 +82,41 @@ class ChannelSink:
         self.chat_key = f"discord:{getattr(channel, 'id', 0)}"
         self.typing_key = f"discord-typing:{getattr(channel, 'id', 0)}"
         self.sent = 0
+        self._nonce: int | None = None  # of a send whose answer never came
 
     def length(self, text: str) -> int:
         return len(text)
 
     async def send(self, text: str) -> discord.Message:
+        # A send that failed (timeout, dropped connection, 5xx) may still have been posted: the next
+        # send reuses its nonce, and with enforce_nonce Discord answers with that message instead of
+        # posting a second one. A new nonce only once a send came back.
+        if self._nonce is None:
+            self._nonce = secrets.randbelow(10**18)
         if self.sent == 0 and self.reply_to is not None:
             reference = self.reply_to.to_reference(fail_if_not_exists=False)
             sent = await request(
-                self.channel.send(text, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS)
+                self.channel.send(
+                    text,
+                    reference=reference,
+                    mention_author=False,
+                    allowed_mentions=NO_MENTIONS,
+                    nonce=self._nonce,
+                )
             )
         else:
-            sent = await request(self.channel.send(text, allowed_mentions=NO_MENTIONS))
+            sent = await request(self.channel.send(text, allowed_mentions=NO_MENTIONS, nonce=self._nonce))
+        self._nonce = None
         self.sent += 1
+        if sent.content != text:  # the earlier attempt's message, with the text of then
+            await self.edit(sent, text)
         return sent
 
     async def edit(self, handle: discord.Message, text: str) -> None:
         await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+
+    async def delete(self, handle: discord.Message) -> None:
+        await request(handle.delete())
 
     async def typing(self) -> None:
         await request(_trigger_typing(self.channel))
@@ -135,7 +154,11 @@ class InteractionSink:
             except MessageGone:
                 # The "thinking…" response was deleted: editing it answers 10008 forever. The
                 # interaction's token still takes follow-ups (for 15 minutes): post the text as one.
-                log.info("the response to /%s in %s was deleted; answering in a follow-up", self.name, self.chat_key)
+                log.info(
+                    "the response to /%s in %s was deleted; answering in a follow-up",
+                    self.name,
+                    self.chat_key,
+                )
                 self.original_gone = True
             else:
                 self.sent += 1
@@ -146,6 +169,9 @@ class InteractionSink:
 
     async def edit(self, handle: discord.InteractionMessage | discord.WebhookMessage, text: str) -> None:
         await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+
+    async def delete(self, handle: discord.InteractionMessage | discord.WebhookMessage) -> None:
+        await request(handle.delete())
 
     async def typing(self) -> None:
         """Discord already shows "lorabot is thinking…" for a deferred interaction."""

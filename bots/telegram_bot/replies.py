@@ -11,6 +11,7 @@ import datetime as dtm
 import logging
 import warnings
 
+import httpx
 from telegram import (
     Chat,
     LinkPreviewOptions,
@@ -24,7 +25,7 @@ from telegram.ext import (
 )
 from telegram.warnings import PTBDeprecationWarning
 
-from bots.delivery import MessageGone, SlowDown, TransientFailure
+from bots.delivery import MaybeSent, MessageGone, SlowDown, TransientFailure
 from bots.pacing import Pacer, Rule
 from bots.replying import Notes, Pace, Question
 from bots.replying import answer as answer_question
@@ -82,7 +83,7 @@ class TelegramSink:
 
     async def send(self, text: str) -> int:
         reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True) if self.reply_to else None
-        with _mapped():
+        with _mapped(sending=True):
             sent = await self.bot.send_message(
                 self.chat_id,
                 text,
@@ -95,6 +96,10 @@ class TelegramSink:
 
     async def edit(self, handle: int, text: str) -> None:
         await edit_message(self.bot, self.chat_id, handle, text)
+
+    async def delete(self, handle: int) -> None:
+        with _mapped():
+            await self.bot.delete_message(self.chat_id, handle)
 
     async def typing(self) -> None:
         with _mapped():
@@ -114,7 +119,15 @@ async def edit_message(bot, chat_id: int, message_id: int, text: str) -> None:
 
 
 class _mapped:
-    """Telegram's failures as the delivery layer knows them."""
+    """Telegram's failures as the delivery layer knows them.
+
+    `sending`: a new message. Telegram has no nonce, so a send that failed after the request went
+    out (read timeout, connection dropped before the answer) may have been posted: that is
+    `MaybeSent`, never resent. Only a failure before the request left (no connection, pool
+    timeout) or Telegram's own 5xx answer is worth sending again."""
+
+    def __init__(self, *, sending: bool = False) -> None:
+        self.sending = sending
 
     def __enter__(self) -> None:
         return None
@@ -128,9 +141,22 @@ class _mapped:
             if "message to edit not found" in error.message.lower():
                 raise MessageGone(error.message) from error
             return False
+        if isinstance(error, BadRequest) and "message to delete not found" in error.message.lower():
+            raise MessageGone(error.message) from error
         if isinstance(error, NetworkError):  # timeouts, 5xx, dropped connections
+            if self.sending and _may_have_arrived(error):
+                raise MaybeSent(error.message) from error
             raise TransientFailure(error.message) from error
         return False
+
+
+def _may_have_arrived(error: NetworkError) -> bool:
+    """Whether Telegram may have received the request: everything but a failure to connect (PTB
+    keeps httpx's error as the cause; a 5xx answer has none: Telegram said it failed)."""
+    cause = error.__cause__
+    if cause is None:
+        return False
+    return not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 async def say(message: Message, text: str, **kwargs) -> Message:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from test_under_load import discord_bot
+from test_under_load import discord_bot, telegram_bot
 
 from bench.fakes.discord import FakeDiscord
 
@@ -43,3 +43,44 @@ async def test_discord_reply_deleted_every_time_gives_up_after_a_few_resends(tmp
     sends = fake.find("POST", r"^/channels/\d+/messages$")
     assert len(sends) == 4  # the first message and three resends
     assert fake.visible_texts(FakeDiscord.CHANNEL_ID) == []
+
+
+async def test_discord_send_whose_answer_never_came_is_not_posted_twice(tmp_path):
+    """Discord posts the reply but the connection drops before the answer: the send is tried
+    again with the same nonce (enforce_nonce), so Discord hands back the message it already has
+    instead of posting a second one; it is edited to the newest text."""
+    async with discord_bot(tmp_path, TEXT, token_delay_s=0.05) as (fake, client, _):
+        fake.drop_next("POST", r"^/channels/\d+/messages$")
+        message = await fake.user_message("go", mention_bot=True)
+        await fake.wait_until(lambda: TEXT in fake.visible_texts(), timeout=20)
+        await client.wait_idle()
+    sends = fake.find("POST", r"^/channels/\d+/messages$")
+    assert len(sends) == 2 and sends[0].json["nonce"] == sends[1].json["nonce"]
+    assert fake.visible_texts(FakeDiscord.CHANNEL_ID) == [TEXT]
+    assert [m["content"] for m in fake.replies_to(message["id"])] == [TEXT]
+
+
+async def test_telegram_send_whose_answer_never_came_is_not_sent_again(tmp_path, caplog):
+    """Telegram takes sendMessage but the answer never comes: without a nonce a second send could
+    show the text twice, so the reply stops there (one message on screen, logged)."""
+    caplog.set_level(logging.INFO, logger="bots.delivery")
+    async with telegram_bot(tmp_path, TEXT, token_delay_s=0.05) as (fake, _):
+        alice = fake.add_user(91, "Alice")
+        fake.drop_next("sendMessage")
+        fake.send_text(alice, fake.private_chat(alice), "go")
+        await fake.wait_for(lambda: "not sending it twice" in caplog.text, timeout=20)
+    assert len(fake.calls_of("sendMessage", ok_only=False)) == 1
+    assert len(fake.bot_texts(91)) == 1 and TEXT.startswith(fake.bot_texts(91)[0])
+
+
+async def test_telegram_final_edit_that_keeps_failing_leaves_the_answer_once(tmp_path):
+    """The final edit fails past its retries: the answer is sent as a new message and the stale
+    message above it is deleted, so the chat shows the answer once, not a partial and the answer."""
+    async with telegram_bot(tmp_path, TEXT, token_delay_s=0.05, edit_interval_s=0.2) as (fake, _):
+        alice = fake.add_user(92, "Alice")
+        fake.send_text(alice, fake.private_chat(alice), "go")
+        await fake.wait_for(lambda: fake.bot_texts(92))
+        fake.fail_next("editMessageText", status=502, times=100)
+        await fake.wait_for(lambda: TEXT in fake.bot_texts(92), timeout=40)
+        await fake.wait_for(lambda: fake.bot_texts(92) == [TEXT], timeout=10)
+    assert fake.bot_texts(92) == [TEXT] and len(fake.deleted) == 1
