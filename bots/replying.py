@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bots.delivery import DeliveryCounts, ReplyView, Sink, Typing
@@ -100,13 +100,15 @@ async def answer(
     clean: Callable[[str], str] = lambda text: text,
     interrupt: asyncio.Event | None = None,
     final_timeout_s: float = 5.0,
+    on_accepted: Callable[[], Awaitable[None]] | None = None,
 ) -> Outcome:
     """Answer `question` into `sink`; returns what was shown and how it went.
 
     `clean` makes model text safe for the place (mentions defused in groups). `interrupt` is set
     by a shutdown whose grace is over; the task is also cancelled then. After a cancellation the
     interruption note gets `final_timeout_s` to reach the platform, so shutdown never hangs on an
-    unreachable platform.
+    unreachable platform. `on_accepted` runs once the question passed the rate limit and
+    admission (e.g. Discord's thread for the answer is started only then).
     """
     outcome = Outcome()
     turn_id: int | None = None
@@ -157,6 +159,8 @@ async def answer(
                 match event:
                     case Accepted(turn_id=number):
                         turn_id = number
+                        if on_accepted is not None:
+                            await on_accepted()
                     case Queued(position=position):
                         view.status(notes.queued(position, service.estimated_wait_s(position)))
                     case Started(model=model):

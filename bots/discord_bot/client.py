@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -19,6 +21,7 @@ from bots.discord_bot.replies import (
     NOTES,
     RESTARTED,
     ChannelSink,
+    ThreadSink,
     discord_pacer,
     request,
 )
@@ -175,20 +178,26 @@ class LorabotClient(discord.Client):
                 log.warning("can't answer in channel %s: %s", message.channel.id, error)
 
     async def _answer(self, message: discord.Message, origin: Origin) -> None:
-        """Reply to `message` (in a new thread with DISCORD_REPLY_IN_THREAD)."""
-        channel: discord.abc.Messageable = message.channel
-        reply_to: discord.Message | None = message
-        if self.settings.reply_in_thread and isinstance(message.channel, discord.TextChannel):
-            try:
-                channel = await message.create_thread(name=thread_name(self.prompt_of(message)))
-            except discord.HTTPException as error:  # e.g. no Create Public Threads permission
-                log.warning("could not start a thread, answering inline: %s", error)
-            else:
-                origin = origin_of(message.author, channel, message.guild, channel.id)
-                reply_to = None  # the thread hangs off the user's message already
-        await self.answer(ChannelSink(channel, reply_to), origin, self.prompt_of(message))
+        """Reply to `message` (in a new thread with DISCORD_REPLY_IN_THREAD).
 
-    async def answer(self, sink: Sink, origin: Origin, prompt: str) -> Outcome:
+        The thread is started only once the question is accepted (rate limit, admission): a
+        refused question is answered inline and leaves no thread behind. Discord gives a thread
+        started from a message that message's id, so its conversation is known before it exists."""
+        if self.settings.reply_in_thread and isinstance(message.channel, discord.TextChannel):
+            sink = ThreadSink(message, thread_name(self.prompt_of(message)))
+            in_thread = replace(origin, channel_id=message.id, parent_channel_id=message.channel.id)
+            await self.answer(sink, in_thread, self.prompt_of(message), on_accepted=sink.open)
+            return
+        await self.answer(ChannelSink(message.channel, message), origin, self.prompt_of(message))
+
+    async def answer(
+        self,
+        sink: Sink,
+        origin: Origin,
+        prompt: str,
+        *,
+        on_accepted: Callable[[], Awaitable[None]] | None = None,
+    ) -> Outcome:
         """Answer `prompt` from `origin` into `sink` (a channel message or an interaction).
 
         Callers wrap it in `self.inflight.track()` so shutdown waits for (or interrupts) it."""
@@ -200,7 +209,14 @@ class LorabotClient(discord.Client):
             platform="discord",
         )
         return await answer(
-            self.service, sink, self.pacer, question, pace=self.pace, notes=NOTES, interrupt=self.inflight.interrupt
+            self.service,
+            sink,
+            self.pacer,
+            question,
+            pace=self.pace,
+            notes=NOTES,
+            interrupt=self.inflight.interrupt,
+            on_accepted=on_accepted,
         )
 
     # -- helpers for commands ----------------------------------------------------------

@@ -125,6 +125,47 @@ class ChannelSink:
         return f"{handle.channel.id}:{handle.id}"
 
 
+class ThreadSink:
+    """DISCORD_REPLY_IN_THREAD: inline (a reply to `message`) until `open()`, which starts a thread
+    from the message; later messages go there. Called once the question is accepted, so a refused
+    one is answered inline and starts no thread. Without the permission it stays inline."""
+
+    limit = DISCORD_LIMIT
+
+    def __init__(self, message: discord.Message, name: str) -> None:
+        self.message = message
+        self.name = name
+        self.target = ChannelSink(message.channel, message)
+        self.chat_key = self.target.chat_key  # the parent's budget: conservative for the thread too
+        self.typing_key = self.target.typing_key
+
+    async def open(self) -> None:
+        try:
+            thread = await request(self.message.create_thread(name=self.name))
+        except (discord.HTTPException, SlowDown, TransientFailure) as error:  # e.g. no Create Public Threads
+            log.warning("could not start a thread, answering inline: %s", error)
+        else:
+            self.target = ChannelSink(thread)  # the thread hangs off the user's message already
+
+    def length(self, text: str) -> int:
+        return len(text)
+
+    async def send(self, text: str) -> discord.Message:
+        return await self.target.send(text)
+
+    async def edit(self, handle: discord.Message, text: str) -> None:
+        await self.target.edit(handle, text)
+
+    async def delete(self, handle: discord.Message) -> None:
+        await self.target.delete(handle)
+
+    async def typing(self) -> None:
+        await self.target.typing()
+
+    def ref(self, handle: discord.Message) -> str:
+        return self.target.ref(handle)
+
+
 async def _trigger_typing(channel: discord.abc.Messageable) -> None:
     await channel.typing()  # one POST /typing; Discord shows it for ~10 s
 

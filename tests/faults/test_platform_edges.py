@@ -84,3 +84,20 @@ async def test_telegram_final_edit_that_keeps_failing_leaves_the_answer_once(tmp
         await fake.wait_for(lambda: TEXT in fake.bot_texts(92), timeout=40)
         await fake.wait_for(lambda: fake.bot_texts(92) == [TEXT], timeout=10)
     assert fake.bot_texts(92) == [TEXT] and len(fake.deleted) == 1
+
+
+async def test_discord_refused_question_starts_no_thread(tmp_path):
+    """With DISCORD_REPLY_IN_THREAD, a question over the user's rate limit is refused inline and
+    starts no thread (the thread used to be created before the limit was checked)."""
+    async with discord_bot(tmp_path, TEXT, rate_limit_messages=1) as (fake, client, _):
+        client.settings.reply_in_thread = True
+        first = await fake.user_message("first question", mention_bot=True)
+        await fake.wait_until(lambda: TEXT in fake.visible_texts(int(first["id"])), timeout=20)
+        await client.wait_idle()
+        second = await fake.user_message("second question", mention_bot=True)
+        refusal = await fake.wait_until(lambda: fake.replies_to(second["id"]))
+        await client.wait_idle()
+    assert [c.path for c in fake.find("POST", r"/threads$")] == [
+        f"/channels/{FakeDiscord.CHANNEL_ID}/messages/{first['id']}/threads"
+    ]
+    assert int(refusal[0]["channel_id"]) == FakeDiscord.CHANNEL_ID and refusal[0]["content"].startswith("⚠️")
