@@ -128,11 +128,13 @@ async def test_mention_gets_a_streamed_reply_that_ends_with_the_engines_text(fak
 
 
 async def test_edits_are_throttled_to_the_edit_interval(fake, start_bot):
-    client = await start_bot(" ".join(["tick"] * 60), token_delay_s=0.005, edit_interval_s=0.2)
+    """The reply grows for ~1.2 s: several in-between edits, each at least the interval apart."""
+    client = await start_bot(" ".join(["tick"] * 60), token_delay_s=0.02, edit_interval_s=0.2)
     message = await fake.user_message("go", mention_bot=True)
     reply = (await answer(fake, client, message))[0]
     edits = fake.find("PATCH", rf"/messages/{reply['id']}$")
     times = [c.at for c in edits[:-1]]  # the final edit may follow the last one immediately
+    assert len(times) >= 2, f"expected in-between edits to compare, got {len(edits)} edits in all"
     assert all(b - a >= 0.19 for a, b in zip(times, times[1:], strict=False))
 
 
