@@ -321,7 +321,9 @@ class ReplyView:
         """Delete messages about to be replaced by new ones, where the sink can (best effort: a
         failure is logged, the new message is sent anyway)."""
         delete = getattr(self.sink, "delete", None)  # optional: `async def delete(handle)`
-        for shown in stale if delete is not None else []:
+        if delete is None:
+            return
+        for shown in stale:
             await self.pacer.acquire(self.sink.chat_key, FINAL)
             self.counts.calls += 1
             try:

@@ -14,9 +14,10 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from core.limits import KeyedWindows, SlidingWindow
 
 FINAL, NEW_MESSAGE, EDIT, STATUS = range(4)  # priorities: lower goes first
 
@@ -27,21 +28,6 @@ class Rule:
 
     limit: int
     seconds: float
-
-
-@dataclass
-class _Window:
-    rule: Rule
-    times: deque[float] = field(default_factory=deque)
-
-    def wait(self, now: float, reserve: int = 0) -> float:
-        """Seconds until a call fits, leaving `reserve` calls of the window unused."""
-        while self.times and self.times[0] <= now - self.rule.seconds:
-            self.times.popleft()
-        allowed = max(1, self.rule.limit - reserve)
-        if len(self.times) < allowed:
-            return 0.0
-        return self.times[len(self.times) - allowed] + self.rule.seconds - now
 
 
 @dataclass(order=True)
@@ -61,10 +47,13 @@ class Pacer:
         overall: Rule,
         *,
         clock: Callable[[], float] = time.monotonic,
+        max_chats: int = 50_000,
     ) -> None:
         self._chat_rule = chat_rule
-        self._overall = _Window(overall)
-        self._chats: dict[str, _Window] = {}
+        self._overall = SlidingWindow(overall.limit, overall.seconds)
+        # per chat: idle chats are dropped, at most max_chats kept (a chat's window only matters
+        # while it holds calls of the last few seconds)
+        self._chats = KeyedWindows(self._new_window, max_keys=max_chats)
         self._held: dict[str, float] = {}  # chat -> no calls before this time (after a 429)
         self._held_all = float("-inf")
         self._waiters: list[_Waiter] = []
@@ -73,11 +62,17 @@ class Pacer:
         self._timer: asyncio.TimerHandle | None = None
         self.granted = 0
 
-    def _window(self, chat: str) -> _Window:
-        window = self._chats.get(chat)
-        if window is None:
-            window = self._chats[chat] = _Window(self._chat_rule(chat))
-        return window
+    def _new_window(self, chat: str) -> SlidingWindow:
+        rule = self._chat_rule(chat)
+        return SlidingWindow(rule.limit, rule.seconds)
+
+    def _window(self, chat: str) -> SlidingWindow:
+        return self._chats.get(chat, self._clock())
+
+    @property
+    def tracked_chats(self) -> int:
+        """Chats whose recent calls (or 429 holds) the pacer keeps: bounded, not every chat ever."""
+        return len(self._chats) + len(self._held)
 
     def _wait(self, chat: str, now: float, priority: int = FINAL) -> float:
         """In-between edits and queue positions leave a chat's last call free for a final text."""
@@ -105,17 +100,23 @@ class Pacer:
     def try_acquire(self, chat: str) -> bool:
         """Take a slot only if one is free now and nobody is waiting in this chat (typing)."""
         now = self._clock()
-        if any(w.chat == chat and not w.future.done() for w in self._waiters) or self._wait(chat, now, STATUS) > 0:
+        if (
+            any(w.chat == chat and not w.future.done() for w in self._waiters)
+            or self._wait(chat, now, STATUS) > 0
+        ):
             return False
         self._take(chat, now)
         return True
 
     def hold(self, chat: str | None, seconds: float) -> None:
         """The platform said 429: no calls in `chat` (every chat if None) for `seconds`."""
-        until = self._clock() + seconds
+        now = self._clock()
+        until = now + seconds
         if chat is None:
             self._held_all = max(self._held_all, until)
         else:
+            if len(self._held) >= 1024:  # holds that ended mean nothing: keep only the running ones
+                self._held = {key: end for key, end in self._held.items() if end > now}
             self._held[chat] = max(self._held.get(chat, float("-inf")), until)
         self._pump()
 

@@ -12,6 +12,9 @@ import logging
 from test_under_load import discord_bot, telegram_bot
 
 from bench.fakes.discord import FakeDiscord
+from bots.pacing import Pacer, Rule
+from core.errors import RateLimited
+from core.limits import UserRateLimiter
 
 TEXT = " ".join(f"w{i}" for i in range(30))
 
@@ -101,3 +104,56 @@ async def test_discord_refused_question_starts_no_thread(tmp_path):
         f"/channels/{FakeDiscord.CHANNEL_ID}/messages/{first['id']}/threads"
     ]
     assert int(refusal[0]["channel_id"]) == FakeDiscord.CHANNEL_ID and refusal[0]["content"].startswith("⚠️")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_100k_users_do_not_grow_the_rate_limiter_and_an_active_user_is_still_limited():
+    """Every user used to keep a throttler forever. Now idle windows are dropped: 100k users over
+    100 s keep about one window's worth, and Alice, asking every second, is limited exactly as an
+    unbounded limiter would limit her."""
+    clock = Clock()
+    limiter = UserRateLimiter(2, 10.0, clock=clock)
+    reference: list[float] = []  # Alice's accepted times, kept forever
+    largest, outcomes, expected = 0, [], []
+    for i in range(100_000):
+        clock.now = 1000.0 + i * 0.001
+        await limiter.check(f"user{i}")
+        if i % 1000 == 0:  # Alice, once a second
+            recent = [t for t in reference if t > clock.now - 10.0]
+            expected.append(len(recent) < 2)
+            if expected[-1]:
+                reference.append(clock.now)
+            try:
+                await limiter.check("alice")
+                outcomes.append(True)
+            except RateLimited:
+                outcomes.append(False)
+        largest = max(largest, len(limiter.windows))
+    assert outcomes == expected and outcomes.count(False) > 0
+    assert largest <= 25_000  # ~10k users inside one 10 s window, plus the sweep's slack
+
+
+async def test_100k_chats_do_not_grow_the_pacer_and_an_active_chat_keeps_its_limit():
+    clock = Clock()
+    pacer = Pacer(lambda chat: Rule(3, 4.0), Rule(10**9, 1.0), clock=clock)
+    largest = 0
+    for i in range(100_000):
+        clock.now = 1000.0 + i * 0.001
+        assert pacer.try_acquire(f"chat{i}")
+        if i % 1000 == 0:
+            pacer.hold(f"chat{i}", 0.5)  # a 429 now and then: holds that ended are forgotten too
+        if i == 50_000:  # an active chat mid-flood: two typing-class calls (one kept for a final text)
+            assert [pacer.try_acquire("busy") for _ in range(3)] == [True, True, False]
+            started = clock.now
+        if 50_000 < i and clock.now < started + 4.0:
+            assert not pacer.try_acquire("busy")
+        largest = max(largest, pacer.tracked_chats)
+    assert pacer.try_acquire("busy")  # its window passed
+    assert largest <= 15_000  # ~4k chats inside one 4 s window, plus the sweep's slack
