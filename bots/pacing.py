@@ -120,10 +120,6 @@ class Pacer:
             self._held[chat] = max(self._held.get(chat, float("-inf")), until)
         self._pump()
 
-    @property
-    def waiting(self) -> int:
-        return sum(not waiter.future.done() for waiter in self._waiters)
-
     def _pump(self) -> None:
         """Grant every waiter that fits now, by priority; wake up again when the next one fits."""
         if self._timer is not None:

@@ -43,7 +43,7 @@ class Notes:
 
 
 @dataclass(frozen=True)
-class Pace:
+class EditTiming:
     """How often a reply may change on screen: the first in-between edit after `edit_interval_s`,
     later ones further apart, up to `max_edit_interval_s`; a queue position at most once per
     `status_interval_s` (docs/delivery.md)."""
@@ -89,13 +89,13 @@ def with_note(text: str, note: str) -> str:
     return f"{text.rstrip()}\n\n{note}" if text.strip() else note
 
 
-async def answer(
+async def answer_question(
     service: ChatService,
     sink: Sink,
     pacer: Pacer,
     question: Question,
     *,
-    pace: Pace = Pace(),
+    pace: EditTiming = EditTiming(),
     notes: Notes = Notes(),
     clean: Callable[[str], str] = lambda text: text,
     interrupt: asyncio.Event | None = None,

@@ -19,7 +19,7 @@ from support.engines import make_service
 from bots.discord_bot import DiscordSettings, load_discord_settings, run_discord
 from bots.discord_bot.client import LorabotClient
 from bots.discord_bot.policy import Origin, channel_scope, conversation_id, is_allowed, model_scopes
-from bots.discord_bot.replies import INTERRUPTED
+from bots.discord_bot.sink import INTERRUPTED
 from core.settings import SettingsError
 
 EDIT_INTERVAL_S = 0.05

@@ -13,7 +13,7 @@ import pytest
 from support.engines import make_service
 
 from bots.telegram_bot import TelegramSettings, load_telegram_settings, run_telegram
-from bots.telegram_bot.replies import INTERRUPTED
+from bots.telegram_bot.sink import INTERRUPTED
 from core.settings import SettingsError
 from fake_telegram import BOT_USERNAME, FakeBotAPI, formatting_error, parse_entities
 

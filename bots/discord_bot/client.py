@@ -15,7 +15,7 @@ from discord import app_commands
 from bots.delivery import Sink
 from bots.discord_bot.commands import register_commands
 from bots.discord_bot.policy import Origin, conversation_id, is_allowed, model_scopes
-from bots.discord_bot.replies import (
+from bots.discord_bot.sink import (
     DISCORD_LIMIT,
     NO_MENTIONS,
     NOTES,
@@ -27,7 +27,7 @@ from bots.discord_bot.replies import (
 )
 from bots.discord_bot.settings import DiscordSettings
 from bots.inflight import InFlight, keep_marking_interrupted
-from bots.replying import Outcome, Pace, Question, answer
+from bots.replying import EditTiming, Outcome, Question, answer_question
 from core.service import ChatService
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class LorabotClient(discord.Client):
         self.tree = LorabotTree(self)
         self.inflight = InFlight()
         self.pacer = discord_pacer()
-        self.pace = Pace(edit_interval_s=settings.edit_interval_s, typing_interval_s=8.0)
+        self.pace = EditTiming(edit_interval_s=settings.edit_interval_s, typing_interval_s=8.0)
         self._restart_marked = False
 
     @property
@@ -186,11 +186,11 @@ class LorabotClient(discord.Client):
         if self.settings.reply_in_thread and isinstance(message.channel, discord.TextChannel):
             sink = ThreadSink(message, thread_name(self.prompt_of(message)))
             in_thread = replace(origin, channel_id=message.id, parent_channel_id=message.channel.id)
-            await self.answer(sink, in_thread, self.prompt_of(message), on_accepted=sink.open)
+            await self.respond(sink, in_thread, self.prompt_of(message), on_accepted=sink.open)
             return
-        await self.answer(ChannelSink(message.channel, message), origin, self.prompt_of(message))
+        await self.respond(ChannelSink(message.channel, message), origin, self.prompt_of(message))
 
-    async def answer(
+    async def respond(
         self,
         sink: Sink,
         origin: Origin,
@@ -208,7 +208,7 @@ class LorabotClient(discord.Client):
             scope_id=model_scopes(origin),
             platform="discord",
         )
-        return await answer(
+        return await answer_question(
             self.service,
             sink,
             self.pacer,

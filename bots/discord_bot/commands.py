@@ -23,7 +23,7 @@ from bots.discord_bot.policy import (
     model_scopes,
     scope_id,
 )
-from bots.discord_bot.replies import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
+from bots.discord_bot.sink import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
 from core.commands import COMMANDS, Choice, Command, Shown, Where, help_lines, model_choices, run_command, set_scope_model
 
 if TYPE_CHECKING:  # the client registers these commands: no import at run time, no cycle
@@ -67,7 +67,7 @@ async def chat(interaction: discord.Interaction, prompt: str) -> None:
     origin = client.origin_of_interaction(interaction)
     await interaction.response.defer(thinking=True)  # Discord shows "lorabot is thinking…"
     async with client.inflight.track():
-        await client.answer(InteractionSink(interaction), origin, prompt)
+        await client.respond(InteractionSink(interaction), origin, prompt)
 
 
 def _where(interaction: discord.Interaction, origin: Origin) -> Where:

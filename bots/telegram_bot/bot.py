@@ -40,7 +40,8 @@ from bots.telegram_bot.handlers import (
 )
 from bots.inflight import keep_marking_interrupted
 from core.commands import COMMANDS as CORE_COMMANDS
-from bots.telegram_bot.replies import LIMIT, RESTARTED, edit_message, telegram_pacer, utf16_length
+from bots.telegram_bot.sink import LIMIT, RESTARTED, edit_message, telegram_pacer
+from bots.text import utf16_len
 from bots.telegram_bot.settings import TelegramSettings
 from bots.telegram_bot.state import BotState
 from core.service import ChatService
@@ -185,7 +186,7 @@ async def _mark_restarted(app: Application) -> None:
 
     try:
         await keep_marking_interrupted(
-            state.service, "telegram", edit, limit=LIMIT, length=utf16_length, note=RESTARTED
+            state.service, "telegram", edit, limit=LIMIT, length=utf16_len, note=RESTARTED
         )
     except Exception:
         log.exception("could not mark the replies interrupted by the last restart")

@@ -26,8 +26,8 @@ from telegram.ext import (
 )
 
 from bots.telegram_bot.policy import addressed_text, conversation_id, is_anonymous_admin, scope_id, sender_key
-from bots.telegram_bot.replies import (
-    answer,
+from bots.telegram_bot.sink import (
+    answer_message,
     say,
 )
 from bots.telegram_bot.state import bot_state
@@ -89,7 +89,7 @@ def query_of(update: Update) -> CallbackQuery:
 async def on_private_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Private chat: every text message is a question."""
     message = message_of(update)
-    await answer(message, context, message.text or "")
+    await answer_message(message, context, message.text or "")
 
 
 async def on_group_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -101,7 +101,7 @@ async def on_group_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     if not text:
         await say(message, "Yes? Ask me something after the mention.")
         return
-    await answer(message, context, text)
+    await answer_message(message, context, text)
 
 
 async def cmd_ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -119,7 +119,7 @@ async def cmd_ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not question:
         await say(message, "Usage: /ask <your question> (or reply /ask to a message)")
         return
-    await answer(message, context, question)
+    await answer_message(message, context, question)
 
 
 async def cmd_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

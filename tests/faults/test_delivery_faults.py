@@ -34,13 +34,13 @@ from support.engines import make_service
 from bots import inflight
 from bots.discord_bot import DiscordSettings, run_discord
 from bots.discord_bot.client import LorabotClient
-from bots.discord_bot.replies import DISCORD_LIMIT
-from bots.discord_bot.replies import INTERRUPTED as DISCORD_INTERRUPTED
-from bots.discord_bot.replies import RESTARTED as DISCORD_RESTARTED
+from bots.discord_bot.sink import DISCORD_LIMIT
+from bots.discord_bot.sink import INTERRUPTED as DISCORD_INTERRUPTED
+from bots.discord_bot.sink import RESTARTED as DISCORD_RESTARTED
 from bots.inflight import with_restart_note
 from bots.telegram_bot import TelegramSettings, run_telegram
-from bots.telegram_bot.replies import INTERRUPTED as TELEGRAM_INTERRUPTED
-from bots.telegram_bot.replies import RESTARTED as TELEGRAM_RESTARTED
+from bots.telegram_bot.sink import INTERRUPTED as TELEGRAM_INTERRUPTED
+from bots.telegram_bot.sink import RESTARTED as TELEGRAM_RESTARTED
 from core import history
 from core.history import ConversationStore
 from core.service import ChatService

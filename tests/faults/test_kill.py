@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.fakes.telegram import FakeBotAPI
-from bots.telegram_bot.replies import RESTARTED
+from bots.telegram_bot.sink import RESTARTED
 
 pytestmark = pytest.mark.slow
 ALICE = 4242

@@ -10,9 +10,12 @@ import asyncio
 import datetime as dtm
 import logging
 import warnings
+from types import TracebackType
+from typing import Any, Literal
 
 import httpx
 from telegram import (
+    Bot,
     Chat,
     LinkPreviewOptions,
     Message,
@@ -27,22 +30,19 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bots.delivery import MaybeSent, MessageGone, SlowDown, TransientFailure
 from bots.pacing import Pacer, Rule
-from bots.replying import Notes, Pace, Question
-from bots.replying import answer as answer_question
+from bots.replying import Notes, EditTiming, Question
+from bots.replying import answer_question
+from bots.text import utf16_len
 from bots.telegram_bot.policy import conversation_id, defuse_mentions, scope_id, sender_key, thread_id
 from bots.telegram_bot.state import bot_state
 
 log = logging.getLogger(__name__)
 
-LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4096 UTF-16 code units
+LIMIT = int(MessageLimit.MAX_TEXT_LENGTH)  # 4096 UTF-16 code units
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 INTERRUPTED = "[interrupted: lorabot is shutting down]"
 RESTARTED = "[interrupted: lorabot restarted before this answer was finished — ask again]"
 NOTES = Notes(interrupted=INTERRUPTED)
-
-
-def utf16_length(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 def telegram_pacer() -> Pacer:
@@ -79,7 +79,7 @@ class TelegramSink:
         self.typing_key = f"telegram-typing:{self.chat_id}"  # chat actions are no messages
 
     def length(self, text: str) -> int:
-        return utf16_length(text)
+        return utf16_len(text)
 
     async def send(self, text: str) -> int:
         reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True) if self.reply_to else None
@@ -109,7 +109,7 @@ class TelegramSink:
         return f"{self.chat_id}:{handle}"
 
 
-async def edit_message(bot, chat_id: int, message_id: int, text: str) -> None:
+async def edit_message(bot: Bot, chat_id: int, message_id: int, text: str) -> None:
     with _mapped():
         try:
             await bot.edit_message_text(text, chat_id, message_id, link_preview_options=NO_PREVIEW)
@@ -132,17 +132,17 @@ class _mapped:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
         if error is None:
             return False
         if isinstance(error, RetryAfter):
             raise SlowDown(retry_after_seconds(error)) from error
         if isinstance(error, BadRequest):
-            if "message to edit not found" in error.message.lower():
+            if any(gone in error.message.lower() for gone in ("message to edit not found", "message to delete not found")):
                 raise MessageGone(error.message) from error
             return False
-        if isinstance(error, BadRequest) and "message to delete not found" in error.message.lower():
-            raise MessageGone(error.message) from error
         if isinstance(error, NetworkError):  # timeouts, 5xx, dropped connections
             if self.sending and _may_have_arrived(error):
                 raise MaybeSent(error.message) from error
@@ -159,7 +159,7 @@ def _may_have_arrived(error: NetworkError) -> bool:
     return not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-async def say(message: Message, text: str, **kwargs) -> Message:
+async def say(message: Message, text: str, **kwargs: Any) -> Message:
     """Reply with a short plain-text message of ours, waiting out flood control."""
     reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
     for attempt in range(4):
@@ -174,7 +174,7 @@ async def say(message: Message, text: str, **kwargs) -> Message:
     raise AssertionError("unreachable")
 
 
-async def answer(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
+async def answer_message(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
     """Stream the model's answer to `text` into replies to `message`."""
     state = bot_state(context)
     settings = state.settings
@@ -186,7 +186,7 @@ async def answer(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str
         scope_id=scope_id(message.chat),
         platform="telegram",
     )
-    pace = Pace(
+    pace = EditTiming(
         edit_interval_s=settings.edit_interval_s if private else settings.group_edit_interval_s,
         typing_interval_s=settings.typing_interval_s,
     )
