@@ -1,6 +1,6 @@
 """The Discord adapter end to end: the real discord.py client against a fake Discord on loopback.
 
-The fake (tests/fake_discord) speaks Discord's REST and gateway protocol and records every call,
+The fake (bench/fakes/discord.py) speaks Discord's REST and gateway protocol and records every call,
 so each test asserts on what Discord itself would have received.
 """
 
@@ -12,8 +12,7 @@ import re
 import threading
 
 import pytest
-from fake_discord import FakeDiscord
-from fake_discord.server import EVERYDAY_PERMISSIONS, MANAGE_GUILD
+from bench.fakes.discord import EVERYDAY_PERMISSIONS, MANAGE_GUILD, FakeDiscord
 from support.engines import make_service
 
 from bots.discord_bot import DiscordSettings, load_discord_settings, run_discord

@@ -15,7 +15,7 @@ from support.engines import make_service
 from bots.telegram_bot import TelegramSettings, load_telegram_settings, run_telegram
 from bots.telegram_bot.sink import INTERRUPTED
 from core.settings import SettingsError
-from fake_telegram import BOT_USERNAME, FakeBotAPI, formatting_error, parse_entities
+from bench.fakes.telegram import BOT_USERNAME, FakeBotAPI, formatting_error, parse_entities
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 

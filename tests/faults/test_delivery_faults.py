@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fake_discord import FakeDiscord
-from fake_telegram import FakeBotAPI, utf16_len
+from bench.fakes.discord import FakeDiscord
+from bench.fakes.telegram import FakeBotAPI, utf16_len
 from support.engines import make_service
 
 from bots import inflight
