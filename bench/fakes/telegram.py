@@ -307,10 +307,6 @@ class FakeBotAPI:
     def bot_texts(self, chat_id: int) -> list[str]:
         return [message["text"] for message in self.bot_messages(chat_id)]
 
-    @property
-    def pending_updates(self) -> int:
-        return len(self._updates)
-
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Wait until `predicate()` is truthy (re-checked after every call the bot makes)."""
         deadline = time.monotonic() + timeout
