@@ -68,7 +68,9 @@ SERVER_TARGETS = {
     "vs_server_ttft_last_p95": ("<=", 1.0),
 }
 SERVER_TURNS = 6
-SERVER_ROUNDS = 4  # per side, alternating: lorabot, server, server, lorabot, lorabot, server, ...; runs differ by ±3 %
+SERVER_ROUNDS = (
+    4  # per side, alternating: lorabot, server, server, lorabot, lorabot, server, ...; runs differ by ±3 %
+)
 
 
 class RawLlama:
@@ -82,7 +84,9 @@ class RawLlama:
 
         self.max_tokens = max_tokens
         self.system = settings.system_prompt
-        self.template = LlamaEngine.load(ModelEntry(name="raw", path=model_path), settings.model_copy(update={"kv_slots": 1}))
+        self.template = LlamaEngine.load(
+            ModelEntry(name="raw", path=model_path), settings.model_copy(update={"kv_slots": 1})
+        )
         self.llm = llama_cpp.Llama(
             str(model_path), n_ctx=settings.context_length, n_threads=settings.resolved_threads, verbose=False
         )
@@ -92,7 +96,12 @@ class RawLlama:
             [{"role": "system", "content": self.system}, {"role": "user", "content": question}]
         )
         self.llm.reset()
-        stamps = [time.perf_counter() for _ in self.llm.create_completion(prompt, max_tokens=self.max_tokens, temperature=0.0, stream=True)]
+        stamps = [
+            time.perf_counter()
+            for _ in self.llm.create_completion(
+                prompt, max_tokens=self.max_tokens, temperature=0.0, stream=True
+            )
+        ]
         return decode_rate(stamps)
 
     def cold_ttft(self, turns: int) -> float:
@@ -105,7 +114,13 @@ class RawLlama:
             ]
         self.llm.reset()
         started = time.perf_counter()
-        next(iter(self.llm.create_completion(self.template.prompt_tokens(history[:-1]), max_tokens=1, temperature=0.0, stream=True)))
+        next(
+            iter(
+                self.llm.create_completion(
+                    self.template.prompt_tokens(history[:-1]), max_tokens=1, temperature=0.0, stream=True
+                )
+            )
+        )
         return time.perf_counter() - started
 
     def close(self) -> None:
@@ -114,7 +129,12 @@ class RawLlama:
 
 
 async def measure(
-    settings: CoreSettings, model_path: Path | None, turns: int, conversations: int, max_tokens: int, repeats: int = 3
+    settings: CoreSettings,
+    model_path: Path | None,
+    turns: int,
+    conversations: int,
+    max_tokens: int,
+    repeats: int = 3,
 ) -> dict[str, float | None]:
     """Every comparison alternates its two sides so a busy machine slows both alike.
 
@@ -134,11 +154,16 @@ async def measure(
         for index, question in enumerate(QUESTIONS):
             if raw is not None:
                 raw_rates.append(await compute.call(raw.decode_tok_s, question))
-            core_rates.append((await timed_reply(service, f"rate-{index}", f"rate-{index}", question)).decode_tok_s)
+            core_rates.append(
+                (await timed_reply(service, f"rate-{index}", f"rate-{index}", question)).decode_tok_s
+            )
 
         # One conversation at a time, `turns` turns each (`repeats` conversations, for medians).
         single = [
-            [(await timed_reply(service, f"solo-{r}", "solo", QUESTIONS[(t + r) % len(QUESTIONS)])).ttft_s for t in range(turns)]
+            [
+                (await timed_reply(service, f"solo-{r}", "solo", QUESTIONS[(t + r) % len(QUESTIONS)])).ttft_s
+                for t in range(turns)
+            ]
             for r in range(repeats)
         ]
 
@@ -147,7 +172,9 @@ async def measure(
         for turn in range(turns):
             for conv in range(conversations):
                 question = QUESTIONS[(turn + conv) % len(QUESTIONS)]
-                interleaved[conv].append((await timed_reply(service, f"rr-{conv}", f"rr-{conv}", question)).ttft_s)
+                interleaved[conv].append(
+                    (await timed_reply(service, f"rr-{conv}", f"rr-{conv}", question)).ttft_s
+                )
         cold = await compute.call(raw.cold_ttft, turns) if raw is not None else None
 
         # Concurrency: one request alone, then `conversations` at once, `repeats` times.
@@ -158,9 +185,14 @@ async def measure(
             singles.append(done.completion_tokens / (time.perf_counter() - started))
             started = time.perf_counter()
             results = await asyncio.gather(
-                *(timed_reply(service, f"burst-{repeat}-{i}", f"burst-{i}", QUESTIONS[repeat]) for i in range(conversations))
+                *(
+                    timed_reply(service, f"burst-{repeat}-{i}", f"burst-{i}", QUESTIONS[repeat])
+                    for i in range(conversations)
+                )
             )
-            aggregates.append(sum(reply.done.completion_tokens for reply in results) / (time.perf_counter() - started))
+            aggregates.append(
+                sum(reply.done.completion_tokens for reply in results) / (time.perf_counter() - started)
+            )
     finally:
         await service.close()
         if raw is not None:
@@ -168,7 +200,9 @@ async def measure(
     return {
         "raw_tok_s": statistics.median(raw_rates) if raw_rates else None,
         "core_tok_s": statistics.median(core_rates),
-        "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates) if r > 0) if raw_rates else None,
+        "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates) if r > 0)
+        if raw_rates
+        else None,
         "ttft_turn1_s": statistics.median(row[0] for row in single),
         "ttft_turn10_s": statistics.median(row[-1] for row in single),
         "ttft_interleaved_turn1_s": statistics.median(row[0] for row in interleaved),
@@ -198,15 +232,29 @@ class LlamaServer:
     """llama.cpp's `llama-server` on a free loopback port, as a user would run it next to a bot:
     `--parallel N` slots of `context_length` tokens each, the same threads, prompt caching on."""
 
-    def __init__(self, binary: str, model_path: Path, *, threads: int, parallel: int, context_length: int, log: Path) -> None:
+    def __init__(
+        self, binary: str, model_path: Path, *, threads: int, parallel: int, context_length: int, log: Path
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [
-            binary, "-m", str(model_path), "--host", "127.0.0.1", "--port", str(self.port),
-            "--threads", str(threads), "--threads-batch", str(threads),
-            "--parallel", str(parallel), "--ctx-size", str(parallel * context_length),
+            binary,
+            "-m",
+            str(model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            str(threads),
+            "--threads-batch",
+            str(threads),
+            "--parallel",
+            str(parallel),
+            "--ctx-size",
+            str(parallel * context_length),
         ]
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -264,8 +312,12 @@ class LlamaServer:
         through the OpenAI-compatible API; returns (seconds from `started` to the first text,
         text, tokens generated)."""
         body = {
-            "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
-            "cache_prompt": True, "stream_options": {"include_usage": True},
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "cache_prompt": True,
+            "stream_options": {"include_usage": True},
         }
         started = time.perf_counter() if started is None else started
         first: float | None = None
@@ -276,7 +328,7 @@ class LlamaServer:
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
                     continue
-                data = line[len("data: "):].strip()
+                data = line[len("data: ") :].strip()
                 if data == "[DONE]":
                     break
                 chunk = json.loads(data)
@@ -311,7 +363,9 @@ def round_question(round_index: int, index: int) -> str:
     return opening + (question[0].lower() + question[1:] if opening else question)
 
 
-async def conversations_at_once(ask: Ask, conversations: int, turns: int, round_index: int = 0) -> dict[str, float]:
+async def conversations_at_once(
+    ask: Ask, conversations: int, turns: int, round_index: int = 0
+) -> dict[str, float]:
     """`conversations` users at once, each asking `turns` questions in turn and waiting for each
     reply: turn 1 is a burst (all arrive together), later turns arrive as replies end."""
     ttfts: list[list[float]] = [[] for _ in range(turns)]
@@ -341,7 +395,14 @@ def _p95(values: list[float]) -> float:
 
 
 async def measure_vs_server(
-    settings: CoreSettings, model_path: Path, binary: str, *, conversations: int, turns: int, max_tokens: int, rounds: int
+    settings: CoreSettings,
+    model_path: Path,
+    binary: str,
+    *,
+    conversations: int,
+    turns: int,
+    max_tokens: int,
+    rounds: int,
 ) -> dict[str, object]:
     """The same scenario through lorabot's ChatService (`LORABOT_PARALLEL` = `LORABOT_KV_SLOTS` =
     conversations) and through llama-server (`--parallel` = conversations), alternating, each
@@ -353,17 +414,27 @@ async def measure_vs_server(
 
     compute = compute_thread()
     tokenizer = await compute.call(
-        LlamaEngine.load, ModelEntry(name="tokenizer", path=model_path), settings.model_copy(update={"kv_slots": 1})
+        LlamaEngine.load,
+        ModelEntry(name="tokenizer", path=model_path),
+        settings.model_copy(update={"kv_slots": 1}),
     )
     # The same slots as the server's: one per conversation, all generating at once.
     service = ChatService(
         settings.model_copy(
-            update={"parallel": conversations, "kv_slots": conversations, "data_dir": settings.data_dir / "vs-server"}
+            update={
+                "parallel": conversations,
+                "kv_slots": conversations,
+                "data_dir": settings.data_dir / "vs-server",
+            }
         )
     )
     server = LlamaServer(
-        binary, model_path, threads=settings.resolved_threads, parallel=conversations,
-        context_length=settings.context_length, log=settings.data_dir / "llama-server.log",
+        binary,
+        model_path,
+        threads=settings.resolved_threads,
+        parallel=conversations,
+        context_length=settings.context_length,
+        log=settings.data_dir / "llama-server.log",
     )
     system = {"role": "system", "content": settings.system_prompt}
     limits = httpx.Limits(max_connections=conversations + 4, max_keepalive_connections=conversations + 4)
@@ -374,7 +445,9 @@ async def measure_vs_server(
             await service.start()
             await server.start(client)
             await timed_reply(service, "vs-warmup", "vs-warmup", "Hello!")
-            await server.complete(client, tokenizer.prompt_tokens([system, {"role": "user", "content": "Hello!"}]), max_tokens)
+            await server.complete(
+                client, tokenizer.prompt_tokens([system, {"role": "user", "content": "Hello!"}]), max_tokens
+            )
 
             async def lorabot_round(index: int) -> dict[str, float]:
                 async def ask(conv: int, question: str) -> tuple[float, int]:
@@ -468,8 +541,13 @@ def run(
                 )
             try:
                 versus = await measure_vs_server(
-                    bench_settings, entry.path, binary,
-                    conversations=conversations, turns=SERVER_TURNS, max_tokens=max_tokens, rounds=rounds,
+                    bench_settings,
+                    entry.path,
+                    binary,
+                    conversations=conversations,
+                    turns=SERVER_TURNS,
+                    max_tokens=max_tokens,
+                    rounds=rounds,
                 )
             except Exception as error:  # the rest of the benchmark stands; say why this part is missing
                 return measured, _no_server(f"llama-server run failed: {type(error).__name__}: {error}")
@@ -484,15 +562,20 @@ def run(
         "conversations": conversations,
         **measured,
         "ttft_turn10_vs_turn1": measured["ttft_turn10_s"] / measured["ttft_turn1_s"],
-        "ttft_interleaved_vs_turn1": measured["ttft_interleaved_turn10_s"] / measured["ttft_interleaved_turn1_s"],
+        "ttft_interleaved_vs_turn1": measured["ttft_interleaved_turn10_s"]
+        / measured["ttft_interleaved_turn1_s"],
         **versus,
-        "raw_reason": None if entry.path is not None else "a remote model: no GGUF in this process to call directly",
+        "raw_reason": None
+        if entry.path is not None
+        else "a remote model: no GGUF in this process to call directly",
     }
     result["targets_met"] = all(
         _meets(result[name], *target) for name, target in TARGETS.items() if result[name] is not None
     )
     result["server_targets_met"] = (
-        None if versus["vs_server_reason"] else all(_meets(result[name], *target) for name, target in SERVER_TARGETS.items())
+        None
+        if versus["vs_server_reason"]
+        else all(_meets(result[name], *target) for name, target in SERVER_TARGETS.items())
     )
     return result
 
@@ -516,14 +599,22 @@ def _meets(value: object, op: str, target: float) -> bool:
 
 
 def main(
-    settings: CoreSettings, *, json_output: bool, turns: int, conversations: int, max_tokens: int, model: str | None = None
+    settings: CoreSettings,
+    *,
+    json_output: bool,
+    turns: int,
+    conversations: int,
+    max_tokens: int,
+    model: str | None = None,
 ) -> None:
     result = run(settings, turns=turns, conversations=conversations, max_tokens=max_tokens, model=model)
     if json_output:
         print(json.dumps(_rounded(result)))
         return
     console = Console()
-    table = Table(title=f"lorabot bench engine — {result['model']}, {result['threads']} threads, greedy, {max_tokens} new tokens")
+    table = Table(
+        title=f"lorabot bench engine — {result['model']}, {result['threads']} threads, greedy, {max_tokens} new tokens"
+    )
     for column in ("metric", "value", "target", "ok"):
         table.add_column(column)
     for name, (op, target) in TARGETS.items():
@@ -533,8 +624,15 @@ def main(
         value = float(result[name])  # type: ignore[arg-type]
         table.add_row(name, f"{value:.3f}", f"{op} {target}", "✓" if _meets(value, op, target) else "✗")
     for name in (
-        "raw_tok_s", "core_tok_s", "ttft_turn1_s", "ttft_turn10_s", "ttft_interleaved_turn1_s",
-        "ttft_interleaved_turn10_s", "raw_cold_ttft_turn10_s", "single_stream_tok_s", "aggregate_tok_s_8_concurrent",
+        "raw_tok_s",
+        "core_tok_s",
+        "ttft_turn1_s",
+        "ttft_turn10_s",
+        "ttft_interleaved_turn1_s",
+        "ttft_interleaved_turn10_s",
+        "raw_cold_ttft_turn10_s",
+        "single_stream_tok_s",
+        "aggregate_tok_s_8_concurrent",
     ):
         shown = "n/a" if result[name] is None else f"{float(result[name]):.3f}"  # type: ignore[arg-type]
         table.add_row(name, shown, "", "")

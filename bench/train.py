@@ -49,8 +49,17 @@ from training.config import read_preset
 from training.data.synthetic import synthetic_conversations
 from training.errors import HardwareError, TrainingError
 
-STEP_KEYS = ("batch_size", "grad_accum", "packing", "gradient_checkpointing", "load_in_4bit", "learning_rate",
-             "warmup_steps", "cudnn_attention", "varlen_attention")
+STEP_KEYS = (
+    "batch_size",
+    "grad_accum",
+    "packing",
+    "gradient_checkpointing",
+    "load_in_4bit",
+    "learning_rate",
+    "warmup_steps",
+    "cudnn_attention",
+    "varlen_attention",
+)
 IMPROVED_SHAPE = dict(shape="llama-3.2-3b", lora_r=16)  # the `improved` preset: Llama-3.2-3B, r=16, alpha=32
 
 
@@ -69,16 +78,29 @@ def case_steps(spec: dict[str, Any], steps: int) -> int:
     return max(1, round(steps * spec.get("steps_scale", 1.0)))
 
 
-NOTEBOOK = dict(backend="unsloth", batch_size=2, grad_accum=4, packing=False, padding_free=False,
-                gradient_checkpointing="unsloth")
+NOTEBOOK = dict(
+    backend="unsloth",
+    batch_size=2,
+    grad_accum=4,
+    packing=False,
+    padding_free=False,
+    gradient_checkpointing="unsloth",
+)
 TUNED = dict(backend="unsloth", padding_free=None, **preset_settings("baseline-tuned"))
 # A preset with more tokens per step in fewer steps: scaling a case's steps by the presets' max_steps
 # keeps its learning-rate schedule on the same real tokens as (c)'s, so losses compare.
-FAST = dict(backend="unsloth", padding_free=None, **preset_settings("baseline-fast"),
-            steps_scale=preset_max_steps("baseline-fast") / preset_max_steps("baseline-tuned"))
+FAST = dict(
+    backend="unsloth",
+    padding_free=None,
+    **preset_settings("baseline-fast"),
+    steps_scale=preset_max_steps("baseline-fast") / preset_max_steps("baseline-tuned"),
+)
 CASES: dict[str, dict[str, Any]] = {
     "a": dict(title="Unsloth, notebook settings (2x4, padded)", **NOTEBOOK),
-    "b": dict(title="transformers+peft+trl, same settings", **{**NOTEBOOK, "backend": "hf", "gradient_checkpointing": True}),
+    "b": dict(
+        title="transformers+peft+trl, same settings",
+        **{**NOTEBOOK, "backend": "hf", "gradient_checkpointing": True},
+    ),
     "c": dict(title="lorabot tuned (8x1, packed, padding-free)", **TUNED),
     "d": dict(title="lorabot fast (baseline-fast)", **FAST),
     "e": dict(title="3B improved, notebook settings (2x4, padded)", **NOTEBOOK, **IMPROVED_SHAPE),
@@ -89,32 +111,69 @@ LEVERS: dict[str, dict[str, Any]] = {
     "lever:bf16": dict(title="(c) + 16-bit base (bf16 LoRA)", load_in_4bit=False),
     "lever:mb16": dict(title="(c) + micro-batch 16 rows (16k tokens/step)", batch_size=16),
     "lever:mb32": dict(title="(c) + micro-batch 32 rows (32k tokens/step)", batch_size=32),
-    "lever:workers": dict(title="(c) + 2 DataLoader workers, pinned, prefetch 4",
-                          sft=dict(dataloader_num_workers=2, dataloader_pin_memory=True,
-                                   dataloader_persistent_workers=True, dataloader_prefetch_factor=4)),
+    "lever:workers": dict(
+        title="(c) + 2 DataLoader workers, pinned, prefetch 4",
+        sft=dict(
+            dataloader_num_workers=2,
+            dataloader_pin_memory=True,
+            dataloader_persistent_workers=True,
+            dataloader_prefetch_factor=4,
+        ),
+    ),
     "lever:compile": dict(title="(c) + torch.compile (trainer)", sft=dict(torch_compile=True)),
-    "lever:log10": dict(title="(c) + loss read every 10 steps (fewer host syncs)", sft=dict(logging_steps=10)),
+    "lever:log10": dict(
+        title="(c) + loss read every 10 steps (fewer host syncs)", sft=dict(logging_steps=10)
+    ),
     "lever:bf16-mb16": dict(title="(c) + 16-bit base + micro-batch 16", load_in_4bit=False, batch_size=16),
     "lever:bf16-mb32": dict(title="(c) + 16-bit base + micro-batch 32", load_in_4bit=False, batch_size=32),
     "lever:bf16-mb64": dict(title="(c) + 16-bit base + micro-batch 64", load_in_4bit=False, batch_size=64),
-    "lever:bf16-mb32-lr": dict(title="(c) + 16-bit base + micro-batch 32, lr 8e-4, warm-up 1",
-                               load_in_4bit=False, batch_size=32, learning_rate=8e-4, warmup_steps=1),
-    "lever:bf16-compile": dict(title="(c) + 16-bit base + torch.compile", load_in_4bit=False,
-                               sft=dict(torch_compile=True)),
+    "lever:bf16-mb32-lr": dict(
+        title="(c) + 16-bit base + micro-batch 32, lr 8e-4, warm-up 1",
+        load_in_4bit=False,
+        batch_size=32,
+        learning_rate=8e-4,
+        warmup_steps=1,
+    ),
+    "lever:bf16-compile": dict(
+        title="(c) + 16-bit base + torch.compile", load_in_4bit=False, sft=dict(torch_compile=True)
+    ),
     "lever:no-cudnn": dict(title="(c) + SDPA off cuDNN attention (flash)", cudnn_attention=False),
-    "lever:bf16-mb16-no-cudnn": dict(title="(c) + 16-bit base + micro-batch 16 + SDPA off cuDNN",
-                                     load_in_4bit=False, batch_size=16, cudnn_attention=False),
+    "lever:bf16-mb16-no-cudnn": dict(
+        title="(c) + 16-bit base + micro-batch 16 + SDPA off cuDNN",
+        load_in_4bit=False,
+        batch_size=16,
+        cudnn_attention=False,
+    ),
     "lever:varlen": dict(title="(c) + varlen flash attention (one call per layer)", varlen_attention=True),
-    "lever:bf16-varlen": dict(title="(c) + 16-bit base + varlen attention", load_in_4bit=False, varlen_attention=True),
-    "lever:bf16-mb16-varlen": dict(title="(c) + 16-bit base + micro-batch 16 + varlen attention",
-                                   load_in_4bit=False, batch_size=16, varlen_attention=True),
-    "lever:bf16-mb16-varlen-lr": dict(title="(c) + 16-bit base + mb 16 + varlen, lr 4e-4, warm-up 3, half the steps",
-                                      load_in_4bit=False, batch_size=16, varlen_attention=True, learning_rate=4e-4,
-                                      warmup_steps=3, steps_scale=0.5),
-    "lever:bf16-mb32-varlen": dict(title="(c) + 16-bit base + micro-batch 32 + varlen attention",
-                                   load_in_4bit=False, batch_size=32, varlen_attention=True),
-    "lever:bf16-noblock": dict(title="(c) + 16-bit base, Unsloth's per-block compile off", load_in_4bit=False,
-                               env=dict(UNSLOTH_BLOCK_COMPILE="0")),
+    "lever:bf16-varlen": dict(
+        title="(c) + 16-bit base + varlen attention", load_in_4bit=False, varlen_attention=True
+    ),
+    "lever:bf16-mb16-varlen": dict(
+        title="(c) + 16-bit base + micro-batch 16 + varlen attention",
+        load_in_4bit=False,
+        batch_size=16,
+        varlen_attention=True,
+    ),
+    "lever:bf16-mb16-varlen-lr": dict(
+        title="(c) + 16-bit base + mb 16 + varlen, lr 4e-4, warm-up 3, half the steps",
+        load_in_4bit=False,
+        batch_size=16,
+        varlen_attention=True,
+        learning_rate=4e-4,
+        warmup_steps=3,
+        steps_scale=0.5,
+    ),
+    "lever:bf16-mb32-varlen": dict(
+        title="(c) + 16-bit base + micro-batch 32 + varlen attention",
+        load_in_4bit=False,
+        batch_size=32,
+        varlen_attention=True,
+    ),
+    "lever:bf16-noblock": dict(
+        title="(c) + 16-bit base, Unsloth's per-block compile off",
+        load_in_4bit=False,
+        env=dict(UNSLOTH_BLOCK_COMPILE="0"),
+    ),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 WARMUP = 3
@@ -224,15 +283,35 @@ def profile_summary(prof: Any, wall_s: float) -> dict[str, Any]:
     events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
     busy_us = sum(e.self_device_time_total for e in events)
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    top = [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count} for e in events[:18]]
+    top = [
+        {"name": e.key[:90], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count}
+        for e in events[:18]
+    ]
     cpu = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
-    top_cpu = [{"name": e.key[:90], "ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count} for e in cpu]
-    return {"wall_ms": round(wall_s * 1e3, 1), "gpu_busy": round(busy_us / 1e6 / wall_s, 3) if wall_s else None,
-            "kernels": len(events), "launches": sum(e.count for e in events), "top": top, "top_cpu": top_cpu}
+    top_cpu = [
+        {"name": e.key[:90], "ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count} for e in cpu
+    ]
+    return {
+        "wall_ms": round(wall_s * 1e3, 1),
+        "gpu_busy": round(busy_us / 1e6 / wall_s, 3) if wall_s else None,
+        "kernels": len(events),
+        "launches": sum(e.count for e in events),
+        "top": top,
+        "top_cpu": top_cpu,
+    }
 
 
-def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Path, backend: str | None = None,
-             max_seq_length: int = 1024, profile: bool = False) -> dict:
+def run_case(
+    case: str,
+    data: Path,
+    steps: int,
+    shape: str,
+    lora_r: int,
+    out: Path,
+    backend: str | None = None,
+    max_seq_length: int = 1024,
+    profile: bool = False,
+) -> dict:
     """Train `steps` optimizer steps with the case's settings; time steps after the warm-up.
 
     The trainer comes from `training.run.build_trainer`, the set-up `lorabot train` runs; only the
@@ -252,13 +331,29 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
     settings = {key: spec[key] for key in STEP_KEYS if key in spec}
     settings["load_in_4bit"] = settings.get("load_in_4bit", True) and detect().cuda
     cfg = build_config(
-        "baseline", base_model=f"random:{shape}", tokenizer=os.environ.get("LORABOT_RANDOM_TOKENIZER"),
-        dataset=str(data), eval_fraction=0.0, max_eval_samples=None, lora_r=lora_r, lora_alpha=2 * lora_r,
-        max_steps=steps, backend=backend or spec["backend"], save_steps=10**6,
-        output_dir=out / f"case-{case.replace(':', '-')}", export=False, chat_template="chatml",
-        max_seq_length=max_seq_length, **settings,
+        "baseline",
+        base_model=f"random:{shape}",
+        tokenizer=os.environ.get("LORABOT_RANDOM_TOKENIZER"),
+        dataset=str(data),
+        eval_fraction=0.0,
+        max_eval_samples=None,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        max_steps=steps,
+        backend=backend or spec["backend"],
+        save_steps=10**6,
+        output_dir=out / f"case-{case.replace(':', '-')}",
+        export=False,
+        chat_template="chatml",
+        max_seq_length=max_seq_length,
+        **settings,
     )
-    extra: dict[str, Any] = {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, **spec.get("sft", {})}
+    extra: dict[str, Any] = {
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        **spec.get("sft", {}),
+    }
     if spec["padding_free"] is not None:
         extra["padding_free"] = spec["padding_free"]
     setup = build_trainer(cfg, **extra)  # imports unsloth first, when it is the one
@@ -276,7 +371,9 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
     losses: dict[int, float] = {}
     profiled: dict[str, Any] = {}
     unsloth_mfu: list[float] = []
-    profile_from = warmup - 1 - PROFILE_STEPS  # completed steps when profiling starts (>= 2: past compilation)
+    profile_from = (
+        warmup - 1 - PROFILE_STEPS
+    )  # completed steps when profiling starts (>= 2: past compilation)
 
     class Timer(TrainerCallback):
         prof: Any = None
@@ -284,7 +381,8 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
 
         def on_step_begin(self, args, state, control, **kwargs):
             if profile and cuda and profile_from >= 2 and state.global_step == profile_from:
-                from torch.profiler import ProfilerActivity, profile as torch_profile
+                from torch.profiler import ProfilerActivity
+                from torch.profiler import profile as torch_profile
 
                 torch.cuda.synchronize()
                 self.prof = torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
@@ -325,11 +423,24 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
         if step in losses:
             curve.append([cumulative, round(losses[step], 4)])
     result = {
-        "case": case, "title": spec["title"], "backend": setup.backend, "device": hw.device_name,
-        "shape": shape, "lora_r": lora_r, "load_in_4bit": cfg.load_in_4bit, "sft": spec.get("sft", {}),
-        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "packing": cfg.packing,
-        "learning_rate": cfg.learning_rate, "warmup_steps": cfg.warmup_steps, "env": spec.get("env", {}),
-        "steps": steps, "timed_steps": len(marks) - warmup, "real_tokens": sum(lengths), "seconds": round(seconds, 3),
+        "case": case,
+        "title": spec["title"],
+        "backend": setup.backend,
+        "device": hw.device_name,
+        "shape": shape,
+        "lora_r": lora_r,
+        "load_in_4bit": cfg.load_in_4bit,
+        "sft": spec.get("sft", {}),
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "packing": cfg.packing,
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": cfg.warmup_steps,
+        "env": spec.get("env", {}),
+        "steps": steps,
+        "timed_steps": len(marks) - warmup,
+        "real_tokens": sum(lengths),
+        "seconds": round(seconds, 3),
         "tokens_per_s": round(sum(lengths) / seconds, 1) if seconds > 0 else 0.0,
         "real_tokens_per_step": round(sum(step_tokens) / max(1, len(step_tokens))),
         "mfu": round(flops / seconds / peak, 4) if peak and seconds > 0 else None,
@@ -337,7 +448,8 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
         "losses": [round(losses[s], 4) for s in sorted(losses)],
         "curve": curve,  # [cumulative real tokens, loss] per logged step
         "lengths_from_batch": recorder.fallbacks,
-        "setup_s": round(train_started - started, 1), "train_s": round(time.perf_counter() - train_started, 1),
+        "setup_s": round(train_started - started, 1),
+        "train_s": round(time.perf_counter() - train_started, 1),
     }
     if unsloth_mfu:
         timed = unsloth_mfu[warmup:] or unsloth_mfu
@@ -348,9 +460,17 @@ def run_case(case: str, data: Path, steps: int, shape: str, lora_r: int, out: Pa
 
 
 # ----------------------------------------------------------------------------- all cases (parent)
-def main(json_output: bool = False, cases: list[str] | None = None, steps: int = 12, conversations: int = 2000,
-         shape: str = "llama-3.2-1b", lora_r: int = 16, profile: bool = False,
-         case_timeout: float | None = None, partial: Path | None = None) -> dict:
+def main(
+    json_output: bool = False,
+    cases: list[str] | None = None,
+    steps: int = 12,
+    conversations: int = 2000,
+    shape: str = "llama-3.2-1b",
+    lora_r: int = 16,
+    profile: bool = False,
+    case_timeout: float | None = None,
+    partial: Path | None = None,
+) -> dict:
     import torch
 
     if not torch.cuda.is_available():
@@ -359,16 +479,36 @@ def main(json_output: bool = False, cases: list[str] | None = None, steps: int =
     from training.base_model import resolve_base
 
     tokenizer = os.environ.get("LORABOT_RANDOM_TOKENIZER")
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "shape": shape, "lora_r": lora_r,
-                               "steps": steps, "warmup_steps": max(WARMUP, steps // 4), "cases": {}}
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0),
+        "shape": shape,
+        "lora_r": lora_r,
+        "steps": steps,
+        "warmup_steps": max(WARMUP, steps // 4),
+        "cases": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "conversations.jsonl"
         data.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(conversations)) + "\n")
         for case in cases:
-            resolve_base(f"random:{case_spec(case).get('shape', shape)}", tokenizer)  # once per shape, untimed
+            resolve_base(
+                f"random:{case_spec(case).get('shape', shape)}", tokenizer
+            )  # once per shape, untimed
             out_file = Path(tmp) / f"{case.replace(':', '-')}.json"
-            command = [sys.executable, "-m", "bench.train", CHILD, case, str(data), str(steps), shape, str(lora_r), tmp,
-                       str(out_file), "1" if profile else "0"]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.train",
+                CHILD,
+                case,
+                str(data),
+                str(steps),
+                shape,
+                str(lora_r),
+                tmp,
+                str(out_file),
+                "1" if profile else "0",
+            ]
             try:
                 proc = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, timeout=case_timeout)
                 ok = proc.returncode == 0 and out_file.is_file()
@@ -379,8 +519,11 @@ def main(json_output: bool = False, cases: list[str] | None = None, steps: int =
             if partial:  # each case as it ends: a run cut short still leaves what it measured
                 with open(partial, "a", encoding="utf-8") as lines:
                     lines.write(json.dumps({"case": case, **result}) + "\n")
-            print(f"bench train: {case} done: {json.dumps({k: v for k, v in result.items() if k not in ('curve', 'losses', 'profile')})}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"bench train: {case} done: {json.dumps({k: v for k, v in result.items() if k not in ('curve', 'losses', 'profile')})}",
+                file=sys.stderr,
+                flush=True,
+            )
     add_comparisons(results)
     print(json.dumps(results) if json_output else table(results))
     return results
@@ -390,25 +533,36 @@ def add_comparisons(results: dict) -> None:
     """Speed ratios, and the loss of each shape's cases at the same real tokens seen."""
     done = {k: v for k, v in results["cases"].items() if "error" not in v}
     speed = {k: v.get("tokens_per_s") for k, v in done.items()}
-    for key, (top, bottom) in {"a_over_b": ("a", "b"), "c_over_a": ("c", "a"), "d_over_a": ("d", "a"),
-                               "d_over_c": ("d", "c"), "f_over_e": ("f", "e")}.items():
+    for key, (top, bottom) in {
+        "a_over_b": ("a", "b"),
+        "c_over_a": ("c", "a"),
+        "d_over_a": ("d", "a"),
+        "d_over_c": ("d", "c"),
+        "f_over_e": ("f", "e"),
+    }.items():
         if speed.get(top) and speed.get(bottom):
             results[key] = round(speed[top] / speed[bottom], 2)
     compared: dict[str, Any] = {}
     for case_shape in dict.fromkeys(v.get("shape", results["shape"]) for v in done.values()):
-        group = {k: v for k, v in done.items() if v.get("shape", results["shape"]) == case_shape and v.get("curve")}
+        group = {
+            k: v for k, v in done.items() if v.get("shape", results["shape"]) == case_shape and v.get("curve")
+        }
         milestones = token_milestones([v["curve"] for v in group.values()])
         if milestones:
-            compared[case_shape] = {"tokens": milestones,
-                                    "loss": {k: loss_at_tokens(v["curve"], milestones) for k, v in group.items()}}
+            compared[case_shape] = {
+                "tokens": milestones,
+                "loss": {k: loss_at_tokens(v["curve"], milestones) for k, v in group.items()},
+            }
     if compared:
         results["loss_at_equal_tokens"] = compared
 
 
 def table(results: dict) -> str:
-    lines = [f"lorabot bench train — {results['device']}, random {results['shape']}, LoRA r={results['lora_r']}, "
-             f"{results['steps']} steps ({results['warmup_steps']} warm-up)",
-             f"{'case':<18} {'setup':<50} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'tok/step':>9} {'loss first→last':>17}"]
+    lines = [
+        f"lorabot bench train — {results['device']}, random {results['shape']}, LoRA r={results['lora_r']}, "
+        f"{results['steps']} steps ({results['warmup_steps']} warm-up)",
+        f"{'case':<18} {'setup':<50} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'tok/step':>9} {'loss first→last':>17}",
+    ]
     for case, r in results["cases"].items():
         title = r.get("title") or case_spec(case)["title"]
         if "error" in r:
@@ -418,42 +572,78 @@ def table(results: dict) -> str:
         loss = f"{r['losses'][0]:.3f}→{r['losses'][-1]:.3f}" if r["losses"] else ""
         peak = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "n/a"
         per_step = f"{r['real_tokens_per_step']:,}" if r.get("real_tokens_per_step") else ""
-        lines.append(f"{case:<18} {title[:50]:<50} {r['tokens_per_s']:>10,.0f} {mfu:>7} {peak:>9} {per_step:>9} {loss:>17}")
-    for key, label in (("a_over_b", "(a)/(b)"), ("c_over_a", "(c)/(a)"), ("d_over_a", "(d)/(a)"),
-                       ("d_over_c", "(d)/(c)"), ("f_over_e", "(f)/(e)")):
+        lines.append(
+            f"{case:<18} {title[:50]:<50} {r['tokens_per_s']:>10,.0f} {mfu:>7} {peak:>9} {per_step:>9} {loss:>17}"
+        )
+    for key, label in (
+        ("a_over_b", "(a)/(b)"),
+        ("c_over_a", "(c)/(a)"),
+        ("d_over_a", "(d)/(a)"),
+        ("d_over_c", "(d)/(c)"),
+        ("f_over_e", "(f)/(e)"),
+    ):
         if key in results:
             lines.append(f"{label} tokens/s: {results[key]:.2f}x")
     for case_shape, block in results.get("loss_at_equal_tokens", {}).items():
-        lines.append(f"loss at equal real tokens seen ({case_shape}; mean over the steps ending in each window):")
+        lines.append(
+            f"loss at equal real tokens seen ({case_shape}; mean over the steps ending in each window):"
+        )
         lines.append(f"{'case':<18} " + " ".join(f"{'≤' + format(t, ','):>11}" for t in block["tokens"]))
         for case, values in block["loss"].items():
-            lines.append(f"{case:<18} " + " ".join(f"{v:>11.3f}" if v is not None else f"{'':>11}" for v in values))
+            lines.append(
+                f"{case:<18} " + " ".join(f"{v:>11.3f}" if v is not None else f"{'':>11}" for v in values)
+            )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the command
 def bench_train(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    cases: Annotated[str, typer.Option(
-        help="Comma list: a (Unsloth, notebook), b (hf), c (lorabot tuned), d (lorabot fast), e/f (3B improved: "
-             "notebook / fast); lever:NAME for (c) with one change, or `levers` for (c) and all of them.")] = "a,b,c,d,e,f",
-    steps: Annotated[int, typer.Option(help="Optimizer steps per case (the first max(3, steps/4) are warm-up).")] = 12,
+    cases: Annotated[
+        str,
+        typer.Option(
+            help="Comma list: a (Unsloth, notebook), b (hf), c (lorabot tuned), d (lorabot fast), e/f (3B improved: "
+            "notebook / fast); lever:NAME for (c) with one change, or `levers` for (c) and all of them."
+        ),
+    ] = "a,b,c,d,e,f",
+    steps: Annotated[
+        int, typer.Option(help="Optimizer steps per case (the first max(3, steps/4) are warm-up).")
+    ] = 12,
     conversations: Annotated[int, typer.Option(help="Synthetic conversations in the pool.")] = 2000,
-    shape: Annotated[str, typer.Option(help="Random-weight model shape (cases e/f are always 3B).")] = "llama-3.2-1b",
+    shape: Annotated[
+        str, typer.Option(help="Random-weight model shape (cases e/f are always 3B).")
+    ] = "llama-3.2-1b",
     lora_r: Annotated[int, typer.Option(help="LoRA rank (cases e/f: 16, as the improved preset).")] = 16,
-    profile: Annotated[bool, typer.Option(help="Profile the 2 steps before the timed ones: top kernels, GPU busy.")] = False,
+    profile: Annotated[
+        bool, typer.Option(help="Profile the 2 steps before the timed ones: top kernels, GPU busy.")
+    ] = False,
     case_timeout: Annotated[float, typer.Option(help="Seconds one case may take (0: no limit).")] = 0,
-    partial: Annotated[Path | None, typer.Option(help="Append each case's result to this JSONL file as it ends.")] = None,
+    partial: Annotated[
+        Path | None, typer.Option(help="Append each case's result to this JSONL file as it ends.")
+    ] = None,
 ) -> None:
     """GPU: tokens/s, MFU, peak memory and loss at equal tokens of the notebook, HF and lorabot's presets."""
-    unknown = [case for case in cases.split(",") if case != "levers" and case not in CASES and case not in LEVERS]
+    unknown = [
+        case for case in cases.split(",") if case != "levers" and case not in CASES and case not in LEVERS
+    ]
     if unknown:
-        Console(stderr=True).print(f"[red]error:[/red] unknown case(s) {', '.join(unknown)}; choose from "
-                                   f"{', '.join([*CASES, *LEVERS, 'levers'])}")
+        Console(stderr=True).print(
+            f"[red]error:[/red] unknown case(s) {', '.join(unknown)}; choose from "
+            f"{', '.join([*CASES, *LEVERS, 'levers'])}"
+        )
         raise typer.Exit(2)
     try:
-        main(json_output=json_output, cases=cases.split(","), steps=steps, conversations=conversations,
-             shape=shape, lora_r=lora_r, profile=profile, case_timeout=case_timeout or None, partial=partial)
+        main(
+            json_output=json_output,
+            cases=cases.split(","),
+            steps=steps,
+            conversations=conversations,
+            shape=shape,
+            lora_r=lora_r,
+            profile=profile,
+            case_timeout=case_timeout or None,
+            partial=partial,
+        )
     except TrainingError as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
@@ -464,7 +654,9 @@ CHILD = "--child"  # `python -m bench.train --child CASE ...`: one case, in its 
 if __name__ == "__main__":
     if sys.argv[1:2] == [CHILD]:
         case, data, steps, shape, lora_r, tmp, out_file, profile_flag = sys.argv[2:10]
-        result = run_case(case, Path(data), int(steps), shape, int(lora_r), Path(tmp), profile=profile_flag == "1")
+        result = run_case(
+            case, Path(data), int(steps), shape, int(lora_r), Path(tmp), profile=profile_flag == "1"
+        )
         Path(out_file).write_text(json.dumps(result))
     else:  # `python -m bench.train [--json] [--steps N] ...`: the command without the bot installed
         typer.run(bench_train)

@@ -303,7 +303,9 @@ class ReplyView:
                 if new:
                     log.error("could not deliver a reply in %s: %s", self.sink.chat_key, error)
                     return False
-                log.warning("editing the final text failed in %s; sending it as a new message", self.sink.chat_key)
+                log.warning(
+                    "editing the final text failed in %s; sending it as a new message", self.sink.chat_key
+                )
                 await self._remove(self._shown[index:])  # else its stale text stays above the new one
                 del self._shown[index:]
                 self._failed_final = 0
@@ -372,7 +374,7 @@ class ReplyView:
 
 
 class Typing:
-    """"typing…" while a reply is being generated: one indicator per interval, only in a free slot."""
+    """ "typing…" while a reply is being generated: one indicator per interval, only in a free slot."""
 
     def __init__(self, sink: Sink, pacer: Pacer, interval_s: float, counts: DeliveryCounts) -> None:
         self.sink = sink

@@ -81,7 +81,12 @@ COMMANDS: dict[str, Command] = {}
 
 
 def command(
-    name: str, summary: str, *, argument: str | None = None, argument_help: str = "", suggest: Suggest | None = None
+    name: str,
+    summary: str,
+    *,
+    argument: str | None = None,
+    argument_help: str = "",
+    suggest: Suggest | None = None,
 ) -> Callable[[CommandFunction], CommandFunction]:
     """Register a chat command for every platform."""
 
@@ -109,8 +114,11 @@ def _refusal(where: Where, what: str) -> Shown:
 
 def model_choices(service: ChatService, current: str | None = None) -> list[Choice]:
     return [
-        Choice(entry.name, f"{entry.name} – {entry.description}" if entry.description else entry.name,
-               entry.name == current)
+        Choice(
+            entry.name,
+            f"{entry.name} – {entry.description}" if entry.description else entry.name,
+            entry.name == current,
+        )
         for entry in service.models()
     ]
 
@@ -186,8 +194,11 @@ async def stats(service: ChatService, where: Where, _: str) -> Shown:
     wait = service.estimated_wait_s(numbers.queue_depth + 1) if numbers.queue_depth else None
     model_here = await service.current_model(where.conversation_id, where.scopes)
     temperature_here = await service.current_temperature(where.conversation_id, model_here)
-    return Shown("\n".join([f"Model here: {model_here}, temperature {temperature_here:g}",
-                            *stats_lines(numbers, wait)]))
+    return Shown(
+        "\n".join(
+            [f"Model here: {model_here}, temperature {temperature_here:g}", *stats_lines(numbers, wait)]
+        )
+    )
 
 
 def stats_lines(stats: ServiceStats, wait_s: float | None) -> list[str]:

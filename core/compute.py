@@ -167,8 +167,12 @@ class ComputeThread:
                     self._fail_all(active, _failure(error))
                     self._flush()
         except BaseException as error:  # the thread ends here: nobody may be left waiting on it
-            log.critical("compute thread stopped (%s: %s); a new one starts on the next request",
-                         type(error).__name__, error, exc_info=error)
+            log.critical(
+                "compute thread stopped (%s: %s); a new one starts on the next request",
+                type(error).__name__,
+                error,
+                exc_info=error,
+            )
             self._die(active, EngineFailed(f"compute thread stopped: {type(error).__name__}: {error}"))
 
     def _loop(self, active: list[_Job]) -> None:

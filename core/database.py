@@ -39,7 +39,9 @@ def parse_database_url(text: str) -> URL:
     try:
         url = make_url(text.strip())
     except ArgumentError:
-        raise ValueError("must be a URL like postgresql://user:password@host/dbname or sqlite:///path") from None
+        raise ValueError(
+            "must be a URL like postgresql://user:password@host/dbname or sqlite:///path"
+        ) from None
     backend = ALIASES.get(url.drivername, url.drivername)
     if backend not in ASYNC_DRIVERS:
         raise ValueError(
@@ -47,7 +49,9 @@ def parse_database_url(text: str) -> URL:
             "or sqlite:///path/to/history.sqlite3"
         )
     if backend == "sqlite" and not url.database:
-        raise ValueError("a SQLite URL needs a file: sqlite:///path/to/history.sqlite3 (no in-memory database)")
+        raise ValueError(
+            "a SQLite URL needs a file: sqlite:///path/to/history.sqlite3 (no in-memory database)"
+        )
     if backend == "postgresql" and not url.database:
         raise ValueError("name the database: postgresql://user:password@host/dbname")
     module, package = DRIVER_PACKAGES[backend]
@@ -82,7 +86,10 @@ def create_engine(url: URL, *, lock_timeout_s: float) -> AsyncEngine:
             "pool_size": 5,
             "max_overflow": 5,
             "pool_pre_ping": True,  # a restarted server's dead connections are replaced, not handed out
-            "connect_args": {"server_settings": {"lock_timeout": millis}, "timeout": max(lock_timeout_s, 1.0)},
+            "connect_args": {
+                "server_settings": {"lock_timeout": millis},
+                "timeout": max(lock_timeout_s, 1.0),
+            },
         }
     # hide_parameters: a store error's text (logged) never carries what users wrote or were answered
     pool_timeout = max(lock_timeout_s * 4, 5.0)

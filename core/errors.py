@@ -31,7 +31,9 @@ class Busy(ChatError):
         if wait_s is None:
             why = f"{queue_depth} questions are waiting"
         else:
-            why = f"the wait would be about {max(1, round(wait_s / 60))} min with {queue_depth} questions ahead"
+            why = (
+                f"the wait would be about {max(1, round(wait_s / 60))} min with {queue_depth} questions ahead"
+            )
         super().__init__(f"I'm busy right now ({why}). Please try again in a few minutes.")
 
 
@@ -48,7 +50,9 @@ class TooManyWaiting(ChatError):
 
 class BadTemperature(ChatError):
     def __init__(self, low: float, high: float) -> None:
-        super().__init__(f"The temperature must be a number from {low:g} to {high:g} (e.g. 0.7), or 'default'.")
+        super().__init__(
+            f"The temperature must be a number from {low:g} to {high:g} (e.g. 0.7), or 'default'."
+        )
 
 
 class UnknownModel(ChatError):

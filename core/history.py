@@ -419,14 +419,19 @@ class ConversationStore:
         answered = sa.and_(turns.c.conversation_id == conversation_id, turns.c.state == "answered")
 
         async def work(db: AsyncConnection) -> list[tuple[str, str]]:
-            count = (await db.execute(sa.select(sa.func.count()).select_from(turns).where(answered))).scalar_one()
+            count = (
+                await db.execute(sa.select(sa.func.count()).select_from(turns).where(answered))
+            ).scalar_one()
             keep = count
             if count > max_turns:
                 step = max(1, max_turns // 2)
                 start = -(-(count - max_turns) // step) * step  # ceil to a multiple of step
                 keep = count - start
             window = (
-                sa.select(turns.c.question, turns.c.answer).where(answered).order_by(turns.c.id.desc()).limit(keep)
+                sa.select(turns.c.question, turns.c.answer)
+                .where(answered)
+                .order_by(turns.c.id.desc())
+                .limit(keep)
             )
             return [(question, answer) for question, answer in (await db.execute(window)).all()]
 
@@ -438,7 +443,9 @@ class ConversationStore:
 
     async def forget(self, conversation_id: str) -> int:
         """Delete the conversation's turns, pending ones included; returns the messages removed."""
-        statement = sa.delete(turns).where(turns.c.conversation_id == conversation_id).returning(turns.c.state)
+        statement = (
+            sa.delete(turns).where(turns.c.conversation_id == conversation_id).returning(turns.c.state)
+        )
 
         async def work(db: AsyncConnection) -> list[str]:
             return list((await db.execute(statement)).scalars())
@@ -449,7 +456,9 @@ class ConversationStore:
     # -- choices ----------------------------------------------------------------------------
     async def model_choice(self, key: str) -> str | None:
         async def work(db: AsyncConnection) -> str | None:
-            return (await db.execute(sa.select(model_choice.c.model).where(model_choice.c.key == key))).scalar()
+            return (
+                await db.execute(sa.select(model_choice.c.model).where(model_choice.c.key == key))
+            ).scalar()
 
         return await self._read(work, "read the model choice")
 

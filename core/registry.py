@@ -99,7 +99,9 @@ class ModelEntry(BaseModel):
     @model_validator(mode="after")
     def _path_or_urls(self) -> ModelEntry:
         if (self.path is None) == (not self.urls):
-            raise ValueError("needs either path (a GGUF file) or urls (OpenAI-compatible endpoints), and not both")
+            raise ValueError(
+                "needs either path (a GGUF file) or urls (OpenAI-compatible endpoints), and not both"
+            )
         if self.path is not None and (self.remote_model or self.api_key_env):
             raise ValueError("remote_model and api_key_env are for entries with urls")
         return self
@@ -384,7 +386,9 @@ def edit_models_text(text: str, name: str, table: dict | None) -> str:
             return edited
     except tomllib.TOMLDecodeError:
         pass
-    log.warning("rewrote the models file whole: [models.%s] is not a plain table (its comments are lost)", name)
+    log.warning(
+        "rewrote the models file whole: [models.%s] is not a plain table (its comments are lost)", name
+    )
     return tomli_w.dumps(expected)
 
 

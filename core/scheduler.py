@@ -17,11 +17,11 @@ leave the queue or stop a running request. `turn(user)` wraps enqueue/wait/relea
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import Busy, ShuttingDown
 

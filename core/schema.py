@@ -25,7 +25,6 @@ SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x6C6F7261  # pg_advisory_xact_lock key ("lora"): one migrating process at a time
 
 
-
 class CleanText(sa.types.TypeDecorator[str]):
     """TEXT whose every bound value is cleaned first (core.limits.clean_model_text): a NUL or a lone
     surrogate from a model, a remote server or a platform can then never make a write fail

@@ -169,7 +169,9 @@ class ChatService:
         if kept is None or delivered is None:
             return
         state, answer, question = kept
-        await self._store.finish_turn(turn_id, state if delivered else "interrupted", answer, question=question)
+        await self._store.finish_turn(
+            turn_id, state if delivered else "interrupted", answer, question=question
+        )
 
     async def take_interrupted(self, platform: str) -> list[InterruptedReply]:
         """Replies on `platform` that a previous process left unfinished (with their handles),
@@ -356,7 +358,9 @@ class ChatService:
         if defer:  # settled by settle_delivery once the user has it (text: the part the model read)
             self._unsettled[turn_id] = (state, reply, text)
         else:
-            await self._store.finish_turn(turn_id, state, reply, question=text)  # text: the part the model read
+            await self._store.finish_turn(
+                turn_id, state, reply, question=text
+            )  # text: the part the model read
         self._replies += 1
         yield Done(
             text=reply,

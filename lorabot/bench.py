@@ -3,7 +3,7 @@ measured in the same run (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,14 +19,22 @@ def bench_engine(
     conversations: int = 8,
     max_tokens: int = 48,
     model: Annotated[
-        Optional[str], typer.Option(help="Registered model (default LORABOT_DEFAULT_MODEL); a remote one is measured through lorabot only.")
+        str | None,
+        typer.Option(
+            help="Registered model (default LORABOT_DEFAULT_MODEL); a remote one is measured through lorabot only."
+        ),
     ] = None,
 ) -> None:
     """Core vs raw llama-cpp-python (and llama-server, when built) on the embedded model."""
     from bench.engine import main as bench_main
 
     bench_main(
-        settings(), json_output=json_output, turns=turns, conversations=conversations, max_tokens=max_tokens, model=model
+        settings(),
+        json_output=json_output,
+        turns=turns,
+        conversations=conversations,
+        max_tokens=max_tokens,
+        model=model,
     )
 
 

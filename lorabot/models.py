@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -37,7 +37,11 @@ def models(ctx: typer.Context) -> None:
         table.add_row(
             entry.name,
             escape(where),
-            "remote" if entry.is_remote else f"{size / 2**20:.1f} MiB" if size is not None else "[red]missing[/red]",
+            "remote"
+            if entry.is_remote
+            else f"{size / 2**20:.1f} MiB"
+            if size is not None
+            else "[red]missing[/red]",
             str(entry.context_length or current.context_length),
             "yes" if entry.name == current.default_model else "",
             entry.description,
@@ -52,18 +56,21 @@ def models(ctx: typer.Context) -> None:
 @app.command("add")
 def models_add(
     name: str,
-    path: Annotated[Optional[Path], typer.Argument(help="A GGUF file (or give --url instead).")] = None,
+    path: Annotated[Path | None, typer.Argument(help="A GGUF file (or give --url instead).")] = None,
     url: Annotated[
-        Optional[list[str]],
-        typer.Option("--url", help="OpenAI-compatible endpoint (…/v1) serving the model; repeat for several."),
+        list[str] | None,
+        typer.Option(
+            "--url", help="OpenAI-compatible endpoint (…/v1) serving the model; repeat for several."
+        ),
     ] = None,
     remote_model: Annotated[
-        Optional[str], typer.Option(help="Model name the endpoints serve (default: the first they list).")
+        str | None, typer.Option(help="Model name the endpoints serve (default: the first they list).")
     ] = None,
     api_key_env: Annotated[
-        Optional[str], typer.Option(help="Environment variable holding the endpoints' API key (the key is never stored).")
+        str | None,
+        typer.Option(help="Environment variable holding the endpoints' API key (the key is never stored)."),
     ] = None,
-    context_length: Annotated[Optional[int], typer.Option(help="Context window (tokens).")] = None,
+    context_length: Annotated[int | None, typer.Option(help="Context window (tokens).")] = None,
     description: str = "",
 ) -> None:
     """Register a GGUF file, or OpenAI-compatible endpoints (--url), under NAME (running bots see it
@@ -93,21 +100,26 @@ def models_add(
 
 @app.command("pull")
 def models_pull(
-    repo: Annotated[str, typer.Argument(help="Hub repo of GGUF files, e.g. bartowski/Llama-3.2-1B-Instruct-GGUF.")],
-    file: Annotated[Optional[str], typer.Option("--file", help="Which GGUF: a pattern such as '*q4_k_m.gguf'.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Registry name (default: the file name without .gguf).")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default main).")] = None,
-    context_length: Annotated[Optional[int], typer.Option(help="Context window (tokens).")] = None,
+    repo: Annotated[
+        str, typer.Argument(help="Hub repo of GGUF files, e.g. bartowski/Llama-3.2-1B-Instruct-GGUF.")
+    ],
+    file: Annotated[
+        str | None, typer.Option("--file", help="Which GGUF: a pattern such as '*q4_k_m.gguf'.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Registry name (default: the file name without .gguf).")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit (default main).")] = None,
+    context_length: Annotated[int | None, typer.Option(help="Context window (tokens).")] = None,
 ) -> None:
     """Download a GGUF from the Hugging Face Hub (resumed, sha256-checked) and register it.
 
     Files go to DATA_DIR/models/OWNER--REPO/. HF_TOKEN for private or gated repos, HF_ENDPOINT for a mirror."""
-    from training.errors import HubError
-    from training.hub import default_model_name, pull_gguf
-
     import re
 
     from core.registry import MODEL_NAME_PATTERN
+    from training.errors import HubError
+    from training.hub import default_model_name, pull_gguf
 
     if name is not None and not re.fullmatch(MODEL_NAME_PATTERN, name):  # before downloading, not after
         console.print(f"[red]bad --name {name!r}: letters, digits, '.', '_', '-' (up to 64)[/red]")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,8 +20,8 @@ log = logging.getLogger("lorabot")
 
 
 def chat(
-    model: Annotated[Optional[str], typer.Option(help="Registered model to chat with.")] = None,
-    once: Annotated[Optional[str], typer.Option(help="Answer this one message and exit.")] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model to chat with.")] = None,
+    once: Annotated[str | None, typer.Option(help="Answer this one message and exit.")] = None,
 ) -> None:
     """Chat in the terminal (streams tokens; /model, /models, /reset, /help inside)."""
     from bots.console import ConsoleChat

@@ -9,19 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 LORABOT = [sys.executable, "-m", "lorabot"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def lorabot(tmp_path: Path, *args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess:
+def lorabot(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess:
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("LORABOT_", "DISCORD_", "TELEGRAM_"))
     }
     environment.update({"LORABOT_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), **(env or {})})
     return subprocess.run(
-        [*LORABOT, *args], cwd=tmp_path, env=environment, input=stdin, capture_output=True, text=True, timeout=300
+        [*LORABOT, *args],
+        cwd=tmp_path,
+        env=environment,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -92,7 +98,17 @@ def test_bench_engine_json_reports_every_ratio(tmp_path):
     # the llama-server side is measured only where a binary was built (never in CI): leave it out
     no_server = {"LLAMA_SERVER_BIN": str(tmp_path / "no-llama-server")}
     result = lorabot(
-        tmp_path, "bench", "engine", "--json", "--turns", "2", "--conversations", "2", "--max-tokens", "8", env=no_server
+        tmp_path,
+        "bench",
+        "engine",
+        "--json",
+        "--turns",
+        "2",
+        "--conversations",
+        "2",
+        "--max-tokens",
+        "8",
+        env=no_server,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -31,9 +31,9 @@ async def test_model_lists_choices_with_the_current_one_selected_then_sets_it(se
     shown = await run_command(service, alice, "model", " other ")
     assert shown.text == "Model here is now other." and not shown.public
     assert await service.current_model("c1") == "other"
-    assert [choice.value for choice in (await run_command(service, alice, "model")).choices if choice.selected] == [
-        "other"
-    ]
+    assert [
+        choice.value for choice in (await run_command(service, alice, "model")).choices if choice.selected
+    ] == ["other"]
 
 
 async def test_an_unknown_model_is_refused_with_the_valid_names(service):
@@ -74,9 +74,9 @@ async def test_stats_names_the_model_and_temperature_here(service):
 
 async def test_the_scope_chain_decides_the_model_shown(service):
     await service.set_scope_default("server", "other")
-    assert (await run_command(service, Where("c9", "u", scopes=("channel", "server")), "model")).text.startswith(
-        "Model here: other"
-    )
+    assert (
+        await run_command(service, Where("c9", "u", scopes=("channel", "server")), "model")
+    ).text.startswith("Model here: other")
 
 
 async def test_an_unknown_command_says_so(service):

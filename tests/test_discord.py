@@ -12,14 +12,14 @@ import re
 import threading
 
 import pytest
-from bench.fakes.discord import EVERYDAY_PERMISSIONS, MANAGE_GUILD, FakeDiscord
-from support.engines import make_service
 
+from bench.fakes.discord import EVERYDAY_PERMISSIONS, MANAGE_GUILD, FakeDiscord
 from bots.discord_bot import DiscordSettings, load_discord_settings, run_discord
 from bots.discord_bot.client import LorabotClient
 from bots.discord_bot.policy import Origin, channel_scope, conversation_id, is_allowed, model_scopes
 from bots.discord_bot.sink import INTERRUPTED
 from core.settings import SettingsError
+from support.engines import make_service
 
 EDIT_INTERVAL_S = 0.05
 NO_PINGS = {"parse": []}
@@ -319,7 +319,10 @@ async def test_reset_help_and_stats(fake, start_bot):
     first = await fake.user_message("one", mention_bot=True)
     await answer(fake, client, first)
     token = await fake.slash("reset", {})
-    assert "Forgot this conversation" in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    assert (
+        "Forgot this conversation"
+        in (await fake.wait_until(lambda: fake.interaction_messages(token)))[0]["content"]
+    )
     again = await fake.user_message("two", mention_bot=True)
     assert (await answer(fake, client, again))[0]["content"] == "2 messages"
 
@@ -333,7 +336,15 @@ async def test_reset_help_and_stats(fake, start_bot):
 async def test_commands_are_synced_on_start(fake, start_bot):
     await start_bot()
     assert fake.find("PUT", r"^/applications/\d+/commands$")
-    assert {c["name"] for c in fake.commands} == {"chat", "model", "model-default", "reset", "help", "stats", "temperature"}
+    assert {c["name"] for c in fake.commands} == {
+        "chat",
+        "model",
+        "model-default",
+        "reset",
+        "help",
+        "stats",
+        "temperature",
+    }
     assert fake.identify["token"] == fake.token and fake.heartbeats >= 1  # gateway handshake done
 
 
@@ -525,7 +536,7 @@ async def test_queue_full_gets_a_busy_message(fake, start_bot):
         await fake.wait_until(lambda: client.service.stats().running == 1)
         waiting = await fake.user_message("second", mention_bot=True, user_id=32)
         await fake.wait_until(lambda: fake.replies_to(waiting["id"]))
-        assert fake.replies_to(waiting["id"])[0]["content"] .startswith("⏳ Waiting in line: #1")
+        assert fake.replies_to(waiting["id"])[0]["content"].startswith("⏳ Waiting in line: #1")
         rejected = await fake.user_message("third", mention_bot=True, user_id=33)
         busy = (await fake.wait_until(lambda: fake.replies_to(rejected["id"])))[0]
         assert "busy" in busy["content"]

@@ -37,7 +37,9 @@ def test_shard_settings(monkeypatch, tmp_path):
     assert type(make_client(None, load_discord_settings(token="t"))) is LorabotClient  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match="DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT"):
         load_discord_settings(token="t", shard_ids="0")
-    with pytest.raises(SettingsError, match=r"DISCORD_SHARD_IDS \[2\] must be below DISCORD_SHARD_COUNT \(2\)"):
+    with pytest.raises(
+        SettingsError, match=r"DISCORD_SHARD_IDS \[2\] must be below DISCORD_SHARD_COUNT \(2\)"
+    ):
         load_discord_settings(token="t", shard_count="2", shard_ids="0 2")
 
 
@@ -73,15 +75,23 @@ async def test_two_processes_run_one_shard_each_on_one_database(tmp_path, postgr
             log = open(tmp_path / f"shard{shard}.log", "wb")  # noqa: SIM115 - the child owns it
             bots.append(
                 await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "lorabot", "discord", cwd=tmp_path,
-                    env=bot_env(fake, data_dir, postgres_url, shard), stdout=log, stderr=log,
+                    sys.executable,
+                    "-m",
+                    "lorabot",
+                    "discord",
+                    cwd=tmp_path,
+                    env=bot_env(fake, data_dir, postgres_url, shard),
+                    stdout=log,
+                    stderr=log,
                 )  # fmt: skip
             )
             log.close()
         await fake.wait_until(lambda: fake.ready_shards == {(0, 2), (1, 2)}, timeout=90)
         assert sorted(identify["shard"] for identify in fake.identifies) == [[0, 2], [1, 2]]
         # each process is ready once its shard's servers are in (on_ready logs which shards it runs)
-        await fake.wait_until(lambda: all(f"(shards [{n}] of 2)" in log_of(tmp_path, n) for n in (0, 1)), timeout=60)
+        await fake.wait_until(
+            lambda: all(f"(shards [{n}] of 2)" in log_of(tmp_path, n) for n in (0, 1)), timeout=60
+        )
 
         first = await fake.user_message("Say hi.", mention_bot=True)  # GUILD_ID: shard 1
         second = await fake.user_message("Say hello.", mention_bot=True, channel_id=fake.SECOND_CHANNEL_ID)
@@ -90,7 +100,9 @@ async def test_two_processes_run_one_shard_each_on_one_database(tmp_path, postgr
 
             async def answered() -> list[tuple[str, str]]:
                 async with store.engine.connect() as db:
-                    query = sa.select(turns.c.conversation_id, turns.c.owner).where(turns.c.state == "answered")
+                    query = sa.select(turns.c.conversation_id, turns.c.owner).where(
+                        turns.c.state == "answered"
+                    )
                     return [tuple(row) for row in (await db.execute(query)).all()]
 
             async with asyncio.timeout(120):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # isort: off
 import core.compute  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
+
 # isort: on
 import asyncio
 import math
@@ -37,7 +38,9 @@ def engine(embedded_gguf):
 
 def run(engine, conversation, messages, max_new_tokens=24, cancel=None):
     stats = GenerationStats()
-    request = GenerationRequest("smol", conversation, messages, max_new_tokens=max_new_tokens, temperature=0.0)
+    request = GenerationRequest(
+        "smol", conversation, messages, max_new_tokens=max_new_tokens, temperature=0.0
+    )
     text = "".join(engine.generate(request, cancel or threading.Event(), stats))
     return text, stats
 
@@ -84,8 +87,11 @@ def test_least_recently_used_slot_is_recycled(engine):
 
 def test_a_new_conversation_asking_a_cached_prompt_takes_that_slot(engine):
     question = [SYSTEM, {"role": "user", "content": "What is the tallest mountain on Earth?"}]
-    for name, messages in (("x1", [SYSTEM, {"role": "user", "content": "Hi x1"}]), ("twin-a", question),
-                           ("x2", [SYSTEM, {"role": "user", "content": "Hi x2"}])):
+    for name, messages in (
+        ("x1", [SYSTEM, {"role": "user", "content": "Hi x1"}]),
+        ("twin-a", question),
+        ("x2", [SYSTEM, {"role": "user", "content": "Hi x2"}]),
+    ):
         run(engine, name, messages, max_new_tokens=4)  # the 3 slots: x1 (least recently used), twin-a, x2
     _, stats = run(engine, "twin-b", question, max_new_tokens=4)
     assert stats.reused_tokens == stats.prompt_tokens - 1  # read one token, not the prompt
@@ -95,7 +101,13 @@ def test_a_new_conversation_asking_a_cached_prompt_takes_that_slot(engine):
 def test_cancel_stops_within_a_token(engine):
     cancel = threading.Event()
     stats = GenerationStats()
-    request = GenerationRequest("smol", "cancel", [SYSTEM, {"role": "user", "content": "Write a long story."}], max_new_tokens=200, temperature=0.0)
+    request = GenerationRequest(
+        "smol",
+        "cancel",
+        [SYSTEM, {"role": "user", "content": "Write a long story."}],
+        max_new_tokens=200,
+        temperature=0.0,
+    )
     pieces = []
     for piece in engine.generate(request, cancel, stats):
         pieces.append(piece)
@@ -113,7 +125,12 @@ def test_truncate_to_tokens(engine):
 
 
 def test_multibyte_text_streams_intact(engine):
-    text, _ = run(engine, "utf8", [SYSTEM, {"role": "user", "content": "Répète: «café, naïve, 日本語, 🙂»"}], max_new_tokens=40)
+    text, _ = run(
+        engine,
+        "utf8",
+        [SYSTEM, {"role": "user", "content": "Répète: «café, naïve, 日本語, 🙂»"}],
+        max_new_tokens=40,
+    )
     text.encode("utf-8")
     assert "\ufffd" not in text
 
@@ -181,8 +198,13 @@ async def test_concurrent_replies_are_batched_and_complete(tmp_path):
 
 # -- prefill in chunks, batched with decoding (steps are counted, never timed) ------------------
 def request(conversation, text, max_new_tokens=24):
-    return GenerationRequest("smol", conversation, [SYSTEM, {"role": "user", "content": text}],
-                             max_new_tokens=max_new_tokens, temperature=0.0)
+    return GenerationRequest(
+        "smol",
+        conversation,
+        [SYSTEM, {"role": "user", "content": text}],
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+    )
 
 
 def drive(engine, requests):
@@ -210,12 +232,16 @@ def drive(engine, requests):
 def long_text(engine, tokens):
     """A user message whose prompt is about `tokens` tokens long."""
     words = " ".join(f"item{i} is on the list;" for i in range(tokens))
-    return engine.truncate_to_tokens(words, tokens - engine.count_tokens([SYSTEM, {"role": "user", "content": ""}]))
+    return engine.truncate_to_tokens(
+        words, tokens - engine.count_tokens([SYSTEM, {"role": "user", "content": ""}])
+    )
 
 
 def test_prompts_arriving_together_are_read_together(engine):
     questions = ["What is 2+2?", "Name a fruit.", "Say hi to Bob."]
-    generations = [engine.begin(request(f"together-{i}", q), GenerationStats()) for i, q in enumerate(questions)]
+    generations = [
+        engine.begin(request(f"together-{i}", q), GenerationStats()) for i, q in enumerate(questions)
+    ]
     try:
         assert sum(len(g.pending) for g in generations) <= engine.prefill_chunk
         before = engine.steps
@@ -228,7 +254,11 @@ def test_prompts_arriving_together_are_read_together(engine):
 
 
 def test_batched_chunked_prefill_gives_the_same_greedy_tokens(engine):
-    questions = ["Explain recursion to a 5 year old.", "Name three colours.", "What is the capital of France?"]
+    questions = [
+        "Explain recursion to a 5 year old.",
+        "Name three colours.",
+        "What is the capital of France?",
+    ]
     alone = []
     for i, question in enumerate(questions):  # one prompt at a time, read in one step
         engine.forget(f"alone-{i}")
@@ -259,7 +289,9 @@ def long_engine(embedded_gguf):
 def test_a_long_prompt_never_pauses_replies_being_generated(long_engine):
     engine = long_engine
     chunk = engine.prefill_chunk
-    decoding = [engine.begin(request(f"dec-{i}", COUNT, max_new_tokens=300), GenerationStats()) for i in range(3)]
+    decoding = [
+        engine.begin(request(f"dec-{i}", COUNT, max_new_tokens=300), GenerationStats()) for i in range(3)
+    ]
     text = long_text(engine, 1500)
     long_request = request("long", text, max_new_tokens=8)
     assert 1400 < engine.count_tokens(long_request.messages) < 1600
@@ -280,7 +312,9 @@ def test_a_long_prompt_never_pauses_replies_being_generated(long_engine):
             assert all(not finished for _, finished in results[:3])
             assert int(engine.batch.batch.n_tokens) <= chunk + len(decoding)
         assert steps == long_gen.prefill_steps == math.ceil(to_read / chunk)  # read a chunk per step
-        assert long_gen.slot.tokens[: long_gen.stats.prompt_tokens] == engine.prompt_tokens(long_request.messages)
+        assert long_gen.slot.tokens[: long_gen.stats.prompt_tokens] == engine.prompt_tokens(
+            long_request.messages
+        )
     finally:
         for g in decoding + ([long_gen] if long_gen else []):
             engine.end(g, failed=True)
@@ -289,7 +323,9 @@ def test_a_long_prompt_never_pauses_replies_being_generated(long_engine):
 async def test_cancel_mid_prefill_frees_the_slot(embedded_gguf):
     settings = load_core_settings(kv_slots=2, parallel=2, context_length=2048, prefill_chunk=64)
     handle = LocalModel("smol")
-    engine = await handle.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
+    engine = await handle.load(
+        lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings)
+    )
     try:
         long_request = request("cancelled", long_text(engine, 1500), max_new_tokens=8)
         stats = GenerationStats()
@@ -352,14 +388,21 @@ def test_the_next_turns_opening_is_read_while_idle(engine):
     # left for the turn itself: what the user wrote and the generation prompt, as in a first turn
     left = engine.model.detokenize(unread, special=True).decode()
     assert left.startswith("And another one?"), left
-    assert (plain.prompt_tokens - plain.reused_tokens) - len(unread) >= 4  # the template's tokens, read before
+    assert (plain.prompt_tokens - plain.reused_tokens) - len(
+        unread
+    ) >= 4  # the template's tokens, read before
 
 
 def test_an_unfinished_reply_is_not_read_ahead(engine):
     cancel = threading.Event()
     stats = GenerationStats()
-    request = GenerationRequest("smol", "ahead-cancel", [SYSTEM, {"role": "user", "content": COUNT}],
-                                max_new_tokens=50, temperature=0.0)
+    request = GenerationRequest(
+        "smol",
+        "ahead-cancel",
+        [SYSTEM, {"role": "user", "content": COUNT}],
+        max_new_tokens=50,
+        temperature=0.0,
+    )
     for index, _ in enumerate(engine.generate(request, cancel, stats)):
         if index == 2:
             cancel.set()
@@ -371,14 +414,21 @@ def test_an_unfinished_reply_is_not_read_ahead(engine):
 async def test_the_compute_thread_reads_ahead_between_turns(embedded_gguf):
     settings = load_core_settings(kv_slots=2, parallel=2, context_length=1024)
     handle = LocalModel("smol")
-    engine = await handle.load(lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings))
+    engine = await handle.load(
+        lambda: LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings)
+    )
     try:
         messages = [SYSTEM, {"role": "user", "content": "Name a colour."}]
         first_stats = GenerationStats()
-        first = await _collect(handle.stream(request("between", "Name a colour.", max_new_tokens=16), first_stats))
+        first = await _collect(
+            handle.stream(request("between", "Name a colour.", max_new_tokens=16), first_stats)
+        )
         slot = next(s for s in engine.slots if s.conversation_id == "between")
         async with asyncio.timeout(60):
-            while slot.ahead or len(slot.tokens) <= first_stats.prompt_tokens + first_stats.completion_tokens - 1:
+            while (
+                slot.ahead
+                or len(slot.tokens) <= first_stats.prompt_tokens + first_stats.completion_tokens - 1
+            ):
                 await asyncio.sleep(0.005)  # the idle compute thread reads the opening on its own
         messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And another one?"}]
         stats = GenerationStats()
@@ -404,6 +454,6 @@ def test_reading_ahead_never_delays_a_first_token(engine):
         engine.step([generation])  # reads the prompt, samples the first token
         assert generation.stats.completion_tokens == 1 and idle.ahead == pending  # not read with it
         engine.step([generation])  # a decode-only step takes the opening along
-        assert idle.ahead == [] and idle.tokens[-len(pending):] == pending
+        assert idle.ahead == [] and idle.tokens[-len(pending) :] == pending
     finally:
         engine.end(generation, failed=True)

@@ -53,7 +53,10 @@ def test_unknown_model_lists_the_valid_ones(tmp_path, embedded_gguf):
     registry.add("mine", embedded_gguf)
     with pytest.raises(EvalError, match=r"nope.*smollm2-135m, mine"):
         resolve_models(registry, ["smollm2-135m", "nope"])
-    assert [e.name for e in resolve_models(registry, ["mine", "smollm2-135m", "mine"])] == ["mine", "smollm2-135m"]
+    assert [e.name for e in resolve_models(registry, ["mine", "smollm2-135m", "mine"])] == [
+        "mine",
+        "smollm2-135m",
+    ]
 
 
 def test_cli_reports_errors_and_exits_2(tmp_path, monkeypatch):
@@ -71,7 +74,9 @@ def test_unknown_judge_fails_before_any_model_is_measured(tmp_path):
     from training.evaluate.runner import EvalOptions, run_eval
 
     settings = load_core_settings(data_dir=tmp_path, models_file=tmp_path / "models.toml")
-    options = EvalOptions(models=["smollm2-135m", "smollm2-135m"], out_dir=tmp_path / "o", judge="nope", progress=False)
+    options = EvalOptions(
+        models=["smollm2-135m", "smollm2-135m"], out_dir=tmp_path / "o", judge="nope", progress=False
+    )
     with pytest.raises(EvalError, match="Unknown model 'nope'"):
         run_eval(settings, options)
     assert not (tmp_path / "o").exists()

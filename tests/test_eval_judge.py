@@ -34,9 +34,7 @@ class RecordingJudge:
 def test_each_prompt_is_asked_in_both_orders():
     judge = RecordingJudge()
     compare(judge, PROMPTS, MINE, THEIRS, "mine", "theirs", progress=False)
-    assert judge.calls == [
-        call for p, m, t in zip(PROMPTS, MINE, THEIRS) for call in ((p, m, t), (p, t, m))
-    ]
+    assert judge.calls == [call for p, m, t in zip(PROMPTS, MINE, THEIRS) for call in ((p, m, t), (p, t, m))]
 
 
 def test_a_consistent_judge_gives_wins_with_counts():
@@ -67,7 +65,9 @@ def test_endpoint_judge_over_loopback():
             seen.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
             text = body["messages"][0]["content"]
             answer = "B." if "Answer B:\ngood" in text else "A"
-            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+            payload = json.dumps(
+                {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

@@ -59,7 +59,9 @@ def test_embedded_perplexity_is_finite_and_agrees_with_transformers(embedded_ggu
     assert result.conversations == CONVERSATIONS and result.tokens > 50 and result.truncated == 0
 
     # The same dequantized weights in transformers (the trainer's cached fp32 checkpoint of the GGUF).
-    model = transformers.AutoModelForCausalLM.from_pretrained(resolve_base("embedded"), dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        resolve_base("embedded"), dtype=torch.float32
+    ).eval()
     template = ChatTemplate(tokenizer_llm)
     nll = []
     with torch.inference_mode():
@@ -69,4 +71,7 @@ def test_embedded_perplexity_is_finite_and_agrees_with_transformers(embedded_ggu
             nll.append(token_nll(logits, tokens, mask))
     reference = np.concatenate(nll)
     assert reference.size == result.tokens
-    assert abs(result.loss - float(reference.mean())) <= TOLERANCE_NATS, (result.loss, float(reference.mean()))
+    assert abs(result.loss - float(reference.mean())) <= TOLERANCE_NATS, (
+        result.loss,
+        float(reference.mean()),
+    )

@@ -16,8 +16,21 @@ from training.evaluate.runner import EvalOptions, run_eval
 pytestmark = pytest.mark.slow
 
 MODEL_FIELDS = {
-    "name", "path", "file_size_mib", "load_s", "rss_after_load_mib", "rss_model_mib", "ttft_s", "decode_tok_s",
-    "answers", "per_prompt", "empty_answers", "heldout_loss", "perplexity", "heldout_tokens", "heldout_truncated",
+    "name",
+    "path",
+    "file_size_mib",
+    "load_s",
+    "rss_after_load_mib",
+    "rss_model_mib",
+    "ttft_s",
+    "decode_tok_s",
+    "answers",
+    "per_prompt",
+    "empty_answers",
+    "heldout_loss",
+    "perplexity",
+    "heldout_tokens",
+    "heldout_truncated",
 }
 
 
@@ -31,7 +44,9 @@ def tiny_tune(tmp_path_factory):
     from training.run import train
 
     out = tmp_path_factory.mktemp("tiny-tune")
-    cfg = build_config("tiny", output_dir=out, max_steps=2, batch_size=2, max_train_samples=16, max_eval_samples=2)
+    cfg = build_config(
+        "tiny", output_dir=out, max_steps=2, batch_size=2, max_train_samples=16, max_eval_samples=2
+    )
     train(cfg, progress=False)
     return export_run(out, "q4_k_m").quant_gguf
 
@@ -45,8 +60,13 @@ def report(tiny_tune, tmp_path_factory):
     prompts.write_text("Explain recursion to a 5 year old.\nWhat is 2 + 2?\n", encoding="utf-8")
     settings = load_core_settings(data_dir=root / "data", models_file=models_file, threads=1)
     options = EvalOptions(
-        models=["smollm2-135m", "tiny-tune"], out_dir=root / "out", prompts=prompts, max_new_tokens=12,
-        heldout_limit=4, judge="smollm2-135m", progress=False,
+        models=["smollm2-135m", "tiny-tune"],
+        out_dir=root / "out",
+        prompts=prompts,
+        max_new_tokens=12,
+        heldout_limit=4,
+        judge="smollm2-135m",
+        progress=False,
     )
     return run_eval(settings, options), options.out_dir
 

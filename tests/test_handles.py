@@ -11,7 +11,6 @@ import threading
 from typing import ClassVar
 
 import pytest
-from support.engines import make_service
 
 from core.compute import compute_thread
 from core.engines.base import EngineKind
@@ -21,6 +20,7 @@ from core.handles import LoadedModel, LocalModel, RemoteModel
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import CoreSettings
+from support.engines import make_service
 
 
 async def _ask(service: ChatService, conversation: str) -> Done:

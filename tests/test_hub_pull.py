@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from fake_hub import FakeHub
+
 from training.errors import HubError
 from training.hub import RemoteFile, pick_gguf
 
@@ -38,21 +38,33 @@ def hub(embedded_gguf):
         fake.add_repo(REPO, {"README.md": "# SmolLM2 GGUF\n", Q4: embedded_gguf, Q8: small_gguf(8)})
         fake.add_repo("someone/corrupt-GGUF", {"model-q4_k_m.gguf": small_gguf(1)})
         fake.add_repo("someone/private-GGUF", {"private-q4_k_m.gguf": small_gguf(2)}, private=True)
-        fake.add_repo("someone/split-GGUF", {
-            f"big-q4_k_m-0000{i}-of-00002.gguf": small_gguf(10 + i, 2**20) for i in (1, 2)
-        } | {"big-q8_0.gguf": small_gguf(12, 2**20)})
+        fake.add_repo(
+            "someone/split-GGUF",
+            {f"big-q4_k_m-0000{i}-of-00002.gguf": small_gguf(10 + i, 2**20) for i in (1, 2)}
+            | {"big-q8_0.gguf": small_gguf(12, 2**20)},
+        )
         yield fake
         assert fake.unhandled == [], f"requests the fake hub does not know: {fake.unhandled}"
 
 
 def pull(hub: FakeHub, data_dir: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(data_dir / "hf-home"), "LORABOT_DATA_DIR": str(data_dir),
-            "HF_HUB_DISABLE_TELEMETRY": "1", "COLUMNS": "200", "TQDM_POSITION": "-1"}  # bars even without a TTY
+    env |= {
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(data_dir / "hf-home"),
+        "LORABOT_DATA_DIR": str(data_dir),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "COLUMNS": "200",
+        "TQDM_POSITION": "-1",
+    }  # bars even without a TTY
     if token:
         env["HF_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "lorabot", "models", "pull", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lorabot", "models", "pull", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -146,9 +158,14 @@ def test_unknown_repo_and_unreachable_hub_say_so(hub, tmp_path):
 
 
 def test_pick_gguf_groups_shards_and_matches_names_or_paths():
-    files = [RemoteFile(p, 1, None, None) for p in (
-        "q4/m-Q4_K_M-00001-of-00002.gguf", "q4/m-Q4_K_M-00002-of-00002.gguf", "m-Q8_0.gguf",
-    )]
+    files = [
+        RemoteFile(p, 1, None, None)
+        for p in (
+            "q4/m-Q4_K_M-00001-of-00002.gguf",
+            "q4/m-Q4_K_M-00002-of-00002.gguf",
+            "m-Q8_0.gguf",
+        )
+    ]
     assert [f.path for f in pick_gguf("r", files, "*q4_k_m*")] == [files[0].path, files[1].path]
     assert [f.path for f in pick_gguf("r", files, "q8_0")] == ["m-Q8_0.gguf"]
     with pytest.raises(HubError, match="2 GGUF models: m-Q8_0.gguf, q4/m-Q4_K_M"):

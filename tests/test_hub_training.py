@@ -26,9 +26,21 @@ pytest.importorskip("trl")
 
 from fake_hub import FakeHub  # noqa: E402
 from fake_hub.seed_repos import (  # noqa: E402
-    BAD_ROWS, FINETOME_CARD, FINETOME_FILE, FINETOME_REPO, LLAMA_REPO, TOO_LONG, TRUNCATED, finetome_table,
-    good_rows, llama_tokenizer, repo_files, write_finetome, write_tiny_llama,
+    BAD_ROWS,
+    FINETOME_CARD,
+    FINETOME_FILE,
+    FINETOME_REPO,
+    LLAMA_REPO,
+    TOO_LONG,
+    TRUNCATED,
+    finetome_table,
+    good_rows,
+    llama_tokenizer,
+    repo_files,
+    write_finetome,
+    write_tiny_llama,
 )
+
 from training.conversations import load_conversations  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -49,15 +61,23 @@ max_eval_samples = 4
 
 def hub_env(hub: FakeHub, home: Path, token: str | None = TOKEN) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf-home"), "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1", "LORABOT_DATA_DIR": str(home / "data"), "COLUMNS": "200"}
+    env |= {
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(home / "hf-home"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "LORABOT_DATA_DIR": str(home / "data"),
+        "COLUMNS": "200",
+    }
     if token:
         env["HF_TOKEN"] = token
     return env
 
 
 def lorabot(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorabot", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lorabot", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +86,9 @@ def hub(tmp_path_factory):
     parquet = write_finetome(seed / "finetome" / FINETOME_FILE)
     llama = write_tiny_llama(seed / "llama")
     with FakeHub(token=TOKEN) as fake:
-        fake.add_repo(FINETOME_REPO, {"README.md": FINETOME_CARD, FINETOME_FILE: parquet}, repo_type="dataset")
+        fake.add_repo(
+            FINETOME_REPO, {"README.md": FINETOME_CARD, FINETOME_FILE: parquet}, repo_type="dataset"
+        )
         fake.add_repo(LLAMA_REPO, repo_files(llama))
         yield fake
         assert fake.unhandled == [], f"requests the fake hub does not know: {fake.unhandled}"
@@ -79,8 +101,22 @@ def seed_run(hub, tmp_path_factory):
     (home / "cpu.toml").write_text(CPU_CONFIG)
     out = home / "run"
     done = lorabot(
-        hub_env(hub, home), "train", "--preset", "baseline", "--dataset", FINETOME_REPO, "--base-model", LLAMA_REPO,
-        "--config", str(home / "cpu.toml"), "--max-steps", "2", "--output", str(out), "--push-to-hub", PUSH_REPO,
+        hub_env(hub, home),
+        "train",
+        "--preset",
+        "baseline",
+        "--dataset",
+        FINETOME_REPO,
+        "--base-model",
+        LLAMA_REPO,
+        "--config",
+        str(home / "cpu.toml"),
+        "--max-steps",
+        "2",
+        "--output",
+        str(out),
+        "--push-to-hub",
+        PUSH_REPO,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return home, out, done
@@ -94,12 +130,16 @@ def test_the_seed_command_trains_on_the_hub_dataset_and_base(seed_run, hub):
     _, out, _ = seed_run
     record = json.loads((out / "run.json").read_text())
     assert record["base"] == LLAMA_REPO and record["config"]["dataset"] == FINETOME_REPO
-    assert record["config"]["lora_r"] == 8 and record["config"]["chat_template"] == "llama-3.1"  # the baseline preset
+    assert (
+        record["config"]["lora_r"] == 8 and record["config"]["chat_template"] == "llama-3.1"
+    )  # the baseline preset
     assert record["result"]["train_loss"] > 0 and (out / "adapter" / "adapter_config.json").is_file()
     assert hub.requests_for(f"/datasets/{FINETOME_REPO}/resolve/", "GET")  # the parquet came from the hub
     assert hub.requests_for(f"/{LLAMA_REPO}/resolve/main/model.safetensors", "GET")
     saved = json.loads((out / "adapter" / "tokenizer_config.json").read_text())
-    assert saved["eos_token"] == "<|eot_id|>" and saved["bos_token"] == "<|begin_of_text|>"  # the base's own tokenizer
+    assert (
+        saved["eos_token"] == "<|eot_id|>" and saved["bos_token"] == "<|begin_of_text|>"
+    )  # the base's own tokenizer
 
 
 def test_malformed_rows_are_counted_by_kind_and_reported_not_fatal(seed_run):
@@ -119,7 +159,9 @@ def test_push_to_hub_uploads_the_adapter_and_the_gguf(seed_run, hub):
     for name in ("adapter_config.json", "adapter_model.safetensors", "model-q4_k_m.gguf"):
         local = out / ("adapter" if not name.endswith(".gguf") else "") / name
         assert files[name].sha256 == sha256(local.read_bytes()), name
-    assert files["adapter_model.safetensors"].lfs and files["model-q4_k_m.gguf"].lfs  # through the LFS batch API
+    assert (
+        files["adapter_model.safetensors"].lfs and files["model-q4_k_m.gguf"].lfs
+    )  # through the LFS batch API
     assert f"base_model: {LLAMA_REPO}" in files["README.md"].read().decode()  # lorabot's card, not peft's
     assert "same file in the same commit" not in done.stderr
     writes = hub.requests_for(PUSH_REPO, "POST")
@@ -144,7 +186,13 @@ def test_push_without_or_with_a_wrong_token_fails_before_any_work(seed_run, hub)
     home, out, _ = seed_run
     missing = lorabot(hub_env(hub, home, token=None), "export", str(out), "--push-to-hub", "tester/other")
     assert missing.returncode == 2 and "set HF_TOKEN" in missing.stderr
-    wrong = lorabot(hub_env(hub, home, token="hf_not_the_right_one_42"), "export", str(out), "--push-to-hub", "tester/other")
+    wrong = lorabot(
+        hub_env(hub, home, token="hf_not_the_right_one_42"),
+        "export",
+        str(out),
+        "--push-to-hub",
+        "tester/other",
+    )
     assert wrong.returncode == 2 and "refused the token in HF_TOKEN" in wrong.stderr
     assert "hf_not_the_right_one_42" not in wrong.stdout + wrong.stderr
     assert ("model", "tester/other") not in hub.repos
@@ -152,7 +200,9 @@ def test_push_without_or_with_a_wrong_token_fails_before_any_work(seed_run, hub)
 
 def test_a_missing_hub_dataset_is_a_clear_error(hub, tmp_path):
     code = "from training.conversations import load_conversations; load_conversations('nobody/no-such-data')"
-    done = subprocess.run([sys.executable, "-c", code], env=hub_env(hub, tmp_path), capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=hub_env(hub, tmp_path), capture_output=True, text=True
+    )
     assert done.returncode != 0 and "could not load hub dataset 'nobody/no-such-data'" in done.stderr
 
 
@@ -165,10 +215,13 @@ def test_each_kind_of_malformed_row_is_counted(kind, tmp_path):
     assert loaded.reasons[0].startswith("row 6: ")
 
 
-@pytest.mark.parametrize(("line", "kind"), [
-    ('{"conversations": [{"from": "human", "value": "hi"}', "unreadable"),
-    ('{"text": "a pretraining row, not a chat"}', "not_a_conversation"),
-])
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ('{"conversations": [{"from": "human", "value": "hi"}', "unreadable"),
+        ('{"text": "a pretraining row, not a chat"}', "not_a_conversation"),
+    ],
+)
 def test_jsonl_only_kinds_are_counted_too(line, kind, tmp_path):
     good = [json.dumps({"conversations": c}) for c in good_rows(3)]
     (tmp_path / "rows.jsonl").write_text("\n".join([*good, line]) + "\n")
@@ -176,7 +229,9 @@ def test_jsonl_only_kinds_are_counted_too(line, kind, tmp_path):
     assert len(loaded.conversations) == 3 and loaded.bad_rows == Counter({kind: 1})
 
 
-@pytest.mark.parametrize(("conversation", "expected"), [(TOO_LONG, {"too_long": 1}), (TRUNCATED, {"truncated": 1})])
+@pytest.mark.parametrize(
+    ("conversation", "expected"), [(TOO_LONG, {"too_long": 1}), (TRUNCATED, {"truncated": 1})]
+)
 def test_over_long_conversations_are_dropped_or_truncated_and_counted(conversation, expected):
     from training.chat_format import IGNORE_INDEX, encode_all
     from training.conversations import standardize

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # isort: off
 import core.compute  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
+
 # isort: on
 import threading
 
@@ -39,7 +40,9 @@ def uncached(embedded_gguf):
 
 def run(engine, conversation, messages, max_new_tokens=24):
     stats = GenerationStats()
-    request = GenerationRequest("smol", conversation, messages, max_new_tokens=max_new_tokens, temperature=0.0)
+    request = GenerationRequest(
+        "smol", conversation, messages, max_new_tokens=max_new_tokens, temperature=0.0
+    )
     return "".join(engine.generate(request, threading.Event(), stats)), stats
 
 
@@ -105,7 +108,10 @@ def test_busy_slots_stay_consecutive(embedded_gguf):
     settings = load_core_settings(kv_slots=4, parallel=4, context_length=512, prompt_cache_mb=16)
     engine = LlamaEngine.load(ModelEntry(name="smol", path=embedded_gguf), settings)
     try:
-        asking = {c: engine.begin(request(c, [SYSTEM, {"role": "user", "content": c}]), GenerationStats()) for c in "abcd"}
+        asking = {
+            c: engine.begin(request(c, [SYSTEM, {"role": "user", "content": c}]), GenerationStats())
+            for c in "abcd"
+        }
         assert [asking[c].slot.seq_id for c in "abcd"] == [0, 1, 2, 3]
         engine.end(asking["c"])
         engine.end(asking["a"])  # idle: 0 and 2 (the least recently used); busy: 1 and 3

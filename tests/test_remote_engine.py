@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from support.fake_openai import FakeOpenAI
-from support.llama_server import SERVER_CTX, LlamaCppServer
-from support.remote_service import Engines, remote_service
-from support.replies import Reply
-from support.timeouts import within
 from typer.testing import CliRunner
 
 from core.compute import compute_thread
@@ -32,6 +27,11 @@ from core.remote.endpoints import retry_after_s
 from core.remote.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_PROMPT
 from core.service import ChatService
 from core.settings import load_core_settings
+from support.fake_openai import FakeOpenAI
+from support.llama_server import SERVER_CTX, LlamaCppServer
+from support.remote_service import Engines, remote_service
+from support.replies import Reply
+from support.timeouts import within
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite
@@ -371,6 +371,6 @@ def test_eval_accepts_a_remote_model(tmp_path):
 def test_retry_after_takes_seconds_or_an_http_date():
     assert retry_after_s("3") == 3.0
     assert retry_after_s(None) == 1.0 and retry_after_s("soon") == 1.0
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     date = (now + timedelta(seconds=7)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert retry_after_s(date, now=now) == 7.0

@@ -80,7 +80,9 @@ async def test_model_switch_is_per_conversation_and_survives_restart(tmp_path):
 
 
 async def test_full_queue_says_busy(tmp_path):
-    async with make_service(tmp_path, reply="a b c d e f", token_delay_s=0.05, queue_max=1, parallel=1) as service:
+    async with make_service(
+        tmp_path, reply="a b c d e f", token_delay_s=0.05, queue_max=1, parallel=1
+    ) as service:
         first = asyncio.create_task(collect(service, "c1", "u1"))
         await until(lambda: service.scheduler.running == 1)
         second = asyncio.create_task(collect(service, "c2", "u2"))
@@ -148,7 +150,9 @@ async def test_cancelling_consumer_task_leaves_queue(tmp_path):
 
 
 async def test_same_user_two_conversations_at_once(tmp_path):
-    async with make_service(tmp_path, reply=lambda r: f"answer to {r.messages[-1]['content']}", token_delay_s=0.01) as service:
+    async with make_service(
+        tmp_path, reply=lambda r: f"answer to {r.messages[-1]['content']}", token_delay_s=0.01
+    ) as service:
         (_, a), (_, b) = await asyncio.gather(
             collect(service, "dm", "u1", "alpha"), collect(service, "group", "u1", "beta")
         )
@@ -182,7 +186,9 @@ async def test_rate_limit(tmp_path):
 
 
 async def test_generation_timeout(tmp_path):
-    async with make_service(tmp_path, reply="slow " * 100, token_delay_s=0.05, generation_timeout_s=0.3) as service:
+    async with make_service(
+        tmp_path, reply="slow " * 100, token_delay_s=0.05, generation_timeout_s=0.3
+    ) as service:
         with pytest.raises(GenerationTimeout):
             await collect(service)
         assert service.scheduler.running == 0
@@ -203,14 +209,18 @@ async def test_engine_is_only_used_from_one_thread(tmp_path):
 
 
 async def test_history_trimmed_to_context_window(tmp_path):
-    async with make_service(tmp_path, reply="reply " * 30, max_new_tokens=50, rate_limit_messages=100, context_length=1024) as service:
+    async with make_service(
+        tmp_path, reply="reply " * 30, max_new_tokens=50, rate_limit_messages=100, context_length=1024
+    ) as service:
         engine_window = 1024
         for i in range(40):
             await collect(service, text=f"message {i} " + "pad " * 60)
         request = service.engines["smollm2-135m"].requests[-1]
         engine = service.engines["smollm2-135m"]
         assert engine.count_tokens(request.messages) <= engine_window - 50
-        assert request.messages[0]["role"] == "system" and request.messages[-1]["content"].startswith("message 39")
+        assert request.messages[0]["role"] == "system" and request.messages[-1]["content"].startswith(
+            "message 39"
+        )
         assert len(request.messages) < 40
 
 
@@ -264,7 +274,9 @@ async def test_close_without_patience_marks_running_reply_interrupted(tmp_path):
 
 
 async def test_models_load_lazily_and_least_recently_used_is_unloaded(tmp_path):
-    async with make_service(tmp_path, reply="base", models={"m2": "two", "m3": "three"}, max_loaded_models=2) as service:
+    async with make_service(
+        tmp_path, reply="base", models={"m2": "two", "m3": "three"}, max_loaded_models=2
+    ) as service:
         assert service.pool.loaded == []  # nothing loads before it is needed
         for conversation, model in (("c1", "smollm2-135m"), ("c2", "m2"), ("c3", "m3")):
             if model != "smollm2-135m":

@@ -51,7 +51,9 @@ async def collect(service, conversation="c1", user="u1", text="hi"):
 
 # -- turns and choices, through the service -------------------------------------------------------
 async def test_turns_choices_and_options_through_the_service(tmp_path, store_url):
-    async with make_service(tmp_path, reply="an answer", models={"tuned": "tuned answer"}, database_url=store_url) as service:
+    async with make_service(
+        tmp_path, reply="an answer", models={"tuned": "tuned answer"}, database_url=store_url
+    ) as service:
         assert service.history.dialect == store_url.split(":")[0]
         events = service.reply("c1", "u1", "first question")
         accepted = await anext(events)
@@ -139,7 +141,9 @@ async def test_two_stores_taking_interrupted_replies_at_once_get_each_once(store
     first, second = ConversationStore(store_url), ConversationStore(store_url)
     try:
         await first.recover()
-        taken = await asyncio.gather(*(s.take_interrupted("telegram") for s in (first, second, first, second)))
+        taken = await asyncio.gather(
+            *(s.take_interrupted("telegram") for s in (first, second, first, second))
+        )
         assert sorted(reply.turn_id for replies in taken for reply in replies) == ids
     finally:
         await first.close()
@@ -152,7 +156,11 @@ async def test_old_turns_and_leases_are_pruned(store_url):
         await store.add_turn("c1", "old", "old answer")
         await store.add_turn("c1", "new", "new answer")
         async with store.engine.begin() as db:
-            await db.execute(sa.update(turns).where(turns.c.question == "old").values(created_at=turns.c.created_at - 31 * 86400))
+            await db.execute(
+                sa.update(turns)
+                .where(turns.c.question == "old")
+                .values(created_at=turns.c.created_at - 31 * 86400)
+            )
             await db.execute(sa.insert(processes).values(owner="gone:1:1:x", heartbeat_at=0.0))
         await store.recover()  # prunes at start
         assert contents(await store.recent("c1", 10)) == ["new", "new answer"]
@@ -386,7 +394,9 @@ async def test_a_live_process_keeps_its_turns_and_a_stopped_ones_are_marked(stor
         async def heartbeat() -> float:
             async with store.engine.connect() as db:
                 owner = sa.select(turns.c.owner).where(turns.c.id == turn_id).scalar_subquery()
-                return (await db.execute(sa.select(processes.c.heartbeat_at).where(processes.c.owner == owner))).scalar()
+                return (
+                    await db.execute(sa.select(processes.c.heartbeat_at).where(processes.c.owner == owner))
+                ).scalar()
 
         first = await heartbeat()
         await until(lambda: _later(heartbeat(), first + 1.5))  # renewed (for 'other' past a whole lease)
@@ -429,7 +439,12 @@ async def test_two_bot_processes_see_each_others_model_choices(tmp_path, postgre
         data.mkdir()
         (data / "models.toml").write_text(f'[models.tuned]\npath = "{embedded_gguf}"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LORABOT_", "DISCORD_", "TELEGRAM_"))}
-        return {**env, "PYTHONPATH": str(ROOT.parent), "LORABOT_DATA_DIR": str(data), "LORABOT_DATABASE_URL": postgres_url}
+        return {
+            **env,
+            "PYTHONPATH": str(ROOT.parent),
+            "LORABOT_DATA_DIR": str(data),
+            "LORABOT_DATABASE_URL": postgres_url,
+        }
 
     async def start(name: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from support.engines import make_service
 
+from bench.fakes.telegram import BOT_USERNAME, FakeBotAPI, formatting_error, parse_entities
 from bots.telegram_bot import TelegramSettings, load_telegram_settings, run_telegram
 from bots.telegram_bot.sink import INTERRUPTED
 from core.settings import SettingsError
-from bench.fakes.telegram import BOT_USERNAME, FakeBotAPI, formatting_error, parse_entities
+from support.engines import make_service
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
@@ -49,8 +49,14 @@ def settings_for(fake: FakeBotAPI, **overrides) -> TelegramSettings:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(fake: FakeBotAPI, tmp_path, *, reply="Hello from the scripted engine.",
-                      settings: dict | None = None, **core) -> AsyncIterator:
+async def running_bot(
+    fake: FakeBotAPI,
+    tmp_path,
+    *,
+    reply="Hello from the scripted engine.",
+    settings: dict | None = None,
+    **core,
+) -> AsyncIterator:
     """Start ChatService + run_telegram against the fake; cancel like the CLI does afterwards."""
     service = make_service(tmp_path, reply=reply, **core)
     await service.start()
@@ -93,7 +99,15 @@ async def test_private_message_gets_streamed_reply_equal_to_engine_output(fake, 
     edits = fake.calls_of("editMessageText", chat_id=ALICE)
     assert len(edits) >= 2, "the reply grows by edits while tokens arrive"
     assert all("parse_mode" not in call.params for call in fake.calls_of("sendMessage") + edits)
-    assert [c["command"] for c in fake.commands] == ["start", "help", "ask", "model", "reset", "temperature", "stats"]
+    assert [c["command"] for c in fake.commands] == [
+        "start",
+        "help",
+        "ask",
+        "model",
+        "reset",
+        "temperature",
+        "stats",
+    ]
     # the engine saw the question
     assert fake.calls_of("getMe") and fake.calls_of("deleteWebhook")
 
@@ -106,26 +120,44 @@ async def test_group_message_without_mention_is_ignored_with_mention_answered(fa
         # answered after the two above were handled: they reached neither the chat nor the model
         question = fake.send_text(fake.alice, group, f"@{BOT_USERNAME} what is 2+2?")
         await fake.wait_for(reply_done(fake, GROUP, "Group answer."))
-        assert [m["reply_to_message"]["message_id"] for m in fake.bot_messages(GROUP)] == [question["message_id"]]
+        assert [m["reply_to_message"]["message_id"] for m in fake.bot_messages(GROUP)] == [
+            question["message_id"]
+        ]
         assert len(engine_requests(service)) == 1
-        assert service.engines[service.settings.default_model].requests[-1].messages[-1]["content"] == "what is 2+2?"
+        assert (
+            service.engines[service.settings.default_model].requests[-1].messages[-1]["content"]
+            == "what is 2+2?"
+        )
 
         # replying to the bot's message also addresses it; /ask too
         bot_message = fake.bot_messages(GROUP)[-1]
         fake.send_text(fake.bob, group, "and why?", reply_to=bot_message)
-        await fake.wait_for(lambda: len(fake.bot_texts(GROUP)) == 2 and fake.bot_texts(GROUP)[-1] == "Group answer.")
+        await fake.wait_for(
+            lambda: len(fake.bot_texts(GROUP)) == 2 and fake.bot_texts(GROUP)[-1] == "Group answer."
+        )
         fake.send_text(fake.carol, group, f"/ask@{BOT_USERNAME} tell me more")
-        await fake.wait_for(lambda: len(fake.bot_texts(GROUP)) == 3 and fake.bot_texts(GROUP)[-1] == "Group answer.")
-        assert service.engines[service.settings.default_model].requests[-1].messages[-1]["content"] == "tell me more"
+        await fake.wait_for(
+            lambda: len(fake.bot_texts(GROUP)) == 3 and fake.bot_texts(GROUP)[-1] == "Group answer."
+        )
+        assert (
+            service.engines[service.settings.default_model].requests[-1].messages[-1]["content"]
+            == "tell me more"
+        )
         human = fake.send_text(fake.alice, group, "Is a tomato a fruit?")
         fake.send_text(fake.bob, group, "/ask", reply_to=human)
-        await fake.wait_for(lambda: len(fake.bot_texts(GROUP)) == 4 and fake.bot_texts(GROUP)[-1] == "Group answer.")
-        assert service.engines[service.settings.default_model].requests[-1].messages[-1]["content"] == "Is a tomato a fruit?"
+        await fake.wait_for(
+            lambda: len(fake.bot_texts(GROUP)) == 4 and fake.bot_texts(GROUP)[-1] == "Group answer."
+        )
+        assert (
+            service.engines[service.settings.default_model].requests[-1].messages[-1]["content"]
+            == "Is a tomato a fruit?"
+        )
 
 
 async def test_model_keyboard_then_callback_switches_next_reply(fake, tmp_path):
-    async with running_bot(fake, tmp_path, reply="from the default model",
-                           models={"tiny-b": "from model B"}) as service:
+    async with running_bot(
+        fake, tmp_path, reply="from the default model", models={"tiny-b": "from model B"}
+    ) as service:
         chat = fake.private_chat(fake.alice)
         fake.send_text(fake.alice, chat, "hi")
         await fake.wait_for(reply_done(fake, ALICE, "from the default model"))
@@ -146,8 +178,13 @@ async def test_model_keyboard_then_callback_switches_next_reply(fake, tmp_path):
 
 
 async def test_non_admin_in_group_cannot_switch_model(fake, tmp_path):
-    async with running_bot(fake, tmp_path, reply="default says hi", models={"tiny-b": "B says hi"},
-                           settings={"admin_ids": frozenset({CAROL})}) as service:
+    async with running_bot(
+        fake,
+        tmp_path,
+        reply="default says hi",
+        models={"tiny-b": "B says hi"},
+        settings={"admin_ids": frozenset({CAROL})},
+    ) as service:
         group = fake.group_chat(GROUP, "Club", admins={ALICE})
         fake.send_text(fake.bob, group, "/model")
         keyboard = await fake.wait_for(
@@ -158,7 +195,10 @@ async def test_non_admin_in_group_cannot_switch_model(fake, tmp_path):
         answer = fake.calls_of("answerCallbackQuery", callback_query_id=denied)[0].params
         assert "admin" in answer["text"].lower() and answer["show_alert"] is True
         assert fake.calls_of("getChatMember", chat_id=GROUP, user_id=BOB)
-        assert await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}") == service.settings.default_model
+        assert (
+            await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}")
+            == service.settings.default_model
+        )
 
         fake.send_text(fake.bob, group, f"@{BOT_USERNAME} hello")
         await fake.wait_for(reply_done(fake, GROUP, "default says hi"))
@@ -169,7 +209,10 @@ async def test_non_admin_in_group_cannot_switch_model(fake, tmp_path):
         assert await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}") == "tiny-b"
         configured = fake.press_button(fake.carol, keyboard, f"model:{service.settings.default_model}")
         await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery", callback_query_id=configured))
-        assert await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}") == service.settings.default_model
+        assert (
+            await service.current_model(f"telegram:{GROUP}", f"telegram:{GROUP}")
+            == service.settings.default_model
+        )
 
 
 async def test_9000_character_reply_is_split_into_3_messages(fake, tmp_path):
@@ -180,8 +223,10 @@ async def test_9000_character_reply_is_split_into_3_messages(fake, tmp_path):
         chat = fake.private_chat(fake.alice)
         fake.send_text(fake.alice, chat, "write a lot")
         await fake.wait_for(
-            lambda: len(fake.bot_texts(ALICE)) == 3
-            and "".join(fake.bot_texts(ALICE)).replace("\n", "") == output.replace("\n", "")
+            lambda: (
+                len(fake.bot_texts(ALICE)) == 3
+                and "".join(fake.bot_texts(ALICE)).replace("\n", "") == output.replace("\n", "")
+            )
         )
     texts = fake.bot_texts(ALICE)
     assert len(texts) == 3 and all(len(text) <= 4096 for text in texts)
@@ -264,8 +309,13 @@ async def test_queue_full_shows_busy_message(fake, tmp_path):
 
 async def test_20_chats_at_once_get_20_complete_replies(fake, tmp_path):
     users = [fake.add_user(1000 + i, f"User{i}") for i in range(20)]
-    async with running_bot(fake, tmp_path, reply=lambda request: "Answer to " + request.messages[-1]["content"],
-                           token_delay_s=0.01, rate_limit_messages=100):
+    async with running_bot(
+        fake,
+        tmp_path,
+        reply=lambda request: "Answer to " + request.messages[-1]["content"],
+        token_delay_s=0.01,
+        rate_limit_messages=100,
+    ):
         for user in users:
             fake.send_text(user, fake.private_chat(user), f"question {user['id']}")
         await fake.wait_for(
@@ -325,7 +375,11 @@ async def test_model_output_never_mentions_group_members(fake, tmp_path):
         fake.send_text(fake.alice, fake.private_chat(fake.alice), "who knows?")
         await fake.wait_for(reply_done(fake, ALICE, output))  # private: nobody to notify, text as is
     shown = fake.bot_texts(GROUP)[-1]
-    mentioned = [shown[e["offset"] : e["offset"] + e["length"]] for e in parse_entities(shown) if e["type"] == "mention"]
+    mentioned = [
+        shown[e["offset"] : e["offset"] + e["length"]]
+        for e in parse_entities(shown)
+        if e["type"] == "mention"
+    ]
     assert mentioned == []
     assert "x@example.org" in shown and "@\u2060dataclass" in shown and "`@\u2060alice_w`" in shown
     assert shown.replace("\u2060", "") == output
@@ -393,23 +447,31 @@ async def test_rejected_token_gives_a_clear_settings_error(fake, tmp_path):
         await service.close(drain_timeout_s=1)
 
 
-
 async def test_webhook_mode_receives_updates_and_checks_the_secret(fake, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     hook = f"http://127.0.0.1:{port}/lorabot-hook"
-    settings = {"webhook_url": hook, "webhook_listen": "127.0.0.1", "webhook_port": port,
-                "webhook_secret": "s3cret_value"}
+    settings = {
+        "webhook_url": hook,
+        "webhook_listen": "127.0.0.1",
+        "webhook_port": port,
+        "webhook_secret": "s3cret_value",
+    }
     async with running_bot(fake, tmp_path, reply="via webhook", settings=settings) as service:
-        assert fake.webhook == {"url": hook, "secret_token": "s3cret_value",
-                                "allowed_updates": ["message", "callback_query"]}
+        assert fake.webhook == {
+            "url": hook,
+            "secret_token": "s3cret_value",
+            "allowed_updates": ["message", "callback_query"],
+        }
         fake.send_text(fake.alice, fake.private_chat(fake.alice), "hello over https")
         await fake.wait_for(reply_done(fake, ALICE, "via webhook"))
         assert not fake.calls_of("getUpdates")
         forged = {"update_id": 999, "message": {**fake.messages[(ALICE, 1)], "text": "forged"}}
         async with aiohttp.ClientSession() as session:
-            async with session.post(hook, json=forged, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as response:
+            async with session.post(
+                hook, json=forged, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}
+            ) as response:
                 assert response.status == 403
         fake.send_text(fake.alice, fake.private_chat(fake.alice), "and again")
         await fake.wait_for(lambda: fake.bot_texts(ALICE) == ["via webhook", "via webhook"])
@@ -429,7 +491,9 @@ async def test_real_embedded_model_answers_through_telegram(fake, tmp_path, embe
     try:
         await fake.wait_for(lambda: fake.calls_of("getUpdates"))
         fake.send_text(fake.alice, fake.private_chat(fake.alice), "Say hello in one short sentence.")
-        stored = await fake.wait_for(lambda: service.stats().replies == 1 and service.scheduler.running == 0, timeout=60)
+        stored = await fake.wait_for(
+            lambda: service.stats().replies == 1 and service.scheduler.running == 0, timeout=60
+        )
         assert stored
         # delivery goes on after generation ended (the slot is already free), and the turn is
         # answered only once its final text is on screen (issue 21): wait for that

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from test_under_load import discord_bot, telegram_bot
 
 from bench.fakes.discord import FakeDiscord
 from core.errors import BadTemperature
 from support.engines import make_service
-from test_under_load import discord_bot, telegram_bot
 
 
 async def test_service_keeps_a_temperature_per_conversation(tmp_path):

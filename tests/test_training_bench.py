@@ -10,11 +10,21 @@ import pytest
 pytest.importorskip("trl")
 
 from bench.train import (  # noqa: E402
-    CASES, LEVERS, STEP_KEYS, case_spec, case_steps, expand_cases, loss_at_tokens, lora_step_flops, matmul_params, run_case, table,
+    CASES,
+    LEVERS,
+    STEP_KEYS,
+    case_spec,
+    case_steps,
+    expand_cases,
+    lora_step_flops,
+    loss_at_tokens,
+    matmul_params,
+    run_case,
+    table,
     token_milestones,
 )
-from training.data.synthetic import synthetic_conversations  # noqa: E402
 from training.base_model import LLAMA_COMMON, LLAMA_SHAPES  # noqa: E402
+from training.data.synthetic import synthetic_conversations  # noqa: E402
 
 
 def test_flop_count_of_llama_3_2_1b():
@@ -56,7 +66,10 @@ def test_every_case_and_lever_is_a_valid_training_config():
     assert rows_per_step["c"] == rows_per_step["d"] == rows_per_step["f"] == (8, 1)  # baseline-tuned / -fast
     assert rows_per_step["lever:mb16"] == (16, 1) and rows_per_step["lever:bf16-mb64"] == (64, 1)
     assert case_spec("lever:bf16")["load_in_4bit"] is False and case_spec("c")["load_in_4bit"] is True
-    assert case_spec("f")["shape"] == "llama-3.2-3b" and case_spec("f")["batch_size"] == case_spec("d")["batch_size"]
+    assert (
+        case_spec("f")["shape"] == "llama-3.2-3b"
+        and case_spec("f")["batch_size"] == case_spec("d")["batch_size"]
+    )
 
 
 def test_the_fast_preset_optimises_as_the_tuned_one_does():
@@ -64,7 +77,11 @@ def test_the_fast_preset_optimises_as_the_tuned_one_does():
     tuned, fast = case_spec("c"), case_spec("d")
     for key in ("batch_size", "grad_accum", "learning_rate", "warmup_steps", "packing"):
         assert fast[key] == tuned[key], key
-    assert fast["varlen_attention"] is True and fast["load_in_4bit"] is False and tuned.get("varlen_attention") is None
+    assert (
+        fast["varlen_attention"] is True
+        and fast["load_in_4bit"] is False
+        and tuned.get("varlen_attention") is None
+    )
     assert case_steps(fast, 40) == case_steps(case_spec("f"), 40) == 40
 
 
@@ -79,7 +96,9 @@ def test_bench_case_runs_on_a_toy_model(case, tmp_path, monkeypatch):
     monkeypatch.setenv("LORABOT_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(120)))
-    result = run_case(case, data, steps=4, shape="llama-test", lora_r=4, out=tmp_path, backend="hf", max_seq_length=96)
+    result = run_case(
+        case, data, steps=4, shape="llama-test", lora_r=4, out=tmp_path, backend="hf", max_seq_length=96
+    )
     assert result["tokens_per_s"] > 0 and result["real_tokens"] > 0 and len(result["losses"]) == 4
     assert result["packing"] == CASES[case]["packing"]
     # every real token counted once, from the collator (no GPU sync), and placed on the curve
@@ -87,8 +106,18 @@ def test_bench_case_runs_on_a_toy_model(case, tmp_path, monkeypatch):
     tokens = [point[0] for point in result["curve"]]
     assert len(tokens) == 4 and all(later > earlier for earlier, later in zip(tokens, tokens[1:]))
     assert tokens[-1] - tokens[-2] == result["real_tokens"]  # 4 steps, 3 warm-up: the timed window is step 4
-    print(table({"device": "CPU", "shape": "llama-test", "lora_r": 4, "steps": 4, "warmup_steps": 3,
-                 "cases": {case: {**result, "mfu": None}}}))
+    print(
+        table(
+            {
+                "device": "CPU",
+                "shape": "llama-test",
+                "lora_r": 4,
+                "steps": 4,
+                "warmup_steps": 3,
+                "cases": {case: {**result, "mfu": None}},
+            }
+        )
+    )
 
 
 @pytest.mark.gpu

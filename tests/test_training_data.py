@@ -18,7 +18,9 @@ GPU = Hardware(cuda=True, device_name="H100", bf16=True, unsloth=True, bitsandby
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -27,11 +29,27 @@ def test_presets_match_the_original_experiment():
     base, big = build_config("baseline"), build_config("improved")
     assert (base.lora_r, base.lora_alpha, big.lora_r, big.lora_alpha) == (8, 16, 16, 32)
     for cfg in (base, big):
-        assert cfg.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        assert (cfg.lora_dropout, cfg.bias, cfg.gradient_checkpointing, cfg.seed) == (0.0, "none", "unsloth", 3407)
+        assert cfg.target_modules == [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        assert (cfg.lora_dropout, cfg.bias, cfg.gradient_checkpointing, cfg.seed) == (
+            0.0,
+            "none",
+            "unsloth",
+            3407,
+        )
         assert (cfg.max_seq_length, cfg.load_in_4bit, cfg.chat_template) == (1024, True, "llama-3.1")
         assert cfg.dataset == "mlabonne/FineTome-100k"
-    assert base.base_model == "unsloth/Llama-3.2-1B-Instruct" and big.base_model == "unsloth/Llama-3.2-3B-Instruct"
+    assert (
+        base.base_model == "unsloth/Llama-3.2-1B-Instruct"
+        and big.base_model == "unsloth/Llama-3.2-3B-Instruct"
+    )
 
 
 def test_config_file_and_cli_overrides(tmp_path):
@@ -64,7 +82,10 @@ def test_shipped_sample_dataset_has_disjoint_heldout_split():
 def test_openai_messages_and_parquet_and_json_are_accepted(tmp_path):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
     (tmp_path / "a.json").write_text(json.dumps(rows))
-    assert load_conversations(str(tmp_path / "a.json")).conversations[0][1] == {"role": "assistant", "content": "hello"}
+    assert load_conversations(str(tmp_path / "a.json")).conversations[0][1] == {
+        "role": "assistant",
+        "content": "hello",
+    }
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -77,14 +98,17 @@ def test_openai_messages_and_parquet_and_json_are_accepted(tmp_path):
 
 def test_bad_rows_are_skipped_or_stop_with_row_and_reason(tmp_path):
     good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
-    path = write_jsonl(tmp_path / "mixed.jsonl", [
-        good,
-        {"text": "not a conversation"},
-        {"conversations": [{"from": "human", "value": "only a question"}]},
-        "{broken json",
-        {"conversations": [{"from": "alien", "value": "?"}, {"from": "gpt", "value": "!"}]},
-        good,
-    ])
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            good,
+            {"text": "not a conversation"},
+            {"conversations": [{"from": "human", "value": "only a question"}]},
+            "{broken json",
+            {"conversations": [{"from": "alien", "value": "?"}, {"from": "gpt", "value": "!"}]},
+            good,
+        ],
+    )
     loaded = load_conversations(str(path), on_bad_row="skip")
     assert len(loaded.conversations) == 2 and loaded.skipped == 4
     assert "row 1" in loaded.reasons[0] and "conversations" in loaded.reasons[0]
@@ -107,7 +131,9 @@ def test_missing_or_empty_dataset_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_split_is_deterministic():
-    convs = [[{"role": "user", "content": str(i)}, {"role": "assistant", "content": "ok"}] for i in range(100)]
+    convs = [
+        [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "ok"}] for i in range(100)
+    ]
     assert split_heldout(convs, 0.1, 1) == split_heldout(convs, 0.1, 1)
     train, held = split_heldout(convs, 0.1, 1)
     assert len(held) == 10 and len(train) == 90
@@ -142,7 +168,9 @@ def test_cli_errors_exit_cleanly_before_loading_any_model(tmp_path):
     app.command("train")(cli.train)
     app.command("export")(cli.export)
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "--dataset", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["train", "--dataset", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "dataset not found" in result.output
     result = runner.invoke(app, ["export", str(tmp_path)])
     assert result.exit_code == 2 and "run.json" in result.output
@@ -150,15 +178,21 @@ def test_cli_errors_exit_cleanly_before_loading_any_model(tmp_path):
 
     if not torch.cuda.is_available():  # checked before any dataset download
         result = runner.invoke(app, ["train", "--preset", "baseline", "--output", str(tmp_path / "b")])
-        assert result.exit_code == 2 and "needs an NVIDIA GPU" in result.output and "--preset tiny" in result.output
+        assert (
+            result.exit_code == 2
+            and "needs an NVIDIA GPU" in result.output
+            and "--preset tiny" in result.output
+        )
 
 
 def test_cli_module_imports_no_torch_and_no_bench():
     import subprocess
     import sys
 
-    code = ("import sys, training.cli; print('torch' in sys.modules, 'transformers' in sys.modules, "
-            "any(name == 'bench' or name.startswith('bench.') for name in sys.modules))")
+    code = (
+        "import sys, training.cli; print('torch' in sys.modules, 'transformers' in sys.modules, "
+        "any(name == 'bench' or name.startswith('bench.') for name in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]  # training never imports the benchmarks
 
@@ -172,7 +206,7 @@ def test_presets_come_from_the_presets_folder(tmp_path, monkeypatch):
     assert preset_names() == ["baseline", "baseline-fast", "baseline-tuned", "improved", "tiny"]
     # a file dropped into the folder is a preset, nothing else lists them
     (tmp_path / "presets").mkdir()
-    (tmp_path / "presets" / "mine.toml").write_text('lora_r = 4\nmax_steps = 3\n')
+    (tmp_path / "presets" / "mine.toml").write_text("lora_r = 4\nmax_steps = 3\n")
     with monkeypatch.context() as patched:
         patched.setattr(config, "PRESETS_DIR", tmp_path / "presets")
         assert preset_names() == ["mine"]

@@ -42,7 +42,9 @@ def test_training_lowers_heldout_loss_and_logs_each_step(tiny_run):
     assert (result.adapter_dir / "adapter_config.json").is_file()
     assert (result.output_dir / "checkpoints" / f"checkpoint-{STEPS}").is_dir()
     record = json.loads((result.output_dir / "run.json").read_text())
-    assert record["config"]["preset"] == "tiny" and record["result"]["eval_loss_after"] == result.eval_loss_after
+    assert (
+        record["config"]["preset"] == "tiny" and record["result"]["eval_loss_after"] == result.eval_loss_after
+    )
 
 
 def test_merged_model_matches_the_peft_model(tiny_run):
@@ -53,7 +55,9 @@ def test_merged_model_matches_the_peft_model(tiny_run):
     base = json.loads((result.output_dir / "run.json").read_text())["base"]
     merged, peft_model = merge_adapter(base, result.adapter_dir, keep_peft=True)
     tokenizer = AutoTokenizer.from_pretrained(result.adapter_dir)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 12 + 30?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         expected, got = peft_model(ids).logits, merged(ids).logits
@@ -91,7 +95,11 @@ async def test_registered_model_is_selectable_and_answers_in_the_bot(tiny_run, t
         assert "tiny-tune" in service.model_names()
         await service.set_model("c1", "tiny-tune")
         assert await service.current_model("c1") == "tiny-tune"
-        done = [event async for event in service.reply("c1", "u1", "What is the capital of France?") if isinstance(event, Done)]
+        done = [
+            event
+            async for event in service.reply("c1", "u1", "What is the capital of France?")
+            if isinstance(event, Done)
+        ]
         assert done and done[0].text.strip()
     finally:
         await service.close()
@@ -99,7 +107,11 @@ async def test_registered_model_is_selectable_and_answers_in_the_bot(tiny_run, t
 
 def test_resume_continues_from_the_last_checkpoint(tiny_run):
     cfg, result, _ = tiny_run
-    resumed = train(cfg.model_copy(update={"max_steps": STEPS + 1, "eval_steps": None}), resume=True, progress=False)
+    resumed = train(
+        cfg.model_copy(update={"max_steps": STEPS + 1, "eval_steps": None}), resume=True, progress=False
+    )
     assert (resumed.output_dir / "checkpoints" / f"checkpoint-{STEPS + 1}").is_dir()
-    steps = [json.loads(line)["step"] for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert STEPS + 1 in steps

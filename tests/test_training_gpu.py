@@ -21,8 +21,14 @@ def test_baseline_configuration_trains_with_unsloth_and_exports(tmp_path):
     from training.run import train
 
     cfg = build_config(
-        "baseline", base_model="random:llama-3.2-1b", dataset="builtin:train", eval_dataset="builtin:heldout",
-        max_steps=4, eval_steps=None, max_eval_samples=16, output_dir=tmp_path / "run",
+        "baseline",
+        base_model="random:llama-3.2-1b",
+        dataset="builtin:train",
+        eval_dataset="builtin:heldout",
+        max_steps=4,
+        eval_steps=None,
+        max_eval_samples=16,
+        output_dir=tmp_path / "run",
     )
     result = train(cfg, progress=False)
     assert result.backend == "unsloth" and result.dtype in {"bf16", "fp16"}
@@ -40,8 +46,14 @@ def test_the_fast_preset_runs_packed_attention_through_torch_varlen_and_learns(t
 
     assert use_torch_varlen().startswith(("on ", "already on"))
     cfg = build_config(
-        "baseline-fast", base_model="random:llama-3.2-1b", dataset="builtin:train", eval_dataset="builtin:heldout",
-        max_steps=4, eval_steps=None, max_eval_samples=16, output_dir=tmp_path / "run",
+        "baseline-fast",
+        base_model="random:llama-3.2-1b",
+        dataset="builtin:train",
+        eval_dataset="builtin:heldout",
+        max_steps=4,
+        eval_steps=None,
+        max_eval_samples=16,
+        output_dir=tmp_path / "run",
     )
     assert cfg.varlen_attention and not cfg.load_in_4bit
     result = train(cfg, progress=False)

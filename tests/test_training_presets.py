@@ -55,7 +55,9 @@ def test_every_preset_builds_a_valid_consistent_config(path: Path):
     else:
         owner, model = cfg.base_model.split("/")
         shape = re.sub(r"-instruct$", "", model.lower())
-        assert owner == "unsloth" and shape in LLAMA_SHAPES, cfg.base_model  # `random:<shape>` stands in offline
+        assert owner == "unsloth" and shape in LLAMA_SHAPES, (
+            cfg.base_model
+        )  # `random:<shape>` stands in offline
         assert cfg.chat_template == "llama-3.1"
 
     # LoRA and the schedule
@@ -100,4 +102,6 @@ def test_docs_training_md_describes_every_preset_as_it_is(path: Path):
         assert ("4-bit" in row["base"]) == cfg.load_in_4bit
     assert ("CPU" in row["where"]) == is_cpu_preset(cfg) and ("CUDA" in row["where"]) != is_cpu_preset(cfg)
     if not row["data"].startswith("as `"):
-        assert (cfg.dataset in row["data"]) or (cfg.dataset.startswith("builtin:") and "shipped" in row["data"])
+        assert (cfg.dataset in row["data"]) or (
+            cfg.dataset.startswith("builtin:") and "shipped" in row["data"]
+        )

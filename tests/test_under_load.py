@@ -65,7 +65,10 @@ async def test_waiting_chats_cost_a_bounded_number_of_calls(tmp_path):
     """Eight chats, one slot: each waiting chat sees one status line (and a rare update), and typing
     only while its own reply is generated — not every interval for every waiting chat."""
     users = list(range(21, 29))
-    async with telegram_bot(tmp_path, "done " * 20, token_delay_s=0.02, parallel=1, kv_slots=1) as (fake, service):
+    async with telegram_bot(tmp_path, "done " * 20, token_delay_s=0.02, parallel=1, kv_slots=1) as (
+        fake,
+        service,
+    ):
         for user_id in users:
             user = fake.add_user(user_id, f"U{user_id}")
             fake.send_text(user, fake.private_chat(user), "hi")
@@ -141,14 +144,18 @@ async def test_a_global_429_while_typing_does_not_stall_the_bot(tmp_path):
 
 async def test_many_channels_at_once_stay_within_the_global_limit(tmp_path):
     """30 channels at once: every reply arrives and the bot never hits Discord's global 50/s."""
-    async with discord_bot(tmp_path, "word " * 30, token_delay_s=0.002, parallel=4, rate_limit_messages=100) as (
+    async with discord_bot(
+        tmp_path, "word " * 30, token_delay_s=0.002, parallel=4, rate_limit_messages=100
+    ) as (
         fake,
         client,
         _,
     ):
         channels = [FakeDiscord.CHANNEL_ID + 1000 + i for i in range(30)]
         for number, channel_id in enumerate(channels):  # a channel each, announced as Discord does
-            await fake.dispatch("CHANNEL_CREATE", dict(fake._channel(channel_id), name=f"c{number}", position=5 + number))
+            await fake.dispatch(
+                "CHANNEL_CREATE", dict(fake._channel(channel_id), name=f"c{number}", position=5 + number)
+            )
         await fake.wait_until(lambda: all(client.get_channel(c) for c in channels))
         sent = [
             await fake.user_message(f"q{i}", mention_bot=True, user_id=600 + i, channel_id=channel_id)

@@ -19,19 +19,51 @@ from training.errors import ConfigError
 
 # Shapes of the original experiment's models (from their public config.json files).
 LLAMA_SHAPES: dict[str, dict[str, Any]] = {
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                         num_attention_heads=32, num_key_value_heads=8, head_dim=64),
-    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                         num_attention_heads=24, num_key_value_heads=8, head_dim=128),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+    ),
+    "llama-3.2-3b": dict(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+    ),
     # a toy of the same family, for CPU tests of GPU code paths
-    "llama-test": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=49152),
+    "llama-test": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=49152,
+    ),
 }
 LLAMA_COMMON = dict(
-    vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
-    hidden_act="silu", attention_bias=False, mlp_bias=False, bos_token_id=128000, eos_token_id=128009,
-    rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
-                         high_freq_factor=4.0, original_max_position_embeddings=8192),
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    hidden_act="silu",
+    attention_bias=False,
+    mlp_bias=False,
+    bos_token_id=128000,
+    eos_token_id=128009,
+    rope_parameters=dict(
+        rope_type="llama3",
+        rope_theta=500000.0,
+        factor=32.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    ),
 )
 
 
@@ -61,7 +93,9 @@ def resolve_base(spec: str, tokenizer_spec: str | None = None, seed: int = 3407)
     if spec.startswith("random:"):
         shape = spec.split(":", 1)[1]
         if shape not in LLAMA_SHAPES:
-            raise ConfigError(f"unknown random base {spec!r}; use one of: random:{', random:'.join(LLAMA_SHAPES)}")
+            raise ConfigError(
+                f"unknown random base {spec!r}; use one of: random:{', random:'.join(LLAMA_SHAPES)}"
+            )
         tok_dir = random_tokenizer(spec, tokenizer_spec)
         key = f"random-{shape}-seed{seed}"
         return _materialise(key, lambda out: random_checkpoint(shape, Path(tok_dir), out, seed))
@@ -78,7 +112,11 @@ def random_tokenizer(spec: str, tokenizer_spec: str | None) -> Path | str:
     else the embedded model's. A missing one is a ConfigError saying how to make it (GPU hosts
     usually have no embedded model)."""
     env = os.environ.get("LORABOT_RANDOM_TOKENIZER")
-    source, where = (tokenizer_spec, "tokenizer = in the config") if tokenizer_spec else (env, "$LORABOT_RANDOM_TOKENIZER")
+    source, where = (
+        (tokenizer_spec, "tokenizer = in the config")
+        if tokenizer_spec
+        else (env, "$LORABOT_RANDOM_TOKENIZER")
+    )
     if not source:
         try:
             return resolve_base("embedded")
@@ -91,7 +129,9 @@ def random_tokenizer(spec: str, tokenizer_spec: str | None) -> Path | str:
     if source == "embedded" or source.endswith(".gguf"):
         return resolve_base(source)
     if not path.is_dir():
-        raise ConfigError(f"{spec} takes its tokenizer from {path} ({where}), which does not exist; {MAKE_TOKENIZER}")
+        raise ConfigError(
+            f"{spec} takes its tokenizer from {path} ({where}), which does not exist; {MAKE_TOKENIZER}"
+        )
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise ConfigError(f"{path} ({where}) holds no tokenizer (no tokenizer.json); {MAKE_TOKENIZER}")
     return path
@@ -175,7 +215,8 @@ def repair_bpe_tokenizer(path: Path, pre: str | None) -> None:
     data["post_processor"] = {**byte_level, "trim_offsets": False}
     data["pre_tokenizer"] = (
         {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
-        if pre == "smollm" else byte_level
+        if pre == "smollm"
+        else byte_level
     )
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
@@ -219,7 +260,9 @@ def load_model(source: Path | str, dtype: str, load_in_4bit: bool = False, devic
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(dtype),
         )
     if device != "cpu":

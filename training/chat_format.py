@@ -45,7 +45,9 @@ def set_chat_template(tokenizer: Any, name: str) -> None:
     """'model' keeps the base model's own template; other names install a known one."""
     if name == "model":
         if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("the base model has no chat template; set chat_template = \"chatml\" or \"llama-3.1\"")
+            raise ConfigError(
+                'the base model has no chat template; set chat_template = "chatml" or "llama-3.1"'
+            )
         return
     if name not in TEMPLATES:
         raise ConfigError(f"unknown chat_template {name!r}; use model, {', '.join(TEMPLATES)}")

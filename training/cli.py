@@ -5,7 +5,7 @@ when a command runs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,7 +22,8 @@ def _fail(error: TrainingError) -> typer.Exit:
 
 
 PUSH_OPTION = typer.Option(
-    "--push-to-hub", metavar="REPO",
+    "--push-to-hub",
+    metavar="REPO",
     help="Upload the LoRA adapter and the GGUF to this Hugging Face repo (owner/name; token from $HF_TOKEN).",
 )
 
@@ -42,30 +43,44 @@ def _check_preset(name: str | None) -> str | None:
 
 def train(
     preset: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help=f"One of: {', '.join(preset_names())} (the files in {PRESETS_DIR.parent.name}/{PRESETS_DIR.name}/); "
             "default tiny, the one for a CPU.",
             callback=_check_preset,
         ),
     ] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML or YAML file of settings.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Local .json/.jsonl/.parquet file or hub id.")] = None,
-    eval_dataset: Annotated[Optional[str], typer.Option(help="Held-out file; default: split off the dataset.")] = None,
-    base_model: Annotated[Optional[str], typer.Option(help="embedded, FILE.gguf, a folder, hub id, random:llama-3.2-1b.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Epochs to train when no --max-steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Micro-batch size per step.")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Padding-free packing.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, unsloth or hf.")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Run folder (default out/<preset>).")] = None,
-    on_bad_row: Annotated[Optional[str], typer.Option(help="skip or error.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
-    export: Annotated[Optional[bool], typer.Option("--export/--no-export", help="Merge + GGUF + quantize after training.")] = None,
-    register: Annotated[Optional[str], typer.Option(help="Add the exported GGUF to the models registry as NAME.")] = None,
-    push_to_hub: Annotated[Optional[str], PUSH_OPTION] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML or YAML file of settings.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Local .json/.jsonl/.parquet file or hub id.")
+    ] = None,
+    eval_dataset: Annotated[
+        str | None, typer.Option(help="Held-out file; default: split off the dataset.")
+    ] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="embedded, FILE.gguf, a folder, hub id, random:llama-3.2-1b.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs to train when no --max-steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Micro-batch size per step.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    packing: Annotated[
+        bool | None, typer.Option("--packing/--no-packing", help="Padding-free packing.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, unsloth or hf.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Run folder (default out/<preset>).")] = None,
+    on_bad_row: Annotated[str | None, typer.Option(help="skip or error.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")
+    ] = False,
+    export: Annotated[
+        bool | None, typer.Option("--export/--no-export", help="Merge + GGUF + quantize after training.")
+    ] = None,
+    register: Annotated[
+        str | None, typer.Option(help="Add the exported GGUF to the models registry as NAME.")
+    ] = None,
+    push_to_hub: Annotated[str | None, PUSH_OPTION] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on chat conversations, export it to GGUF q4_k_m, optionally register it."""
     from training.config import build_config
@@ -81,10 +96,22 @@ def train(
         else:
             max_steps_override = {}
         cfg = build_config(
-            preset, config, dataset=dataset, eval_dataset=eval_dataset, base_model=base_model,
-            max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-            learning_rate=learning_rate, packing=packing, backend=backend, output_dir=output,
-            on_bad_row=on_bad_row, export=export, register_name=register,
+            preset,
+            config,
+            dataset=dataset,
+            eval_dataset=eval_dataset,
+            base_model=base_model,
+            max_steps=max_steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            learning_rate=learning_rate,
+            packing=packing,
+            backend=backend,
+            output_dir=output,
+            on_bad_row=on_bad_row,
+            export=export,
+            register_name=register,
         )
         if max_steps_override:
             cfg = cfg.model_copy(update=max_steps_override)
@@ -94,7 +121,9 @@ def train(
 
             export_run(cfg.resolved_output_dir, cfg.quantization, cfg.register_name, cfg.description)
         elif cfg.register_name:
-            console.print("[yellow]--register needs an export; run `lorabot export --register NAME` later[/yellow]")
+            console.print(
+                "[yellow]--register needs an export; run `lorabot export --register NAME` later[/yellow]"
+            )
         if push_to_hub:
             _push(cfg.resolved_output_dir, push_to_hub)
     except TrainingError as error:
@@ -104,9 +133,11 @@ def train(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A folder written by `lorabot train`.")],
     quantization: Annotated[str, typer.Option(help="q4_k_m, q5_k_m, q8_0 or none (f16 only).")] = "q4_k_m",
-    register: Annotated[Optional[str], typer.Option(help="Add the result to the models registry as NAME.")] = None,
+    register: Annotated[
+        str | None, typer.Option(help="Add the result to the models registry as NAME.")
+    ] = None,
     description: Annotated[str, typer.Option(help="Shown next to the model in /model.")] = "",
-    push_to_hub: Annotated[Optional[str], PUSH_OPTION] = None,
+    push_to_hub: Annotated[str | None, PUSH_OPTION] = None,
 ) -> None:
     """Merge a run's LoRA adapter into its base, convert to GGUF and quantize (offline unless --push-to-hub)."""
     from training.export import export_run
@@ -125,7 +156,9 @@ def export(
 
 def save_tokenizer(
     folder: Annotated[Path, typer.Argument(help="Where to write it, e.g. .gpu/tokenizer.")],
-    base_model: Annotated[str, typer.Option(help="Whose tokenizer: embedded, FILE.gguf, a folder.")] = "embedded",
+    base_model: Annotated[
+        str, typer.Option(help="Whose tokenizer: embedded, FILE.gguf, a folder.")
+    ] = "embedded",
 ) -> None:
     """Save a base model's tokenizer (default: the embedded SmolLM2's, repaired as for training).
 

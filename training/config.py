@@ -110,9 +110,7 @@ def read_preset(name: str) -> dict[str, Any]:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
-def build_config(
-    preset: str | None = None, config_file: Path | None = None, **overrides: Any
-) -> TrainConfig:
+def build_config(preset: str | None = None, config_file: Path | None = None, **overrides: Any) -> TrainConfig:
     """Merge preset < file < overrides (None values in overrides mean 'not given')."""
     from_file = read_config_file(config_file) if config_file else {}
     name = preset or from_file.get("preset") or "tiny"
@@ -122,5 +120,7 @@ def build_config(
     try:
         return TrainConfig(**merged)
     except ValidationError as error:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()]
+        lines = [
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()
+        ]
         raise ConfigError("bad training config:\n  " + "\n  ".join(lines)) from error

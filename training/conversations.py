@@ -19,8 +19,13 @@ from training.errors import BadRowError, DatasetError
 
 BUILTIN_DIR = Path(__file__).parent / "data"
 ROLE_NAMES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
     "system": "system",
 }
 FILE_SUFFIXES = {".json", ".jsonl", ".parquet"}
@@ -64,9 +69,13 @@ class LoadedDataset:
         return describe_bad_rows(self.bad_rows, self.source, self.reasons[:1])
 
 
-def describe_bad_rows(counts: Counter | dict[str, int], source: str, examples: list[str] | None = None) -> str:
+def describe_bad_rows(
+    counts: Counter | dict[str, int], source: str, examples: list[str] | None = None
+) -> str:
     total = sum(counts.values())
-    kinds = ", ".join(f"{n} {BAD_ROW_KINDS.get(kind, kind)}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    kinds = ", ".join(
+        f"{n} {BAD_ROW_KINDS.get(kind, kind)}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
     example = f"; e.g. {examples[0]}" if examples else ""
     return f"{total} bad row(s) skipped in {source}: {kinds}{example}"
 
@@ -172,8 +181,12 @@ def standardize(row: Any) -> Conversation:
         out.append({"role": role, "content": text})
     if not any(turn["role"] == "assistant" for turn in out):
         raise BadRow("bad_order", "no assistant turn to learn from")
-    if out[0]["role"] == "assistant" or (out[0]["role"] == "system" and out[1:2] and out[1]["role"] != "user"):
-        raise BadRow("bad_order", "the conversation must start with a user turn (after an optional system turn)")
+    if out[0]["role"] == "assistant" or (
+        out[0]["role"] == "system" and out[1:2] and out[1]["role"] != "user"
+    ):
+        raise BadRow(
+            "bad_order", "the conversation must start with a user turn (after an optional system turn)"
+        )
     return out
 
 

@@ -23,7 +23,7 @@ class BadRowError(DatasetError):
         where = f"{source}: " if source else ""
         super().__init__(
             f"{where}row {row} is not a conversation: {reason} "
-            "(set on_bad_row = \"skip\" to drop such rows instead)"
+            '(set on_bad_row = "skip" to drop such rows instead)'
         )
 
 

@@ -31,7 +31,9 @@ class ExportResult:
 def read_run(run_dir: Path) -> dict:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        raise ExportError(f"{run_dir} is not a training run folder (no run.json); pass the folder `lorabot train` wrote")
+        raise ExportError(
+            f"{run_dir} is not a training run folder (no run.json); pass the folder `lorabot train` wrote"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -62,7 +64,9 @@ def save_merged(merged, tokenizer, out: Path) -> Path:
     except OSError as error:
         if error.errno == errno.ENOSPC:
             shutil.rmtree(out, ignore_errors=True)
-            raise ExportError(f"disk full while writing {out}; free some space and run `lorabot export` again") from error
+            raise ExportError(
+                f"disk full while writing {out}; free some space and run `lorabot export` again"
+            ) from error
         raise
     return out
 
@@ -85,7 +89,9 @@ def export_run(
         (run_dir / ".write-test").write_text("ok")
         (run_dir / ".write-test").unlink()
     except OSError as error:
-        raise OutputDirError(f"output directory {run_dir} is not writable: {error.strerror or error}") from error
+        raise OutputDirError(
+            f"output directory {run_dir} is not writable: {error.strerror or error}"
+        ) from error
 
     console.print(f"merging {adapter_dir} into {record['base']}")
     merged, _ = merge_adapter(record["base"], adapter_dir)
@@ -107,8 +113,14 @@ def export_run(
         from training.register import register_model
 
         config = record.get("config", {})
-        text = description or config.get("description") or f"{config.get('preset', 'lorabot')} LoRA tune of {record['base']}"
+        text = (
+            description
+            or config.get("description")
+            or f"{config.get('preset', 'lorabot')} LoRA tune of {record['base']}"
+        )
         register_model(register, quant or f16, description=text)
         result.registered = register
-    console.print(f"[green]exported[/green] {quant or f16}" + (f", registered as {register!r}" if register else ""))
+    console.print(
+        f"[green]exported[/green] {quant or f16}" + (f", registered as {register!r}" if register else "")
+    )
     return result

@@ -25,8 +25,12 @@ from training.errors import ExportError
 
 CONVERTER_ENV = "LORABOT_CONVERTER_DIR"
 CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
-QUANT_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-               "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+QUANT_TYPES = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+}
 
 
 class QuantizerMissing(ExportError):
@@ -75,14 +79,23 @@ def convert_to_gguf(checkpoint: Path, out_file: Path, outtype: str = "f16") -> P
     env = {**os.environ, "PYTHONPATH": str(folder), "HF_HUB_OFFLINE": "1", "NO_LOCAL_GGUF": "1"}
     log_file = out_file.with_suffix(".convert.log")
     with replacing(out_file) as tmp:
-        command = [sys.executable, str(folder / CONVERTER_SCRIPT), str(checkpoint),
-                   "--outtype", outtype, "--outfile", str(tmp)]
+        command = [
+            sys.executable,
+            str(folder / CONVERTER_SCRIPT),
+            str(checkpoint),
+            "--outtype",
+            outtype,
+            "--outfile",
+            str(tmp),
+        ]
         with open(log_file, "w", encoding="utf-8") as log:
             result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
         if result.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
             tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
             if any("No space left" in line for line in tail):
-                raise ExportError(f"disk full while writing {out_file}; free some space and run `lorabot export` again")
+                raise ExportError(
+                    f"disk full while writing {out_file}; free some space and run `lorabot export` again"
+                )
             raise ExportError(f"GGUF conversion failed (see {log_file}):\n  " + "\n  ".join(tail))
     return out_file
 
@@ -105,7 +118,9 @@ def quantize(src: Path, dst: Path, kind: str = "q4_k_m", threads: int = 0) -> Pa
     from llama_cpp._utils import suppress_stdout_stderr
 
     with replacing(dst) as tmp:
-        with suppress_stdout_stderr(disable=bool(os.environ.get("LORABOT_VERBOSE"))):  # llama.cpp logs per tensor
+        with suppress_stdout_stderr(
+            disable=bool(os.environ.get("LORABOT_VERBOSE"))
+        ):  # llama.cpp logs per tensor
             status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if status != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
             free = shutil.disk_usage(dst.parent).free

@@ -90,23 +90,38 @@ def hub_errors(repo: str) -> Iterator[None]:
             f"{repo} is gated: accept its terms on its Hub page, then set {TOKEN_VARIABLE} to a token of that account"
         ) from error
     except errors.RepositoryNotFoundError as error:
-        if error.response is not None and error.response.status_code == 401 and os.environ.get(TOKEN_VARIABLE):
-            raise HubError(f"the Hub refused the token in {TOKEN_VARIABLE} for {repo} (wrong, expired or no access)") from error
+        if (
+            error.response is not None
+            and error.response.status_code == 401
+            and os.environ.get(TOKEN_VARIABLE)
+        ):
+            raise HubError(
+                f"the Hub refused the token in {TOKEN_VARIABLE} for {repo} (wrong, expired or no access)"
+            ) from error
         raise HubError(
             f"no model repo {repo!r} on {where} (if it is private or gated, set {TOKEN_VARIABLE})"
         ) from error
     except errors.RevisionNotFoundError as error:
         raise HubError(f"{repo} has no such revision: {redact(str(error)).splitlines()[-1]}") from error
     except errors.RemoteEntryNotFoundError as error:
-        raise HubError(f"{repo}: file not found on the Hub ({redact(str(error)).splitlines()[-1]})") from error
+        raise HubError(
+            f"{repo}: file not found on the Hub ({redact(str(error)).splitlines()[-1]})"
+        ) from error
     except errors.HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
         if status == 401:
             raise HubError(
                 f"the Hub refused the token in {TOKEN_VARIABLE} ({'none set' if not os.environ.get(TOKEN_VARIABLE) else 'invalid or read-only'})"
             ) from error
-        raise HubError(f"the Hub answered {status} for {repo}: {redact(str(error)).splitlines()[0]}") from error
-    except (httpx.ConnectError, httpx.TimeoutException, errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError) as error:
+        raise HubError(
+            f"the Hub answered {status} for {repo}: {redact(str(error)).splitlines()[0]}"
+        ) from error
+    except (
+        httpx.ConnectError,
+        httpx.TimeoutException,
+        errors.OfflineModeIsEnabled,
+        errors.LocalEntryNotFoundError,
+    ) as error:
         raise HubError(
             f"cannot reach the Hub at {where} ({type(error).__name__}); check the network, HF_ENDPOINT and HF_HUB_OFFLINE"
         ) from error
@@ -118,7 +133,9 @@ def list_ggufs(repo: str, revision: str | None = None) -> tuple[str, list[Remote
     from huggingface_hub import HfApi
 
     with hub_errors(repo):
-        info = HfApi().model_info(repo, revision=revision, files_metadata=True, token=token_from_environment())
+        info = HfApi().model_info(
+            repo, revision=revision, files_metadata=True, token=token_from_environment()
+        )
     files = [
         RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
         for s in info.siblings or []
@@ -136,14 +153,22 @@ def pick_gguf(repo: str, files: list[RemoteFile], pattern: str | None) -> list[R
     candidates = files
     if pattern:
         wanted = pattern.lower() if any(ch in pattern for ch in "*?[") else f"*{pattern.lower()}*"
-        candidates = [f for f in files if fnmatch.fnmatch(f.name.lower(), wanted) or fnmatch.fnmatch(f.path.lower(), wanted)]
+        candidates = [
+            f
+            for f in files
+            if fnmatch.fnmatch(f.name.lower(), wanted) or fnmatch.fnmatch(f.path.lower(), wanted)
+        ]
         if not candidates:
             raise HubError(f"no GGUF in {repo} matches {pattern!r}; there are: {_names(files)}")
     models = _group_shards(candidates)
     if len(models) > 1:
-        hint = "pass --file PATTERN to choose one" if not pattern else f"{pattern!r} matches several; make --file narrower"
+        hint = (
+            "pass --file PATTERN to choose one"
+            if not pattern
+            else f"{pattern!r} matches several; make --file narrower"
+        )
         raise HubError(f"{repo} has {len(models)} GGUF models: {', '.join(models)}; {hint}")
-    (name, members), = models.items()
+    ((name, members),) = models.items()
     shards = SHARD.match(members[0].name)
     if shards and len(members) != int(shards["count"]):
         raise HubError(f"{name} is split in {shards['count']} files but {len(members)} match; widen --file")
@@ -193,21 +218,27 @@ def verify(local: Path, remote: RemoteFile) -> None:
         expected = got = what = ""
     problem = None
     if expected and got != expected:
-        problem = f"checksum mismatch for {remote.path}: the Hub's {what} is {expected}, the download's is {got}"
+        problem = (
+            f"checksum mismatch for {remote.path}: the Hub's {what} is {expected}, the download's is {got}"
+        )
     else:
         with open(local, "rb") as handle:
             if handle.read(4) != GGUF_MAGIC:
                 problem = f"{remote.path} is not a GGUF file (no GGUF header)"
     if problem:
         _discard(local)
-        raise HubError(f"{problem}; the file was deleted and nothing was registered. Run the command again to retry.")
+        raise HubError(
+            f"{problem}; the file was deleted and nothing was registered. Run the command again to retry."
+        )
 
 
 def _discard(local: Path) -> None:
     """Remove a bad download and huggingface_hub's note about it, so a retry downloads again."""
     local.unlink(missing_ok=True)
     for parent in local.parents:
-        metadata = parent / ".cache" / "huggingface" / "download" / (str(local.relative_to(parent)) + ".metadata")
+        metadata = (
+            parent / ".cache" / "huggingface" / "download" / (str(local.relative_to(parent)) + ".metadata")
+        )
         if metadata.exists():
             metadata.unlink()
             break
@@ -227,7 +258,11 @@ def pull_gguf(repo: str, dest: Path, pattern: str | None = None, revision: str |
     for remote in chosen:
         with hub_errors(repo):
             try:
-                local = Path(hf_hub_download(repo, remote.path, revision=commit, local_dir=dest, token=token_from_environment()))
+                local = Path(
+                    hf_hub_download(
+                        repo, remote.path, revision=commit, local_dir=dest, token=token_from_environment()
+                    )
+                )
             except OSError as error:  # size check after the retries, disk full...
                 if type(error).__module__.startswith("huggingface_hub"):
                     raise
@@ -279,13 +314,28 @@ def model_card(repo: str, base: str, files: dict[str, Path]) -> str:
     ggufs = [name for name in files if name.endswith(".gguf")]
     base_line = f"base_model: {base}\n" if "/" in base and not base.startswith(("/", ".", "~")) else ""
     lines = [
-        "---", f"{base_line}library_name: peft", "tags:", "- lorabot", "- lora", *(["- gguf"] if ggufs else []), "---", "",
-        f"# {repo.split('/')[-1]}", "",
-        f"A LoRA adapter of `{base}` trained with lorabot (`lorabot train`).", "",
+        "---",
+        f"{base_line}library_name: peft",
+        "tags:",
+        "- lorabot",
+        "- lora",
+        *(["- gguf"] if ggufs else []),
+        "---",
+        "",
+        f"# {repo.split('/')[-1]}",
+        "",
+        f"A LoRA adapter of `{base}` trained with lorabot (`lorabot train`).",
+        "",
     ]
     if ggufs:
-        lines += [f"Merged and converted to GGUF: {', '.join(f'`{g}`' for g in ggufs)}. For the bot:", "",
-                  "```sh", f"lorabot models pull {repo} --file {ggufs[0]}", "```", ""]
+        lines += [
+            f"Merged and converted to GGUF: {', '.join(f'`{g}`' for g in ggufs)}. For the bot:",
+            "",
+            "```sh",
+            f"lorabot models pull {repo} --file {ggufs[0]}",
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -297,11 +347,19 @@ def push_run(run_dir: Path, repo: str, private: bool = False) -> str:
 
     files = run_files(run_dir)
     record_path = Path(run_dir) / "run.json"
-    base = json.loads(record_path.read_text(encoding="utf-8")).get("config", {}).get("base_model", "?") if record_path.is_file() else "?"
+    base = (
+        json.loads(record_path.read_text(encoding="utf-8")).get("config", {}).get("base_model", "?")
+        if record_path.is_file()
+        else "?"
+    )
     token = token_from_environment(required=True)
     api = HfApi(token=token)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
-    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=model_card(repo, base, files).encode()))
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()
+    ]
+    operations.append(
+        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=model_card(repo, base, files).encode())
+    )
     with hub_errors(repo):
         api.create_repo(repo, private=private, exist_ok=True)
         commit = api.create_commit(repo, operations, commit_message=f"lorabot: {Path(run_dir).name}")

@@ -9,7 +9,12 @@ from core.settings import load_core_settings
 
 
 def register_model(
-    name: str, gguf: Path, *, context_length: int | None = None, description: str = "", models_file: Path | None = None
+    name: str,
+    gguf: Path,
+    *,
+    context_length: int | None = None,
+    description: str = "",
+    models_file: Path | None = None,
 ) -> ModelEntry:
     settings = load_core_settings()
     registry = ModelRegistry(models_file or settings.resolved_models_file)

@@ -53,7 +53,9 @@ def ensure_writable(folder: Path) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise OutputDirError(f"output directory {folder} is not writable: {error.strerror or error}") from error
+        raise OutputDirError(
+            f"output directory {folder} is not writable: {error.strerror or error}"
+        ) from error
     return folder
 
 
@@ -96,7 +98,9 @@ def report_lengths(counts: Counter, max_length: int, what: str) -> None:
             "(no reply token left)[/yellow]"
         )
     if counts.get("nothing_to_learn"):
-        console.print(f"[yellow]{counts['nothing_to_learn']} {what} conversation(s) dropped: no reply token to learn[/yellow]")
+        console.print(
+            f"[yellow]{counts['nothing_to_learn']} {what} conversation(s) dropped: no reply token to learn[/yellow]"
+        )
 
 
 def metrics_callback(path: Path):
@@ -159,7 +163,9 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
 
         console.print(f"varlen attention for packed rows: {use_torch_varlen()}")
     dtype = pick_dtype(hw, cfg.dtype)
-    console.print(f"[bold]lorabot train[/bold] preset={cfg.preset} backend={backend_name} device={hw.summary} dtype={dtype}")
+    console.print(
+        f"[bold]lorabot train[/bold] preset={cfg.preset} backend={backend_name} device={hw.summary} dtype={dtype}"
+    )
 
     from training.base_model import resolve_base
     from training.chat_format import encode_all
@@ -170,7 +176,9 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
     train_ds, train_lengths = encode_all(tokenizer, data.train, cfg.max_seq_length, "tokenizing train")
     report_lengths(train_lengths, cfg.max_seq_length, "train")
     eval_ds, eval_lengths = (
-        encode_all(tokenizer, data.eval, cfg.max_seq_length, "tokenizing eval") if data.eval else (None, Counter())
+        encode_all(tokenizer, data.eval, cfg.max_seq_length, "tokenizing eval")
+        if data.eval
+        else (None, Counter())
     )
     report_lengths(eval_lengths, cfg.max_seq_length, "held-out")
     if len(train_ds) == 0:
@@ -178,15 +186,26 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
     lengths = train_lengths + eval_lengths
     bad_rows = data.bad_rows + Counter({k: v for k, v in lengths.items() if k != "truncated"})
     skipped = sum(bad_rows.values())
-    console.print(f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} held-out conversations ({skipped} skipped)")
+    console.print(
+        f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} held-out conversations ({skipped} skipped)"
+    )
 
     model = backend.add_lora(model, cfg)
     args = sft_config(cfg, hw, dtype, out, has_eval=eval_ds is not None, **sft_extra)
     trainer = backend.trainer(model, tokenizer, args, train_ds, eval_ds)
     return TrainerSetup(
-        trainer=trainer, model=model, tokenizer=tokenizer, base=base, backend=backend_name, hw=hw, dtype=dtype,
-        train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds else 0, skipped_rows=skipped,
-        bad_rows=dict(bad_rows), truncated_rows=lengths["truncated"],
+        trainer=trainer,
+        model=model,
+        tokenizer=tokenizer,
+        base=base,
+        backend=backend_name,
+        hw=hw,
+        dtype=dtype,
+        train_rows=len(train_ds),
+        eval_rows=len(eval_ds) if eval_ds else 0,
+        skipped_rows=skipped,
+        bad_rows=dict(bad_rows),
+        truncated_rows=lengths["truncated"],
     )
 
 
@@ -210,10 +229,19 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     result = RunResult(
-        output_dir=out, adapter_dir=adapter_dir, backend=setup.backend, device=setup.hw.device_name,
-        dtype=setup.dtype, train_rows=setup.train_rows, eval_rows=setup.eval_rows, skipped_rows=setup.skipped_rows,
-        bad_rows=setup.bad_rows, truncated_rows=setup.truncated_rows,
-        eval_loss_before=before, eval_loss_after=after, train_loss=stats.training_loss,
+        output_dir=out,
+        adapter_dir=adapter_dir,
+        backend=setup.backend,
+        device=setup.hw.device_name,
+        dtype=setup.dtype,
+        train_rows=setup.train_rows,
+        eval_rows=setup.eval_rows,
+        skipped_rows=setup.skipped_rows,
+        bad_rows=setup.bad_rows,
+        truncated_rows=setup.truncated_rows,
+        eval_loss_before=before,
+        eval_loss_after=after,
+        train_loss=stats.training_loss,
         seconds=round(time.time() - started, 1),
     )
     write_run_file(out, cfg, setup.base, result)
@@ -224,8 +252,13 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
     )
     if result.bad_rows or result.truncated_rows:
         console.print(
-            "[yellow]data: " + (describe_bad_rows(result.bad_rows, cfg.dataset) if result.bad_rows else "no bad rows")
-            + (f"; {result.truncated_rows} truncated to {cfg.max_seq_length} tokens" if result.truncated_rows else "")
+            "[yellow]data: "
+            + (describe_bad_rows(result.bad_rows, cfg.dataset) if result.bad_rows else "no bad rows")
+            + (
+                f"; {result.truncated_rows} truncated to {cfg.max_seq_length} tokens"
+                if result.truncated_rows
+                else ""
+            )
             + " (run.json: result.bad_rows)[/yellow]"
         )
     return result

@@ -17,8 +17,9 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -75,8 +76,24 @@ def parse_entities(text: str) -> list[dict[str, Any]]:
 
 
 class _HTMLCheck(html.parser.HTMLParser):
-    allowed = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",
-               "span", "tg-spoiler", "blockquote", "tg-emoji"}
+    allowed = {
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "a",
+        "code",
+        "pre",
+        "span",
+        "tg-spoiler",
+        "blockquote",
+        "tg-emoji",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -85,12 +102,12 @@ class _HTMLCheck(html.parser.HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         if tag not in self.allowed:
-            self.error = f"Unsupported start tag \"{tag}\""
+            self.error = f'Unsupported start tag "{tag}"'
         self.stack.append(tag)
 
     def handle_endtag(self, tag):
         if not self.stack or self.stack[-1] != tag:
-            self.error = self.error or f"Unmatched end tag \"{tag}\""
+            self.error = self.error or f'Unmatched end tag "{tag}"'
         else:
             self.stack.pop()
 
@@ -107,7 +124,7 @@ def formatting_error(text: str, parse_mode: str | None) -> str | None:
         checker.feed(text)
         checker.close()
         if checker.error or checker.stack:
-            return checker.error or f"Can't find end tag corresponding to start tag \"{checker.stack[-1]}\""
+            return checker.error or f'Can\'t find end tag corresponding to start tag "{checker.stack[-1]}"'
         return None
     if mode == "markdownv2":
         unescaped = re.sub(r"\\.", "", text)
@@ -226,8 +243,9 @@ class FakeBotAPI:
         self.chats[user["id"]] = chat
         return chat
 
-    def group_chat(self, chat_id: int, title: str = "Group", *, admins: set[int] = frozenset(),
-                   forum: bool = False) -> dict:
+    def group_chat(
+        self, chat_id: int, title: str = "Group", *, admins: set[int] = frozenset(), forum: bool = False
+    ) -> dict:
         chat = {"id": chat_id, "type": "supergroup", "title": title}
         if forum:
             chat["is_forum"] = True
@@ -239,7 +257,9 @@ class FakeBotAPI:
         """Answer the next `times` calls of `method` with 429 and `retry_after`."""
         self._throttle.setdefault(method, []).extend([retry_after] * times)
 
-    def fail_next(self, method: str, status: int = 502, times: int = 1, description: str = "Bad Gateway") -> None:
+    def fail_next(
+        self, method: str, status: int = 502, times: int = 1, description: str = "Bad Gateway"
+    ) -> None:
         """Answer the next `times` calls of `method` with an error (e.g. a 5xx of Telegram's edge)."""
         self._failures.setdefault(method, []).extend([(status, description)] * times)
 
@@ -256,8 +276,9 @@ class FakeBotAPI:
         answer (a timeout after Telegram took the request)."""
         self._drops[method] = self._drops.get(method, 0) + times
 
-    def send_text(self, user: dict, chat: dict, text: str, *, reply_to: dict | None = None,
-                  thread_id: int | None = None) -> dict:
+    def send_text(
+        self, user: dict, chat: dict, text: str, *, reply_to: dict | None = None, thread_id: int | None = None
+    ) -> dict:
         """A user writes `text` in `chat`; queue the update and return the message."""
         message = self._new_message(chat, user, text)
         entities = parse_entities(text)
@@ -320,7 +341,7 @@ class FakeBotAPI:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     # ------------------------------------------------------------------ internals
@@ -406,7 +427,8 @@ class FakeBotAPI:
                 retry_after = throttle.pop(0)
                 call.status = 429
                 return self._error(
-                    429, f"Too Many Requests: retry after {retry_after}",
+                    429,
+                    f"Too Many Requests: retry after {retry_after}",
                     parameters={"retry_after": retry_after},
                 )
             wait = self._over_limit(method, params)
@@ -521,7 +543,8 @@ class FakeBotAPI:
     async def _api_getUpdates(self, params):
         if self.webhook is not None:
             raise _APIError(
-                409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
             )
         offset = params.get("offset") or 0
         if offset:
@@ -531,7 +554,7 @@ class FakeBotAPI:
             self._new_update.clear()
             try:
                 await asyncio.wait_for(self._new_update.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         limit = params.get("limit") or 100
         return self._updates[:limit]
@@ -590,16 +613,27 @@ class FakeBotAPI:
 
     async def _api_sendChatAction(self, params):
         self._chat(params)
-        if params.get("action") not in {"typing", "upload_photo", "record_video", "upload_video",
-                                         "record_voice", "upload_voice", "upload_document",
-                                         "choose_sticker", "find_location", "record_video_note",
-                                         "upload_video_note"}:
+        if params.get("action") not in {
+            "typing",
+            "upload_photo",
+            "record_video",
+            "upload_video",
+            "record_voice",
+            "upload_voice",
+            "upload_document",
+            "choose_sticker",
+            "find_location",
+            "record_video_note",
+            "upload_video_note",
+        }:
             raise _APIError(400, "Bad Request: wrong parameter action in request")
         return True
 
     async def _api_answerCallbackQuery(self, params):
         if not params.get("callback_query_id"):
-            raise _APIError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+            raise _APIError(
+                400, "Bad Request: query is too old and response timeout expired or query ID is invalid"
+            )
         return True
 
     def _member(self, chat_id: int, user_id: int) -> dict[str, Any]:

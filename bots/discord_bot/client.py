@@ -15,6 +15,7 @@ from discord import app_commands
 from bots.delivery import Sink
 from bots.discord_bot.commands import register_commands
 from bots.discord_bot.policy import Origin, conversation_id, is_allowed, model_scopes
+from bots.discord_bot.settings import DiscordSettings
 from bots.discord_bot.sink import (
     DISCORD_LIMIT,
     NO_MENTIONS,
@@ -25,7 +26,6 @@ from bots.discord_bot.sink import (
     discord_pacer,
     request,
 )
-from bots.discord_bot.settings import DiscordSettings
 from bots.inflight import InFlight, keep_marking_interrupted
 from bots.replying import EditTiming, Outcome, Question, answer_question
 from core.service import ChatService
@@ -103,8 +103,11 @@ class LorabotClient(discord.Client):
 
     async def on_ready(self) -> None:
         log.info(
-            "Discord: logged in as %s (id %s) in %d servers%s", self.user, self.user.id if self.user else "?",
-            len(self.guilds), shards_described(self),
+            "Discord: logged in as %s (id %s) in %d servers%s",
+            self.user,
+            self.user.id if self.user else "?",
+            len(self.guilds),
+            shards_described(self),
         )
         if not self._restart_marked:  # on_ready repeats after reconnects
             self._restart_marked = True

@@ -24,7 +24,17 @@ from bots.discord_bot.policy import (
     scope_id,
 )
 from bots.discord_bot.sink import DISCORD_LIMIT, NO_MENTIONS, InteractionSink
-from core.commands import COMMANDS, Choice, Command, Shown, Where, help_lines, model_choices, run_command, set_scope_model
+from core.commands import (
+    COMMANDS,
+    Choice,
+    Command,
+    Shown,
+    Where,
+    help_lines,
+    model_choices,
+    run_command,
+    set_scope_model,
+)
 
 if TYPE_CHECKING:  # the client registers these commands: no import at run time, no cycle
     from bots.discord_bot.client import LorabotClient
@@ -85,9 +95,15 @@ async def _show(interaction: discord.Interaction, shown: Shown) -> None:
 async def _set_channel_model(interaction: discord.Interaction, origin: Origin, name: str) -> Shown:
     """The channel's model is everyone's default there: Manage Channels (or a lorabot admin)."""
     client = _client(interaction)
-    allowed = may_set_channel_model(client.settings, origin, manage_channels=interaction.permissions.manage_channels)
+    allowed = may_set_channel_model(
+        client.settings, origin, manage_channels=interaction.permissions.manage_channels
+    )
     return await set_scope_model(
-        client.service, channel_scope(origin), name, allowed=allowed, who="members with Manage Channels (or lorabot admins)"
+        client.service,
+        channel_scope(origin),
+        name,
+        allowed=allowed,
+        who="members with Manage Channels (or lorabot admins)",
     )
 
 
@@ -107,7 +123,9 @@ async def model(
     if name and scope is not None and scope.value == CHANNEL and not origin.is_dm:  # a DM is one conversation
         await _show(interaction, await _set_channel_model(interaction, origin, name))
     else:
-        await _show(interaction, await run_command(client.service, _where(interaction, origin), "model", name or ""))
+        await _show(
+            interaction, await run_command(client.service, _where(interaction, origin), "model", name or "")
+        )
 
 
 @model.autocomplete("name")
@@ -168,7 +186,9 @@ def app_command(entry: Command) -> AppCommand:
         await _run(interaction, entry.name, value or "")
 
     callback = run_plain if entry.argument is None else run_with_argument
-    command: AppCommand = app_commands.Command(name=entry.name, description=entry.summary[:100], callback=callback)
+    command: AppCommand = app_commands.Command(
+        name=entry.name, description=entry.summary[:100], callback=callback
+    )
     if entry.suggest is not None:
         suggest = entry.suggest
 
@@ -185,7 +205,12 @@ async def _run(interaction: discord.Interaction, name: str, argument: str) -> No
     await _show(interaction, await run_command(client.service, where, name, argument))
 
 
-DISCORD_ONLY: tuple[AppCommand, ...] = (chat, model, model_default, help_command)  # /model here also takes a scope
+DISCORD_ONLY: tuple[AppCommand, ...] = (
+    chat,
+    model,
+    model_default,
+    help_command,
+)  # /model here also takes a scope
 
 
 def register_commands(tree: app_commands.CommandTree) -> None:

@@ -75,7 +75,8 @@ class DiscordSettings(BaseSettings):
         "unset: one process, one connection.",
     )
     shard_ids: IdSet = Field(
-        frozenset(), description="The shards this process runs, e.g. '0 1' (default: all DISCORD_SHARD_COUNT)."
+        frozenset(),
+        description="The shards this process runs, e.g. '0 1' (default: all DISCORD_SHARD_COUNT).",
     )
 
     @field_validator("token")
@@ -103,8 +104,12 @@ class DiscordSettings(BaseSettings):
     @model_validator(mode="after")
     def _shards_fit(self) -> DiscordSettings:
         if self.shard_ids and self.shard_count is None:
-            raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the shards in all, over every process)")
-        if self.shard_count is not None and (outside := sorted(i for i in self.shard_ids if i >= self.shard_count)):
+            raise ValueError(
+                "DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the shards in all, over every process)"
+            )
+        if self.shard_count is not None and (
+            outside := sorted(i for i in self.shard_ids if i >= self.shard_count)
+        ):
             raise ValueError(
                 f"DISCORD_SHARD_IDS {outside} must be below DISCORD_SHARD_COUNT ({self.shard_count}): ids count from 0"
             )

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import datetime as dtm
 import logging
-import secrets
 import re
+import secrets
 from urllib.parse import urlsplit
 
 from telegram import Update
@@ -27,6 +27,7 @@ from telegram.ext import (
     filters,
 )
 
+from bots.inflight import keep_marking_interrupted
 from bots.telegram_bot.handlers import (
     bot_commands,
     check_access,
@@ -38,12 +39,11 @@ from bots.telegram_bot.handlers import (
     on_group_text,
     on_private_text,
 )
-from bots.inflight import keep_marking_interrupted
-from core.commands import COMMANDS as CORE_COMMANDS
-from bots.telegram_bot.sink import LIMIT, RESTARTED, edit_message, telegram_pacer
-from bots.text import utf16_len
 from bots.telegram_bot.settings import TelegramSettings
+from bots.telegram_bot.sink import LIMIT, RESTARTED, edit_message, telegram_pacer
 from bots.telegram_bot.state import BotState
+from bots.text import utf16_len
+from core.commands import COMMANDS as CORE_COMMANDS
 from core.service import ChatService
 from core.settings import SettingsError
 

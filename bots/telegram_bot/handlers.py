@@ -36,6 +36,7 @@ from core.commands import Shown, Where, help_lines, run_command
 
 log = logging.getLogger(__name__)
 
+
 def bot_commands() -> list[BotCommand]:
     """The command menu: ours, then every core command registered when the bot starts."""
     return [
@@ -173,7 +174,9 @@ def _keyboard(shown: Shown) -> InlineKeyboardMarkup | None:
         data = f"{shown.choose}:{choice.value}"
         if len(data.encode()) > 64:  # Telegram's callback_data limit: the choice's place instead
             data = f"{shown.choose}:#{index}"
-        buttons.append([InlineKeyboardButton(("✅ " if choice.selected else "") + choice.value, callback_data=data)])
+        buttons.append(
+            [InlineKeyboardButton(("✅ " if choice.selected else "") + choice.value, callback_data=data)]
+        )
     return InlineKeyboardMarkup(buttons)
 
 

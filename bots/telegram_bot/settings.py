@@ -45,7 +45,9 @@ class TelegramSettings(BaseSettings):
     typing_interval_s: float = Field(
         4.0, gt=0, description="How often the 'typing' action is renewed (it lasts ~5 s)."
     )
-    shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight replies may finish on shutdown.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="How long in-flight replies may finish on shutdown."
+    )
     poll_timeout_s: int = Field(30, ge=0, le=50, description="Long-polling timeout for getUpdates.")
     drop_pending_updates: bool = Field(
         False, description="Skip messages that arrived while the bot was offline."

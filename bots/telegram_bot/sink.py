@@ -30,11 +30,10 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bots.delivery import MaybeSent, MessageGone, SlowDown, TransientFailure
 from bots.pacing import Pacer, Rule
-from bots.replying import Notes, EditTiming, Question
-from bots.replying import answer_question
-from bots.text import utf16_len
+from bots.replying import EditTiming, Notes, Question, answer_question
 from bots.telegram_bot.policy import conversation_id, defuse_mentions, scope_id, sender_key, thread_id
 from bots.telegram_bot.state import bot_state
+from bots.text import utf16_len
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +139,10 @@ class _mapped:
         if isinstance(error, RetryAfter):
             raise SlowDown(retry_after_seconds(error)) from error
         if isinstance(error, BadRequest):
-            if any(gone in error.message.lower() for gone in ("message to edit not found", "message to delete not found")):
+            if any(
+                gone in error.message.lower()
+                for gone in ("message to edit not found", "message to delete not found")
+            ):
                 raise MessageGone(error.message) from error
             return False
         if isinstance(error, NetworkError):  # timeouts, 5xx, dropped connections

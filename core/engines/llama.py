@@ -127,7 +127,9 @@ class _Batch:
             embd=None,
             pos=self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos)),
             n_seq_id=self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
-            seq_id=ctypes.cast(self.seq_ptr.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id))),
+            seq_id=ctypes.cast(
+                self.seq_ptr.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id))
+            ),
             logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
 
@@ -394,7 +396,9 @@ class LlamaEngine:
         prompt = self.prompt_tokens(request.messages)
         stats.prompt_tokens = len(prompt)
         if len(prompt) >= self.context_length:
-            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the {self.context_length}-token window")
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens does not fit the {self.context_length}-token window"
+            )
         slot = self._slot_for(request.conversation_id, prompt)
         slot.busy = True
         slot.ahead = []  # not read yet: the prompt holds those tokens anyway
@@ -479,7 +483,9 @@ class LlamaEngine:
         if generation.sampler is None:
             token = self._argmax(generation.logit_index)
         else:
-            token = llama_cpp.llama_sampler_sample(generation.sampler.sampler, self.ctx.ctx, generation.logit_index)
+            token = llama_cpp.llama_sampler_sample(
+                generation.sampler.sampler, self.ctx.ctx, generation.logit_index
+            )
         piece = self._piece(token)
         if piece is None:  # end of generation
             stats.finish_reason = "stop"

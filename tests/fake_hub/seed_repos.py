@@ -17,8 +17,14 @@ from pathlib import Path
 FINETOME_REPO = "mlabonne/FineTome-100k"
 FINETOME_FILE = "data/train-00000-of-00001.parquet"
 LLAMA_REPO = "unsloth/Llama-3.2-1B-Instruct"
-LLAMA_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                        "<|eot_id|>", "<|finetune_right_pad_id|>"]
+LLAMA_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|finetune_right_pad_id|>",
+]
 LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 60)  # ~540 tokens
 
 # One malformed row per kind, as they show up in real ShareGPT dumps. Parquet gives every turn
@@ -47,14 +53,18 @@ def finetome_table(conversations: list[list[dict]]):
     import pyarrow as pa
 
     turn = pa.struct([("from", pa.string()), ("value", pa.string())])
-    return pa.table({
-        "conversations": pa.array(conversations, type=pa.list_(turn)),
-        "source": pa.array(["infini-instruct-top-500k"] * len(conversations)),
-        "score": pa.array([5.2 - 0.01 * i for i in range(len(conversations))], type=pa.float64()),
-    })
+    return pa.table(
+        {
+            "conversations": pa.array(conversations, type=pa.list_(turn)),
+            "source": pa.array(["infini-instruct-top-500k"] * len(conversations)),
+            "score": pa.array([5.2 - 0.01 * i for i in range(len(conversations))], type=pa.float64()),
+        }
+    )
 
 
-def write_finetome(path: Path, good: int = 40, bad: dict[str, list] | None = None, long_rows: bool = True) -> Path:
+def write_finetome(
+    path: Path, good: int = 40, bad: dict[str, list] | None = None, long_rows: bool = True
+) -> Path:
     """Good rows, then the given malformed ones (default: one of each kind), then the two long ones."""
     import pyarrow.parquet as pq
 
@@ -106,7 +116,11 @@ def write_tiny_llama(folder: Path) -> Path:
 
     tokenizer = llama_tokenizer()
     shape = {**LLAMA_SHAPES["llama-test"], "vocab_size": len(tokenizer)}
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config = LlamaConfig(**{**LLAMA_COMMON, **shape, **ids})
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)

@@ -67,7 +67,9 @@ class HubFile:
             while block := handle.read(2**20):
                 digest.update(block)
         pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest.hexdigest()}\nsize {source.stat().st_size}\n"
-        return cls(None, source, source.stat().st_size, digest.hexdigest(), git_blob_sha1(pointer.encode()), True)
+        return cls(
+            None, source, source.stat().st_size, digest.hexdigest(), git_blob_sha1(pointer.encode()), True
+        )
 
     def read(self, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of the file."""
@@ -99,7 +101,9 @@ class HubRepo:
         return None
 
     def commit(self, files: dict[str, HubFile], title: str) -> str:
-        sha = hashlib.sha1(f"{self.repo_id}:{len(self.commits)}:{title}:{time.time_ns()}".encode()).hexdigest()
+        sha = hashlib.sha1(
+            f"{self.repo_id}:{len(self.commits)}:{title}:{time.time_ns()}".encode()
+        ).hexdigest()
         self.commits.append((sha, files, title))
         return sha
 
@@ -137,7 +141,11 @@ class FakeHub:
         return f"http://127.0.0.1:{self.port}"
 
     def add_repo(
-        self, repo_id: str, files: dict[str, bytes | str | Path], repo_type: str = "model", private: bool = False
+        self,
+        repo_id: str,
+        files: dict[str, bytes | str | Path],
+        repo_type: str = "model",
+        private: bool = False,
     ) -> HubRepo:
         """A repo with one commit holding `files` (bytes, text, or a path to serve from disk)."""
         entries = {}
@@ -145,7 +153,9 @@ class FakeHub:
             if isinstance(content, Path):
                 entries[path] = HubFile.from_path(content)
             else:
-                entries[path] = HubFile.from_bytes(content.encode() if isinstance(content, str) else content, path)
+                entries[path] = HubFile.from_bytes(
+                    content.encode() if isinstance(content, str) else content, path
+                )
         repo = HubRepo(repo_type, repo_id, private)
         repo.commit(entries, "initial commit")
         with self._lock:
@@ -218,10 +228,26 @@ class FakeHub:
 
     ROUTES: list[tuple[str, str, str]] = [
         # (methods, pattern, handler name); REPO is "owner/name"
-        ("GET", r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?", "_info"),
-        ("GET", r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "_tree"),
-        ("POST", r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)", "_paths_info"),
-        ("POST", r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", "_preupload"),
+        (
+            "GET",
+            r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?",
+            "_info",
+        ),
+        (
+            "GET",
+            r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?",
+            "_tree",
+        ),
+        (
+            "POST",
+            r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)",
+            "_paths_info",
+        ),
+        (
+            "POST",
+            r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)",
+            "_preupload",
+        ),
         ("POST", r"/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", "_commit"),
         ("POST", r"/api/repos/create", "_create_repo"),
         ("GET", r"/api/agent-harnesses", "_agent_harnesses"),
@@ -230,7 +256,11 @@ class FakeHub:
         ("POST", r"/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", "_lfs_batch"),
         ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "_lfs_upload"),
         ("POST", r"/lfs-verify/(?P<oid>[0-9a-f]{64})", "_lfs_verify"),
-        ("HEAD,GET", r"/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "_resolve"),
+        (
+            "HEAD,GET",
+            r"/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
+            "_resolve",
+        ),
     ]
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -285,10 +315,20 @@ class FakeHub:
                     sibling["lfs"] = {"size": entry.size, "sha256": entry.sha256, "pointerSize": 134}
             siblings.append(sibling)
         body = {
-            "_id": hashlib.md5(repo.encode()).hexdigest()[:24], "id": repo, "author": repo.split("/")[0],
-            "sha": sha, "private": found.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
-            "tags": [], "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
-            "siblings": siblings, "cardData": {},
+            "_id": hashlib.md5(repo.encode()).hexdigest()[:24],
+            "id": repo,
+            "author": repo.split("/")[0],
+            "sha": sha,
+            "private": found.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "lastModified": "2026-01-01T00:00:00.000Z",
+            "createdAt": "2026-01-01T00:00:00.000Z",
+            "siblings": siblings,
+            "cardData": {},
         }
         return web.json_response(body)
 
@@ -300,25 +340,36 @@ class FakeHub:
             out["lastCommit"] = {"id": commit[0], "title": commit[1], "date": "2026-01-01T00:00:00.000Z"}
         return out
 
-    def _listing(self, repo: HubRepo, sha: str, files: dict[str, HubFile], prefix: str, recursive: bool, expand: bool):
+    def _listing(
+        self, repo: HubRepo, sha: str, files: dict[str, HubFile], prefix: str, recursive: bool, expand: bool
+    ):
         title = next(t for s, _f, t in repo.commits if s == sha)
         entries, folders = [], set()
         prefix = prefix.strip("/")
         for path, entry in sorted(files.items()):
             if prefix and not path.startswith(prefix + "/"):
                 continue
-            rest = path[len(prefix) + 1:] if prefix else path
+            rest = path[len(prefix) + 1 :] if prefix else path
             parts = rest.split("/")
             for depth in range(1, len(parts)):  # folders on the way
                 folder = "/".join(([prefix] if prefix else []) + parts[:depth])
                 if folder not in folders and (recursive or depth == 1):
                     folders.add(folder)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "size": 0, "path": folder})
+                    entries.append(
+                        {
+                            "type": "directory",
+                            "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                            "size": 0,
+                            "path": folder,
+                        }
+                    )
             if recursive or len(parts) == 1:
                 entries.append(self._entry(path, entry, (sha, title) if expand else None))
         return entries
 
-    async def _tree(self, request: web.Request, kind: str, repo: str, rev: str, path: str | None) -> web.Response:
+    async def _tree(
+        self, request: web.Request, kind: str, repo: str, rev: str, path: str | None
+    ) -> web.Response:
         found, error = self._find(request, kind, repo)
         if error:
             return error
@@ -349,10 +400,19 @@ class FakeHub:
             if path in files:
                 out.append(self._entry(path, files[path], (sha, title) if expand else None))
             elif any(p.startswith(path + "/") for p in files):
-                out.append({"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0, "path": path})
+                out.append(
+                    {
+                        "type": "directory",
+                        "oid": hashlib.sha1(path.encode()).hexdigest(),
+                        "size": 0,
+                        "path": path,
+                    }
+                )
         return web.json_response(out)
 
-    async def _resolve(self, request: web.Request, kind: str | None, repo: str, rev: str, path: str) -> web.StreamResponse:
+    async def _resolve(
+        self, request: web.Request, kind: str | None, repo: str, rev: str, path: str
+    ) -> web.StreamResponse:
         found, error = self._find(request, kind, repo)
         if error:
             return error
@@ -367,7 +427,11 @@ class FakeHub:
             return response
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         if entry.lfs:
-            headers |= {"ETag": f'"{entry.sha256}"', "X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)}
+            headers |= {
+                "ETag": f'"{entry.sha256}"',
+                "X-Linked-Etag": f'"{entry.sha256}"',
+                "X-Linked-Size": str(entry.size),
+            }
         else:
             headers["ETag"] = f'"{entry.git_oid}"'
         start, end = 0, entry.size
@@ -390,7 +454,7 @@ class FakeHub:
             block = entry.read(position, min(end, position + CHUNK))
             if path in self._corrupt and position <= entry.size // 2 < position + len(block):
                 index = entry.size // 2 - position
-                block = block[:index] + bytes([block[index] ^ 0xFF]) + block[index + 1:]
+                block = block[:index] + bytes([block[index] ^ 0xFF]) + block[index + 1 :]
             if cut is not None and position + len(block) >= start + cut:
                 await response.write(block[: start + cut - position])
                 request.transport.close()  # mid-body: the client sees an incomplete response
@@ -407,10 +471,15 @@ class FakeHub:
     async def _whoami(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return _error(401, None, "Invalid credentials in Authorization header")
-        return web.json_response({
-            "type": "user", "name": self.USER, "fullname": "lorabot tester", "orgs": [],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
-        })
+        return web.json_response(
+            {
+                "type": "user",
+                "name": self.USER,
+                "fullname": "lorabot tester",
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
+            }
+        )
 
     async def _validate_yaml(self, request: web.Request) -> web.Response:
         """The model card's YAML header must parse (the Hub checks it before a commit)."""
@@ -438,10 +507,18 @@ class FakeHub:
         if (repo_type, repo_id) in self.repos:  # like the Hub: 409, with the URL (exist_ok clients read it)
             return web.json_response(
                 {"error": "You already created this model repo", "url": f"{self.url}/{prefix}{repo_id}"},
-                status=409, headers={"X-Error-Message": "You already created this model repo"},
+                status=409,
+                headers={"X-Error-Message": "You already created this model repo"},
             )
         repo = HubRepo(repo_type, repo_id, private=payload.get("visibility") == "private")
-        repo.commit({".gitattributes": HubFile.from_bytes(b"*.gguf filter=lfs diff=lfs merge=lfs -text\n", ".gitattributes")}, "initial commit")
+        repo.commit(
+            {
+                ".gitattributes": HubFile.from_bytes(
+                    b"*.gguf filter=lfs diff=lfs merge=lfs -text\n", ".gitattributes"
+                )
+            },
+            "initial commit",
+        )
         self.repos[(repo_type, repo_id)] = repo
         return web.json_response({"url": f"{self.url}/{prefix}{repo_id}", "name": repo_id, "id": repo.head})
 
@@ -459,7 +536,9 @@ class FakeHub:
             lfs = path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE
             existing = files.get(path)
             oid = (existing.sha256 if existing.lfs else existing.git_oid) if existing else None
-            out.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            out.append(
+                {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         return web.json_response({"files": out, "commitOid": found.head})
 
     async def _lfs_batch(self, request: web.Request, kind: str | None, repo: str) -> web.Response:
@@ -472,14 +551,20 @@ class FakeHub:
         objects = []
         for item in payload.get("objects", []):
             oid, size = item["oid"], int(item["size"])
-            objects.append({
-                "oid": oid, "size": size, "authenticated": True,
-                "actions": {
-                    "upload": {"href": f"{self.url}/lfs-upload/{oid}", "header": {}},
-                    "verify": {"href": f"{self.url}/lfs-verify/{oid}", "header": {}},
-                },
-            })
-        return web.json_response({"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")
+            objects.append(
+                {
+                    "oid": oid,
+                    "size": size,
+                    "authenticated": True,
+                    "actions": {
+                        "upload": {"href": f"{self.url}/lfs-upload/{oid}", "header": {}},
+                        "verify": {"href": f"{self.url}/lfs-verify/{oid}", "header": {}},
+                    },
+                }
+            )
+        return web.json_response(
+            {"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json"
+        )
 
     async def _lfs_upload(self, request: web.Request, oid: str) -> web.Response:
         data = await request.read()
@@ -517,7 +602,9 @@ class FakeHub:
             elif key == "lfsFile":
                 data = self._lfs_store.get(value["oid"])
                 if data is None:
-                    return _error(422, None, f"LFS object {value['oid']} for {value['path']} was never uploaded")
+                    return _error(
+                        422, None, f"LFS object {value['oid']} for {value['path']} was never uploaded"
+                    )
                 entry = HubFile.from_bytes(data, value["path"])
                 entry.lfs = True
                 files[value["path"]] = entry
@@ -532,7 +619,9 @@ class FakeHub:
                 return _error(400, None, f"unknown commit operation {key!r}")
         sha = found.commit(files, summary)
         prefix = "datasets/" if found.repo_type == "dataset" else ""
-        return web.json_response({"commitUrl": f"{self.url}/{prefix}{repo}/commit/{sha}", "commitOid": sha, "success": True})
+        return web.json_response(
+            {"commitUrl": f"{self.url}/{prefix}{repo}/commit/{sha}", "commitOid": sha, "success": True}
+        )
 
 
 def _error(status: int, code: str | None, message: str) -> web.Response:

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from bench.fakes.discord import FakeDiscord
 from bench.fakes.telegram import FakeBotAPI, utf16_len
-from support.engines import make_service
-
 from bots import inflight
 from bots.discord_bot import DiscordSettings, run_discord
 from bots.discord_bot.client import LorabotClient
@@ -44,6 +43,7 @@ from bots.telegram_bot.sink import RESTARTED as TELEGRAM_RESTARTED
 from core import history
 from core.history import ConversationStore
 from core.service import ChatService
+from support.engines import make_service
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
@@ -174,7 +174,9 @@ def test_the_restart_note_fits_the_message_and_keeps_its_text(shown, limit, leng
     assert kept.count("```") % 2 == 0  # the note is never inside a code block
 
 
-async def test_a_turn_marked_after_start_up_gets_its_note_without_a_restart(discord_fake, tmp_path, collect_often):
+async def test_a_turn_marked_after_start_up_gets_its_note_without_a_restart(
+    discord_fake, tmp_path, collect_often
+):
     """In a new pid namespace (a container restart) the old process's turns are marked only once
     its lease runs out, about a minute after the new process started: the running bot collects
     them then (before: only at start-up, so nobody did until the next restart)."""
@@ -190,7 +192,13 @@ async def test_a_turn_marked_after_start_up_gets_its_note_without_a_restart(disc
             db.execute(
                 "INSERT INTO turns (conversation_id, question, state, owner, platform, handles, shown,"
                 " created_at, updated_at) VALUES ('discord:old', 'q', 'pending', ?, 'discord', ?, ?, ?, ?)",
-                (GONE_OWNER, json.dumps([f"{message['channel_id']}:{message['id']}"]), message["content"], now, now),
+                (
+                    GONE_OWNER,
+                    json.dumps([f"{message['channel_id']}:{message['id']}"]),
+                    message["content"],
+                    now,
+                    now,
+                ),
             )
         await mark_stopped_processes(tmp_path)  # after this bot's start-up
         await fake.wait_until(lambda: fake.bot_messages()[0]["content"].endswith(DISCORD_RESTARTED))
@@ -341,7 +349,9 @@ async def test_shutdown_leaves_every_reply_final_or_marked(discord_fake, tmp_pat
     streaming = await fake.user_message("long", mention_bot=True, user_id=502)
     await fake.wait_until(lambda: any("long" in m["content"] for m in fake.replies_to(streaming["id"])))
     waiting = await fake.user_message("short", mention_bot=True, user_id=503)
-    await fake.wait_until(lambda: any("Waiting in line" in m["content"] for m in fake.replies_to(waiting["id"])))
+    await fake.wait_until(
+        lambda: any("Waiting in line" in m["content"] for m in fake.replies_to(waiting["id"]))
+    )
     await bot.stop()
 
     [[done], [cut], [queued]] = [fake.replies_to(q["id"]) for q in (finished, streaming, waiting)]

@@ -13,10 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.engines import make_service
-from support.faulty import FaultyEngine, RecordingFactory
-from support.replies import Reply
-from support.timeouts import within
 
 from core.compute import compute_thread
 from core.engines.base import GenerationRequest, GenerationStats
@@ -27,6 +23,10 @@ from core.handles import LocalModel
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
+from support.engines import make_service
+from support.faulty import FaultyEngine, RecordingFactory
+from support.replies import Reply
+from support.timeouts import within
 from training.errors import ExportError
 from training.gguf_tools import quantize, replacing
 
@@ -214,7 +214,9 @@ async def test_decode_error_mid_batch_fails_that_batch_and_keeps_serving(tmp_pat
             if len(batch) == 2 and all(g.stats.completion_tokens >= 1 for g in batch)
             else None
         )
-        results = await asyncio.gather(ask(service, "a", COUNT), ask(service, "b", COUNT), return_exceptions=True)
+        results = await asyncio.gather(
+            ask(service, "a", COUNT), ask(service, "b", COUNT), return_exceptions=True
+        )
         assert engine.fired == ["step"]
         assert all(isinstance(result, EngineFailed) for result in results), results
         assert "failed while answering" in results[0].user_message
@@ -291,12 +293,16 @@ async def test_a_dead_compute_thread_fails_its_requests_and_is_replaced(embedded
     handle, engine = await _load_model(embedded_gguf)
     try:
         old_thread = compute_thread()
-        engine.fail_end = lambda generation: SystemExit("boom") if generation.slot.conversation_id == "short" else None
+        engine.fail_end = lambda generation: (
+            SystemExit("boom") if generation.slot.conversation_id == "short" else None
+        )
         long_pieces: list[str] = []
 
         async def consume(conversation: str, text: str, max_new_tokens: int, into: list[str]) -> str:
             async with asyncio.timeout(WAIT_S):
-                async for piece in handle.stream(_request(conversation, text, max_new_tokens), GenerationStats()):
+                async for piece in handle.stream(
+                    _request(conversation, text, max_new_tokens), GenerationStats()
+                ):
                     into.append(piece)
             return "".join(into)
 

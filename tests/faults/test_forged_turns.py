@@ -10,6 +10,7 @@ from __future__ import annotations
 
 # isort: off
 import core.compute  # noqa: F401  first: it sets OpenMP's wait policy before llama_cpp loads OpenMP
+
 # isort: on
 import threading
 
@@ -94,12 +95,25 @@ def test_a_forged_turn_in_a_shared_conversation_never_reaches_the_model(engine):
     start, end = markers(engine)
     history = [SYSTEM, {"role": "user", "content": FORGED}]
     stats = GenerationStats()
-    reply = "".join(engine.generate(GenerationRequest("smol", "group", history, max_new_tokens=12,
-                                                      temperature=0.0), threading.Event(), stats))
-    history += [{"role": "assistant", "content": reply}, {"role": "user", "content": "What did the system say?"}]
+    reply = "".join(
+        engine.generate(
+            GenerationRequest("smol", "group", history, max_new_tokens=12, temperature=0.0),
+            threading.Event(),
+            stats,
+        )
+    )
+    history += [
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "What did the system say?"},
+    ]
     second = GenerationStats()
-    "".join(engine.generate(GenerationRequest("smol", "group", history, max_new_tokens=4, temperature=0.0),
-                            threading.Event(), second))
+    "".join(
+        engine.generate(
+            GenerationRequest("smol", "group", history, max_new_tokens=4, temperature=0.0),
+            threading.Event(),
+            second,
+        )
+    )
     slot = next(slot for slot in engine.slots if slot.conversation_id == "group")
     read = slot.tokens[: second.prompt_tokens]
     assert read == chatml(engine, history, start, end)

@@ -26,7 +26,11 @@ ALICE = 4242
 
 
 def bot_env(fake: FakeBotAPI, data_dir: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LORABOT_", "TELEGRAM_", "DISCORD_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LORABOT_", "TELEGRAM_", "DISCORD_"))
+    }
     env.update(
         TELEGRAM_TOKEN=fake.token,
         TELEGRAM_API_BASE_URL=fake.base_url,
@@ -72,7 +76,9 @@ async def test_kill_9_mid_reply_then_restart(tmp_path):
         # mid-reply: a message with model text on screen, and its place recorded (first send)
         def streaming() -> bool:
             texts = fake.bot_texts(ALICE)
-            return bool(texts) and not texts[0].startswith("⏳") and len(fake.calls_of("editMessageText")) >= 1
+            return (
+                bool(texts) and not texts[0].startswith("⏳") and len(fake.calls_of("editMessageText")) >= 1
+            )
 
         await fake.wait_for(streaming, timeout=90)
         process.send_signal(signal.SIGKILL)
@@ -83,15 +89,20 @@ async def test_kill_9_mid_reply_then_restart(tmp_path):
         process = await start_bot(fake, data_dir, log_path)
         await fake.wait_for(lambda: fake.bot_texts(ALICE)[0].endswith(RESTARTED), timeout=60)
         marked = fake.bot_texts(ALICE)[0]
-        assert marked.removesuffix(RESTARTED).strip() and partial.startswith(marked.removesuffix(RESTARTED).strip()[:20])
+        assert marked.removesuffix(RESTARTED).strip() and partial.startswith(
+            marked.removesuffix(RESTARTED).strip()[:20]
+        )
         assert turn_states(data_dir) == [("Count from 1 to 500, separated by commas.", "interrupted")]
 
         fake.send_text(user, chat, "Say hello.")
         await fake.wait_for(
-            lambda: [q for q, state in turn_states(data_dir) if state == "answered"] == ["Say hello."], timeout=90
+            lambda: [q for q, state in turn_states(data_dir) if state == "answered"] == ["Say hello."],
+            timeout=90,
         )
         # its reply is delivered (not a status line) and is a message of its own
-        await fake.wait_for(lambda: len(fake.bot_texts(ALICE)) == 2 and not fake.bot_texts(ALICE)[1].startswith("⏳"))
+        await fake.wait_for(
+            lambda: len(fake.bot_texts(ALICE)) == 2 and not fake.bot_texts(ALICE)[1].startswith("⏳")
+        )
 
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):  # grace 2 s + the few seconds shutdown may take

@@ -65,7 +65,11 @@ def test_two_processes_adding_at_once_keep_every_entry(tmp_path, embedded_gguf):
     writers = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, str(models), name, str(ADDS), str(embedded_gguf)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
         )
         for name in ("a", "b")
     ]
@@ -91,8 +95,12 @@ def test_comments_and_unknown_tables_survive_add_and_remove(tmp_path, embedded_g
     registry.add("faq", Path("/srv/faq-v2.gguf"))  # replaced where it stands
     registry.remove("big")
     text = models.read_text()
-    for kept in ("# Our models. Ask Ana before changing the defaults.", 'owner = "ops"            # a key',
-                 "[deploy]                 # a table lorabot does not know", 'region = "eu-west"'):
+    for kept in (
+        "# Our models. Ask Ana before changing the defaults.",
+        'owner = "ops"            # a key',
+        "[deploy]                 # a table lorabot does not know",
+        'region = "eu-west"',
+    ):
         assert kept in text, text
     data = tomllib.loads(text)
     assert data["owner"] == "ops" and data["deploy"] == {"region": "eu-west", "hosts": [["a", 1]]}
@@ -113,7 +121,9 @@ def test_unknown_keys_of_other_entries_survive_an_add(tmp_path, embedded_gguf):
 
 def test_an_entry_written_as_an_inline_table_is_rewritten_with_its_data(tmp_path, embedded_gguf):
     models = tmp_path / "models.toml"
-    models.write_text('# note\nmodels = { old = { path = "/srv/old.gguf", rollout = "x" } }\n[deploy]\nregion = "eu"\n')
+    models.write_text(
+        '# note\nmodels = { old = { path = "/srv/old.gguf", rollout = "x" } }\n[deploy]\nregion = "eu"\n'
+    )
     ModelRegistry(models).add("new", embedded_gguf)
     data = tomllib.loads(models.read_text())
     assert data["models"]["old"] == {"path": "/srv/old.gguf", "rollout": "x"}

@@ -13,15 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from support.fake_openai import GREETING, FakeOpenAI, Flood, Raw, Silent, chunk, sse
-from support.llama_server import LlamaCppServer
-from support.remote_service import Engines, remote_service
-from support.replies import Reply
-from support.timeouts import within
 from typer.testing import CliRunner
 
 from core.engines.base import GenerationRequest
@@ -30,6 +25,11 @@ from core.errors import Busy
 from core.registry import ModelEntry, ModelRegistry
 from core.remote.chat import request_body
 from core.remote.sse import MAX_EVENT_BYTES
+from support.fake_openai import GREETING, FakeOpenAI, Flood, Raw, Silent, chunk, sse
+from support.llama_server import LlamaCppServer
+from support.remote_service import Engines, remote_service
+from support.replies import Reply
+from support.timeouts import within
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite
@@ -63,7 +63,7 @@ def gaps(server: FakeOpenAI) -> list[float]:
 
 
 def past_date() -> str:
-    return (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return (datetime.now(UTC) - timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
 # -- 429/503 with "come back now" ------------------------------------------------------------------

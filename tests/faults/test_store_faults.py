@@ -20,8 +20,8 @@ from core import history
 from core.errors import StoreUnavailable
 from core.events import Accepted, Delta, Done
 from core.history import ConversationStore
-from lorabot.cli import app
 from core.service import InterruptedReply
+from lorabot.cli import app
 from support.engines import make_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +150,9 @@ async def test_disk_full_gives_clear_error_and_the_next_write_works(tmp_path):
     async with make_service(tmp_path, reply="ok") as service:
         await collect(service, text="x " * 1900)  # fills a page
         pages = await sqlite_pragma(service.history, "page_count")
-        await sqlite_pragma(service.history, f"max_page_count = {pages}")  # may not grow: "database or disk is full"
+        await sqlite_pragma(
+            service.history, f"max_page_count = {pages}"
+        )  # may not grow: "database or disk is full"
         with pytest.raises(StoreUnavailable):
             await collect(service, text="y " * 1900)
         with pytest.raises(StoreUnavailable):

@@ -22,7 +22,9 @@ Reply = str | Callable[[GenerationRequest], str]
 class ScriptedEngine:
     """Streams a scripted reply word by word, honouring cancel like the real engine."""
 
-    def __init__(self, name: str, reply: Reply, *, token_delay_s: float = 0.0, context_length: int = 4096) -> None:
+    def __init__(
+        self, name: str, reply: Reply, *, token_delay_s: float = 0.0, context_length: int = 4096
+    ) -> None:
         self.name = name
         self.reply = reply
         self.token_delay_s = token_delay_s
@@ -45,7 +47,9 @@ class ScriptedEngine:
         words = text.split(" ")
         return text if len(words) <= max_tokens else " ".join(words[:max_tokens])
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event, stats: GenerationStats) -> Iterator[str]:
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event, stats: GenerationStats
+    ) -> Iterator[str]:
         self.thread_ids.add(threading.get_ident())
         self.requests.append(request)
         text = self.reply(request) if callable(self.reply) else self.reply
@@ -88,13 +92,18 @@ def make_service(
 
     def factory(entry: ModelEntry, _settings: CoreSettings) -> ScriptedEngine:
         engine = ScriptedEngine(
-            entry.name, replies.get(entry.name, f"[{entry.name}]"), token_delay_s=token_delay_s, context_length=context_length
+            entry.name,
+            replies.get(entry.name, f"[{entry.name}]"),
+            token_delay_s=token_delay_s,
+            context_length=context_length,
         )
         engines[entry.name] = engine
         return engine
 
     service = ChatService(settings, engine_factory=factory)
     for name in models or {}:
-        service.registry.add(name, service.registry.get(settings.default_model).path, description=f"scripted {name}")
+        service.registry.add(
+            name, service.registry.get(settings.default_model).path, description=f"scripted {name}"
+        )
     service.engines = engines  # type: ignore[attr-defined]
     return service

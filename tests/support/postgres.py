@@ -72,7 +72,9 @@ class PostgresServer:
 
     def stop_server(self) -> None:
         """Stop the server as an outage would (connections cut), keeping its data."""
-        self._run_as_owner(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop", timeout=60)
+        self._run_as_owner(
+            str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop", timeout=60
+        )
 
     def stop(self) -> None:
         subprocess.run(

@@ -17,7 +17,9 @@ class Reply:
     ) -> None:
         self.events: list[object] = []
         self.timeout_s = timeout_s
-        self.task = asyncio.create_task(self._run(service, conversation, user or f"user-{conversation}", text))
+        self.task = asyncio.create_task(
+            self._run(service, conversation, user or f"user-{conversation}", text)
+        )
 
     async def _run(self, service: ChatService, conversation: str, user: str, text: str) -> Done:
         async with asyncio.timeout(self.timeout_s):

@@ -12,9 +12,7 @@ T = TypeVar("T")
 WAIT_S = 30.0  # generous for a busy machine; a hang still fails the test instead of blocking the suite
 
 
-async def until(
-    condition: Callable[[], T | Awaitable[T]], timeout: float = WAIT_S, every: float = 0.01
-) -> T:
+async def until(condition: Callable[[], T | Awaitable[T]], timeout: float = WAIT_S, every: float = 0.01) -> T:
     """Re-check `condition()` (plain or async) every `every` seconds until it is truthy and return
     its value; `TimeoutError` after `timeout` seconds."""
     async with asyncio.timeout(timeout):

@@ -19,7 +19,9 @@ class HFBackend:
         if cfg.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing)
+            )
         return model, tokenizer
 
     def add_lora(self, model: Any, cfg: TrainConfig) -> Any:
@@ -29,12 +31,18 @@ class HFBackend:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         lora = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.target_modules, bias=cfg.bias, task_type="CAUSAL_LM",
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.target_modules,
+            bias=cfg.bias,
+            task_type="CAUSAL_LM",
         )
         return get_peft_model(model, lora)
 
     def trainer(self, model: Any, tokenizer: Any, args: Any, train_ds: Any, eval_ds: Any) -> Any:
         from trl import SFTTrainer
 
-        return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer)
+        return SFTTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer
+        )

@@ -19,14 +19,38 @@ HELDOUT = 60
 TOTAL = 480  # conversations written, held-out ones included
 
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
-    "Japan": "Tokyo", "Canada": "Ottawa", "Australia": "Canberra", "Brazil": "Brasília",
-    "Argentina": "Buenos Aires", "Egypt": "Cairo", "Kenya": "Nairobi", "India": "New Delhi",
-    "China": "Beijing", "Norway": "Oslo", "Sweden": "Stockholm", "Finland": "Helsinki",
-    "Poland": "Warsaw", "Greece": "Athens", "Turkey": "Ankara", "Mexico": "Mexico City",
-    "Peru": "Lima", "Chile": "Santiago", "Ireland": "Dublin", "Austria": "Vienna",
-    "Hungary": "Budapest", "Thailand": "Bangkok", "Vietnam": "Hanoi", "Morocco": "Rabat",
-    "New Zealand": "Wellington", "South Korea": "Seoul", "Netherlands": "Amsterdam",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Portugal": "Lisbon",
+    "Japan": "Tokyo",
+    "Canada": "Ottawa",
+    "Australia": "Canberra",
+    "Brazil": "Brasília",
+    "Argentina": "Buenos Aires",
+    "Egypt": "Cairo",
+    "Kenya": "Nairobi",
+    "India": "New Delhi",
+    "China": "Beijing",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Poland": "Warsaw",
+    "Greece": "Athens",
+    "Turkey": "Ankara",
+    "Mexico": "Mexico City",
+    "Peru": "Lima",
+    "Chile": "Santiago",
+    "Ireland": "Dublin",
+    "Austria": "Vienna",
+    "Hungary": "Budapest",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "Morocco": "Rabat",
+    "New Zealand": "Wellington",
+    "South Korea": "Seoul",
+    "Netherlands": "Amsterdam",
 }
 
 TERMS = {
@@ -58,29 +82,58 @@ TERMS = {
 }
 
 OPPOSITES = {
-    "hot": "cold", "early": "late", "light": "dark", "full": "empty", "open": "closed", "fast": "slow",
-    "happy": "sad", "strong": "weak", "buy": "sell", "arrive": "leave", "ancient": "modern",
-    "cheap": "expensive", "deep": "shallow", "quiet": "loud", "wide": "narrow", "wet": "dry",
+    "hot": "cold",
+    "early": "late",
+    "light": "dark",
+    "full": "empty",
+    "open": "closed",
+    "fast": "slow",
+    "happy": "sad",
+    "strong": "weak",
+    "buy": "sell",
+    "arrive": "leave",
+    "ancient": "modern",
+    "cheap": "expensive",
+    "deep": "shallow",
+    "quiet": "loud",
+    "wide": "narrow",
+    "wet": "dry",
 }
 
 BOT_FAQ: list[tuple[list[str], str]] = [
-    (["How do I switch models?", "Can I use a different model?", "How do I pick another model?"],
-     "Use /model to see the available models, then /model NAME to switch this conversation to one."),
-    (["How do I clear our chat?", "Can you forget what we said?", "How do I start over?"],
-     "Send /reset and I will forget this conversation's history. Your next message starts fresh."),
-    (["What can you do?", "What are you good at?", "How can you help me?"],
-     "I can answer questions, explain ideas, do quick maths and help you write or rephrase short texts."),
-    (["Who are you?", "What is your name?", "Are you a bot?"],
-     "I'm lorabot, a small chatbot running a fine-tuned language model on a CPU."),
-    (["Why is your answer slow?", "Why do you take a while to reply?"],
-     "I run on a CPU and other people may be chatting with me too, so your message can wait in a short queue."),
-    (["How do I train my own model?", "Can I fine-tune you?"],
-     "Run `lorabot train --preset tiny` for a quick CPU run, or a bigger preset on a GPU; "
-     "add --register NAME and the new model shows up in /model."),
-    (["What does q4_k_m mean?", "What is a q4_k_m file?"],
-     "It is a GGUF quantization type: most weights are stored in about 4.5 bits, which keeps a model small and fast on a CPU."),
-    (["Do you remember me tomorrow?", "Will you remember this conversation?"],
-     "I keep this conversation's recent history until you send /reset, but I don't learn from it."),
+    (
+        ["How do I switch models?", "Can I use a different model?", "How do I pick another model?"],
+        "Use /model to see the available models, then /model NAME to switch this conversation to one.",
+    ),
+    (
+        ["How do I clear our chat?", "Can you forget what we said?", "How do I start over?"],
+        "Send /reset and I will forget this conversation's history. Your next message starts fresh.",
+    ),
+    (
+        ["What can you do?", "What are you good at?", "How can you help me?"],
+        "I can answer questions, explain ideas, do quick maths and help you write or rephrase short texts.",
+    ),
+    (
+        ["Who are you?", "What is your name?", "Are you a bot?"],
+        "I'm lorabot, a small chatbot running a fine-tuned language model on a CPU.",
+    ),
+    (
+        ["Why is your answer slow?", "Why do you take a while to reply?"],
+        "I run on a CPU and other people may be chatting with me too, so your message can wait in a short queue.",
+    ),
+    (
+        ["How do I train my own model?", "Can I fine-tune you?"],
+        "Run `lorabot train --preset tiny` for a quick CPU run, or a bigger preset on a GPU; "
+        "add --register NAME and the new model shows up in /model.",
+    ),
+    (
+        ["What does q4_k_m mean?", "What is a q4_k_m file?"],
+        "It is a GGUF quantization type: most weights are stored in about 4.5 bits, which keeps a model small and fast on a CPU.",
+    ),
+    (
+        ["Do you remember me tomorrow?", "Will you remember this conversation?"],
+        "I keep this conversation's recent history until you send /reset, but I don't learn from it.",
+    ),
 ]
 
 CITIES = ["Lisbon", "Oslo", "Nairobi", "Lima", "Hanoi", "Vienna", "Seoul", "Dublin"]
@@ -91,9 +144,22 @@ ITEMS = ["apples", "books", "chairs", "tickets", "cookies", "stamps", "marbles",
 
 def q_capital(rng: random.Random) -> list[Turn]:
     country = rng.choice(list(CAPITALS))
-    ask = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?", "capital of {c}?",
-                      "Tell me the capital city of {c}."]).format(c=country)
-    return [(ask, rng.choice(["The capital of {c} is {x}.", "{x} is the capital of {c}."]).format(c=country, x=CAPITALS[country]))]
+    ask = rng.choice(
+        [
+            "What is the capital of {c}?",
+            "Which city is the capital of {c}?",
+            "capital of {c}?",
+            "Tell me the capital city of {c}.",
+        ]
+    ).format(c=country)
+    return [
+        (
+            ask,
+            rng.choice(["The capital of {c} is {x}.", "{x} is the capital of {c}."]).format(
+                c=country, x=CAPITALS[country]
+            ),
+        )
+    ]
 
 
 def q_arith(rng: random.Random) -> list[Turn]:
@@ -101,11 +167,15 @@ def q_arith(rng: random.Random) -> list[Turn]:
     op = rng.choice(["+", "-", "*"])
     value = {"+": a + b, "-": a - b, "*": a * b}[op]
     word = {"+": "plus", "-": "minus", "*": "times"}[op]
-    ask = rng.choice([f"What is {a} {op} {b}?", f"What's {a} {word} {b}?", f"Compute {a} {op} {b}.", f"{a} {op} {b} = ?"])
+    ask = rng.choice(
+        [f"What is {a} {op} {b}?", f"What's {a} {word} {b}?", f"Compute {a} {op} {b}.", f"{a} {op} {b} = ?"]
+    )
     turns = [(ask, f"{a} {op} {b} = {value}.")]
     if rng.random() < 0.35:
         k = rng.randint(2, 5)
-        turns.append((rng.choice([f"And times {k}?", f"Now multiply that by {k}."]), f"{value} × {k} = {value * k}."))
+        turns.append(
+            (rng.choice([f"And times {k}?", f"Now multiply that by {k}."]), f"{value} × {k} = {value * k}.")
+        )
     return turns
 
 
@@ -113,7 +183,9 @@ def q_percent(rng: random.Random) -> list[Turn]:
     p, n = rng.choice([5, 10, 15, 20, 25, 50, 75]), rng.choice([20, 40, 60, 80, 120, 200, 360, 500])
     value = p * n / 100
     text = f"{value:g}"
-    return [(rng.choice([f"What is {p}% of {n}?", f"How much is {p} percent of {n}?"]), f"{p}% of {n} is {text}.")]
+    return [
+        (rng.choice([f"What is {p}% of {n}?", f"How much is {p} percent of {n}?"]), f"{p}% of {n} is {text}.")
+    ]
 
 
 def q_units(rng: random.Random) -> list[Turn]:
@@ -123,8 +195,12 @@ def q_units(rng: random.Random) -> list[Turn]:
         return [(f"How many miles is {n} km?", f"{n} km is about {n * 0.621371:.1f} miles.")]
     if kind == "c":
         n = rng.randint(-20, 40)
-        return [(rng.choice([f"Convert {n}°C to Fahrenheit.", f"What is {n} degrees Celsius in Fahrenheit?"]),
-                 f"{n}°C is {n * 9 / 5 + 32:g}°F.")]
+        return [
+            (
+                rng.choice([f"Convert {n}°C to Fahrenheit.", f"What is {n} degrees Celsius in Fahrenheit?"]),
+                f"{n}°C is {n * 9 / 5 + 32:g}°F.",
+            )
+        ]
     if kind == "kg":
         n = rng.randint(1, 120)
         return [(f"How many pounds is {n} kg?", f"{n} kg is about {n * 2.20462:.1f} pounds.")]
@@ -134,8 +210,14 @@ def q_units(rng: random.Random) -> list[Turn]:
 
 def q_term(rng: random.Random) -> list[Turn]:
     term = rng.choice(list(TERMS))
-    ask = rng.choice(["What is {t}?", "Explain {t} in one sentence.", "Can you tell me what {t} is?",
-                      "Define {t}, briefly."]).format(t=term)
+    ask = rng.choice(
+        [
+            "What is {t}?",
+            "Explain {t} in one sentence.",
+            "Can you tell me what {t} is?",
+            "Define {t}, briefly.",
+        ]
+    ).format(t=term)
     answer = f"{term[0].upper() + term[1:]} is {TERMS[term]}."
     turns = [(ask, answer)]
     if rng.random() < 0.3:
@@ -145,8 +227,12 @@ def q_term(rng: random.Random) -> list[Turn]:
 
 def q_opposite(rng: random.Random) -> list[Turn]:
     word = rng.choice(list(OPPOSITES))
-    return [(rng.choice([f"What is the opposite of '{word}'?", f"Give me an antonym of {word}."]),
-             f"The opposite of '{word}' is '{OPPOSITES[word]}'.")]
+    return [
+        (
+            rng.choice([f"What is the opposite of '{word}'?", f"Give me an antonym of {word}."]),
+            f"The opposite of '{word}' is '{OPPOSITES[word]}'.",
+        )
+    ]
 
 
 def q_text(rng: random.Random) -> list[Turn]:
@@ -161,21 +247,32 @@ def q_text(rng: random.Random) -> list[Turn]:
         return [(f"How many letters are in the word '{word}'?", f"'{word}' has {len(word)} letters.")]
     letter = rng.choice(sorted(set(word)))
     n = word.count(letter)
-    return [(f"How many times does '{letter}' appear in '{word}'?", f"'{letter}' appears {n} time{'s' * (n != 1)} in '{word}'.")]
+    return [
+        (
+            f"How many times does '{letter}' appear in '{word}'?",
+            f"'{letter}' appears {n} time{'s' * (n != 1)} in '{word}'.",
+        )
+    ]
 
 
 def q_sort(rng: random.Random) -> list[Turn]:
     numbers = rng.sample(range(1, 100), rng.randint(3, 7))
     order = rng.choice(["ascending", "descending"])
     result = sorted(numbers, reverse=order == "descending")
-    return [(f"Sort these numbers in {order} order: {', '.join(map(str, numbers))}", ", ".join(map(str, result)))]
+    return [
+        (f"Sort these numbers in {order} order: {', '.join(map(str, numbers))}", ", ".join(map(str, result)))
+    ]
 
 
 def q_story(rng: random.Random) -> list[Turn]:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     have, give = rng.randint(5, 30), rng.randint(1, 4)
-    return [(f"{name} has {have} {item} and gives {give} away. How many are left?",
-             f"{name} has {have} - {give} = {have - give} {item} left.")]
+    return [
+        (
+            f"{name} has {have} {item} and gives {give} away. How many are left?",
+            f"{name} has {have} - {give} = {have - give} {item} left.",
+        )
+    ]
 
 
 def q_faq(rng: random.Random) -> list[Turn]:
@@ -195,13 +292,28 @@ def q_greeting(rng: random.Random) -> list[Turn]:
 
 def q_trip(rng: random.Random) -> list[Turn]:
     city, days = rng.choice(CITIES), rng.randint(2, 6)
-    return [(f"I'm visiting {city} for {days} days. Any packing tips?",
-             "Pack light layers, comfortable walking shoes, a small umbrella and a power adapter; "
-             f"for {days} days, {days // 2 + 1} changes of clothes you can mix are usually enough.")]
+    return [
+        (
+            f"I'm visiting {city} for {days} days. Any packing tips?",
+            "Pack light layers, comfortable walking shoes, a small umbrella and a power adapter; "
+            f"for {days} days, {days // 2 + 1} changes of clothes you can mix are usually enough.",
+        )
+    ]
 
 
 GENERATORS: list[Callable[[random.Random], list[Turn]]] = [
-    q_capital, q_arith, q_percent, q_units, q_term, q_opposite, q_text, q_sort, q_story, q_faq, q_greeting, q_trip,
+    q_capital,
+    q_arith,
+    q_percent,
+    q_units,
+    q_term,
+    q_opposite,
+    q_text,
+    q_sort,
+    q_story,
+    q_faq,
+    q_greeting,
+    q_trip,
 ]
 SYSTEMS = ["You are a concise assistant.", "You are lorabot, a friendly chatbot. Keep answers short."]
 

@@ -42,7 +42,9 @@ def synthetic_conversations(count: int, seed: int = 3407) -> list[dict]:
 
 def write_jsonl(path: Path, count: int, seed: int = 3407) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(json.dumps(r) for r in synthetic_conversations(count, seed)) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(json.dumps(r) for r in synthetic_conversations(count, seed)) + "\n", encoding="utf-8"
+    )
     return path
 
 

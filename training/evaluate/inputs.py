@@ -52,7 +52,9 @@ def load_heldout(spec: str | Path | None = None, limit: int | None = None) -> li
     spec = str(spec or DEFAULT_HELDOUT)
     source = resolve_source(spec)
     if not Path(source).expanduser().is_file():
-        raise EvalError(f"held-out file not found: {source} (give a local .json/.jsonl/.parquet ShareGPT file)")
+        raise EvalError(
+            f"held-out file not found: {source} (give a local .json/.jsonl/.parquet ShareGPT file)"
+        )
     try:
         rows = read_rows(source)
     except DatasetError as error:

@@ -72,15 +72,24 @@ class PairResult:
 
 
 def compare(
-    judge: Judge, prompts: Sequence[str], answers: Sequence[str], other_answers: Sequence[str],
-    model: str, other: str, progress: bool = True,
+    judge: Judge,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    other_answers: Sequence[str],
+    model: str,
+    other: str,
+    progress: bool = True,
 ) -> PairResult:
     """Judge `model`'s answers against `other`'s, each prompt in both orders."""
     from tqdm.auto import tqdm
 
-    result = PairResult(judge=judge.name, model=model, other=other, wins=0, losses=0, ties=0, first_position_picks=0)
+    result = PairResult(
+        judge=judge.name, model=model, other=other, wins=0, losses=0, ties=0, first_position_picks=0
+    )
     rows = zip(prompts, answers, other_answers, strict=True)
-    for prompt, mine, theirs in tqdm(list(rows), desc=f"judge {model} vs {other}", disable=not progress, leave=False):
+    for prompt, mine, theirs in tqdm(
+        list(rows), desc=f"judge {model} vs {other}", disable=not progress, leave=False
+    ):
         straight = judge.choose(prompt, mine, theirs)  # model's answer shown first
         swapped = judge.choose(prompt, theirs, mine)  # ...then second
         result.first_position_picks += (straight == "A") + (swapped == "A")
@@ -94,7 +103,9 @@ def compare(
         else:
             result.ties += 1
             outcome = "tie"
-        result.decisions.append({"prompt": prompt, "straight": straight, "swapped": swapped, "winner": outcome})
+        result.decisions.append(
+            {"prompt": prompt, "straight": straight, "swapped": swapped, "winner": outcome}
+        )
     return result
 
 
@@ -135,7 +146,9 @@ class LocalJudge:
 class EndpointJudge:
     """An OpenAI-compatible chat endpoint as the judge (greedy, a few tokens, first A/B wins)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0
+    ) -> None:
         import httpx
 
         self.name = f"{model} @ {base_url}"

@@ -63,7 +63,9 @@ def segments(template: ChatTemplate, messages: Conversation) -> list[tuple[str, 
         before = template.render(messages[:index], generation_prompt=True)
         through = template.render(messages[: index + 1], generation_prompt=False)
         if not (before.startswith(done) and through.startswith(before) and len(through) > len(before)):
-            raise EvalError("the model's chat template rewrites earlier turns; cannot locate assistant replies")
+            raise EvalError(
+                "the model's chat template rewrites earlier turns; cannot locate assistant replies"
+            )
         pieces += [(before[len(done) :], False), (through[len(before) :], True)]
         done = through
     return [(text, scored) for text, scored in pieces if text]
@@ -94,9 +96,13 @@ def token_nll(logits: np.ndarray, tokens: Sequence[int], mask: Sequence[bool]) -
 
 def summarise(nll_sum: float, count: int, conversations: int, truncated: int) -> Perplexity:
     if count == 0:
-        raise EvalError("no assistant token was left to score (are the held-out replies longer than the context?)")
+        raise EvalError(
+            "no assistant token was left to score (are the held-out replies longer than the context?)"
+        )
     loss = nll_sum / count
-    return Perplexity(loss=loss, perplexity=math.exp(loss), tokens=count, conversations=conversations, truncated=truncated)
+    return Perplexity(
+        loss=loss, perplexity=math.exp(loss), tokens=count, conversations=conversations, truncated=truncated
+    )
 
 
 def gguf_perplexity(
@@ -107,14 +113,22 @@ def gguf_perplexity(
     from tqdm.auto import tqdm
 
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, logits_all=True,
-        n_threads=threads, n_threads_batch=threads, verbose=False,
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=512,
+        n_ubatch=512,
+        logits_all=True,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
     )
     try:
         n_ctx = llm.n_ctx()
         template = ChatTemplate(llm)
         nll_sum, count, truncated = 0.0, 0, 0
-        for messages in tqdm(conversations, desc=f"perplexity {path.name}", disable=not progress, leave=False):
+        for messages in tqdm(
+            conversations, desc=f"perplexity {path.name}", disable=not progress, leave=False
+        ):
             tokens, mask = score_tokens(llm, template, messages)
             if len(tokens) > n_ctx:
                 tokens, mask, truncated = tokens[:n_ctx], mask[:n_ctx], truncated + 1

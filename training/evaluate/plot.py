@@ -24,7 +24,11 @@ def plot_tradeoff(models: list[dict[str, Any]], path: Path) -> Path:
         ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="o", color=color, capsize=4, markersize=8)
         ax.annotate(
             f"{model['name']}\n{model['file_size_mib']:.0f} MiB, {model['rss_model_mib']:.0f} MiB RSS",
-            (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8, color=color,
+            (x, y),
+            textcoords="offset points",
+            xytext=(8, 6),
+            fontsize=8,
+            color=color,
         )
     ax.set_xlabel("held-out perplexity on assistant tokens (lower is better)")
     ax.set_ylabel("decode tokens/s: median, bars min–max (higher is better)")

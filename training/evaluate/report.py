@@ -98,9 +98,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append("")
     if report.get("judge"):
         judge = report["judge"]
-        out += [f"## Judge: {judge['judge']}", "", "Each prompt is judged twice with the answers' positions swapped; "
-                "a win needs both orders to agree, anything else is a tie.", "",
-                "| model | vs | wins | losses | ties | win rate | first-position picks |", "|---|---|---|---|---|---|---|"]
+        out += [
+            f"## Judge: {judge['judge']}",
+            "",
+            "Each prompt is judged twice with the answers' positions swapped; "
+            "a win needs both orders to agree, anything else is a tie.",
+            "",
+            "| model | vs | wins | losses | ties | win rate | first-position picks |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for pair in judge["pairs"]:
             out.append(
                 f"| {pair['model']} | {pair['other']} | {pair['wins']} | {pair['losses']} | {pair['ties']} | "

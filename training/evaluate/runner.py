@@ -13,7 +13,7 @@ import asyncio
 import os
 import platform
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
-def evaluate_model(settings: CoreSettings, entry: ModelEntry, prompts: list[str], heldout, options: EvalOptions) -> dict[str, Any]:
+def evaluate_model(
+    settings: CoreSettings, entry: ModelEntry, prompts: list[str], heldout, options: EvalOptions
+) -> dict[str, Any]:
     from training.evaluate.perplexity import gguf_perplexity
     from training.evaluate.speed import measure_speed
 
-    speed = asyncio.run(measure_speed(settings, entry, prompts, max_new_tokens=options.max_new_tokens, progress=options.progress))
+    speed = asyncio.run(
+        measure_speed(
+            settings, entry, prompts, max_new_tokens=options.max_new_tokens, progress=options.progress
+        )
+    )
     if entry.path is None:  # remote: the weights are on the servers
         return {
             "name": entry.name,
@@ -138,7 +144,9 @@ def run_judge(judge, prompts: list[str], models: list[dict[str, Any]], progress:
     base = models[0]
     pairs = []
     for model in models[1:]:
-        result = compare(judge, prompts, model["answers"], base["answers"], model["name"], base["name"], progress)
+        result = compare(
+            judge, prompts, model["answers"], base["answers"], model["name"], base["name"], progress
+        )
         pairs.append({**asdict(result), "n": result.n, "win_rate": result.win_rate})
     return {"judge": judge.name, "pairs": pairs}
 
@@ -169,7 +177,7 @@ def run_eval(settings: CoreSettings, options: EvalOptions) -> dict[str, Any]:
         finally:
             compute.run(judge.close)
     report: dict[str, Any] = {
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "settings": {
             "threads": settings.resolved_threads,

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import psutil
 
-from training.evaluate.timing import decode_rate, timed_reply
 from core.registry import ModelEntry, ModelRegistry
 from core.service import ChatService
 from core.settings import CoreSettings
 from training.evaluate.stats import Spread
+from training.evaluate.timing import decode_rate, timed_reply
 
 
 @dataclass
@@ -32,7 +32,9 @@ class Speed:
     ttft_s: Spread
     decode_tok_s: Spread
     answers: list[str] = field(default_factory=list)
-    per_prompt: list[dict[str, float | int | None]] = field(default_factory=list)  # ttft_s, decode_tok_s, tokens
+    per_prompt: list[dict[str, float | int | None]] = field(
+        default_factory=list
+    )  # ttft_s, decode_tok_s, tokens
     empty_answers: int = 0
 
 
@@ -55,7 +57,12 @@ def _rss_mib() -> float:
 
 
 async def measure_speed(
-    settings: CoreSettings, entry: ModelEntry, prompts: list[str], *, max_new_tokens: int, progress: bool = True
+    settings: CoreSettings,
+    entry: ModelEntry,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    progress: bool = True,
 ) -> Speed:
     """Load `entry` through the core, answer every prompt in a fresh conversation, time it all."""
     from tqdm.auto import tqdm
@@ -75,7 +82,9 @@ async def measure_speed(
             await timed_reply(service, "warmup", "eval", "Hello!")
             rss_after = _rss_mib()
             ttfts, rates, answers, per_prompt, empty = [], [], [], [], 0
-            for index, prompt in enumerate(tqdm(prompts, desc=f"answers {entry.name}", disable=not progress, leave=False)):
+            for index, prompt in enumerate(
+                tqdm(prompts, desc=f"answers {entry.name}", disable=not progress, leave=False)
+            ):
                 try:
                     timed = await timed_reply(service, f"eval-{index}", "eval", prompt)
                     ttft, stamps, done = timed.ttft_s, timed.stamps, timed.done

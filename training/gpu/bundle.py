@@ -85,7 +85,9 @@ def plan(files: dict[str, int], part_size: int) -> list[list[Piece]]:
 
 def pack(staging: Path, dest: Path, part_size: int = DEFAULT_PART_SIZE) -> list[Path]:
     """Write staging's files into dest/part-N folders of at most part_size bytes each."""
-    files = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+    files = {
+        p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()
+    }
     if not files:
         raise BundleError(f"nothing to pack in {staging}")
     hashes = {path: sha256(staging / path) for path in files}
@@ -102,11 +104,19 @@ def pack(staging: Path, dest: Path, part_size: int = DEFAULT_PART_SIZE) -> list[
             with open(staging / piece.path, "rb") as src, open(target, "wb") as out:
                 src.seek(piece.offset)
                 out.write(src.read(piece.size))
-            entries.append({
-                "path": piece.path, "stored_as": name, "piece": piece.index, "pieces": piece.count,
-                "offset": piece.offset, "size": piece.size, "file_size": files[piece.path],
-                "file_sha256": hashes[piece.path], "piece_sha256": sha256(target),
-            })
+            entries.append(
+                {
+                    "path": piece.path,
+                    "stored_as": name,
+                    "piece": piece.index,
+                    "pieces": piece.count,
+                    "offset": piece.offset,
+                    "size": piece.size,
+                    "file_size": files[piece.path],
+                    "file_sha256": hashes[piece.path],
+                    "piece_sha256": sha256(target),
+                }
+            )
         manifest = {"part": number, "parts": len(layout), "files": entries}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         written.append(folder)
@@ -131,13 +141,17 @@ def unpack(parts: list[Path], into: Path) -> list[Path]:
     (count,) = total
     have = {m["part"] for _, m in manifests}
     if missing := sorted(set(range(1, count + 1)) - have):
-        raise BundleError(f"missing part(s) {', '.join(f'part-{n}' for n in missing)} of {count}; transfer them too")
+        raise BundleError(
+            f"missing part(s) {', '.join(f'part-{n}' for n in missing)} of {count}; transfer them too"
+        )
     pieces: dict[str, list[tuple[dict, Path]]] = {}
     for folder, manifest in manifests:
         for entry in manifest["files"]:
             stored = folder / entry["stored_as"]
             if not stored.is_file() or sha256(stored) != entry["piece_sha256"]:
-                raise BundleError(f"{stored} is missing or damaged (sha256 differs from {folder / MANIFEST}); transfer that part again")
+                raise BundleError(
+                    f"{stored} is missing or damaged (sha256 differs from {folder / MANIFEST}); transfer that part again"
+                )
             pieces.setdefault(entry["path"], []).append((entry, stored))
     out = []
     for path, found in sorted(pieces.items()):
@@ -177,8 +191,16 @@ def stage_dataset(spec: str, data_dir: Path) -> Path:
     return target
 
 
-def prepare(dest: Path, python: str, cuda: str | None, dataset: str | None, wheels: bool, wheels_from: Path | None,
-            count: int, part_size: int) -> list[Path]:
+def prepare(
+    dest: Path,
+    python: str,
+    cuda: str | None,
+    dataset: str | None,
+    wheels: bool,
+    wheels_from: Path | None,
+    count: int,
+    part_size: int,
+) -> list[Path]:
     dest = dest.resolve()  # the steps run from the repo root
     staging = dest / "staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -190,7 +212,16 @@ def prepare(dest: Path, python: str, cuda: str | None, dataset: str | None, whee
         if cuda:
             run([sys.executable, "training/gpu/slim_wheels.py", str(staging / "wheels"), "--cuda", cuda])
     run([sys.executable, "-m", "training.cli", "save-tokenizer", str(staging / "tokenizer")])
-    run([sys.executable, "-m", "training.data.synthetic", str(staging / "data" / "finetome-like.jsonl"), "--count", str(count)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "training.data.synthetic",
+            str(staging / "data" / "finetome-like.jsonl"),
+            "--count",
+            str(count),
+        ]
+    )
     if dataset:
         print(f"dataset {dataset} → {stage_dataset(dataset, staging / 'data')}")
     parts = pack(staging, dest / "parts", part_size)
@@ -204,12 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     make = commands.add_parser("prepare", help="stage wheels, tokenizer and data, and pack them into parts")
     make.add_argument("dest", type=Path)
     make.add_argument("--python", default="3.12", help="the GPU host's Python (for the wheels)")
-    make.add_argument("--cuda", default="130", help="keep only this CUDA's bitsandbytes library ('' keeps all)")
+    make.add_argument(
+        "--cuda", default="130", help="keep only this CUDA's bitsandbytes library ('' keeps all)"
+    )
     make.add_argument("--dataset", help="also a dataset: a local file, or a hub id saved as parquet")
     make.add_argument("--count", type=int, default=3000, help="synthetic conversations to write")
     make.add_argument("--no-wheels", dest="wheels", action="store_false", help="leave the wheels out")
     make.add_argument("--wheels-from", type=Path, help="take wheels from this folder instead of downloading")
-    make.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE, help="bytes per part (default 60 MiB)")
+    make.add_argument(
+        "--part-size", type=int, default=DEFAULT_PART_SIZE, help="bytes per part (default 60 MiB)"
+    )
     split = commands.add_parser("pack", help="pack any folder into parts")
     split.add_argument("source", type=Path)
     split.add_argument("dest", type=Path)
@@ -226,14 +261,24 @@ def main(argv: list[str] | None = None) -> int:
         if options.command == "pack":
             parts = pack(options.source, options.dest, options.part_size)
         else:
-            parts = prepare(options.dest, options.python, options.cuda or None, options.dataset, options.wheels,
-                            options.wheels_from, options.count, options.part_size)
+            parts = prepare(
+                options.dest,
+                options.python,
+                options.cuda or None,
+                options.dataset,
+                options.wheels,
+                options.wheels_from,
+                options.count,
+                options.part_size,
+            )
     except BundleError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for folder in parts:
         print(f"{folder}  {part_bytes(folder) / MiB:.1f} MiB")
-    print(f"{len(parts)} part(s); on the GPU host: python3 training/gpu/bundle.py unpack {parts[0].parent}/part-* --into .gpu")
+    print(
+        f"{len(parts)} part(s); on the GPU host: python3 training/gpu/bundle.py unpack {parts[0].parent}/part-* --into .gpu"
+    )
     return 0
 
 

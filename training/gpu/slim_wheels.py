@@ -15,7 +15,9 @@ import zipfile
 from pathlib import Path
 
 RULES = {
-    "bitsandbytes-": lambda name, cuda: bool(re.search(r"libbitsandbytes_cuda\d+", name)) and f"cuda{cuda}" not in name,
+    "bitsandbytes-": lambda name, cuda: (
+        bool(re.search(r"libbitsandbytes_cuda\d+", name)) and f"cuda{cuda}" not in name
+    ),
     "unsloth-20": lambda name, cuda: name.startswith("studio/"),
 }
 
@@ -37,13 +39,17 @@ def slim(wheel: Path, cuda: str) -> None:
             dst.writestr(info, data)
     before = wheel.stat().st_size
     tmp.replace(wheel)
-    print(f"{wheel.name}: {before / 2**20:.1f} → {wheel.stat().st_size / 2**20:.1f} MiB ({len(dropped)} files dropped)")
+    print(
+        f"{wheel.name}: {before / 2**20:.1f} → {wheel.stat().st_size / 2**20:.1f} MiB ({len(dropped)} files dropped)"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--cuda", default="130", help="CUDA version tag to keep for bitsandbytes (e.g. 130 = 13.0)")
+    parser.add_argument(
+        "--cuda", default="130", help="CUDA version tag to keep for bitsandbytes (e.g. 130 = 13.0)"
+    )
     options = parser.parse_args()
     for path in sorted(options.folder.glob("*.whl")):
         slim(path, options.cuda)
