@@ -200,7 +200,7 @@ async def measure(
     return {
         "raw_tok_s": statistics.median(raw_rates) if raw_rates else None,
         "core_tok_s": statistics.median(core_rates),
-        "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates) if r > 0)
+        "core_vs_raw": statistics.median(c / r for c, r in zip(core_rates, raw_rates, strict=True) if r > 0)
         if raw_rates
         else None,
         "ttft_turn1_s": statistics.median(row[0] for row in single),
@@ -210,7 +210,7 @@ async def measure(
         "raw_cold_ttft_turn10_s": cold,
         "single_stream_tok_s": statistics.median(singles),
         "aggregate_tok_s_8_concurrent": statistics.median(aggregates),
-        "concurrency_ratio": statistics.median(a / s for a, s in zip(aggregates, singles)),
+        "concurrency_ratio": statistics.median(a / s for a, s in zip(aggregates, singles, strict=True)),
     }
 
 
@@ -485,7 +485,11 @@ async def measure_vs_server(
             await compute.call(tokenizer.close)
 
     def ratio(name: str) -> float:
-        return statistics.median(l[name] / s[name] for l, s in zip(lorabot_runs, server_runs) if s[name] > 0)
+        return statistics.median(
+            ours[name] / theirs[name]
+            for ours, theirs in zip(lorabot_runs, server_runs, strict=True)
+            if theirs[name] > 0
+        )
 
     def summary(runs: list[dict[str, float]]) -> dict[str, float]:
         return {name: statistics.median(run[name] for run in runs) for name in runs[0]}

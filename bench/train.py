@@ -416,7 +416,9 @@ def run_case(
     seconds = t1 - t0
     flops = lora_step_flops(setup.model.config, lengths)
     peak = peak_flops(hw.device_name)
-    step_tokens = [sum(recorder.lengths[a:b]) for (_, a), (_, b) in zip([(0.0, 0), *marks[:-1]], marks)]
+    step_tokens = [
+        sum(recorder.lengths[a:b]) for (_, a), (_, b) in zip([(0.0, 0), *marks[:-1]], marks, strict=True)
+    ]
     cumulative, curve = 0, []
     for step, tokens in enumerate(step_tokens, start=1):
         cumulative += tokens

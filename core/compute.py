@@ -290,7 +290,7 @@ class ComputeThread:
                 log.error("model %s: decode failed for %d requests: %s", name, len(jobs), error)
                 self._fail_all(jobs, _failure(error), active)
                 return
-            for job, (text, finished) in zip(jobs, results):
+            for job, (text, finished) in zip(jobs, results, strict=True):
                 if text:
                     self._emit(job, text)
                 if finished:

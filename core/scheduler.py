@@ -138,6 +138,11 @@ class FairScheduler:
             busy_users.add(user)
         self._notify()
 
+    async def wait_idle(self) -> None:
+        """Return once no request runs (release() notifies every change)."""
+        while self._running:
+            await self._changed.wait()
+
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()

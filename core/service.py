@@ -9,6 +9,7 @@ accepts it, so a killed process loses nothing. See docs/core-api.md for how adap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import statistics
 import time
@@ -77,12 +78,11 @@ class ChatService:
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Refuse new work, let running replies finish (up to the timeout), then stop them."""
         self.scheduler.close()
-        deadline = time.monotonic() + drain_timeout_s
-        while self.scheduler.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        self._stopping.set()
-        while self.scheduler.running and time.monotonic() < deadline + 5:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.scheduler.wait_idle(), drain_timeout_s)
+        self._stopping.set()  # running replies stop within a token or two
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.scheduler.wait_idle(), 5)
         await self.pool.close()
         if self.history is not None:
             await self.history.close()

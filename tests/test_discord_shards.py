@@ -23,6 +23,7 @@ from bots.discord_bot.settings import load_discord_settings
 from core.history import ConversationStore
 from core.schema import turns
 from core.settings import SettingsError
+from support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -72,7 +73,7 @@ async def test_two_processes_run_one_shard_each_on_one_database(tmp_path, postgr
         for shard in (0, 1):
             data_dir = tmp_path / f"shard{shard}"
             data_dir.mkdir()
-            log = open(tmp_path / f"shard{shard}.log", "wb")  # noqa: SIM115 - the child owns it
+            log = (tmp_path / f"shard{shard}.log").open("wb")  # the child owns it
             bots.append(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -105,9 +106,11 @@ async def test_two_processes_run_one_shard_each_on_one_database(tmp_path, postgr
                     )
                     return [tuple(row) for row in (await db.execute(query)).all()]
 
-            async with asyncio.timeout(120):
-                while len(rows := await answered()) < 2:
-                    await asyncio.sleep(0.1)
+            async def both_answered() -> list[tuple]:
+                rows = await answered()
+                return rows if len(rows) >= 2 else []
+
+            rows = await until(both_answered, timeout=120, every=0.1)
             owners = {conversation: owner.split(":")[1] for conversation, owner in rows}
         finally:
             await store.close()

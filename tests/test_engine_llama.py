@@ -21,6 +21,7 @@ from core.handles import LocalModel
 from core.registry import ModelEntry
 from core.service import ChatService
 from core.settings import load_core_settings
+from support.waiting import until
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps counting: a long reply
@@ -192,7 +193,7 @@ async def test_concurrent_replies_are_batched_and_complete(tmp_path):
     assert all(done.text.strip() for done in together)
     # the same greedy answers whether a request ran alone or batched with others
     # (llama.cpp's batched kernels may round differently: compare the opening words)
-    for alone_text, done in zip(alone, together):
+    for alone_text, done in zip(alone, together, strict=True):
         assert alone_text.split()[:3] == done.text.split()[:3]
 
 
@@ -218,7 +219,7 @@ def drive(engine, requests):
         while active:
             results = engine.step([generations[i] for i in active])
             steps += 1
-            for i, (text, finished) in zip(list(active), results):
+            for i, (text, finished) in zip(list(active), results, strict=True):
                 texts[i] += text
                 if finished:
                     active.remove(i)
@@ -331,9 +332,9 @@ async def test_cancel_mid_prefill_frees_the_slot(embedded_gguf):
         stats = GenerationStats()
         stream = handle.stream(long_request, stats)
         first = asyncio.ensure_future(anext(stream))
-        async with asyncio.timeout(120):
-            while engine.steps < 2:  # two chunks of ~24 read: mid-prefill
-                await asyncio.sleep(0.001)
+        await until(
+            lambda: engine.steps >= 2, timeout=120, every=0.001
+        )  # two chunks of ~24 read: mid-prefill
         first.cancel()  # the consumer goes away: the request is cancelled on the compute thread
         with pytest.raises(asyncio.CancelledError):
             await first
@@ -424,12 +425,9 @@ async def test_the_compute_thread_reads_ahead_between_turns(embedded_gguf):
             handle.stream(request("between", "Name a colour.", max_new_tokens=16), first_stats)
         )
         slot = next(s for s in engine.slots if s.conversation_id == "between")
-        async with asyncio.timeout(60):
-            while (
-                slot.ahead
-                or len(slot.tokens) <= first_stats.prompt_tokens + first_stats.completion_tokens - 1
-            ):
-                await asyncio.sleep(0.005)  # the idle compute thread reads the opening on its own
+        read = first_stats.prompt_tokens + first_stats.completion_tokens - 1
+        # the idle compute thread reads the opening on its own
+        await until(lambda: not slot.ahead and len(slot.tokens) > read, timeout=60, every=0.005)
         messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And another one?"}]
         stats = GenerationStats()
         second = GenerationRequest("smol", "between", messages, max_new_tokens=8, temperature=0.0)

@@ -34,7 +34,9 @@ class RecordingJudge:
 def test_each_prompt_is_asked_in_both_orders():
     judge = RecordingJudge()
     compare(judge, PROMPTS, MINE, THEIRS, "mine", "theirs", progress=False)
-    assert judge.calls == [call for p, m, t in zip(PROMPTS, MINE, THEIRS) for call in ((p, m, t), (p, t, m))]
+    assert judge.calls == [
+        call for p, m, t in zip(PROMPTS, MINE, THEIRS, strict=True) for call in ((p, m, t), (p, t, m))
+    ]
 
 
 def test_a_consistent_judge_gives_wins_with_counts():

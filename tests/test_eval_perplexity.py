@@ -42,7 +42,9 @@ def test_only_assistant_replies_are_scored(tokenizer_llm):
         {"role": "assistant", "content": "Blue."},
     ]
     tokens, mask = score_tokens(tokenizer_llm, ChatTemplate(tokenizer_llm), messages)
-    scored = tokenizer_llm.detokenize([t for t, m in zip(tokens, mask) if m], special=True).decode()
+    scored = tokenizer_llm.detokenize(
+        [t for t, m in zip(tokens, mask, strict=True) if m], special=True
+    ).decode()
     assert scored == "Hello! How can I help?<|im_end|>\nBlue.<|im_end|>\n"
     whole = tokenizer_llm.detokenize(tokens, special=True).decode()
     assert whole.startswith("<|im_start|>system\nBe brief.<|im_end|>") and whole.endswith("Blue.<|im_end|>\n")

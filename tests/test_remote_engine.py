@@ -10,6 +10,7 @@ speaking the same streaming protocol, because the real one cannot be made to ans
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +33,7 @@ from support.llama_server import SERVER_CTX, LlamaCppServer
 from support.remote_service import Engines, remote_service
 from support.replies import Reply
 from support.timeouts import within
+from support.waiting import until
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite
@@ -41,10 +43,7 @@ COUNT = "Count from 1 to 100, separated by commas."  # greedy SmolLM2 keeps coun
 deadline = within(3 * WAIT_S)  # the whole test, shutdown included: a regression fails, never hangs
 
 
-async def until(condition, timeout: float = WAIT_S) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
+until = functools.partial(until, timeout=WAIT_S)  # this file's patience
 
 
 @pytest.fixture(scope="session")

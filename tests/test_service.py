@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 
 import pytest
-from sqlalchemy import event
+import sqlalchemy
 
 from core.errors import Busy, EmptyMessage, GenerationTimeout, RateLimited, UnknownModel
 from core.events import Accepted, Delta, Done, Notice, Queued, Started
@@ -166,8 +167,7 @@ async def test_queue_positions_are_reported(tmp_path):
         tasks = []
         for i in range(4):  # one at a time, so the arrival order is known
             tasks.append(asyncio.create_task(collect(service, f"c{i}", f"u{i}")))
-            while service.scheduler.running + service.scheduler.waiting < i + 1:
-                await asyncio.sleep(0.005)
+            await until(lambda i=i: service.scheduler.running + service.scheduler.waiting >= i + 1)
         results = await asyncio.gather(*tasks)
         positions = [[e.position for e in events if isinstance(e, Queued)] for events, _ in results]
         assert positions[0] == [] and positions[1][0] == 1
@@ -252,7 +252,7 @@ async def test_parallel_replies_are_generated_together(tmp_path):
         assert all(done.text == "a b c d e f g h" for _, done in results)
         # tokens of the three replies were produced in turns, not one reply after the other
         emitted = service.engines["smollm2-135m"].emitted
-        switches = sum(a != b for a, b in zip(emitted, emitted[1:]))
+        switches = sum(a != b for a, b in itertools.pairwise(emitted))
         assert switches > 2, emitted  # one after the other would switch exactly twice
 
 
@@ -316,7 +316,9 @@ async def test_question_is_stored_when_accepted_and_answered_when_done(tmp_path)
 
 
 async def test_cancelled_reply_is_marked_interrupted_and_kept_out_of_context(tmp_path):
-    reply = lambda request: "w " * 200 if request.messages[-1]["content"] == "go" else "short"
+    def reply(request):
+        return "w " * 200 if request.messages[-1]["content"] == "go" else "short"
+
     async with make_service(tmp_path, reply=reply, token_delay_s=0.01) as service:
         turn_id = None
         async with contextlib.aclosing(service.reply("c1", "u1", "go")) as events:  # as the adapters do
@@ -419,9 +421,9 @@ async def test_recent_reads_only_the_window(tmp_path):
             statements.append((statement, parameters))
 
         engine = service.history.engine.sync_engine
-        event.listen(engine, "before_cursor_execute", trace)
+        sqlalchemy.event.listen(engine, "before_cursor_execute", trace)
         window = await service.history.recent("c", 4)  # 31 turns: the window jumped to q28 (steps of 2)
         assert [m["content"] for m in window if m["role"] == "user"] == ["q28", "q29", "q30"]
-        event.remove(engine, "before_cursor_execute", trace)
+        sqlalchemy.event.remove(engine, "before_cursor_execute", trace)
         # the window is read with LIMIT 3 (a bound parameter), not all 31 turns
         assert any("LIMIT" in sql and 3 in tuple(params) for sql, params in statements), statements

@@ -16,6 +16,7 @@ from bots.telegram_bot import TelegramSettings, load_telegram_settings, run_tele
 from bots.telegram_bot.sink import INTERRUPTED
 from core.settings import SettingsError
 from support.engines import make_service
+from support.waiting import until
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
@@ -497,9 +498,7 @@ async def test_real_embedded_model_answers_through_telegram(fake, tmp_path, embe
         assert stored
         # delivery goes on after generation ended (the slot is already free), and the turn is
         # answered only once its final text is on screen (issue 21): wait for that
-        async with asyncio.timeout(15):
-            while not (history := await service.history.recent(f"telegram:{ALICE}", 10)):
-                await asyncio.sleep(0.05)
+        history = await until(lambda: service.history.recent(f"telegram:{ALICE}", 10), timeout=15)
         answer = history[-1]["content"]
         assert answer.strip()
         assert fake.bot_texts(ALICE) == [answer.strip()]

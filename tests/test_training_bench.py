@@ -3,6 +3,7 @@ itself is in docs/benchmarks.md; CUDA-only tests skip cleanly here)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -104,7 +105,7 @@ def test_bench_case_runs_on_a_toy_model(case, tmp_path, monkeypatch):
     # every real token counted once, from the collator (no GPU sync), and placed on the curve
     assert result["lengths_from_batch"] == 0
     tokens = [point[0] for point in result["curve"]]
-    assert len(tokens) == 4 and all(later > earlier for earlier, later in zip(tokens, tokens[1:]))
+    assert len(tokens) == 4 and all(later > earlier for earlier, later in itertools.pairwise(tokens))
     assert tokens[-1] - tokens[-2] == result["real_tokens"]  # 4 steps, 3 warm-up: the timed window is step 4
     print(
         table(

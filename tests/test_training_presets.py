@@ -31,7 +31,7 @@ def documented_presets() -> dict[str, dict[str, str]]:
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) == 5 and (name := re.fullmatch(r"`([\w-]+)`", cells[0])):
-            rows[name.group(1)] = dict(zip(("base", "lora", "data", "where"), cells[1:]))
+            rows[name.group(1)] = dict(zip(("base", "lora", "data", "where"), cells[1:], strict=True))
     return rows
 
 

@@ -51,9 +51,7 @@ def train(
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML or YAML file of settings.")] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Local .json/.jsonl/.parquet file or hub id.")
-    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Local .json/.jsonl/.parquet file or hub id.")] = None,
     eval_dataset: Annotated[
         str | None, typer.Option(help="Held-out file; default: split off the dataset.")
     ] = None,

@@ -22,6 +22,8 @@ from aiohttp import WSMsgType, web
 
 from bench.fakes.limits import DiscordLimits, Limits, Window
 
+DEFAULT_LIMITS = DiscordLimits()  # Discord's documented limits; frozen, so one instance serves every fake
+
 API_PREFIX = "/api/v10"
 TEXT_CHANNEL, DM_CHANNEL, PUBLIC_THREAD = 0, 1, 11
 PERMISSIONS_ALL = str((1 << 50) - 1)
@@ -116,7 +118,7 @@ class FakeDiscord:
     SECOND_GUILD_ID = GUILD_ID + (1 << 22)
     SECOND_CHANNEL_ID = 810_000_000_000_000_101
 
-    def __init__(self, *, token: str = "fake-token", limits: DiscordLimits | None = DiscordLimits()) -> None:
+    def __init__(self, *, token: str = "fake-token", limits: DiscordLimits | None = DEFAULT_LIMITS) -> None:
         self.token = token
         self.limits = limits  # None: no rate limits (only scripted failures)
         self.rate = Limits()

@@ -25,6 +25,10 @@ from aiohttp import web
 
 from bench.fakes.limits import Limits, TelegramLimits, whole_seconds
 
+DEFAULT_LIMITS = (
+    TelegramLimits()
+)  # the Bot API's documented limits; frozen, so one instance serves every fake
+
 BOT_ID = 7000000001
 BOT_USERNAME = "lorabot_test_bot"
 MAX_TEXT = 4096
@@ -161,7 +165,7 @@ class FakeBotAPI:
         token: str = "123456:TEST-token",
         *,
         max_poll_s: float = 0.5,
-        limits: TelegramLimits | None = TelegramLimits(),
+        limits: TelegramLimits | None = DEFAULT_LIMITS,
     ) -> None:
         self.token = token
         self.limits = limits  # None: no rate limits (only scripted 429s)

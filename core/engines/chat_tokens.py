@@ -209,7 +209,7 @@ def shared_continuation(prompt: list[Segment], one: list[Segment], two: list[Seg
     if rest_one is None or rest_two is None:
         return []
     shared: list[Segment] = []
-    for a, b in zip(rest_one, rest_two):
+    for a, b in zip(rest_one, rest_two, strict=False):
         if a == b:
             shared.append(a)
             continue

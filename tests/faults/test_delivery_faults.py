@@ -22,7 +22,7 @@ import itertools
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from core import history
 from core.history import ConversationStore
 from core.service import ChatService
 from support.engines import make_service
+from support.waiting import until
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
 
@@ -59,12 +60,6 @@ def turns(tmp_path: Path) -> list[dict]:
     with contextlib.closing(sqlite3.connect(db_path(tmp_path))) as db:
         db.row_factory = sqlite3.Row
         return [dict(row) for row in db.execute("SELECT * FROM turns ORDER BY id")]
-
-
-async def until(condition: Callable[[], object], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def mark_stopped_processes(tmp_path: Path) -> None:

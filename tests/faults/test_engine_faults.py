@@ -8,6 +8,7 @@ Every wait has a deadline, so a regression fails here instead of hanging the sui
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from support.engines import make_service
 from support.faulty import FaultyEngine, RecordingFactory
 from support.replies import Reply
 from support.timeouts import within
+from support.waiting import until
 from training.errors import ExportError
 from training.gguf_tools import quantize, replacing
 
@@ -39,10 +41,7 @@ WAIT_S = 240.0  # generous (a busy 2-core machine); a hang fails the test instea
 deadline = within(3 * WAIT_S)  # the whole test, shutdown included: a regression fails, never hangs
 
 
-async def until(condition, timeout=WAIT_S):
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
+until = functools.partial(until, timeout=WAIT_S)  # this file's patience
 
 
 async def ask(service: ChatService, conversation: str, text: str, user: str | None = None) -> Done:

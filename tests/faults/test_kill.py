@@ -47,7 +47,7 @@ def bot_env(fake: FakeBotAPI, data_dir: Path) -> dict[str, str]:
 
 
 async def start_bot(fake: FakeBotAPI, data_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    log = log_path.open("ab")  # the child owns it
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lorabot", "telegram",
         env=bot_env(fake, data_dir), stdout=log, stderr=log, cwd=data_dir.parent,

@@ -10,7 +10,7 @@ the embedded model and reads how the server itself tokenized the prompt.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
@@ -30,6 +30,7 @@ from support.llama_server import LlamaCppServer
 from support.remote_service import Engines, remote_service
 from support.replies import Reply
 from support.timeouts import within
+from support.waiting import until
 
 pytestmark = pytest.mark.slow
 WAIT_S = 120.0  # a busy 2-core machine; a hang fails the test instead of blocking the suite
@@ -38,10 +39,7 @@ HELLO = "".join(GREETING)
 deadline = within(3 * WAIT_S)
 
 
-async def until(condition, timeout: float = WAIT_S) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
+until = functools.partial(until, timeout=WAIT_S)  # this file's patience
 
 
 @pytest.fixture

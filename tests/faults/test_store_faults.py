@@ -23,14 +23,9 @@ from core.history import ConversationStore
 from core.service import InterruptedReply
 from lorabot.cli import app
 from support.engines import make_service
+from support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def until(condition, timeout=20.0):
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def collect(service, conversation="c1", user="u1", text="hi"):

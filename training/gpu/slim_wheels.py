@@ -35,7 +35,9 @@ def slim(wheel: Path, cuda: str) -> None:
             data = src.read(info)
             if info.filename.endswith(".dist-info/RECORD"):
                 lines = data.decode().splitlines()
-                data = ("\n".join(l for l in lines if l.split(",", 1)[0] not in dropped) + "\n").encode()
+                data = (
+                    "\n".join(line for line in lines if line.split(",", 1)[0] not in dropped) + "\n"
+                ).encode()
             dst.writestr(info, data)
     before = wheel.stat().st_size
     tmp.replace(wheel)
