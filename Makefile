@@ -13,7 +13,7 @@ endif
 export CMAKE_ARGS
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: setup setup-dev run test bench clean
+.PHONY: setup setup-dev run check test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,13 @@ setup-dev: $(VENV)/.stamp-dev
 run: setup
 	$(BIN)/lorabot run
 
-test: setup-dev
+# Checks first (seconds), then the tests: ruff (lint + format) on the tree, mypy on core/ and bots/.
+check: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/pytest -q
 
 bench: setup
