@@ -90,7 +90,8 @@ class ChannelSink:
     async def send(self, text: str) -> discord.Message:
         # A send that failed (timeout, dropped connection, 5xx) may still have been posted: the next
         # send reuses its nonce, and with enforce_nonce Discord answers with that message instead of
-        # posting a second one. A new nonce only once a send came back.
+        # posting a second one. A new nonce only once the message is ours, showing `text`: until
+        # then the caller has no handle for it, and only the nonce finds it again.
         if self._nonce is None:
             self._nonce = secrets.randbelow(10**18)
         if self.sent == 0 and self.reply_to is not None:
@@ -106,10 +107,14 @@ class ChannelSink:
             )
         else:
             sent = await request(self.channel.send(text, allowed_mentions=NO_MENTIONS, nonce=self._nonce))
+        if sent.content != text:  # the earlier attempt's message, with the text of then
+            try:
+                await self.edit(sent, text)
+            except MessageGone:  # deleted meanwhile: nothing of it on screen, post the text anew
+                self._nonce = None
+                return await self.send(text)  # a fresh nonce posts `text` itself: no second edit
         self._nonce = None
         self.sent += 1
-        if sent.content != text:  # the earlier attempt's message, with the text of then
-            await self.edit(sent, text)
         return sent
 
     async def edit(self, handle: discord.Message, text: str) -> None:

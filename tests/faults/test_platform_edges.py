@@ -63,6 +63,22 @@ async def test_discord_send_whose_answer_never_came_is_not_posted_twice(tmp_path
     assert [m["content"] for m in fake.replies_to(message["id"])] == [TEXT]
 
 
+async def test_discord_send_found_by_its_nonce_whose_update_is_lost_is_not_posted_twice(tmp_path):
+    """The send's answer is lost, the retry finds the posted message by its nonce, and the edit
+    that brings it to the newest text loses its answer too: the message is known only to Discord
+    yet, so the next try must find it again by the same nonce, not post a second one."""
+    async with discord_bot(tmp_path, TEXT, token_delay_s=0.05) as (fake, client, _):
+        fake.drop_next("POST", r"^/channels/\d+/messages$")
+        fake.drop_next("PATCH", r"^/channels/\d+/messages/\d+$")  # the first edit: the one inside the send
+        message = await fake.user_message("go", mention_bot=True)
+        await fake.wait_until(lambda: TEXT in fake.visible_texts(), timeout=20)
+        await client.wait_idle()
+    sends = fake.find("POST", r"^/channels/\d+/messages$")
+    assert fake.visible_texts(FakeDiscord.CHANNEL_ID) == [TEXT]
+    assert [m["content"] for m in fake.replies_to(message["id"])] == [TEXT]
+    assert len(sends) == 3 and len({s.json["nonce"] for s in sends}) == 1
+
+
 async def test_telegram_send_whose_answer_never_came_is_not_sent_again(tmp_path, caplog):
     """Telegram takes sendMessage but the answer never comes: without a nonce a second send could
     show the text twice, so the reply stops there (one message on screen, logged)."""
