@@ -88,7 +88,8 @@ def encode(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> d
     ids = encoded["input_ids"][:max_length]
     labels = []
     span_index = 0
-    for token_id, (start, _end) in zip(ids, encoded["offset_mapping"], strict=True):
+    # ids are cut to max_length; the offsets of the cut-off tokens are not needed
+    for token_id, (start, _end) in zip(ids, encoded["offset_mapping"], strict=False):
         while span_index < len(spans) and start >= spans[span_index][1]:
             span_index += 1
         inside = span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]
