@@ -417,7 +417,7 @@ def run_case(
     flops = lora_step_flops(setup.model.config, lengths)
     peak = peak_flops(hw.device_name)
     step_tokens = [
-        sum(recorder.lengths[a:b]) for (_, a), (_, b) in zip([(0.0, 0), *marks[:-1]], marks, strict=True)
+        sum(recorder.lengths[a:b]) for (_, a), (_, b) in zip([(0.0, 0), *marks[:-1]], marks, strict=False)
     ]
     cumulative, curve = 0, []
     for step, tokens in enumerate(step_tokens, start=1):

@@ -84,7 +84,7 @@ def _varlen_matches_segments(dispatch: Any) -> bool:
     ref = torch.cat(refs, dim=1)
     grads = torch.autograd.grad((out.float() * ref.detach()).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), (q, k, v))
-    pairs = [(out.detach(), ref.detach()), *zip(grads, ref_grads, strict=True)]
+    pairs = [(out.detach(), ref.detach()), *zip(grads, ref_grads, strict=False)]
     close = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in pairs]
     return max(close) < 2e-2
 
@@ -198,6 +198,6 @@ class UnslothBackend:
             )
             return trainer
         theirs = [list(row["labels"]) for row in trainer.train_dataset.select(range(len(ours)))]
-        same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+        same = sum(a == b for a, b in zip(ours, theirs, strict=False))
         log.warning("train_on_responses_only: labels identical to lorabot's on %d/%d rows", same, len(ours))
         return trainer
