@@ -541,7 +541,8 @@ def run(
                 return measured, _no_server("a remote model: its servers are measured through lorabot only")
             if binary is None:
                 return measured, _no_server(
-                    "no llama-server binary: set LLAMA_SERVER_BIN or put one on PATH (`make llama-server` builds it)"
+                    "no llama-server binary: set LLAMA_SERVER_BIN or put one on PATH "
+                    "(`make llama-server` builds it)"
                 )
             try:
                 versus = await measure_vs_server(
@@ -617,7 +618,8 @@ def main(
         return
     console = Console()
     table = Table(
-        title=f"lorabot bench engine — {result['model']}, {result['threads']} threads, greedy, {max_tokens} new tokens"
+        title=f"lorabot bench engine — {result['model']}, {result['threads']} threads, greedy, "
+        f"{max_tokens} new tokens"
     )
     for column in ("metric", "value", "target", "ok"):
         table.add_column(column)
@@ -652,7 +654,8 @@ def main(
             table.add_row(
                 f"{side} ({conversations}×{SERVER_TURNS} at once)",
                 f"{figures['tok_s']:.1f} tok/s",
-                f"TTFT burst p50 {figures['ttft_burst_p50_s']:.2f} s, last p95 {figures['ttft_last_p95_s']:.2f} s",
+                f"TTFT burst p50 {figures['ttft_burst_p50_s']:.2f} s, "
+                f"last p95 {figures['ttft_last_p95_s']:.2f} s",
                 "",
             )
     console.print(table)

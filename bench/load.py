@@ -517,7 +517,8 @@ def main(platform: str, *, json_output: bool, **kwargs: Any) -> None:
         return
     console = Console()
     table = Table(
-        title=f"lorabot bench load — {platform}, {result['users']} users × {result['messages_per_user']} messages, "
+        title=f"lorabot bench load — {platform}, {result['users']} users × "
+        f"{result['messages_per_user']} messages, "
         f"{result.get('model', '')}, parallel {result.get('parallel', '?')}"
     )
     for column in ("metric", "value", "target", "ok"):

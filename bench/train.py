@@ -522,7 +522,8 @@ def main(
                 with open(partial, "a", encoding="utf-8") as lines:
                     lines.write(json.dumps({"case": case, **result}) + "\n")
             print(
-                f"bench train: {case} done: {json.dumps({k: v for k, v in result.items() if k not in ('curve', 'losses', 'profile')})}",
+                f"bench train: {case} done: "
+                f"{json.dumps({k: v for k, v in result.items() if k not in ('curve', 'losses', 'profile')})}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -563,7 +564,8 @@ def table(results: dict) -> str:
     lines = [
         f"lorabot bench train — {results['device']}, random {results['shape']}, LoRA r={results['lora_r']}, "
         f"{results['steps']} steps ({results['warmup_steps']} warm-up)",
-        f"{'case':<18} {'setup':<50} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'tok/step':>9} {'loss first→last':>17}",
+        f"{'case':<18} {'setup':<50} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} "
+        f"{'tok/step':>9} {'loss first→last':>17}",
     ]
     for case, r in results["cases"].items():
         title = r.get("title") or case_spec(case)["title"]
@@ -575,7 +577,8 @@ def table(results: dict) -> str:
         peak = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "n/a"
         per_step = f"{r['real_tokens_per_step']:,}" if r.get("real_tokens_per_step") else ""
         lines.append(
-            f"{case:<18} {title[:50]:<50} {r['tokens_per_s']:>10,.0f} {mfu:>7} {peak:>9} {per_step:>9} {loss:>17}"
+            f"{case:<18} {title[:50]:<50} {r['tokens_per_s']:>10,.0f} {mfu:>7} {peak:>9} "
+            f"{per_step:>9} {loss:>17}"
         )
     for key, label in (
         ("a_over_b", "(a)/(b)"),
@@ -604,8 +607,9 @@ def bench_train(
     cases: Annotated[
         str,
         typer.Option(
-            help="Comma list: a (Unsloth, notebook), b (hf), c (lorabot tuned), d (lorabot fast), e/f (3B improved: "
-            "notebook / fast); lever:NAME for (c) with one change, or `levers` for (c) and all of them."
+            help="Comma list: a (Unsloth, notebook), b (hf), c (lorabot tuned), d (lorabot fast), "
+            "e/f (3B improved: notebook / fast); lever:NAME for (c) with one change, "
+            "or `levers` for (c) and all of them."
         ),
     ] = "a,b,c,d,e,f",
     steps: Annotated[

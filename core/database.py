@@ -74,8 +74,8 @@ def create_engine(url: URL, *, lock_timeout_s: float) -> AsyncEngine:
 
     SQLite: one pooled connection per process (writers take turns anyway), WAL so readers never
     wait for a writer, reads outside transactions, and `BEGIN IMMEDIATE` for writes (a connection
-    that starts deferred and upgrades later can fail at COMMIT instead of waiting). PostgreSQL: a small pool; every
-    statement gives up after `lock_timeout` rather than hanging behind a lock.
+    that starts deferred and upgrades later can fail at COMMIT instead of waiting). PostgreSQL: a
+    small pool; every statement gives up after `lock_timeout` rather than hanging behind a lock.
     """
     options: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":

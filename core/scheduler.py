@@ -5,8 +5,9 @@ user's burst cannot starve the others: everyone's next question comes before any
 (a user's running request counts as their question of this round), and within a round questions
 are served in the order they arrived. So a new question's place only ever moves forward, and
 the wait it is told at admission holds while users keep arriving. The requester's own task does
-the work once its turn comes. `ChatService.reply` drives the steps itself: `enqueue(user)` (raises `Busy` when the queue
-is full, `ShuttingDown` after `close()`) gives a `Ticket`; while `ticket.ready` is not done it
+the work once its turn comes. `ChatService.reply` drives the steps itself: `enqueue(user)`
+(raises `Busy` when the queue is full, `ShuttingDown` after `close()`) gives a `Ticket`; while
+`ticket.ready` is not done it
 reports `position(ticket)` as a `Queued` event whenever that changes and awaits
 `wait_for_change(ticket)`; once ready it generates; and `release(ticket)`, in a `finally`, leaves
 the queue or frees the running slot. Cancelling the requester's task therefore is all it takes to

@@ -39,8 +39,9 @@ class CoreSettings(BaseSettings):
     )
     database_url: SecretStr | None = Field(
         None,
-        description="Where history, model choices and in-flight questions are stored: postgresql://user:password@host/db "
-        "for several bot processes on one database; default sqlite:///DATA_DIR/history.sqlite3.",
+        description="Where history, model choices and in-flight questions are stored: "
+        "postgresql://user:password@host/db for several bot processes on one database; "
+        "default sqlite:///DATA_DIR/history.sqlite3.",
     )
     models_file: Path | None = Field(None, description="TOML models registry; default DATA_DIR/models.toml.")
     default_model: str = Field(
@@ -155,7 +156,8 @@ class CoreSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
-        """Refuse at start-up what the store could not open (the value is never echoed: it may hold a password)."""
+        """Refuse at start-up what the store could not open (the value is never echoed: it may
+        hold a password)."""
         if value is None or not value.get_secret_value().strip():
             return None
         from core.database import parse_database_url  # SQLAlchemy is imported only when a URL is set

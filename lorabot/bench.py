@@ -21,7 +21,8 @@ def bench_engine(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Registered model (default LORABOT_DEFAULT_MODEL); a remote one is measured through lorabot only."
+            help="Registered model (default LORABOT_DEFAULT_MODEL); "
+            "a remote one is measured through lorabot only."
         ),
     ] = None,
 ) -> None:

@@ -114,7 +114,8 @@ def models_pull(
 ) -> None:
     """Download a GGUF from the Hugging Face Hub (resumed, sha256-checked) and register it.
 
-    Files go to DATA_DIR/models/OWNER--REPO/. HF_TOKEN for private or gated repos, HF_ENDPOINT for a mirror."""
+    Files go to DATA_DIR/models/OWNER--REPO/. HF_TOKEN for private or gated repos, HF_ENDPOINT
+    for a mirror."""
     import re
 
     from core.registry import MODEL_NAME_PATTERN

@@ -49,7 +49,8 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     env = tmp_path / ".env"
     env.write_text("POSTGRES_PASSWORD=s3cret\n")
     result = subprocess.run(
-        [docker, "compose", "--project-directory", str(ROOT), "--env-file", str(env), "-f", str(COMPOSE), "config", "-q"],
+        [docker, "compose", "--project-directory", str(ROOT), "--env-file", str(env),
+         "-f", str(COMPOSE), "config", "-q"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -252,7 +252,8 @@ async def test_sqlite_file_of_schema_2_is_migrated_with_its_pending_turns(tmp_pa
             "VALUES ('c1', 'q1', 'a1', 'answered', 1e9, 1e9)"
         )
         db.execute(
-            "INSERT INTO turns (conversation_id, question, state, owner, platform, handles, shown, created_at, updated_at) "
+            "INSERT INTO turns (conversation_id, question, state, owner, platform, handles, shown, "
+            "created_at, updated_at) "
             "VALUES ('c1', 'q2', 'pending', ?, 'telegram', '[\"1:2\"]', 'half', 1e9, 1e9)",
             (dead_owner,),
         )

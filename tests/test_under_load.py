@@ -162,7 +162,8 @@ async def test_many_channels_at_once_stay_within_the_global_limit(tmp_path):
             for i, channel_id in enumerate(channels)
         ]
         await fake.wait_until(
-            lambda: all(fake.replies_to(m["id"]) and fake.replies_to(m["id"])[0]["content"].strip() == ("word " * 30).strip()
+            lambda: all(fake.replies_to(m["id"])
+                        and fake.replies_to(m["id"])[0]["content"].strip() == ("word " * 30).strip()
                         for m in sent),
             timeout=60,
         )  # fmt: skip

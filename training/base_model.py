@@ -74,7 +74,8 @@ def cache_dir() -> Path:
 
 MAKE_TOKENIZER = (
     "make it where lorabot and its embedded model are installed with "
-    "`python -m training.cli save-tokenizer .gpu/tokenizer` (`make gpu-bundle` does it too) and carry the folder over"
+    "`python -m training.cli save-tokenizer .gpu/tokenizer` (`make gpu-bundle` does it too) "
+    "and carry the folder over"
 )
 
 

@@ -26,7 +26,8 @@ LLAMA_31_TEMPLATE = (
     "{{ 'Cutting Knowledge Date: December 2023\\nToday Date: 26 July 2024\\n\\n' }}"
     "{{ system_message }}{{ '<|eot_id|>' }}"
     "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] | trim + '<|eot_id|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )

@@ -45,7 +45,8 @@ def train(
     preset: Annotated[
         str | None,
         typer.Option(
-            help=f"One of: {', '.join(preset_names())} (the files in {PRESETS_DIR.parent.name}/{PRESETS_DIR.name}/); "
+            help=f"One of: {', '.join(preset_names())} "
+            f"(the files in {PRESETS_DIR.parent.name}/{PRESETS_DIR.name}/); "
             "default tiny, the one for a CPU.",
             callback=_check_preset,
         ),
@@ -137,7 +138,8 @@ def export(
     description: Annotated[str, typer.Option(help="Shown next to the model in /model.")] = "",
     push_to_hub: Annotated[str | None, PUSH_OPTION] = None,
 ) -> None:
-    """Merge a run's LoRA adapter into its base, convert to GGUF and quantize (offline unless --push-to-hub)."""
+    """Merge a run's LoRA adapter into its base, convert to GGUF and quantize
+    (offline unless --push-to-hub)."""
     from training.export import export_run
 
     try:

@@ -40,4 +40,5 @@ class OutputDirError(TrainingError):
 
 
 class HubError(TrainingError):
-    """A Hub transfer (pull, push, hub dataset or base model) failed: not found, refused, unreachable, corrupt."""
+    """A Hub transfer (pull, push, hub dataset or base model) failed: not found, refused,
+    unreachable, corrupt."""

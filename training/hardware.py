@@ -60,7 +60,8 @@ def pick_backend(hw: Hardware, requested: str, load_in_4bit: bool, preset: str) 
     """'unsloth' when CUDA and unsloth are here (or asked for), else 'hf'; clear errors otherwise."""
     if load_in_4bit and not hw.cuda:
         raise HardwareError(
-            f"preset {preset!r} loads the model in 4-bit, which needs an NVIDIA GPU with CUDA; none found here. "
+            f"preset {preset!r} loads the model in 4-bit, which needs an NVIDIA GPU with CUDA; "
+            "none found here. "
             "Use --preset tiny on a CPU, or run this preset on a GPU host (see docs/training.md)."
         )
     if requested == "unsloth" and not hw.unsloth:

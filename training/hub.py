@@ -87,7 +87,8 @@ def hub_errors(repo: str) -> Iterator[None]:
         yield
     except errors.GatedRepoError as error:
         raise HubError(
-            f"{repo} is gated: accept its terms on its Hub page, then set {TOKEN_VARIABLE} to a token of that account"
+            f"{repo} is gated: accept its terms on its Hub page, "
+            f"then set {TOKEN_VARIABLE} to a token of that account"
         ) from error
     except errors.RepositoryNotFoundError as error:
         if (
@@ -111,7 +112,8 @@ def hub_errors(repo: str) -> Iterator[None]:
         status = error.response.status_code if error.response is not None else "?"
         if status == 401:
             raise HubError(
-                f"the Hub refused the token in {TOKEN_VARIABLE} ({'none set' if not os.environ.get(TOKEN_VARIABLE) else 'invalid or read-only'})"
+                f"the Hub refused the token in {TOKEN_VARIABLE} "
+                f"({'none set' if not os.environ.get(TOKEN_VARIABLE) else 'invalid or read-only'})"
             ) from error
         raise HubError(
             f"the Hub answered {status} for {repo}: {redact(str(error)).splitlines()[0]}"
@@ -123,7 +125,8 @@ def hub_errors(repo: str) -> Iterator[None]:
         errors.LocalEntryNotFoundError,
     ) as error:
         raise HubError(
-            f"cannot reach the Hub at {where} ({type(error).__name__}); check the network, HF_ENDPOINT and HF_HUB_OFFLINE"
+            f"cannot reach the Hub at {where} ({type(error).__name__}); "
+            "check the network, HF_ENDPOINT and HF_HUB_OFFLINE"
         ) from error
 
 
@@ -273,7 +276,8 @@ def pull_gguf(repo: str, dest: Path, pattern: str | None = None, revision: str |
 
 
 def default_model_name(pulled: PulledModel) -> str:
-    """A registry name from the file name: `Llama-3.2-1B-Instruct-Q4_K_M.gguf` → `Llama-3.2-1B-Instruct-Q4_K_M`."""
+    """A registry name from the file name:
+    `Llama-3.2-1B-Instruct-Q4_K_M.gguf` → `Llama-3.2-1B-Instruct-Q4_K_M`."""
     name = pulled.path.name
     shard = SHARD.match(name)
     stem = shard["stem"] if shard else name[: -len(".gguf")]

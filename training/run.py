@@ -94,12 +94,14 @@ def report_lengths(counts: Counter, max_length: int, what: str) -> None:
     if counts.get("truncated") or counts.get("too_long"):
         console.print(
             f"[yellow]{counts['truncated'] + counts['too_long']} {what} conversation(s) longer than "
-            f"max_seq_length={max_length} tokens: {counts['truncated']} truncated, {counts['too_long']} dropped "
+            f"max_seq_length={max_length} tokens: {counts['truncated']} truncated, "
+            f"{counts['too_long']} dropped "
             "(no reply token left)[/yellow]"
         )
     if counts.get("nothing_to_learn"):
         console.print(
-            f"[yellow]{counts['nothing_to_learn']} {what} conversation(s) dropped: no reply token to learn[/yellow]"
+            f"[yellow]{counts['nothing_to_learn']} {what} conversation(s) dropped: "
+            "no reply token to learn[/yellow]"
         )
 
 
@@ -164,7 +166,8 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
         console.print(f"varlen attention for packed rows: {use_torch_varlen()}")
     dtype = pick_dtype(hw, cfg.dtype)
     console.print(
-        f"[bold]lorabot train[/bold] preset={cfg.preset} backend={backend_name} device={hw.summary} dtype={dtype}"
+        f"[bold]lorabot train[/bold] preset={cfg.preset} backend={backend_name} "
+        f"device={hw.summary} dtype={dtype}"
     )
 
     from training.base_model import resolve_base

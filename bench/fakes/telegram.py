@@ -548,7 +548,8 @@ class FakeBotAPI:
         if self.webhook is not None:
             raise _APIError(
                 409,
-                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
             )
         offset = params.get("offset") or 0
         if offset:

@@ -53,12 +53,13 @@ class DiscordSettings(BaseSettings):
         1.0,
         ge=0.05,
         le=60,
-        description="Seconds before the first in-between edit of a streaming reply; each later one waits 1.5x "
-        "longer, up to 5 s (the final text is sent at once).",
+        description="Seconds before the first in-between edit of a streaming reply; "
+        "each later one waits 1.5x longer, up to 5 s (the final text is sent at once).",
     )
     message_content_intent: bool = Field(
         True,
-        description="Ask for the privileged Message Content intent (needed to answer in bot threads without a mention).",
+        description="Ask for the privileged Message Content intent "
+        "(needed to answer in bot threads without a mention).",
     )
     reply_in_thread: bool = Field(
         False,
@@ -111,7 +112,8 @@ class DiscordSettings(BaseSettings):
             outside := sorted(i for i in self.shard_ids if i >= self.shard_count)
         ):
             raise ValueError(
-                f"DISCORD_SHARD_IDS {outside} must be below DISCORD_SHARD_COUNT ({self.shard_count}): ids count from 0"
+                f"DISCORD_SHARD_IDS {outside} must be below DISCORD_SHARD_COUNT ({self.shard_count}): "
+                "ids count from 0"
             )
         return self
 

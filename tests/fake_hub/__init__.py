@@ -1,4 +1,5 @@
-"""A fake Hugging Face Hub on loopback, for testing the real huggingface_hub / datasets / transformers clients."""
+"""A fake Hugging Face Hub on loopback, for testing the real huggingface_hub / datasets /
+transformers clients."""
 
 from fake_hub.server import FakeHub, HubFile, HubRepo
 

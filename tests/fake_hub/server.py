@@ -66,7 +66,11 @@ class HubFile:
         with open(source, "rb") as handle:
             while block := handle.read(2**20):
                 digest.update(block)
-        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest.hexdigest()}\nsize {source.stat().st_size}\n"
+        pointer = (
+            "version https://git-lfs.github.com/spec/v1\n"
+            f"oid sha256:{digest.hexdigest()}\n"
+            f"size {source.stat().st_size}\n"
+        )
         return cls(
             None, source, source.stat().st_size, digest.hexdigest(), git_blob_sha1(pointer.encode()), True
         )

@@ -62,11 +62,13 @@ TERMS = {
     "a database": "an organised store of data that programs can query and update safely",
     "a compiler": "a program that translates source code into machine code before it runs",
     "an interpreter": "a program that reads source code and runs it directly, line by line",
-    "version control": "a system, like Git, that records every change to files so you can review or undo them",
+    "version control": "a system, like Git, that records every change to files "
+    "so you can review or undo them",
     "a unit test": "a small automated check that one piece of code behaves as expected",
     "a bug": "a mistake in a program that makes it behave differently from what was intended",
     "JSON": "a plain-text format for structured data made of objects, lists, strings, numbers and booleans",
-    "a hash table": "a data structure that maps keys to values with fast lookups, on average in constant time",
+    "a hash table": "a data structure that maps keys to values with fast lookups, "
+    "on average in constant time",
     "a queue": "a first-in, first-out collection: items leave in the order they arrived",
     "a stack": "a last-in, first-out collection: the item added last is the first one removed",
     "an operating system": "the software that manages a computer's hardware and runs other programs",
@@ -119,7 +121,8 @@ BOT_FAQ: list[tuple[list[str], str]] = [
     ),
     (
         ["Why is your answer slow?", "Why do you take a while to reply?"],
-        "I run on a CPU and other people may be chatting with me too, so your message can wait in a short queue.",
+        "I run on a CPU and other people may be chatting with me too, "
+        "so your message can wait in a short queue.",
     ),
     (
         ["How do I train my own model?", "Can I fine-tune you?"],
@@ -128,7 +131,8 @@ BOT_FAQ: list[tuple[list[str], str]] = [
     ),
     (
         ["What does q4_k_m mean?", "What is a q4_k_m file?"],
-        "It is a GGUF quantization type: most weights are stored in about 4.5 bits, which keeps a model small and fast on a CPU.",
+        "It is a GGUF quantization type: most weights are stored in about 4.5 bits, "
+        "which keeps a model small and fast on a CPU.",
     ),
     (
         ["Do you remember me tomorrow?", "Will you remember this conversation?"],

@@ -66,8 +66,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = [
         "# lorabot eval report",
         "",
-        f"{report['created']} · {report['machine']} · {s['threads']} llama.cpp threads · context {s['context_length']}, "
-        f"{s['kv_slots']} KV slots · greedy, at most {s['max_new_tokens']} new tokens · {s['prompts']} prompts "
+        f"{report['created']} · {report['machine']} · {s['threads']} llama.cpp threads · "
+        f"context {s['context_length']}, "
+        f"{s['kv_slots']} KV slots · greedy, at most {s['max_new_tokens']} new tokens · "
+        f"{s['prompts']} prompts "
         f"({s['prompts_file']}) · {s['heldout_conversations']} held-out conversations ({s['heldout']})",
         "",
         "## Summary",
@@ -93,7 +95,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             timing = model["per_prompt"][index]
             cell = prompt.replace("|", "\\|")
             out.append(
-                f"| {cell} | {_num(timing['ttft_s'], 3)} | {_num(timing['decode_tok_s'], 1)} | {timing['tokens']} |"
+                f"| {cell} | {_num(timing['ttft_s'], 3)} | {_num(timing['decode_tok_s'], 1)} | "
+                f"{timing['tokens']} |"
             )
         out.append("")
     if report.get("judge"):

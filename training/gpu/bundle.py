@@ -6,7 +6,8 @@
 `prepare` (where lorabot is installed and PyPI is reachable; `make gpu-bundle`) stages
 
     wheels/     the training extras as wheels (training/gpu/download_wheels.sh, slimmed by slim_wheels.py)
-    tokenizer/  the embedded SmolLM2's tokenizer, for `random:*` bases (`python -m training.cli save-tokenizer`)
+    tokenizer/  the embedded SmolLM2's tokenizer, for `random:*` bases
+                (`python -m training.cli save-tokenizer`)
     data/       finetome-like.jsonl (synthetic, FineTome-100k's lengths) and, with --dataset, that dataset
                 as parquet (a hub id such as mlabonne/FineTome-100k needs network here, not there)
 
@@ -150,7 +151,8 @@ def unpack(parts: list[Path], into: Path) -> list[Path]:
             stored = folder / entry["stored_as"]
             if not stored.is_file() or sha256(stored) != entry["piece_sha256"]:
                 raise BundleError(
-                    f"{stored} is missing or damaged (sha256 differs from {folder / MANIFEST}); transfer that part again"
+                    f"{stored} is missing or damaged (sha256 differs from {folder / MANIFEST}); "
+                    "transfer that part again"
                 )
             pieces.setdefault(entry["path"], []).append((entry, stored))
     out = []
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in parts:
         print(f"{folder}  {part_bytes(folder) / MiB:.1f} MiB")
     print(
-        f"{len(parts)} part(s); on the GPU host: python3 training/gpu/bundle.py unpack {parts[0].parent}/part-* --into .gpu"
+        f"{len(parts)} part(s); on the GPU host: python3 training/gpu/bundle.py unpack "
+        f"{parts[0].parent}/part-* --into .gpu"
     )
     return 0
 

@@ -42,7 +42,8 @@ def slim(wheel: Path, cuda: str) -> None:
     before = wheel.stat().st_size
     tmp.replace(wheel)
     print(
-        f"{wheel.name}: {before / 2**20:.1f} → {wheel.stat().st_size / 2**20:.1f} MiB ({len(dropped)} files dropped)"
+        f"{wheel.name}: {before / 2**20:.1f} → {wheel.stat().st_size / 2**20:.1f} MiB "
+        f"({len(dropped)} files dropped)"
     )
 
 
