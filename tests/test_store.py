@@ -466,11 +466,11 @@ async def test_two_bot_processes_see_each_others_model_choices(tmp_path, postgre
 
     first, second = await start("first"), await start("second")
     try:
-        assert "Current model: smollm2-135m" in await ask(first, "/model", "Current model:")
-        assert "Now using tuned." in await ask(second, "/model tuned", "Now using")
-        assert "Current model: tuned" in await ask(first, "/model", "Current model:")  # the other's choice
-        await ask(first, "/model smollm2-135m", "Now using")
-        assert "Current model: smollm2-135m" in await ask(second, "/model", "Current model:")
+        assert "Model here: smollm2-135m" in await ask(first, "/model", "Model here:")
+        assert "Model here is now tuned." in await ask(second, "/model tuned", "Model here is now")
+        assert "Model here: tuned" in await ask(first, "/model", "Model here:")  # the other's choice
+        await ask(first, "/model smollm2-135m", "Model here is now")
+        assert "Model here: smollm2-135m" in await ask(second, "/model", "Model here:")
     finally:
         for bot in (first, second):
             if bot.returncode is None:
