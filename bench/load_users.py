@@ -38,7 +38,7 @@ QUESTIONS = ENGINE_QUESTIONS + [
     "What is photosynthesis, in two sentences?",
 ]
 
-STATUS_MARKERS = ("⏳", "✍")  # queue position, "writing…" (bots/replying.py, bots/*/replies.py)
+STATUS_MARKERS = ("⏳", "✍")  # queue position, "writing…" (bots/replying.py, bots/*/sink.py)
 WARNING_MARKER = "⚠"
 REFUSAL_WORDS = ("busy", "one at a time", "too fast")
 ERROR_SETTLE_S = 3.0

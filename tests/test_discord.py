@@ -393,7 +393,7 @@ async def test_429_on_an_edit_is_retried_after_retry_after_and_no_text_is_lost(f
 
 
 async def test_429s_that_discord_py_gives_up_on_still_end_with_the_full_text(fake, start_bot):
-    """discord.py retries a 429 five times; after that LiveReply waits (SlowDown) and catches up."""
+    """discord.py retries a 429 five times; after that the reply view waits (SlowDown) and catches up."""
     text = "Persistent limits " + " ".join(f"p{i}" for i in range(30)) + " end."
     client = await start_bot(text, token_delay_s=0.01)
     fake.fail_next("PATCH", r"^/channels/\d+/messages/\d+$", status=429, retry_after=0.01, times=5)
