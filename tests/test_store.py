@@ -24,20 +24,9 @@ from core.service import InterruptedReply
 from core.settings import SettingsError, load_core_settings
 from core.turns import process_owner
 from support.engines import make_service
+from support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def until(condition, timeout=30.0, every=0.02):
-    """Wait for an (async or plain) condition instead of guessing a sleep."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = condition()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(every)
 
 
 def contents(messages):

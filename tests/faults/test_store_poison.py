@@ -28,23 +28,12 @@ from core.limits import ModelTextCleaner, clean_model_text
 from core.schema import processes
 from core.turns import process_owner
 from support.engines import make_service
+from support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 # a NUL, a lone surrogate, and a pair written as two code points
 NUL_REPLY = "before\x00after \ud83d lone \ud83d\ude00 pair"
 CLEAN_REPLY = "beforeafter \ufffd lone \U0001f600 pair"
-
-
-async def until(condition, timeout=30.0, every=0.02):
-    """Wait for an (async or plain) condition instead of guessing a sleep."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = condition()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(every)
 
 
 def contents(messages):
