@@ -68,6 +68,7 @@ SERVER_TARGETS = {
     "vs_server_ttft_last_p95": ("<=", 1.0),
 }
 SERVER_TURNS = 6
+SERVER_READY_S = 180.0  # llama-server loads the model before /health answers 200
 SERVER_ROUNDS = (
     4  # per side, alternating: lorabot, server, server, lorabot, lorabot, server, ...; runs differ by ±3 %
 )
@@ -272,7 +273,7 @@ class LlamaServer:
         else:
             self.env.pop("OMP_WAIT_POLICY", None)
 
-    async def start(self, client: object, timeout_s: float = 180.0) -> None:
+    async def start(self, client: object) -> None:
         import httpx
 
         assert isinstance(client, httpx.AsyncClient)
@@ -280,7 +281,7 @@ class LlamaServer:
             self.process = subprocess.Popen(  # noqa: ASYNC220  (returns at once; the server runs on its own)
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
             )
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + SERVER_READY_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"llama-server exited with {self.process.returncode}: {self._log_tail()}")
@@ -288,7 +289,7 @@ class LlamaServer:
                 if (await client.get(f"{self.url}/health", timeout=5)).status_code == 200:
                     return
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"llama-server not ready after {timeout_s:.0f} s: {self._log_tail()}")
+        raise RuntimeError(f"llama-server not ready after {SERVER_READY_S:.0f} s: {self._log_tail()}")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -286,7 +286,7 @@ def default_model_name(pulled: PulledModel) -> str:
 
 
 # ---- push -------------------------------------------------------------------------------------
-def prepare_push(repo: str, private: bool = False) -> str:
+def prepare_push(repo: str) -> str:
     """Check the token and make sure the repo exists, before hours of training; returns the account."""
     from huggingface_hub import HfApi
 
@@ -294,7 +294,7 @@ def prepare_push(repo: str, private: bool = False) -> str:
     api = HfApi(token=token)
     with hub_errors(repo):
         account = api.whoami()["name"]
-        api.create_repo(repo, private=private, exist_ok=True)
+        api.create_repo(repo, private=False, exist_ok=True)
     return account
 
 
@@ -343,7 +343,7 @@ def model_card(repo: str, base: str, files: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def push_run(run_dir: Path, repo: str, private: bool = False) -> str:
+def push_run(run_dir: Path, repo: str) -> str:
     """Upload a run's adapter and GGUF to `repo` in one commit; returns the commit's URL."""
     import json
 
@@ -365,6 +365,6 @@ def push_run(run_dir: Path, repo: str, private: bool = False) -> str:
         CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=model_card(repo, base, files).encode())
     )
     with hub_errors(repo):
-        api.create_repo(repo, private=private, exist_ok=True)
+        api.create_repo(repo, private=False, exist_ok=True)
         commit = api.create_commit(repo, operations, commit_message=f"lorabot: {Path(run_dir).name}")
     return commit.commit_url

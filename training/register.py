@@ -12,10 +12,9 @@ def register_model(
     name: str,
     gguf: Path,
     *,
-    context_length: int | None = None,
     description: str = "",
     models_file: Path | None = None,
 ) -> ModelEntry:
     settings = load_core_settings()
     registry = ModelRegistry(models_file or settings.resolved_models_file)
-    return registry.add(name, Path(gguf), context_length=context_length, description=description)
+    return registry.add(name, Path(gguf), description=description)
