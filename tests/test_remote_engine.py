@@ -28,7 +28,7 @@ from core.remote.endpoints import retry_after_s
 from core.remote.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_PROMPT
 from core.service import ChatService
 from core.settings import load_core_settings
-from support.fake_openai import FakeOpenAI
+from support.fake_openai import FakeOpenAI, fake_openai_servers
 from support.llama_server import SERVER_CTX, LlamaCppServer
 from support.remote_service import Engines, remote_service
 from support.replies import Reply
@@ -73,15 +73,8 @@ ScriptedServer = FakeOpenAI  # tests/support/fake_openai.py
 
 @pytest.fixture
 async def scripted():
-    servers: list[ScriptedServer] = []
-
-    async def make(script=None, **options) -> ScriptedServer:
-        servers.append(await ScriptedServer(script, **options).start())
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        await server.stop()
+    async with fake_openai_servers() as make:
+        yield make
 
 
 # -- the service, with the production engine factory (tests/support/remote_service.py) ---------------

@@ -24,6 +24,7 @@ from core.service import InterruptedReply
 from core.settings import SettingsError, load_core_settings
 from core.turns import process_owner
 from support.engines import make_service
+from support.namespaces import unshare_works
 from support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,20 +352,12 @@ asyncio.run(main())
 """
 
 
-def _unshare_works() -> bool:
-    if os.geteuid() != 0:
-        return False
-    with contextlib.suppress(OSError):
-        return os.spawnlp(os.P_WAIT, "unshare", "unshare", "-p", "-f", "--mount-proc", "true") == 0
-    return False
-
-
 @pytest.mark.parametrize("namespace", ["same", "other"])
 async def test_a_live_process_keeps_its_turns_and_a_stopped_ones_are_marked(store_url, namespace):
     """'same': the other process's pid is checked (immediately dead after SIGKILL, though its lease
     is still fresh). 'other': a process in another pid namespace, as on another host or in another
     container: alive while it renews its lease, gone once the lease runs out."""
-    if namespace == "other" and not _unshare_works():
+    if namespace == "other" and not unshare_works():
         pytest.skip("needs root and unshare(1) for a second pid namespace")
     # 'same': a lease long enough that only the pid check can mark the turn before it runs out
     lease_s = 1.0 if namespace == "other" else 5.0

@@ -194,14 +194,14 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = query_of(update)
     service = bot_state(context).service
     name, _, value = (query.data or "").partition(":")
-    if value.startswith("#") and value[1:].isdigit() and name == "model":
-        names = service.model_names()
-        value = names[int(value[1:])] if int(value[1:]) < len(names) else value
     message = query.message if isinstance(query.message, Message) else None
     if message is None:  # too old for Telegram to send it: nothing to show the change in
         await query.answer("This menu is too old; send the command again.", show_alert=True)
         return
     where = _where(update, context, message, f"telegram:{query.from_user.id}")
+    if value.startswith("#") and value[1:].isdigit():  # a value too long for callback_data: its place
+        listed = (await run_command(service, where, name, "")).choices
+        value = listed[int(value[1:])].value if int(value[1:]) < len(listed) else value
     shown = await run_command(service, where, name, value)
     await query.answer(shown.text[:200], show_alert=shown.refused)
     if shown.refused:

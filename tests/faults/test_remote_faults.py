@@ -25,7 +25,7 @@ from core.errors import Busy
 from core.registry import ModelEntry, ModelRegistry
 from core.remote.chat import request_body
 from core.remote.sse import MAX_EVENT_BYTES
-from support.fake_openai import GREETING, FakeOpenAI, Flood, Raw, Silent, chunk, sse
+from support.fake_openai import GREETING, FakeOpenAI, Flood, Raw, Silent, chunk, fake_openai_servers, sse
 from support.llama_server import LlamaCppServer
 from support.remote_service import Engines, remote_service
 from support.replies import Reply
@@ -44,15 +44,8 @@ until = functools.partial(until, timeout=WAIT_S)  # this file's patience
 
 @pytest.fixture
 async def fake():
-    servers: list[FakeOpenAI] = []
-
-    async def make(script=None, **options) -> FakeOpenAI:
-        servers.append(await FakeOpenAI(script, **options).start())
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        await server.stop()
+    async with fake_openai_servers() as make:
+        yield make
 
 
 def gaps(server: FakeOpenAI) -> list[float]:

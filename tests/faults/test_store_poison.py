@@ -28,6 +28,7 @@ from core.limits import ModelTextCleaner, clean_model_text
 from core.schema import processes
 from core.turns import process_owner
 from support.engines import make_service
+from support.namespaces import unshare_works
 from support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,14 +179,6 @@ asyncio.run(main())
 """
 
 
-def _unshare_works() -> bool:
-    if os.geteuid() != 0:
-        return False
-    with contextlib.suppress(OSError):
-        return os.spawnlp(os.P_WAIT, "unshare", "unshare", "-p", "-f", "--mount-proc", "true") == 0
-    return False
-
-
 async def test_a_deferred_write_that_keeps_failing_never_stops_the_lease(postgres_url):
     """A deferred end of a reply waits behind a row lock that another session holds (a passing
     reason, so it is kept) for longer than a whole lease. The heartbeat has its own transaction:
@@ -195,7 +188,7 @@ async def test_a_deferred_write_that_keeps_failing_never_stops_the_lease(postgre
     PostgreSQL only: SQLite has no row locks (its write lock stops every write, the heartbeat too)."""
     import asyncpg
 
-    if not _unshare_works():
+    if not unshare_works():
         pytest.skip("needs root and unshare(1) for a second pid namespace")
     lease_s = 1.0
     store = await ConversationStore.open(postgres_url, busy_timeout_s=0.3, lease_s=lease_s)

@@ -16,9 +16,11 @@ Real servers cannot be made to do these on cue; the main path is tested against 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,3 +137,19 @@ class FakeOpenAI:
         finally:
             self.open_streams -= 1
         return response
+
+
+@contextlib.asynccontextmanager
+async def fake_openai_servers() -> AsyncIterator[Callable[..., Awaitable[FakeOpenAI]]]:
+    """`make(script, **options)` starts a fake server; every one started is stopped on the way out."""
+    servers: list[FakeOpenAI] = []
+
+    async def make(script: Any = None, **options: Any) -> FakeOpenAI:
+        servers.append(await FakeOpenAI(script, **options).start())
+        return servers[-1]
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            await server.stop()
