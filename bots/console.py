@@ -5,14 +5,24 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
+from collections.abc import AsyncGenerator
 from typing import TextIO
 
 from core.commands import Shown, Where, help_lines, run_command
 from core.errors import ChatError
-from core.events import Delta, Done, Notice, Queued
+from core.events import Delta, Done, Notice, Queued, ReplyEvent
+from core.feedback import Rated
 from core.service import ChatService
 
+RATED = {
+    Rated.NOTED: "Noted {mark} – thanks.",
+    Rated.OFF: "Ratings are off for this bot (LORABOT_FEEDBACK=off).",
+    Rated.OPTED_OUT: "You said /feedback off, so ratings are not kept.",
+}
+
 CONSOLE_COMMANDS = [
+    "/good, /bad – rate the last answer 👍 or 👎",
+    "/retry – a new answer to the last question, in place of the old one",
     "/models – list registered models",
     "/help – this help",
     "/quit – leave (Ctrl-D works too)",
@@ -36,9 +46,30 @@ class ConsoleChat:
 
     async def ask(self, text: str) -> str:
         """Send one message and stream the reply to the terminal; returns the reply text."""
+        return await self._show(self.service.reply(self.conversation_id, self.user, text))
+
+    async def retry(self) -> str:
+        """/retry: the last answer again, differently (the old one is kept as feedback)."""
+        turn = await self.service.latest_answered(self.conversation_id)
+        if turn is None:
+            self.say("Nothing to retry yet: ask something first.")
+            return ""
+        self.say("bot> ", end="")
+        return await self._show(self.service.regenerate(turn, self.user))
+
+    async def rate(self, value: int) -> None:
+        """/good or /bad: rate the last answer."""
+        turn = await self.service.latest_answered(self.conversation_id)
+        if turn is None:
+            self.say("Nothing to rate yet: ask something first.")
+            return
+        rated = await self.service.rate(turn, self.user, value)
+        self.say(RATED[rated].format(mark="👍" if value > 0 else "👎"))
+
+    async def _show(self, events: AsyncGenerator[ReplyEvent, None]) -> str:
         reply = ""
         try:
-            async for event in self.service.reply(self.conversation_id, self.user, text):
+            async for event in events:
                 match event:
                     case Queued(position=position) if position > 1:
                         self.say(f"(queued, #{position})")
@@ -60,6 +91,12 @@ class ConsoleChat:
             return False
         if name == "help":
             self.say(help_text())
+            return True
+        if name in {"good", "bad"}:
+            await self.rate(1 if name == "good" else -1)
+            return True
+        if name == "retry":
+            await self.retry()
             return True
         if name == "models":  # the terminal has no buttons: /model's list, marked
             name, argument = "model", ""

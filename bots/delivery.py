@@ -49,8 +49,20 @@ class MaybeSent(Exception):
     twice, and without the message's id it cannot be edited either (Telegram has no nonce)."""
 
 
+@dataclass(frozen=True)
+class ReplyButtons:
+    """The buttons under a reply's final text (👍 👎 🔁), for turn `turn_id`; sinks render them."""
+
+    turn_id: int
+    rate: bool
+    regenerate: bool
+
+
 class Sink(Protocol):
-    """Where one reply goes: a chat/channel, and the message it answers."""
+    """Where one reply goes: a chat/channel, and the message it answers.
+
+    `send` and `edit` also take `buttons=ReplyButtons(...)` for the last message of a final text;
+    the view passes the keyword only then, so a sink without buttons need not accept it."""
 
     chat_key: str  # the pacing key: one chat or channel
     typing_key: str  # the pacing key of typing indicators (Discord limits them apart from messages)
@@ -80,6 +92,7 @@ ShownCallback = Callable[[list[str], str], Awaitable[None]]
 class _Shown:
     handle: Any
     text: str
+    buttons: ReplyButtons | None = None
 
 
 @dataclass
@@ -123,6 +136,7 @@ class ReplyView:
         self._clock = clock
         self._text = ""  # the newest text (or status line while there is no text)
         self._kind: str | None = None  # "status", "text" or "final"
+        self._buttons: ReplyButtons | None = None  # under the final text's last message
         self._shown: list[_Shown] = []
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
@@ -159,10 +173,17 @@ class ReplyView:
         if self._kind != "final" and text.strip():
             self._set(text, "text")
 
-    async def finish(self, text: str) -> None:
-        """Show the complete text and wait until it is on screen (or delivery gave up)."""
+    async def finish(self, text: str, buttons: ReplyButtons | None = None) -> None:
+        """Show the complete text (`buttons` under its last message: they ride with the final
+        edit, no call of their own) and wait until it is on screen (or delivery gave up)."""
+        self._buttons = buttons
         self._set(text if text.strip() else "(no answer)", "final")
         await self._done.wait()
+
+    def adopt(self, shown: list[tuple[Any, str]]) -> None:
+        """Start from messages already on screen (handle, text), e.g. the answer 🔁 replaces:
+        they are edited in place, and those the new text does not need are deleted at the end."""
+        self._shown = [_Shown(handle, text) for handle, text in shown]
 
     async def close(self) -> None:
         """Stop delivering (shutdown after its grace): whatever is on screen stays."""
@@ -185,11 +206,23 @@ class ReplyView:
         return split_message(self._text, self.sink.limit, length=self.sink.length)
 
     def _next_step(self) -> tuple[int, str] | None:
-        """The first message that differs from what should be shown, and its text."""
-        for index, chunk in enumerate(self._wanted()):
+        """The first message that differs from what should be shown (text or buttons), and its text."""
+        wanted = self._wanted()
+        for index, chunk in enumerate(wanted):
             if index >= len(self._shown) or self._shown[index].text != chunk:
                 return index, chunk
+            if (
+                self._kind == "final"
+                and index == len(wanted) - 1
+                and self._shown[index].buttons != self._buttons
+            ):
+                return index, chunk
         return None
+
+    def _buttons_for(self, index: int) -> ReplyButtons | None:
+        if self._kind != "final" or index != len(self._wanted()) - 1:
+            return None
+        return self._buttons
 
     def _priority(self, index: int) -> int:
         if self._kind == "final":
@@ -204,6 +237,10 @@ class ReplyView:
                 step = self._next_step()
                 if step is None:
                     if self._kind == "final":
+                        if len(self._shown) > len(self._wanted()):  # a shorter answer replaced a longer one
+                            await self._remove(self._shown[len(self._wanted()) :])
+                            del self._shown[len(self._wanted()) :]
+                            self._record(force=True)
                         self.delivered = True
                         return
                     self._wake.clear()
@@ -258,13 +295,16 @@ class ReplyView:
         self._last_call = self._clock()
         self.counts.calls += 1
         new = index >= len(self._shown)
+        buttons = self._buttons_for(index)
+        extra = {"buttons": buttons} if buttons is not None else {}
         try:
             if new:
-                handle = await self.sink.send(chunk)
-                self._shown.append(_Shown(handle, chunk))
+                handle = await self.sink.send(chunk, **extra)
+                self._shown.append(_Shown(handle, chunk, buttons))
             else:
-                await self.sink.edit(self._shown[index].handle, chunk)
+                await self.sink.edit(self._shown[index].handle, chunk, **extra)
                 self._shown[index].text = chunk
+                self._shown[index].buttons = buttons
                 if self._kind == "text":
                     self._text_edits += 1
         except SlowDown as slow:

@@ -19,8 +19,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from bots.delivery import DeliveryCounts, ReplyView, Sink, Typing
+from bots.delivery import DeliveryCounts, ReplyButtons, ReplyView, Sink, Typing
 from bots.pacing import Pacer
 from core.errors import ChatError
 from core.events import Accepted, Delta, Done, Notice, Queued, Started
@@ -63,6 +64,7 @@ class Question:
     text: str
     scope_id: Scopes = None
     platform: str = "chat"
+    regenerate_turn: int | None = None  # 🔁: a new answer to this turn, shown in place of the old one
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Outcome:
     tokens_per_s: float = 0.0
     counts: DeliveryCounts = field(default_factory=DeliveryCounts)
     reason: str = ""  # why it was refused or failed, for the log
+    turn_id: int | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -101,6 +104,7 @@ async def answer_question(
     interrupt: asyncio.Event | None = None,
     final_timeout_s: float = 5.0,
     on_accepted: Callable[[], Awaitable[None]] | None = None,
+    existing: list[tuple[Any, str]] | None = None,
 ) -> Outcome:
     """Answer `question` into `sink`; returns what was shown and how it went.
 
@@ -109,6 +113,12 @@ async def answer_question(
     interruption note gets `final_timeout_s` to reach the platform, so shutdown never hangs on an
     unreachable platform. `on_accepted` runs once the question passed the rate limit and
     admission (e.g. Discord's thread for the answer is started only then).
+
+    With `question.regenerate_turn` the new answer replaces the old one in `existing` (its
+    messages: handle, text shown). A refusal before the new answer is accepted (not the latest
+    answer, busy, rate limit) leaves the old answer untouched: the outcome is "refused" with the
+    reason in `text`, for the adapter to show the person who pressed 🔁. A failure after it was
+    accepted shows the old answer again with the error (the service restored it).
     """
     outcome = Outcome()
     turn_id: int | None = None
@@ -141,24 +151,34 @@ async def answer_question(
         on_shown=record,
     )
     outcome.counts = view.counts
+    view.adopt(existing or [])
+    previous = "\n".join(text for _, text in existing or [])
     typing = Typing(sink, pacer, pace.typing_interval_s, view.counts)
     written, notice = "", ""
     accepted_at = time.monotonic()
     try:
-        events = service.reply(
-            question.conversation_id,
-            question.user_id,
-            question.text,
-            scope_id=question.scope_id,
-            settle_after_delivery=True,
-        )
+        if question.regenerate_turn is not None:
+            events = service.regenerate(
+                question.regenerate_turn,
+                question.user_id,
+                scope_id=question.scope_id,
+                settle_after_delivery=True,
+            )
+        else:
+            events = service.reply(
+                question.conversation_id,
+                question.user_id,
+                question.text,
+                scope_id=question.scope_id,
+                settle_after_delivery=True,
+            )
         async with contextlib.aclosing(events):
             async for event in events:
                 if interrupt is not None and interrupt.is_set():
                     raise asyncio.CancelledError
                 match event:
                     case Accepted(turn_id=number):
-                        turn_id = number
+                        turn_id = outcome.turn_id = number
                         if on_accepted is not None:
                             await on_accepted()
                     case Queued(position=position):
@@ -189,6 +209,12 @@ async def answer_question(
     except ChatError as error:
         outcome.result = "refused" if outcome.model == "" else "error"
         outcome.reason = type(error).__name__
+        if question.regenerate_turn is not None and turn_id is None:  # the old answer stays as it is
+            outcome.text = notes.error_prefix + error.user_message
+            _log(question, outcome)
+            return outcome
+        if question.regenerate_turn is not None:  # the service restored the old answer
+            written, notice = previous, ""
         final = with_note(notice + clean(written), notes.error_prefix + error.user_message)
     except asyncio.CancelledError:
         await interrupted(with_note(notice + clean(written), notes.interrupted))
@@ -200,8 +226,17 @@ async def answer_question(
     finally:
         typing.stop()
     outcome.text = final
+    shows_answer = outcome.result == "answered" or (
+        question.regenerate_turn is not None and outcome.result == "error"
+    )
+    offered = service.buttons_for_replies
+    buttons = (
+        ReplyButtons(turn_id, offered.rate, offered.regenerate)
+        if offered is not None and turn_id is not None and shows_answer
+        else None
+    )
     try:
-        await view.finish(final)
+        await view.finish(final, buttons)
     except asyncio.CancelledError:  # generated, but not yet on screen when the grace ran out
         await interrupted(with_note(final, notes.interrupted))
         raise

@@ -216,6 +216,57 @@ def stats_lines(stats: ServiceStats, wait_s: float | None) -> list[str]:
     return lines
 
 
+@command(
+    "forget",
+    "delete everything stored about you (asks first)",
+    argument="confirm",
+    argument_help="'yes' to delete at once",
+)
+async def forget(service: ChatService, where: Where, confirm: str) -> Shown:
+    """Everyone may: it deletes only what is about the caller (docs/privacy.md)."""
+    own = None if where.shared else where.conversation_id
+    if confirm.lower() not in {"yes", "y"}:
+        settings = ", and this conversation with its settings" if own else ""
+        return Shown(
+            "This deletes everything lorabot stores about you: the questions you asked (here and in "
+            f"every other chat with this bot), the answers to them, and your ratings{settings}. "
+            "It can't be undone. Delete it?",
+            choices=(Choice("yes", "Yes, delete it"),),
+            choose="forget",
+        )
+    forgotten = await service.forget_user(where.user_id, own)
+    return Shown(
+        f"🧹 Deleted {forgotten.turns} question(s) with their answers and {forgotten.ratings} rating(s). "
+        "Nothing else about you is stored."
+    )
+
+
+@command(
+    "feedback",
+    "show or choose whether your 👍/👎 are kept to improve the model (on|off)",
+    argument="choice",
+    argument_help="'off': keep nothing of your ratings and leave your chats out of training; 'on'",
+)
+async def feedback(service: ChatService, where: Where, choice: str) -> Shown:
+    if not service.settings.feedback:
+        return Shown("Feedback is off for this whole bot: no ratings are stored and nothing is exported.")
+    choice = choice.lower()
+    if choice in {"on", "off"}:
+        await service.set_feedback(where.user_id, choice == "on")
+    elif choice:
+        return Shown("Use /feedback on or /feedback off.", refused=True)
+    on = service.feedback_on_for(where.user_id)
+    text = (
+        "Your 👍/👎 are kept (with a pseudonym, never your name) to train better models. "
+        "/feedback off stops it."
+        if on
+        else "Your ratings are not kept and the conversations you ask in are left out of every export. "
+        "/feedback on to change your mind."
+    )
+    choices = (Choice("on", "On", selected=on), Choice("off", "Off", selected=not on))
+    return Shown(text, choices=choices, choose="feedback")
+
+
 def help_lines() -> list[str]:
     """One line per command, for every platform's /help."""
     return [entry.help_line for entry in COMMANDS.values()]

@@ -109,3 +109,7 @@ class StoreUnavailable(ChatError):
         super().__init__(
             f"I couldn't {action} right now (my storage is busy or full). Please try again in a moment."
         )
+
+
+class CannotRegenerate(ChatError):
+    """🔁 on an answer that cannot be regenerated now; nothing changed (the old answer stays)."""

@@ -36,13 +36,24 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from core import database
 from core.engines.base import Message
 from core.errors import StoreUnavailable
-from core.schema import SCHEMA_VERSION, conversation_options, migrate, model_choice, processes, turns
+from core.schema import (
+    SCHEMA_VERSION,
+    answer_versions,
+    conversation_options,
+    migrate,
+    model_choice,
+    processes,
+    ratings,
+    reply_messages,
+    turns,
+)
 from core.turns import InterruptedReply, TurnState, owner_alive, process_owner
 
 __all__ = ["SCHEMA_VERSION", "ConversationStore"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Statements = tuple[sa.Executable, ...]  # one write: stored together or not at all
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before giving up
 OPEN_RETRY_S = 0.05  # between tries to open a SQLite file that another process is setting up
@@ -50,6 +61,16 @@ PRUNE_EVERY_S = 3600.0
 MAX_DEFERRED = 1000  # settle/delivery writes kept for a retry while the store refuses writes
 LEASE_S = 60.0  # a process whose heartbeat is older than this is gone (when its pid can't be checked)
 STORE_ERRORS = (SQLAlchemyError, OSError)  # OSError: a PostgreSQL server that cannot be reached
+
+
+async def delete_turns(db: AsyncConnection, which: sa.ColumnElement[bool]) -> list[str]:
+    """Delete the turns `which` selects with everything kept about them (ratings, replaced
+    answers, message refs); returns their states. Explicit deletes rather than foreign-key
+    cascades: SQLite enforces those only per connection, when asked."""
+    ids = sa.select(turns.c.id).where(which).scalar_subquery()
+    for table in (ratings, answer_versions, reply_messages):
+        await db.execute(sa.delete(table).where(table.c.turn_id.in_(ids)))
+    return list((await db.execute(sa.delete(turns).where(which).returning(turns.c.state))).scalars())
 
 
 class ConversationStore:
@@ -84,8 +105,8 @@ class ConversationStore:
         self._open_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()  # one write at a time from this process (as SQLite does anyway)
         self._lease_task: asyncio.Task[None] | None = None
-        # settle/delivery writes that failed, applied before the next write: key -> statement
-        self._deferred: dict[tuple[str, int], sa.Executable] = {}
+        # settle/delivery writes that failed, applied before the next write: key -> statements
+        self._deferred: dict[tuple[str, int], Statements] = {}
 
     @classmethod
     async def open(cls, target: Path | str | URL, **options: Any) -> ConversationStore:
@@ -159,7 +180,8 @@ class ConversationStore:
         for key, statement in list(self._deferred.items()):
             try:
                 async with self._writer.begin() as db:
-                    await db.execute(statement)
+                    for part in statement:
+                        await db.execute(part)
             except Exception as error:  # noqa: BLE001 - anything that will not pass is dropped
                 if isinstance(error, STORE_ERRORS) and database.is_passing(error):
                     if stored:
@@ -179,12 +201,13 @@ class ConversationStore:
             log.info("history store: %d deferred write(s) stored", stored)
         return None
 
-    async def _write_or_defer(self, key: tuple[str, int], statement: sa.Executable, action: str) -> bool:
+    async def _write_or_defer(self, key: tuple[str, int], statement: Statements, action: str) -> bool:
         """For writes whose caller cannot wait or fail (the end of a reply, a delivery record):
         on a passing error keep the write and apply it with the next one that succeeds."""
 
         async def work(db: AsyncConnection) -> None:
-            await db.execute(statement)
+            for part in statement:
+                await db.execute(part)
 
         try:
             await self._write(work, action)
@@ -214,6 +237,19 @@ class ConversationStore:
             await db.execute(statement)
 
         await self._write(work, action)
+
+    # -- for the modules that keep their own tables in this store (core.feedback_store) ---------
+    async def read(self, work: Callable[[AsyncConnection], Awaitable[T]], action: str) -> T:
+        """Run `work` on a connection; a store error becomes `StoreUnavailable(action)`."""
+        return await self._read(work, action)
+
+    async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], action: str) -> T:
+        """Run `work` in one write transaction, after the deferred writes (see `_write`)."""
+        return await self._write(work, action)
+
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT that takes this backend's ON CONFLICT clauses."""
+        return self._insert(table)
 
     # -- leases -----------------------------------------------------------------------------
     async def _heartbeat(self, db: AsyncConnection) -> None:
@@ -251,14 +287,16 @@ class ConversationStore:
                 await self._recover(own_turns_dead=False)  # a write: the deferred ones go in first
 
     # -- turns ------------------------------------------------------------------------------
-    async def begin_turn(self, conversation_id: str, question: str) -> int:
-        """Store an accepted question as a pending turn; returns its id."""
+    async def begin_turn(self, conversation_id: str, question: str, *, user_key: str | None = None) -> int:
+        """Store an accepted question as a pending turn (`user_key`: who asked, a pseudonym, so
+        /forget finds it); returns its id."""
         now = time.time()
         statement = (
             sa.insert(turns)
             .values(
                 conversation_id=conversation_id,
                 question=question,
+                user_key=user_key,
                 state="pending",
                 owner=process_owner(),
                 created_at=now,
@@ -276,22 +314,29 @@ class ConversationStore:
         return await self._write(work, "save this conversation")
 
     async def finish_turn(
-        self, turn_id: int, state: TurnState, answer: str = "", *, question: str | None = None
+        self,
+        turn_id: int,
+        state: TurnState,
+        answer: str = "",
+        *,
+        question: str | None = None,
+        model: str | None = None,
+        model_file: str | None = None,
     ) -> bool:
         """Settle a pending turn (`question` replaces the stored one, e.g. by the part the model
-        read). Never raises for a store error: the write is kept and retried with the next one,
-        and False says so. A turn already settled or forgotten is left alone."""
-        statement = (
-            sa.update(turns)
-            .where(turns.c.id == turn_id, turns.c.state == "pending")
-            .values(
-                state=state,
-                answer=answer,
-                question=sa.func.coalesce(sa.literal(question, turns.c.question.type), turns.c.question),
-                updated_at=time.time(),
-            )
-        )
-        return await self._write_or_defer(("finish", turn_id), statement, "save a reply")
+        read; `model`/`model_file`: what answered). Never raises for a store error: the write is
+        kept and retried with the next one, and False says so. A turn already settled or forgotten
+        is left alone."""
+        values: dict[str, Any] = {
+            "state": state,
+            "answer": answer,
+            "question": sa.func.coalesce(sa.literal(question, turns.c.question.type), turns.c.question),
+            "updated_at": time.time(),
+        }
+        if model is not None:
+            values |= {"model": model, "model_file": model_file}
+        statement = sa.update(turns).where(turns.c.id == turn_id, turns.c.state == "pending").values(values)
+        return await self._write_or_defer(("finish", turn_id), (statement,), "save a reply")
 
     async def add_turn(self, conversation_id: str, user_text: str, reply_text: str) -> None:
         """Store a finished exchange in one write (imports, tests)."""
@@ -311,13 +356,41 @@ class ConversationStore:
         await self._write(work, "save this conversation")
 
     async def record_delivery(self, turn_id: int, platform: str, handles: list[str], shown: str) -> bool:
-        """Remember where a turn's reply is shown and what it shows; deferred like `finish_turn`."""
-        statement = (
+        """Remember where a turn's reply is shown and what it shows, and which turn each of its
+        messages belongs to (a reaction on any of them finds it); deferred like `finish_turn`."""
+        statements: list[sa.Executable] = [
             sa.update(turns)
             .where(turns.c.id == turn_id)
             .values(platform=platform, handles=json.dumps(list(handles)), shown=shown)
-        )
-        return await self._write_or_defer(("delivery", turn_id), statement, "record a delivery")
+        ]
+        if handles:
+            rows = [{"platform": platform, "ref": ref, "turn_id": turn_id} for ref in dict.fromkeys(handles)]
+            insert = self._insert(reply_messages).values(rows)
+            statements.append(
+                insert.on_conflict_do_update(
+                    index_elements=["platform", "ref"], set_={"turn_id": insert.excluded.turn_id}
+                )
+            )
+        return await self._write_or_defer(("delivery", turn_id), tuple(statements), "record a delivery")
+
+    async def latest_answered(self, conversation_id: str) -> int | None:
+        """The id of the conversation's newest answered turn (what /good, /bad and /retry mean)."""
+        answered = sa.and_(turns.c.conversation_id == conversation_id, turns.c.state == "answered")
+
+        async def work(db: AsyncConnection) -> int | None:
+            return (await db.execute(sa.select(sa.func.max(turns.c.id)).where(answered))).scalar()
+
+        return await self._read(work, "read this conversation")
+
+    async def reply_refs(self, turn_id: int) -> tuple[str, list[str]]:
+        """(platform, refs of the turn's reply messages in order); ("", []) when unknown."""
+
+        async def work(db: AsyncConnection) -> tuple[str, list[str]]:
+            query = sa.select(turns.c.platform, turns.c.handles).where(turns.c.id == turn_id)
+            row = (await db.execute(query)).first()
+            return (row[0] or "", json.loads(row[1])) if row else ("", [])
+
+        return await self._read(work, "read a reply's messages")
 
     async def turn_state(self, turn_id: int) -> TurnState | None:
         """A turn's state (None once forgotten or pruned)."""
@@ -394,9 +467,8 @@ class ConversationStore:
 
     async def _prune(self, db: AsyncConnection, now: float) -> None:
         cutoff = now - self.keep_days * 86400
-        removed = (
-            await db.execute(sa.delete(turns).where(turns.c.created_at < cutoff, turns.c.state != "pending"))
-        ).rowcount
+        old = sa.and_(turns.c.created_at < cutoff, turns.c.state != "pending")
+        removed = len(await delete_turns(db, old))
         # leases of processes gone for a day (a row per process start would pile up otherwise)
         gone = database.db_clock(self.dialect) - max(86400.0, self.lease_s * 10)
         await db.execute(sa.delete(processes).where(processes.c.heartbeat_at < gone))
@@ -443,12 +515,9 @@ class ConversationStore:
 
     async def forget(self, conversation_id: str) -> int:
         """Delete the conversation's turns, pending ones included; returns the messages removed."""
-        statement = (
-            sa.delete(turns).where(turns.c.conversation_id == conversation_id).returning(turns.c.state)
-        )
 
         async def work(db: AsyncConnection) -> list[str]:
-            return list((await db.execute(statement)).scalars())
+            return await delete_turns(db, turns.c.conversation_id == conversation_id)
 
         states = await self._write(work, "forget this conversation")
         return sum(2 if state == "answered" else 1 for state in states)

@@ -21,7 +21,7 @@ from core.limits import clean_model_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATION_LOCK = 0x6C6F7261  # pg_advisory_xact_lock key ("lora"): one migrating process at a time
 
 
@@ -57,6 +57,11 @@ turns = sa.Table(
     sa.Column("notice_due", sa.Integer, nullable=False, server_default="0"),  # take_interrupted clears it
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
+    # v4 (feedback): who asked, as a salted pseudonym (core.feedback.Pseudonyms), never a platform id
+    sa.Column("user_key", CleanText),
+    sa.Column("model", CleanText),  # the registered name that answered
+    sa.Column("model_file", CleanText),  # that model file's identity (core.fingerprint)
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),  # +1 per regenerate
     sa.CheckConstraint("state IN ('pending', 'answered', 'interrupted', 'failed')", name="turns_state"),
     sqlite_autoincrement=True,
 )
@@ -94,6 +99,56 @@ processes = sa.Table(  # leases: who is alive, for processes whose pid this host
     sa.Column("owner", CleanText, primary_key=True),
     sa.Column("heartbeat_at", sa.Double, nullable=False),  # the database's clock (core.database.db_clock)
 )
+# -- v4: feedback -------------------------------------------------------------------------------
+answer_versions = sa.Table(  # answers replaced by a regenerate (the turn keeps the one that stayed)
+    "answer_versions",
+    metadata,
+    sa.Column("turn_id", _Id, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("answer", CleanText, nullable=False),
+    sa.Column("model", CleanText),
+    sa.Column("model_file", CleanText),
+    sa.Column("created_at", sa.Double, nullable=False),  # when that answer was written
+    sa.Column("replaced_at", sa.Double, nullable=False),
+)
+ratings = sa.Table(  # one rating per rater of one answer (a turn's version): a group member counts once
+    "ratings",
+    metadata,
+    sa.Column("turn_id", _Id, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("rater_key", CleanText, primary_key=True),  # salted pseudonym
+    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("model", CleanText),  # copied from the rated answer: reports group by it
+    sa.Column("model_file", CleanText),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.CheckConstraint("value IN (-1, 1)", name="ratings_value"),
+)
+reply_messages = sa.Table(  # every platform message of a reply -> its turn (reactions find turns)
+    "reply_messages",
+    metadata,
+    sa.Column("platform", CleanText, primary_key=True),
+    sa.Column("ref", CleanText, primary_key=True),
+    sa.Column("turn_id", _Id, nullable=False),
+)
+feedback_opt_out = sa.Table(  # /feedback off: no ratings stored, conversations left out of exports
+    "feedback_opt_out",
+    metadata,
+    sa.Column("user_key", CleanText, primary_key=True),
+    sa.Column("since", sa.Double, nullable=False),
+)
+store_secrets = sa.Table(  # the pseudonym salt, made once per database (never exported)
+    "store_secrets",
+    metadata,
+    sa.Column("name", CleanText, primary_key=True),
+    sa.Column("value", CleanText, nullable=False),
+)
+_feedback_indexes = [
+    sa.Index("turns_by_user", turns.c.user_key),
+    sa.Index("ratings_by_rater", ratings.c.rater_key),
+    sa.Index("ratings_by_model", ratings.c.model, ratings.c.model_file),
+    sa.Index("reply_messages_by_turn", reply_messages.c.turn_id),
+]
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 Migration = Callable[[AsyncConnection], Awaitable[None]]
@@ -143,7 +198,20 @@ async def _to_v3(db: AsyncConnection) -> None:
     await _create(db, processes, schema_version)
 
 
-MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3]  # [v] makes v + 1
+async def _to_v4(db: AsyncConnection) -> None:
+    """Feedback: who asked each turn (pseudonym), which model file answered, regenerated answers,
+    ratings, the messages of each reply, opt-outs, and the pseudonym salt."""
+    present = await db.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("turns")})
+    for column in ("user_key", "model", "model_file", "version"):
+        if column in present:
+            continue
+        kind = "INTEGER NOT NULL DEFAULT 0" if column == "version" else "TEXT"
+        await db.exec_driver_sql(f"ALTER TABLE turns ADD COLUMN {column} {kind}")
+    await _create(db, answer_versions, ratings, reply_messages, feedback_opt_out, store_secrets)
+    await _create(db, *_feedback_indexes)
+
+
+MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3, _to_v4]  # [v] makes v + 1
 
 
 async def stored_version(db: AsyncConnection) -> int:

@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from core import feedback_store
 from core.engines.base import GenerationRequest, GenerationStats, Message
-from core.errors import BadTemperature, Busy, ChatError, GenerationTimeout, TooManyWaiting
+from core.errors import BadTemperature, Busy, CannotRegenerate, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
+from core.feedback import Buttons, Pseudonyms, Rated, RatingWriter
+from core.feedback_store import Forgotten, PendingRating, Regeneration
+from core.fingerprint import file_identity, remote_identity
 from core.handles import LoadedModel
 from core.history import ConversationStore
 from core.limits import ModelTextCleaner, UserRateLimiter, clean_user_text
@@ -32,6 +37,18 @@ from core.turns import InterruptedReply, TurnState
 log = logging.getLogger(__name__)
 
 Scopes = str | Sequence[str] | None  # where a model choice may be set, most specific first
+REGENERATE_TEMPERATURE = 0.7  # 🔁 samples at least this warm, also where answers are greedy
+
+
+@dataclass(frozen=True)
+class _Unsettled:
+    """A generated turn waiting for `settle_delivery`: how it ended and what to store."""
+
+    state: TurnState
+    answer: str = ""
+    question: str | None = None  # the part of the question the model read
+    model: str | None = None
+    model_file: str | None = None
 
 
 @dataclass
@@ -65,8 +82,11 @@ class ChatService:
         self._replies = 0
         # turns generated for `reply(settle_after_delivery=True)`, until `settle_delivery`:
         # turn id -> (state, answer, the question the model read)
-        self._unsettled: dict[int, tuple[TurnState, str, str | None]] = {}
+        self._unsettled: dict[int, _Unsettled] = {}
         self._stopping = asyncio.Event()
+        self._pseudonyms: Pseudonyms | None = None
+        self._opted_out: set[str] = set()  # pseudonyms that said /feedback off (this process's view)
+        self._ratings: RatingWriter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,6 +94,10 @@ class ChatService:
         self.history = await ConversationStore.open(url, keep_days=keep_days)
         await self.history.recover()  # a killed process's pending turns become interrupted
         self.registry.get(self.settings.default_model)  # fail at start-up, not on first message
+        self._pseudonyms = Pseudonyms(await feedback_store.pseudonym_salt(self.history))
+        self._opted_out = await feedback_store.opted_out_keys(self.history)
+        self._ratings = RatingWriter(self.history, self.settings.feedback_flush_s)
+        self._ratings.start()
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Refuse new work, let running replies finish (up to the timeout), then stop them."""
@@ -84,6 +108,8 @@ class ChatService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.scheduler.wait_idle(), 5)
         await self.pool.close()
+        if self._ratings is not None:
+            await self._ratings.close()
         if self.history is not None:
             await self.history.close()
 
@@ -168,9 +194,13 @@ class ChatService:
         kept = self._unsettled.pop(turn_id, None)
         if kept is None or delivered is None:
             return
-        state, answer, question = kept
         await self._store.finish_turn(
-            turn_id, state if delivered else "interrupted", answer, question=question
+            turn_id,
+            kept.state if delivered else "interrupted",
+            kept.answer,
+            question=kept.question,
+            model=kept.model,
+            model_file=kept.model_file,
         )
 
     async def take_interrupted(self, platform: str) -> list[InterruptedReply]:
@@ -208,13 +238,91 @@ class ChatService:
         text, notice = clean_user_text(text, self.settings.max_input_chars)
         await self.limiter.check(user_id)
         model = await self.current_model(conversation_id, scope_id)
-        entry = self.registry.get(model)
         ticket = self._admit(user_id, model)
+
+        async def begin() -> int:
+            return await self._store.begin_turn(conversation_id, text, user_key=self.pseudonym(user_id))
+
+        answering = self._answer(ticket, model, conversation_id, text, begin, notice, settle_after_delivery)
+        async with contextlib.aclosing(answering):
+            async for event in answering:
+                yield event
+
+    async def regenerate(
+        self,
+        turn_id: int,
+        user_id: str,
+        *,
+        scope_id: Scopes = None,
+        settle_after_delivery: bool = False,
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """🔁: a new answer to turn `turn_id`'s question in the same context, the same events as
+        `reply` (Accepted carries the same turn id). Sampled with a fresh seed (at least at
+        REGENERATE_TEMPERATURE), and its first token may not be the old answer's, so it is never
+        the same answer. The old answer is kept (`answer_versions`) with LORABOT_FEEDBACK on: it
+        and the one that stays form a preference pair. Only the newest turn of a conversation;
+        `CannotRegenerate` (nothing changed) otherwise. If generating fails, the old answer is
+        the turn's answer again."""
+        await self.limiter.check(user_id)
+        conversation_id = await feedback_store.conversation_of(self._store, turn_id)
+        if conversation_id is None:
+            raise CannotRegenerate("That answer is no longer stored, so it can't be regenerated.")
+        model = await self.current_model(conversation_id, scope_id)
+        ticket = self._admit(user_id, model)
+        opened: list[Regeneration] = []
+
+        async def begin() -> int:
+            regeneration = await feedback_store.begin_regeneration(
+                self._store, turn_id, keep_old=self.settings.feedback
+            )
+            opened.append(regeneration)
+            return turn_id
+
+        async def undo() -> None:
+            if opened:
+                await feedback_store.undo_regeneration(self._store, opened[0])
+
+        answering = self._answer(
+            ticket,
+            model,
+            conversation_id,
+            "",
+            begin,
+            None,
+            settle_after_delivery,
+            regeneration=opened,
+            undo=undo,
+        )
+        async with contextlib.aclosing(answering):
+            async for event in answering:
+                yield event
+
+    async def _answer(
+        self,
+        ticket: Ticket,
+        model: str,
+        conversation_id: str,
+        text: str,
+        begin: Callable[[], Awaitable[int]],
+        notice: str | None,
+        settle_after_delivery: bool,
+        *,
+        regeneration: list[Regeneration] | None = None,
+        undo: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """The part `reply` and `regenerate` share: store the turn (`begin`), wait for the queue,
+        generate, and settle the turn however it ends."""
+        entry = self.registry.get(model)
         turn_id: int | None = None
         settled = False  # _generate marked the turn answered/interrupted
         outcome: TurnState = "failed"
         try:
-            turn_id = await self._store.begin_turn(conversation_id, text)
+            try:
+                turn_id = await begin()
+            except BaseException:
+                self.scheduler.release(ticket)
+                raise
+            opened = regeneration[0] if regeneration else None
             yield Accepted(turn_id)
             if notice:
                 yield Notice(notice)
@@ -229,7 +337,13 @@ class ChatService:
                 yield Started(model)
                 started_at = time.monotonic()
                 generated = self._generate(
-                    handle, entry, conversation_id, text, turn_id, defer=settle_after_delivery
+                    handle,
+                    entry,
+                    conversation_id,
+                    opened.question if opened else text,
+                    turn_id,
+                    defer=settle_after_delivery,
+                    avoid=opened.previous_answer if opened else None,
                 )
                 async for event in generated:
                     if isinstance(event, Done):
@@ -242,14 +356,98 @@ class ChatService:
         finally:
             try:
                 if turn_id is not None and not settled and settle_after_delivery and outcome == "interrupted":
-                    self._unsettled.setdefault(turn_id, ("interrupted", "", None))  # the caller settles
+                    self._unsettled.setdefault(turn_id, _Unsettled("interrupted"))  # the caller settles
+                elif turn_id is not None and not settled and outcome == "failed" and undo is not None:
+                    await asyncio.shield(undo())  # the old answer stays the turn's answer
                 elif turn_id is not None and not settled:
                     # shielded: a cancelled reply is still recorded (a store error keeps the write)
                     await asyncio.shield(self._store.finish_turn(turn_id, outcome))
             except Exception:  # never hide the reply's own outcome; a restart marks the turn
                 log.warning("could not record the end of turn %s", turn_id, exc_info=True)
             finally:
-                self.scheduler.release(ticket)
+                if turn_id is not None:
+                    self.scheduler.release(ticket)
+
+    # -- feedback ----------------------------------------------------------------------------
+    def pseudonym(self, user_id: str) -> str:
+        """The stored stand-in for a platform user id (salted hash; docs/privacy.md)."""
+        if self._pseudonyms is None:
+            raise RuntimeError("ChatService.start() was not called")
+        return self._pseudonyms(user_id)
+
+    @property
+    def buttons_for_replies(self) -> Buttons | None:
+        """The buttons under each final reply (None: LORABOT_FEEDBACK_BUTTONS is off)."""
+        if not self.settings.feedback_buttons:
+            return None
+        return Buttons(rate=self.settings.feedback, regenerate=True)
+
+    def feedback_on_for(self, user_id: str) -> bool:
+        return self.settings.feedback and self.pseudonym(user_id) not in self._opted_out
+
+    async def rate(
+        self, turn_id: int, user_id: str, value: int | None, *, only_if: int | None = None
+    ) -> Rated:
+        """👍 (+1), 👎 (-1) or remove (None; with `only_if`, only a rating of that value) by
+        `user_id` of turn `turn_id`'s current answer. Returns at once: the write is coalesced
+        and stored in the background (`feedback_flushed` waits for it)."""
+        return self._hand_in(user_id, value, only_if, turn_id=turn_id)
+
+    async def rate_message(
+        self, platform: str, ref: str, user_id: str, value: int | None, *, only_if: int | None = None
+    ) -> Rated:
+        """`rate` for a reaction on a platform message (`ref` as the sink names it): any message
+        of a reply finds its turn; a message that is no reply is ignored when written."""
+        return self._hand_in(user_id, value, only_if, platform=platform, ref=ref)
+
+    def _hand_in(self, user_id: str, value: int | None, only_if: int | None, **where: object) -> Rated:
+        if not self.settings.feedback:
+            return Rated.OFF
+        rater = self.pseudonym(user_id)
+        if rater in self._opted_out:
+            return Rated.OPTED_OUT
+        if value not in (1, -1, None):
+            raise ValueError(f"a rating is +1, -1 or None, not {value!r}")
+        rating = PendingRating(rater, value, only_if=only_if, at=time.time(), **where)  # type: ignore[arg-type]
+        self._writer.add(rating)
+        return Rated.NOTED
+
+    async def feedback_flushed(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every rating handed in so far is stored (tests, shutdown)."""
+        return await self._writer.flushed(timeout)
+
+    async def set_feedback(self, user_id: str, on: bool) -> None:
+        """/feedback on|off for one person: off deletes their ratings, stores no new ones, and
+        leaves the conversations they asked in out of every export."""
+        key = self.pseudonym(user_id)
+        await feedback_store.set_opt_out(self._store, key, not on)
+        (self._opted_out.discard if on else self._opted_out.add)(key)
+
+    async def forget_user(self, user_id: str, conversation_id: str | None = None) -> Forgotten:
+        """/forget: delete the turns `user_id` asked (everywhere), their ratings, and
+        `conversation_id` (their own private conversation, when not shared) with its settings."""
+        await self.feedback_flushed()  # a rating still waiting would come back after the delete
+        forgotten = await feedback_store.forget_user(self._store, self.pseudonym(user_id), conversation_id)
+        if conversation_id is not None:
+            await self.pool.forget(conversation_id)
+        return forgotten
+
+    async def latest_answered(self, conversation_id: str) -> int | None:
+        """The conversation's newest answered turn: what a terminal /good, /bad or /retry means."""
+        return await self._store.latest_answered(conversation_id)
+
+    async def reply_refs(self, turn_id: int) -> tuple[str, list[str]]:
+        """(platform, refs of turn `turn_id`'s reply messages, in order): what 🔁 edits in place."""
+        return await self._store.reply_refs(turn_id)
+
+    async def _model_file(self, entry: ModelEntry) -> str | None:
+        """The identity of the file (or served model) that answered: ratings follow the file."""
+        if entry.path is None:
+            return remote_identity(entry.remote_model, entry.name)
+        try:
+            return await asyncio.to_thread(file_identity, entry.path)
+        except OSError:
+            return None
 
     # -- admission -------------------------------------------------------------------------
     def estimated_wait_s(self, position: int) -> float | None:
@@ -286,6 +484,12 @@ class ChatService:
 
     # -- internals -------------------------------------------------------------------------
     @property
+    def _writer(self) -> RatingWriter:
+        if self._ratings is None:
+            raise RuntimeError("ChatService.start() was not called")
+        return self._ratings
+
+    @property
     def _store(self) -> ConversationStore:
         if self.history is None:
             raise RuntimeError("ChatService.start() was not called")
@@ -300,21 +504,26 @@ class ChatService:
         turn_id: int,
         *,
         defer: bool = False,
+        avoid: str | None = None,
     ) -> AsyncGenerator[ReplyEvent, None]:
+        """Stream the answer to `text`; `avoid`: a regenerate's old answer (sampled, fresh seed,
+        another first token)."""
         settings = self.settings
         context_length = handle.context_length  # EngineClosed, never a freed model
         max_new = min(entry.max_new_tokens or settings.max_new_tokens, context_length // 2)
         messages, text, trimmed = await self._fit_context(handle, conversation_id, text, max_new)
         if trimmed:
             yield Notice(trimmed)
+        temperature = await self.current_temperature(conversation_id, entry.name)
         request = GenerationRequest(
             model=entry.name,
             conversation_id=conversation_id,
             messages=messages,
             max_new_tokens=max_new,
-            temperature=await self.current_temperature(conversation_id, entry.name),
+            temperature=max(temperature, REGENERATE_TEMPERATURE) if avoid is not None else temperature,
             top_p=entry.top_p if entry.top_p is not None else settings.top_p,
-            seed=settings.seed,
+            seed=secrets.randbits(31) if avoid is not None else settings.seed,
+            avoid_start=avoid,
         )
         stats = GenerationStats()
         started = time.perf_counter()
@@ -355,12 +564,13 @@ class ChatService:
         if speed:
             self._speeds.append(speed)
         state: TurnState = "interrupted" if stats.finish_reason == "interrupted" else "answered"
-        if defer:  # settled by settle_delivery once the user has it (text: the part the model read)
-            self._unsettled[turn_id] = (state, reply, text)
+        done = _Unsettled(state, reply, text, entry.name, await self._model_file(entry))  # text: as read
+        if defer:  # settled by settle_delivery once the user has it
+            self._unsettled[turn_id] = done
         else:
             await self._store.finish_turn(
-                turn_id, state, reply, question=text
-            )  # text: the part the model read
+                turn_id, state, reply, question=text, model=done.model, model_file=done.model_file
+            )
         self._replies += 1
         yield Done(
             text=reply,

@@ -78,6 +78,21 @@ class CoreSettings(BaseSettings):
         "0 = keep forever.",
     )
     max_input_chars: int = Field(4000, ge=100, description="Longer messages are trimmed with a notice.")
+    feedback: bool = Field(
+        True,
+        description="Store 👍/👎 ratings and regenerated answers (docs/privacy.md); off: the bot ignores "
+        "reactions, shows no rating buttons and keeps no replaced answers.",
+    )
+    feedback_buttons: bool = Field(
+        True, description="Show 👍 👎 🔁 buttons under each final reply (reactions work either way)."
+    )
+    feedback_flush_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Ratings are coalesced (latest wins per rater and answer) and written this often.",
+    )
+
     max_new_tokens: int = Field(
         400,
         ge=1,

@@ -50,6 +50,9 @@ class GenerationRequest:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 3407
+    # a regenerate: the answer it replaces, whose first token the new one may not start with
+    # (engines that cannot ban a token sample with a fresh seed only; docs/feedback.md)
+    avoid_start: str | None = None
 
 
 @dataclass

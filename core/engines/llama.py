@@ -94,6 +94,7 @@ class Generation:
     prefill_steps: int = 0  # steps that read part of its prompt
     messages: list[Message] = field(default_factory=list)  # the prompt's messages, for reading ahead
     reply: list[str] = field(default_factory=list)  # the text given out so far
+    banned_first: int | None = None  # a regenerate's first token may not be the old answer's
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -413,7 +414,20 @@ class LlamaEngine:
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
             order=next(self._admitted),
             messages=list(request.messages),
+            banned_first=self._first_token(request.avoid_start),
         )
+
+    def _first_token(self, text: str | None) -> int | None:
+        """The token an answer spelled `text` starts with (None for no text)."""
+        if not text:
+            return None
+        tokens = self.model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return tokens[0] if tokens else None
+
+    def _ban(self, logit_index: int, token: int) -> None:
+        """Make `token` impossible at batch row `logit_index` (greedy and sampled alike read this row)."""
+        row = llama_cpp.llama_get_logits_ith(self.ctx.ctx, logit_index)
+        np.ctypeslib.as_array(row, shape=(self.n_vocab,))[token] = -np.inf
 
     def step(self, generations: list[Generation]) -> list[tuple[str, bool]]:
         """Advance the generations with ONE llama_decode (continuous batching, as llama.cpp's
@@ -480,6 +494,9 @@ class LlamaEngine:
             return "", False  # still reading its prompt
         generation.reading = False
         stats = generation.stats
+        if generation.banned_first is not None:  # a regenerate: never the old answer by construction
+            self._ban(generation.logit_index, generation.banned_first)
+            generation.banned_first = None
         if generation.sampler is None:
             token = self._argmax(generation.logit_index)
         else:
