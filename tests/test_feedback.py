@@ -224,3 +224,26 @@ async def test_regenerate_with_the_real_model_gives_another_answer(tmp_path, emb
             assert done.text.strip() and done.text != first
             first = done.text
         assert len(await rows(service, schema.answer_versions)) == 3
+
+
+async def test_the_terminal_rates_and_retries_the_last_answer(tmp_path):
+    import io
+
+    from bots.console import ConsoleChat
+
+    async with make_service(tmp_path, reply=counter_replies()) as service:
+        out = io.StringIO()
+        chat = ConsoleChat(service, out=out, user="alice")
+        await chat.command("/good")
+        assert "Nothing to rate yet" in out.getvalue()
+        assert await chat.ask("hello") == "answer 1"
+        await chat.command("/bad")
+        await chat.command("/retry")
+        assert out.getvalue().rstrip().endswith("answer 2")
+        await chat.command("/good")
+        await service.feedback_flushed()
+        assert {(r.version, r.value) for r in await rows(service, schema.ratings)} == {(0, -1), (1, 1)}
+        assert "Noted 👍" in out.getvalue() and "Noted 👎" in out.getvalue()
+        await chat.command("/forget yes")
+        assert "Deleted 1 question(s)" in out.getvalue()
+        assert await rows(service, schema.turns) == [] and await rows(service, schema.ratings) == []
