@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ from bench.load_users import (
     TelegramWorld,
     Tracker,
     World,
+    is_status,
     layout,
+    normalized,
     question_for,
 )
 
@@ -53,8 +56,11 @@ TARGETS = {
     "delivery_vs_engine": (">=", 0.8),
     "api_calls_per_reply": ("<=", 8.0),
     "stuck": ("<=", 0),
+    "ratings_lost": ("<=", 0),
+    "answers_without_buttons": ("<=", 0),
 }
 POLL_S = 0.25
+REGENERATE_REFUSED_S = 15.0  # 🔁 that changed nothing on screen this long was refused (shown to the presser)
 PROGRESS_S = 30.0
 START_TIMEOUT_S = 180.0
 EXIT_TIMEOUT_S = 60.0  # after SIGTERM; then SIGKILL
@@ -111,8 +117,11 @@ class Run:
         patience_s: float,
         seed: int,
         progress: bool,
+        rate: bool = True,
     ) -> None:
         self.world = world
+        self.rate = rate
+        self.rating = RatingCounts()
         self.run_dir = run_dir
         self.messages = messages
         self.timeout_s = timeout_s
@@ -162,8 +171,48 @@ class Run:
                 await asyncio.sleep(POLL_S)
             if ask.outcome is None:
                 break  # this user gave up waiting
+            if self.rate and ask.outcome == "answered":
+                await self.rate_answer(user, ask, give_up)
             if turn + 1 < self.messages:
                 await asyncio.sleep(self.think_s * self.random.uniform(0.5, 1.5))
+
+    async def rate_answer(self, user: int, ask: Ask, give_up: float) -> None:
+        """What people do with a final answer: 1 in 10 press 🔁 and wait for the new answer; then
+        everyone rates it, 👍 or 👎, by a button or (every other user, where the platform sends the
+        bot reactions) a reaction. Each answer gets one rating: the bot must store every one."""
+        await asyncio.sleep(self.random.uniform(0.5, 2.0))  # reading it
+        buttons = self.world.buttons(ask)
+        again = next((button for button in buttons if "again" in button), None)
+        if again is not None and self.random.random() < 0.1:
+            await self.regenerate(user, ask, again, give_up)
+            buttons = self.world.buttons(ask)
+        up = self.random.random() < 0.7
+        emoji = "👍" if up else "👎"
+        if user % 2 == 0 and await self.world.react(user, ask, emoji):
+            self.rating.reactions += 1
+            return
+        button = next((b for b in buttons if (":up:" if up else ":down:") in b), None)
+        if button is None:
+            self.rating.no_buttons += 1
+            return
+        await self.world.press(user, ask, button)
+        self.rating.presses += 1
+
+    async def regenerate(self, user: int, ask: Ask, button: str, give_up: float) -> None:
+        """Press 🔁 and wait until the answer on screen is a new finished answer to the question."""
+        old = normalized(self.world.current_text(ask))
+        await self.world.press(user, ask, button)
+        self.rating.regenerations += 1
+        pressed = time.monotonic()
+        while time.monotonic() < give_up:
+            text = self.world.current_text(ask)
+            if normalized(text) == old:
+                if time.monotonic() - pressed > REGENERATE_REFUSED_S:  # told why not (a newer turn there)
+                    return
+            elif not is_status(text) and self.turns.matches(ask, text):
+                self.rating.regenerated += 1
+                return
+            await asyncio.sleep(POLL_S)
 
     async def watch(self, users: asyncio.Future) -> None:
         """Poll the fake and the bot's history until every user is done."""
@@ -224,6 +273,24 @@ class Run:
             "bot_killed": killed,
             "bot_died_early": False,
         }
+
+
+def _rating_summary(run: Run) -> dict[str, Any]:
+    """Ratings given and stored (none may be lost: one per answer, and the bot coalesces nothing
+    away), and regenerations answered."""
+    if not run.rate:
+        return {}
+    counts = run.rating
+    stored = run.turns.ratings()
+    return {
+        "ratings_given": counts.ratings,
+        "ratings_by_reaction": counts.reactions,
+        "ratings_stored": stored,
+        "ratings_lost": counts.ratings - stored,
+        "answers_without_buttons": counts.no_buttons,
+        "regenerations": counts.regenerations,
+        "regenerations_answered": counts.regenerated,
+    }
 
 
 def _common(texts: list[str]) -> dict[str, int]:
@@ -291,6 +358,7 @@ def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "loadavg": run.load.mean,
         "timed_out": any(a.outcome is None for a in asks) or sent < planned,
         **extra,
+        **_rating_summary(run),
         "log": str(run.log_path),
         "log_lines": len(log.splitlines()),
         "log_reply_lines": sum(
@@ -311,6 +379,7 @@ async def platform_run(
     patience_s: float = 0.0,
     seed: int = 1,
     progress: bool = False,
+    rate: bool = True,
 ) -> dict[str, Any]:
     if platform == "telegram":
         from bench.fakes.telegram import FakeBotAPI
@@ -334,6 +403,7 @@ async def platform_run(
         patience_s=patience_s,
         seed=seed,
         progress=progress,
+        rate=rate,
     )
     exit_info: dict[str, Any] = {}
     try:
@@ -440,6 +510,21 @@ async def engine_run(places: list[Place], messages: int, data_dir: Path, budget_
     }
 
 
+@dataclass
+class RatingCounts:
+    """The rating step's figures."""
+
+    presses: int = 0  # 👍/👎 buttons pressed
+    reactions: int = 0  # 👍/👎 reactions the platform sent the bot
+    no_buttons: int = 0  # answers that showed no rating buttons (a defect when buttons are on)
+    regenerations: int = 0  # 🔁 pressed
+    regenerated: int = 0  # of those, a new finished answer on screen
+
+    @property
+    def ratings(self) -> int:
+        return self.presses + self.reactions
+
+
 class LoadAverage:
     """The machine's 1-minute load average, sampled now and then (how busy the cores were)."""
 
@@ -540,6 +625,11 @@ def main(platform: str, *, json_output: bool, **kwargs: Any) -> None:
         "first_text_p95_s",
         "final_text_p50_s",
         "final_text_p95_s",
+        "ratings_given",
+        "ratings_by_reaction",
+        "ratings_stored",
+        "regenerations",
+        "regenerations_answered",
         "responses_429",
         "fake_rate_refused",
         "delivered_replies_per_s",

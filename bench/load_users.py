@@ -163,6 +163,21 @@ class World:
     def current_text(self, ask: Ask) -> str:
         return "\n".join(self.text_of(key) for key in ask.messages)
 
+    # the rating step (`lorabot bench load --rate`): what a user does with a final answer
+    def last_message(self, ask: Ask) -> dict[str, Any] | None:
+        return self.fake.messages.get(ask.messages[-1]) if ask.messages else None
+
+    def buttons(self, ask: Ask) -> list[str]:
+        """The button ids (Telegram callback_data, Discord custom ids) under the answer's last message."""
+        raise NotImplementedError
+
+    async def press(self, user: int, ask: Ask, button: str) -> None:
+        raise NotImplementedError
+
+    async def react(self, user: int, ask: Ask, emoji: str) -> bool:
+        """React on the answer's first message; False where the platform sends the bot nothing."""
+        raise NotImplementedError
+
     def rate_limited(self) -> dict[str, int]:
         return {
             "responses_429": sum(1 for call in self.fake.calls if call.status == 429),
@@ -191,9 +206,9 @@ class TelegramWorld(World):
             if place.kind == "private":
                 self.chats[user] = fake.private_chat(person)
             else:
-                if place.conversation not in groups:
+                if place.conversation not in groups:  # the bot is an admin: it gets reactions there
                     groups[place.conversation] = fake.group_chat(
-                        self.GROUP_BASE - len(groups), place.conversation
+                        self.GROUP_BASE - len(groups), place.conversation, bot_admin=True
                     )
                 self.chats[user] = groups[place.conversation]
 
@@ -236,7 +251,19 @@ class TelegramWorld(World):
         return self.latest.get(chat_id)
 
     def text_of(self, key: Any) -> str:
-        return self.fake.messages[key]["text"]
+        return self.fake.messages.get(key, {}).get("text", "")
+
+    def buttons(self, ask: Ask) -> list[str]:
+        return self.fake.button_data(self.last_message(ask))
+
+    async def press(self, user: int, ask: Ask, button: str) -> None:
+        message = self.last_message(ask)
+        if message is not None:
+            self.fake.press_button(self.people[user], message, button, strict=False)
+
+    async def react(self, user: int, ask: Ask, emoji: str) -> bool:
+        message = self.fake.messages.get(ask.messages[0]) if ask.messages else None
+        return message is not None and self.fake.react(self.people[user], message, [emoji]) is not None
 
     def bot_texts(self) -> list[str]:
         from bench.fakes.telegram import BOT_ID
@@ -307,7 +334,24 @@ class DiscordWorld(World):
         return self.latest.get(channel_id)
 
     def text_of(self, key: Any) -> str:
-        return self.fake.messages[key]["content"]
+        return self.fake.messages.get(key, {}).get("content", "")
+
+    def buttons(self, ask: Ask) -> list[str]:
+        from bench.fakes.discord import custom_ids
+
+        message = self.last_message(ask)
+        return custom_ids(message) if message is not None else []
+
+    async def press(self, user: int, ask: Ask, button: str) -> None:
+        message = self.last_message(ask)
+        if message is not None:
+            await self.fake.press(self.USER_BASE + user, message["id"], button)
+
+    async def react(self, user: int, ask: Ask, emoji: str) -> bool:
+        message = self.fake.messages.get(ask.messages[0]) if ask.messages else None
+        if message is None:
+            return False
+        return await self.fake.react(self.USER_BASE + user, message["channel_id"], message["id"], emoji)
 
     def bot_texts(self) -> list[str]:
         return [m["content"] for m in list(self.fake.messages.values())]
@@ -333,7 +377,7 @@ class FinishedTurns:
         self.path = path
         self.answers: dict[str, list[str]] = {}  # normalized answer -> normalized questions
         self._db: sqlite3.Connection | None = None
-        self._seen: set[int] = set()
+        self._seen: set[tuple[int, int]] = set()  # (turn id, answer version): 🔁 makes a new version
 
     def refresh(self) -> bool:
         """Read newly finished turns (runs in a thread); True if there were any."""
@@ -343,14 +387,14 @@ class FinishedTurns:
             self._db = sqlite3.connect(self.path, timeout=1.0, check_same_thread=False)
         try:
             rows = self._db.execute(
-                "SELECT id, question, answer FROM turns WHERE state IN ('answered', 'interrupted')"
+                "SELECT id, version, question, answer FROM turns WHERE state IN ('answered', 'interrupted')"
             ).fetchall()
         except sqlite3.Error:
             return False  # the bot is creating or migrating the file: next time
         fresh = False
-        for turn_id, question, answer in rows:
-            if turn_id not in self._seen:
-                self._seen.add(turn_id)
+        for turn_id, version, question, answer in rows:
+            if (turn_id, version) not in self._seen:
+                self._seen.add((turn_id, version))
                 self.answers.setdefault(normalized(answer) or "noanswer", []).append(normalized(question))
                 fresh = True
         return fresh
@@ -361,9 +405,18 @@ class FinishedTurns:
             return 0
         return int(self._db.execute("SELECT count(*) FROM turns WHERE state = 'pending'").fetchone()[0])
 
-    def matches(self, ask: Ask) -> bool:
-        questions = self.answers.get(normalized(ask.text))
+    def matches(self, ask: Ask, text: str | None = None) -> bool:
+        questions = self.answers.get(normalized(ask.text if text is None else text))
         return bool(questions) and any(ask.norm_question in question for question in questions)
+
+    def ratings(self) -> int:
+        """Ratings the bot has stored (the rating step checks none was lost)."""
+        if self._db is None:
+            return 0
+        try:
+            return int(self._db.execute("SELECT count(*) FROM ratings").fetchone()[0])
+        except sqlite3.Error:
+            return 0
 
     def close(self) -> None:
         if self._db is not None:

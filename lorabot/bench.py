@@ -52,6 +52,10 @@ def bench_load(
     ramp_s: Annotated[float, typer.Option(min=0, help="Users start spread over this long.")] = 10.0,
     engine: Annotated[bool, typer.Option(help="Also time the engine alone (delivery_vs_engine).")] = True,
     engine_s: Annotated[float, typer.Option(min=1, help="At most this long for the engine alone.")] = 300.0,
+    rate: Annotated[
+        bool,
+        typer.Option(help="Users rate every final answer (👍/👎 buttons or reactions), 1 in 10 press 🔁."),
+    ] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """The real bot process against a fake Telegram/Discord (rate limits on), N users at once."""
@@ -63,7 +67,7 @@ def bench_load(
     load_main(
         platform, json_output=json_output, users=users, messages=messages, groups=groups,
         group_users=group_users, dms=dms, timeout_s=timeout_s, think_s=think_s, ramp_s=ramp_s,
-        engine=engine, engine_s=engine_s,
+        engine=engine, engine_s=engine_s, rate=rate,
     )  # fmt: skip
 
 

@@ -49,6 +49,9 @@ def check_result(result: dict, *, platform: str, users: int) -> None:
     assert not result["bot_died_early"]
     assert os.path.exists(result["log"])
     assert result["stuck_after_exit"] == 0
+    # the rating step: every answer rated once, by a button or a reaction, and every rating stored
+    assert result["ratings_given"] == result["answered"] and result["answers_without_buttons"] == 0
+    assert result["ratings_stored"] == result["ratings_given"] and result["ratings_lost"] == 0
 
 
 async def test_telegram_private_chats_and_a_group(short_answers, tmp_path):
@@ -91,7 +94,10 @@ class Screen(World):
 def finished_turns(tmp_path, *turns: tuple[str, str]) -> FinishedTurns:
     path = tmp_path / "history.sqlite3"
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE turns (id INTEGER PRIMARY KEY, question TEXT, answer TEXT, state TEXT)")
+        db.execute(
+            "CREATE TABLE turns (id INTEGER PRIMARY KEY, question TEXT, answer TEXT, state TEXT, "
+            "version INTEGER NOT NULL DEFAULT 0)"
+        )
         db.executemany("INSERT INTO turns (question, answer, state) VALUES (?, ?, 'answered')", turns)
     return FinishedTurns(path)
 
