@@ -3,15 +3,20 @@
 It speaks the HTTP side of https://core.telegram.org/bots/api for the methods lorabot uses,
 answers with Telegram's JSON shapes, records every call, and can answer 429 with
 `retry_after`. Tests drive it from the user side: `send_text` queues an update for
-`getUpdates`, `press_button` a callback query; `wait_for` polls the recorded state.
+`getUpdates`, `press_button` a callback query, `react` a message reaction; `wait_for` polls the
+recorded state.
 
 Like Telegram it rejects what would fail for real: empty or over-long texts, an edit that
-changes nothing, formatting that does not parse ("can't parse entities").
+changes nothing, formatting that does not parse ("can't parse entities"), inline keyboards of the
+wrong shape or with `callback_data` over 64 bytes, a callback query answered twice. Like Telegram
+it creates only the update types the bot asked for (`allowed_updates` of getUpdates/setWebhook;
+by default no `message_reaction`), and reactions in groups only where the bot is an administrator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import html.parser
 import itertools
 import json
@@ -45,6 +50,35 @@ _JSON_PARAMS = {
 }
 _INT_PARAMS = {"chat_id", "user_id", "message_id", "offset", "limit", "message_thread_id"}
 _FLOAT_PARAMS = {"timeout"}
+
+# Update types Telegram leaves out unless `allowed_updates` names them.
+OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+
+# The emoji a ReactionTypeEmoji may carry (core.telegram.org/bots/api#reactiontypeemoji).
+REACTION_EMOJI = frozenset(
+    "👍 👎 ❤ 🔥 🥰 👏 😁 🤔 🤯 😱 🤬 😢 🎉 🤩 🤮 💩 🙏 👌 🕊 🤡 🥱 🥴 😍 🐳 ❤‍🔥 🌚 🌭 💯 🤣 ⚡ 🍌 🏆 💔 "
+    "🤨 😐 🍓 🍾 💋 🖕 😈 😴 😭 🤓 👻 👨‍💻 👀 🎃 🙈 😇 😨 🤝 ✍ 🤗 🫡 🎅 🎄 ☃ 💅 🤪 🗿 🆒 💘 🙉 🦄 😘 💊 "
+    "🙊 😎 👾 🤷‍♂ 🤷 🤷‍♀ 😡".split()
+)
+MAX_REACTIONS = 3  # Premium users may set up to 3 reactions on one message
+MAX_CALLBACK_DATA = 64  # bytes of an inline button's callback_data
+MAX_BUTTONS, MAX_ROW = 100, 8
+MAX_CALLBACK_ANSWER = 200  # characters of answerCallbackQuery's text
+# An inline keyboard button must have exactly one of these.
+_BUTTON_ACTIONS = frozenset(
+    {
+        "url",
+        "callback_data",
+        "web_app",
+        "login_url",
+        "switch_inline_query",
+        "switch_inline_query_current_chat",
+        "switch_inline_query_chosen_chat",
+        "copy_text",
+        "callback_game",
+        "pay",
+    }
+)
 
 
 def utf16_len(text: str) -> int:
@@ -203,11 +237,16 @@ class FakeBotAPI:
         self.webhook: dict[str, Any] | None = None  # set by setWebhook: updates are POSTed there
         self.deliveries: list[tuple[int, int]] = []  # (update_id, HTTP status) of webhook POSTs
         self._delivery_tasks: set[asyncio.Task] = set()
+        self.allowed_updates: list[str] = []  # the bot's choice; [] = Telegram's default
+        self.not_created: list[dict[str, Any]] = []  # updates Telegram would not have made (see _push)
+        # (chat id, message id) -> actor ("user:<id>" / "chat:<id>") -> emoji set now
+        self.reactions: dict[tuple[int, int], dict[str, list[str]]] = {}
+        self.callback_answers: dict[str, dict[str, Any] | None] = {}  # query id -> answer (None: not yet)
 
     @property
     def _bot_as_sender(self) -> dict[str, Any]:
         """A message's `from` carries only the basic User fields (getMe has more)."""
-        return {key: self.bot_user[key] for key in ("id", "is_bot", "first_name", "username")}
+        return _basic_user(self.bot_user)
 
     # ------------------------------------------------------------------ server lifecycle
     async def start(self) -> None:
@@ -248,14 +287,28 @@ class FakeBotAPI:
         return chat
 
     def group_chat(
-        self, chat_id: int, title: str = "Group", *, admins: set[int] = frozenset(), forum: bool = False
+        self,
+        chat_id: int,
+        title: str = "Group",
+        *,
+        admins: set[int] = frozenset(),
+        forum: bool = False,
+        bot_admin: bool = False,
     ) -> dict:
+        """A supergroup; `bot_admin`: the bot is one of its administrators (then it gets reactions)."""
         chat = {"id": chat_id, "type": "supergroup", "title": title}
         if forum:
             chat["is_forum"] = True
         self.chats[chat_id] = chat
-        self.admins[chat_id] = set(admins)
+        self.admins[chat_id] = set(admins) | ({BOT_ID} if bot_admin else set())
         return chat
+
+    def set_bot_admin(self, chat_id: int, admin: bool = True) -> None:
+        """Promote the bot to administrator of a group, or demote it."""
+        if admin:
+            self.admins.setdefault(chat_id, set()).add(BOT_ID)
+        else:
+            self.admins.get(chat_id, set()).discard(BOT_ID)
 
     def rate_limit(self, method: str, retry_after: int = 1, times: int = 1) -> None:
         """Answer the next `times` calls of `method` with 429 and `retry_after`."""
@@ -296,21 +349,98 @@ class FakeBotAPI:
         self._push({"message": message})
         return message
 
-    def press_button(self, user: dict, message: dict, data: str) -> str:
-        """A user presses an inline keyboard button of a bot message."""
+    def press_button(self, user: dict, message: dict, data: str, *, strict: bool = True) -> str:
+        """A user presses an inline keyboard button of a bot message; returns the query's id.
+
+        The query carries the message as it is now (text and keyboard after edits), like
+        Telegram's. `strict`: the message must still be there and show a button with `data`, as
+        a real client can only press what it shows (False: a hand-crafted query)."""
+        key = (message["chat"]["id"], message["message_id"])
+        current = self.messages.get(key)
+        if strict and current is None:
+            raise LookupError(f"message {key} is gone: there is no button to press")
+        if strict and data not in self.button_data(current):
+            raise LookupError(f"message {key} shows no button with callback_data {data!r}")
         query_id = str(next(self._callback_ids))
+        self.callback_answers[query_id] = None
         self._push(
             {
                 "callback_query": {
                     "id": query_id,
                     "from": user,
-                    "message": message,
+                    "message": copy.deepcopy(current or message),
                     "chat_instance": f"ci{message['chat']['id']}",
                     "data": data,
                 }
             }
         )
         return query_id
+
+    @staticmethod
+    def button_data(message: dict | None) -> list[str]:
+        """The callback_data of a message's inline keyboard buttons, row by row."""
+        rows = ((message or {}).get("reply_markup") or {}).get("inline_keyboard") or []
+        return [button["callback_data"] for row in rows for button in row if "callback_data" in button]
+
+    def react(
+        self, user: dict | None, message: dict, emoji: list[str], *, actor_chat: dict | None = None
+    ) -> dict | None:
+        """`user` (or, anonymously, `actor_chat`) sets their reactions on `message` to `emoji`
+        ([] removes them). Returns the `message_reaction` update, or None where Telegram sends
+        none: nothing changed, a bot reacted, the bot is no admin of the group, or the bot did not
+        ask for `message_reaction` in `allowed_updates`."""
+        chat = message["chat"]
+        key = (chat["id"], message["message_id"])
+        if key not in self.messages:
+            raise LookupError(f"message {key} is gone: nothing to react to")
+        self._check_reaction(emoji)
+        if (user is None) == (actor_chat is None):
+            raise ValueError("a reaction comes from a user or (anonymously) from a chat")
+        actor = f"user:{user['id']}" if user is not None else f"chat:{actor_chat['id']}"  # type: ignore[index]
+        on_message = self.reactions.setdefault(key, {})
+        old = on_message.get(actor, [])
+        if emoji:
+            on_message[actor] = list(emoji)
+        else:
+            on_message.pop(actor, None)
+        if old == list(emoji):
+            return None  # Telegram reports changes only
+        reaction: dict[str, Any] = {
+            "chat": chat,
+            "message_id": message["message_id"],
+            "date": int(time.time()),
+            "old_reaction": [{"type": "emoji", "emoji": e} for e in old],
+            "new_reaction": [{"type": "emoji", "emoji": e} for e in emoji],
+        }
+        if user is not None:
+            reaction["user"] = _basic_user(user)
+        else:
+            reaction["actor_chat"] = actor_chat
+        if (user is not None and user.get("is_bot")) or not self._sees_reactions(chat):
+            self.not_created.append({"message_reaction": reaction})
+            return None
+        update = {"message_reaction": reaction}
+        return update if self._push(update) else None
+
+    def reactions_on(self, message: dict) -> dict[str, list[str]]:
+        """Who reacted how on a message now ("user:<id>" / "chat:<id>" -> emoji)."""
+        return dict(self.reactions.get((message["chat"]["id"], message["message_id"]), {}))
+
+    def callback_answer(self, query_id: str) -> dict[str, Any] | None:
+        """What the bot answered to a callback query (text, show_alert), None until it did."""
+        return self.callback_answers.get(query_id)
+
+    @staticmethod
+    def _check_reaction(emoji: list[str]) -> None:
+        unknown = [e for e in emoji if e not in REACTION_EMOJI]
+        if unknown:
+            raise ValueError(f"Telegram offers no reaction {unknown!r} (see REACTION_EMOJI)")
+        if len(emoji) > MAX_REACTIONS or len(set(emoji)) != len(emoji):
+            raise ValueError(f"at most {MAX_REACTIONS} different reactions per user")
+
+    def _sees_reactions(self, chat: dict) -> bool:
+        """Telegram sends reactions in private chats, and in groups where the bot is an admin."""
+        return chat["type"] == "private" or BOT_ID in self.admins.get(chat["id"], set())
 
     def calls_of(self, method: str, *, ok_only: bool = True, **match: Any) -> list[Call]:
         return [
@@ -349,13 +479,25 @@ class FakeBotAPI:
                 pass
 
     # ------------------------------------------------------------------ internals
-    def _push(self, update: dict[str, Any]) -> None:
+    def _wants(self, update: dict[str, Any]) -> bool:
+        """Did the bot ask for this kind of update? (Telegram makes no others at all.)"""
+        kind = next(key for key in update if key != "update_id")
+        if self.allowed_updates:
+            return kind in self.allowed_updates
+        return kind not in OPT_IN_UPDATES
+
+    def _push(self, update: dict[str, Any]) -> bool:
+        """Queue (or POST) an update; False if the bot's `allowed_updates` leave it out."""
+        if not self._wants(update):
+            self.not_created.append(update)
+            return False
         update["update_id"] = next(self._update_ids)
         if self.webhook is not None:
             self._push_existing(update)
-            return
+            return True
         self._updates.append(update)
         self._new_update.set()
+        return True
 
     async def _deliver(self, update: dict[str, Any], webhook: dict[str, Any]) -> None:
         """POST the update to the bot's webhook like Telegram does (retrying while it is down)."""
@@ -459,7 +601,7 @@ class FakeBotAPI:
         finally:
             self._changed.set()
 
-    _LIMITED = frozenset({"sendMessage", "editMessageText", "sendChatAction"})
+    _LIMITED = frozenset({"sendMessage", "editMessageText", "editMessageReplyMarkup", "sendChatAction"})
 
     def _over_limit(self, method: str, params: dict[str, Any]) -> float:
         """Telegram's flood control: seconds to wait if this call is over a limit, else 0."""
@@ -500,6 +642,53 @@ class FakeBotAPI:
             raise _APIError(400, f"Bad Request: can't parse entities: {problem}")
         return text
 
+    @staticmethod
+    def _check_markup(markup: Any, *, inline_only: bool = False) -> dict[str, Any] | None:
+        """The reply_markup as Telegram would take it; 400 with Telegram's wording otherwise."""
+        if markup is None:
+            return None
+        if not isinstance(markup, dict):
+            raise _APIError(400, "Bad Request: can't parse reply keyboard markup JSON object")
+        if "inline_keyboard" not in markup:
+            if inline_only or not {"keyboard", "remove_keyboard", "force_reply"} & markup.keys():
+                raise _APIError(400, "Bad Request: inline keyboard expected")
+            return markup
+        rows = markup["inline_keyboard"]
+        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+            raise _APIError(400, 'Bad Request: field "inline_keyboard" must be an Array of Arrays')
+        buttons = [button for row in rows for button in row]
+        if len(buttons) > MAX_BUTTONS or any(len(row) > MAX_ROW for row in rows):
+            raise _APIError(400, "Bad Request: reply markup is too long")
+        for button in buttons:
+            FakeBotAPI._check_button(button)
+        return markup
+
+    @staticmethod
+    def _check_button(button: Any) -> None:
+        if not isinstance(button, dict) or not isinstance(button.get("text"), str) or not button["text"]:
+            raise _APIError(400, "Bad Request: can't parse inline keyboard button: Text must be non-empty")
+        actions = _BUTTON_ACTIONS & button.keys()
+        if len(actions) != 1:
+            raise _APIError(
+                400,
+                "Bad Request: can't parse inline keyboard button: "
+                "Text buttons are unallowed in the inline keyboard",
+            )
+        if "callback_data" in actions:
+            data = button["callback_data"]
+            if not isinstance(data, str) or not 1 <= len(data.encode()) <= MAX_CALLBACK_DATA:
+                raise _APIError(400, "Bad Request: BUTTON_DATA_INVALID")
+
+    def _bot_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The bot's message an edit names (Telegram's errors for a missing or foreign one)."""
+        chat = self._chat(params)
+        message = self.messages.get((chat["id"], params.get("message_id")))
+        if message is None:
+            raise _APIError(400, "Bad Request: message to edit not found")
+        if message["from"]["id"] != BOT_ID:
+            raise _APIError(400, "Bad Request: message can't be edited")
+        return message
+
     # ------------------------------------------------------------------ Bot API methods
     async def _api_getMe(self, params):
         return self.bot_user
@@ -522,6 +711,7 @@ class FakeBotAPI:
             raise _APIError(400, "Bad Request: secret token contains unallowed characters")
         if params.get("drop_pending_updates"):
             self._updates.clear()
+        self._remember_allowed(params)
         self.webhook = {"url": url, "secret_token": secret, "allowed_updates": params.get("allowed_updates")}
         pending, self._updates = self._updates, []
         for update in pending:  # what waited for getUpdates now goes to the webhook
@@ -544,6 +734,11 @@ class FakeBotAPI:
         self.commands = commands
         return True
 
+    def _remember_allowed(self, params: dict[str, Any]) -> None:
+        """`allowed_updates` holds until the next call that names it ([] = the default set)."""
+        if params.get("allowed_updates") is not None:
+            self.allowed_updates = list(params["allowed_updates"])
+
     async def _api_getUpdates(self, params):
         if self.webhook is not None:
             raise _APIError(
@@ -551,6 +746,7 @@ class FakeBotAPI:
                 "Conflict: can't use getUpdates method while webhook is active; "
                 "use deleteWebhook to delete the webhook first",
             )
+        self._remember_allowed(params)
         offset = params.get("offset") or 0
         if offset:
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
@@ -567,6 +763,7 @@ class FakeBotAPI:
     async def _api_sendMessage(self, params):
         chat = self._chat(params)
         text = self._check_text(params.get("text"), params.get("parse_mode"))
+        markup = self._check_markup(params.get("reply_markup"))
         message = self._new_message(chat, self._bot_as_sender, text.strip())
         reply = params.get("reply_parameters") or {}
         if "reply_to_message_id" in params:
@@ -580,34 +777,39 @@ class FakeBotAPI:
         if params.get("message_thread_id"):
             message["message_thread_id"] = params["message_thread_id"]
             message["is_topic_message"] = True
-        if params.get("reply_markup"):
-            message["reply_markup"] = params["reply_markup"]
+        if markup:
+            message["reply_markup"] = markup
         if params.get("parse_mode"):
             message["parse_mode_used"] = params["parse_mode"]  # not Telegram's; for assertions
         return message
 
     async def _api_editMessageText(self, params):
-        chat = self._chat(params)
-        message = self.messages.get((chat["id"], params.get("message_id")))
-        if message is None:
-            raise _APIError(400, "Bad Request: message to edit not found")
-        if message["from"]["id"] != BOT_ID:
-            raise _APIError(400, "Bad Request: message can't be edited")
+        """An edit without reply_markup removes the inline keyboard, as on Telegram."""
+        message = self._bot_message(params)
         text = self._check_text(params.get("text"), params.get("parse_mode"))
-        markup = params.get("reply_markup")
+        markup = self._check_markup(params.get("reply_markup"), inline_only=True)
         if text.strip() == message["text"] and markup == message.get("reply_markup"):
-            raise _APIError(
-                400,
-                "Bad Request: message is not modified: specified new message content and reply "
-                "markup are exactly the same as a current content and reply markup of the message",
-            )
+            raise _APIError(400, _NOT_MODIFIED)
         message["text"] = text.strip()
         message["edit_date"] = int(time.time())
-        if markup:
-            message["reply_markup"] = markup
-        else:
-            message.pop("reply_markup", None)
+        self._set_markup(message, markup)
         return message
+
+    async def _api_editMessageReplyMarkup(self, params):
+        message = self._bot_message(params)
+        markup = self._check_markup(params.get("reply_markup"), inline_only=True)
+        if markup == message.get("reply_markup"):
+            raise _APIError(400, _NOT_MODIFIED)
+        message["edit_date"] = int(time.time())
+        self._set_markup(message, markup)
+        return message
+
+    @staticmethod
+    def _set_markup(message: dict[str, Any], markup: dict[str, Any] | None) -> None:
+        if markup and markup.get("inline_keyboard"):
+            message["reply_markup"] = markup
+        else:  # an empty keyboard is no keyboard
+            message.pop("reply_markup", None)
 
     async def _api_deleteMessage(self, params):
         chat = self._chat(params)
@@ -635,10 +837,18 @@ class FakeBotAPI:
         return True
 
     async def _api_answerCallbackQuery(self, params):
-        if not params.get("callback_query_id"):
+        """Once per query, like Telegram; the text is a toast (an alert with show_alert)."""
+        query_id = str(params.get("callback_query_id") or "")
+        if query_id not in self.callback_answers or self.callback_answers[query_id] is not None:
             raise _APIError(
                 400, "Bad Request: query is too old and response timeout expired or query ID is invalid"
             )
+        if len(params.get("text") or "") > MAX_CALLBACK_ANSWER:
+            raise _APIError(400, "Bad Request: MESSAGE_TOO_LONG")
+        self.callback_answers[query_id] = {
+            "text": params.get("text") or "",
+            "show_alert": bool(params.get("show_alert")),
+        }
         return True
 
     def _member(self, chat_id: int, user_id: int) -> dict[str, Any]:
@@ -672,6 +882,17 @@ class FakeBotAPI:
     async def _api_getChatAdministrators(self, params):
         chat = self._chat(params)
         return [self._member(chat["id"], user_id) for user_id in sorted(self.admins.get(chat["id"], ()))]
+
+
+def _basic_user(user: dict[str, Any]) -> dict[str, Any]:
+    """The User fields that updates carry (getMe has more)."""
+    return {key: user[key] for key in ("id", "is_bot", "first_name", "username", "last_name") if key in user}
+
+
+_NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply "
+    "markup are exactly the same as a current content and reply markup of the message"
+)
 
 
 class _APIError(Exception):

@@ -23,11 +23,13 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
+    MessageReactionHandler,
     TypeHandler,
     filters,
 )
 
 from bots.inflight import keep_marking_interrupted
+from bots.telegram_bot.feedback import on_feedback_button, on_reaction
 from bots.telegram_bot.handlers import (
     bot_commands,
     check_access,
@@ -72,7 +74,13 @@ def build_application(service: ChatService, settings: TelegramSettings) -> Appli
     app.add_handler(CommandHandler("ask", cmd_ask))
     core_commands = list(CORE_COMMANDS)  # every command of core/commands.py, with its keyboard
     app.add_handler(CommandHandler(core_commands, on_command))
+    app.add_handler(CallbackQueryHandler(on_feedback_button, pattern="^fb:"))  # 👍 👎 🔁 under replies
     app.add_handler(CallbackQueryHandler(on_choice, pattern=f"^({'|'.join(map(re.escape, core_commands))}):"))
+    app.add_handler(
+        MessageReactionHandler(
+            on_reaction, message_reaction_types=MessageReactionHandler.MESSAGE_REACTION_UPDATED
+        )
+    )
     text = filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND
     app.add_handler(MessageHandler(text & private, on_private_text))
     app.add_handler(MessageHandler(text & groups, on_group_text))
@@ -141,8 +149,9 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
 
 
 async def _start_updates(app: Application, settings: TelegramSettings) -> None:
-    """Long polling by default; a webhook server when TELEGRAM_WEBHOOK_URL is set."""
-    updates = [Update.MESSAGE, Update.CALLBACK_QUERY]
+    """Long polling by default; a webhook server when TELEGRAM_WEBHOOK_URL is set. Reactions
+    come only when asked for (and in groups only where the bot is an administrator)."""
+    updates = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
     updater = app.updater
     if updater is None:  # build_application always makes one
         raise RuntimeError("the Telegram application has no updater")

@@ -207,10 +207,12 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if shown.refused:
         return
     listing = await run_command(service, where, name, "")
+    # a setting (one choice is ticked) shows its menu again, updated; a question such as
+    # /forget's "yes" is answered once, so its button goes
+    setting = any(choice.selected for choice in listing.choices)
+    text = f"{shown.text} (set by {query.from_user.full_name})" if setting else shown.text
     with contextlib.suppress(BadRequest):  # e.g. the keyboard message is too old to edit
-        await query.edit_message_text(
-            f"{shown.text} (set by {query.from_user.full_name})", reply_markup=_keyboard(listing)
-        )
+        await query.edit_message_text(text, reply_markup=_keyboard(listing) if setting else None)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

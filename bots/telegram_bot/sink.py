@@ -1,7 +1,8 @@
 """Telegram's sink for the shared delivery layer (bots/delivery.py), and the answer handler.
 
 Replies are plain text (no parse_mode), so no model output can cause "can't parse entities".
-Telegram counts its 4096-character limit in UTF-16 code units (an emoji is two).
+Telegram counts its 4096-character limit in UTF-16 code units (an emoji is two). A final reply
+carries the feedback keyboard (👍 👎 🔁, `reply_keyboard`) on its last message.
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dtm
 import logging
+import re
 import warnings
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from telegram import (
     Bot,
     Chat,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
     LinkPreviewOptions,
     Message,
     ReplyParameters,
@@ -30,10 +35,13 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bots.delivery import MaybeSent, MessageGone, SlowDown, TransientFailure
 from bots.pacing import Pacer, Rule
-from bots.replying import EditTiming, Notes, Question, answer_question
+from bots.replying import EditTiming, Notes, Outcome, Question, answer_question
 from bots.telegram_bot.policy import conversation_id, defuse_mentions, scope_id, sender_key, thread_id
 from bots.telegram_bot.state import bot_state
 from bots.text import utf16_len
+
+if TYPE_CHECKING:
+    from bots.delivery import ReplyButtons
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,24 @@ NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 INTERRUPTED = "[interrupted: lorabot is shutting down]"
 RESTARTED = "[interrupted: lorabot restarted before this answer was finished — ask again]"
 NOTES = Notes(interrupted=INTERRUPTED)
+# callback_data of the feedback buttons: "fb:<action>:<turn id>" (stays under Telegram's 64 bytes)
+FEEDBACK_DATA = re.compile(r"^fb:(up|down|again):(\d{1,19})$")
+
+
+def reply_keyboard(buttons: ReplyButtons | None) -> InlineKeyboardMarkup | None:
+    """One row under a final reply: 👍 👎 (rate) and 🔁 (regenerate), as far as enabled."""
+    if buttons is None:
+        return None
+    row = []
+    if buttons.rate:
+        row += [_button("👍", "up", buttons.turn_id), _button("👎", "down", buttons.turn_id)]
+    if buttons.regenerate:
+        row.append(_button("🔁", "again", buttons.turn_id))
+    return InlineKeyboardMarkup([row]) if row else None
+
+
+def _button(emoji: str, action: str, turn_id: int) -> InlineKeyboardButton:
+    return InlineKeyboardButton(emoji, callback_data=f"fb:{action}:{turn_id}")
 
 
 def telegram_pacer() -> Pacer:
@@ -69,18 +95,20 @@ class TelegramSink:
 
     limit = LIMIT
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: Message, *, reply: bool = True) -> None:
+        """`message`: the one answered (`reply`: the first message quotes it), or for 🔁 a
+        message of the bot's reply, whose chat and topic the new answer goes to."""
         self.bot = message.get_bot()
         self.chat_id = message.chat_id
         self.thread_id = thread_id(message)
-        self.reply_to: int | None = message.message_id
+        self.reply_to: int | None = message.message_id if reply else None
         self.chat_key = f"telegram:{self.chat_id}"
         self.typing_key = f"telegram-typing:{self.chat_id}"  # chat actions are no messages
 
     def length(self, text: str) -> int:
         return utf16_len(text)
 
-    async def send(self, text: str) -> int:
+    async def send(self, text: str, buttons: ReplyButtons | None = None) -> int:
         reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True) if self.reply_to else None
         with _mapped(sending=True):
             sent = await self.bot.send_message(
@@ -89,12 +117,14 @@ class TelegramSink:
                 message_thread_id=self.thread_id,
                 reply_parameters=reply,
                 link_preview_options=NO_PREVIEW,
+                reply_markup=reply_keyboard(buttons),
             )
         self.reply_to = None  # continuation messages follow the first one
         return sent.message_id
 
-    async def edit(self, handle: int, text: str) -> None:
-        await edit_message(self.bot, self.chat_id, handle, text)
+    async def edit(self, handle: int, text: str, buttons: ReplyButtons | None = None) -> None:
+        """Without `buttons` Telegram drops the keyboard the message had (none is sent)."""
+        await edit_message(self.bot, self.chat_id, handle, text, reply_keyboard(buttons))
 
     async def delete(self, handle: int) -> None:
         with _mapped():
@@ -108,10 +138,14 @@ class TelegramSink:
         return f"{self.chat_id}:{handle}"
 
 
-async def edit_message(bot: Bot, chat_id: int, message_id: int, text: str) -> None:
+async def edit_message(
+    bot: Bot, chat_id: int, message_id: int, text: str, keyboard: InlineKeyboardMarkup | None = None
+) -> None:
     with _mapped():
         try:
-            await bot.edit_message_text(text, chat_id, message_id, link_preview_options=NO_PREVIEW)
+            await bot.edit_message_text(
+                text, chat_id, message_id, link_preview_options=NO_PREVIEW, reply_markup=keyboard
+            )
         except BadRequest as error:
             if "not modified" not in error.message.lower():
                 raise
@@ -178,9 +212,6 @@ async def say(message: Message, text: str, **kwargs: Any) -> Message:
 
 async def answer_message(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
     """Stream the model's answer to `text` into replies to `message`."""
-    state = bot_state(context)
-    settings = state.settings
-    private = message.chat.type == Chat.PRIVATE
     question = Question(
         conversation_id=conversation_id(message),
         user_id=sender_key(message),
@@ -188,18 +219,37 @@ async def answer_message(message: Message, context: ContextTypes.DEFAULT_TYPE, t
         scope_id=scope_id(message.chat),
         platform="telegram",
     )
+    await deliver_answer(context, TelegramSink(message), message.chat, question)
+
+
+async def deliver_answer(
+    context: ContextTypes.DEFAULT_TYPE,
+    sink: TelegramSink,
+    chat: Chat,
+    question: Question,
+    *,
+    existing: list[tuple[Any, str]] | None = None,
+    on_accepted: Callable[[], Awaitable[None]] | None = None,
+) -> Outcome:
+    """Every answer (a message's, or 🔁's into `existing` messages) takes this path: tracked for
+    shutdown, paced with the others, mentions defused in groups."""
+    state = bot_state(context)
+    settings = state.settings
+    private = chat.type == Chat.PRIVATE
     pace = EditTiming(
         edit_interval_s=settings.edit_interval_s if private else settings.group_edit_interval_s,
         typing_interval_s=settings.typing_interval_s,
     )
     async with state.inflight.track():
-        await answer_question(
+        return await answer_question(
             state.service,
-            TelegramSink(message),
+            sink,
             state.pacer,
             question,
             pace=pace,
             notes=NOTES,
             clean=(lambda reply: reply) if private else defuse_mentions,
             interrupt=state.inflight.interrupt,
+            existing=existing,
+            on_accepted=on_accepted,
         )
