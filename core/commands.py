@@ -190,13 +190,20 @@ async def temperature(service: ChatService, where: Where, value: str) -> Shown:
 
 @command("stats", "queue, speed and loaded models")
 async def stats(service: ChatService, where: Where, _: str) -> Shown:
+    from core.feedback_report import stats_lines as feedback_lines  # one GROUP BY: 👍-rate, 🔁 per file
+
     numbers = service.stats()
     wait = service.estimated_wait_s(numbers.queue_depth + 1) if numbers.queue_depth else None
     model_here = await service.current_model(where.conversation_id, where.scopes)
     temperature_here = await service.current_temperature(where.conversation_id, model_here)
+    feedback_here = await feedback_lines(service.history)
     return Shown(
         "\n".join(
-            [f"Model here: {model_here}, temperature {temperature_here:g}", *stats_lines(numbers, wait)]
+            [
+                f"Model here: {model_here}, temperature {temperature_here:g}",
+                *stats_lines(numbers, wait),
+                *feedback_here,
+            ]
         )
     )
 
