@@ -3,6 +3,11 @@
 It speaks the real wire protocol (JSON REST with Discord's 429 shape, a zlib-stream compressed
 gateway with HELLO / IDENTIFY / READY / GUILD_CREATE / heartbeats / dispatches) and records every
 REST call, so tests assert on exactly what Discord would have received.
+
+People act through drivers: `user_message`, `slash`, `react` / `unreact` (MESSAGE_REACTION_ADD /
+REMOVE, only to connections whose IDENTIFY asked for the reaction intents) and `press` (a button:
+INTERACTION_CREATE of type 3, answered with callback types 4/5, 6 or 7). Messages keep the buttons
+(`components`) the bot sent or edited, and the checks Discord makes on them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import re
 import socket
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +37,11 @@ MANAGE_GUILD = 1 << 5
 EVERYDAY_PERMISSIONS = (
     (1 << 10) | (1 << 11) | (1 << 14) | (1 << 16) | (1 << 31) | (1 << 38)
 )  # view, send, embed, history, app cmds, threads
+GUILD_MESSAGE_REACTIONS, DIRECT_MESSAGE_REACTIONS = 1 << 10, 1 << 13  # gateway intents
+REACTION_EVENTS = ("MESSAGE_REACTION_ADD", "MESSAGE_REACTION_REMOVE")
+EPHEMERAL = 1 << 6
+MESSAGE_COMPONENT = 3  # interaction type of a button press
+ACTION_ROW, BUTTON, LINK_STYLE = 1, 2, 5
 
 
 class _Rejected(Exception):
@@ -48,6 +59,37 @@ def _check_content(content: str) -> None:
         raise _Rejected(400, "Cannot send an empty message", 50006)
     if len(content) > 2000:
         raise _Rejected(400, "Invalid Form Body (content: Must be 2000 or fewer in length.)", 50035)
+
+
+def _check_components(components: Any) -> None:
+    """Discord's rules for buttons: at most 5 action rows of at most 5 buttons; each button has a
+    label or an emoji, and (unless it is a link) a custom_id of 1-100 characters, unique in the message."""
+    if not isinstance(components, list) or len(components) > 5:
+        raise _Rejected(400, "Invalid Form Body (components: Must be 5 or fewer in length.)", 50035)
+    seen: set[str] = set()
+    for row in components:
+        children = row.get("components") if row.get("type") == ACTION_ROW else None
+        if not isinstance(children, list) or not 1 <= len(children) <= 5:
+            raise _Rejected(400, "Invalid Form Body (components: an action row holds 1 to 5 items)", 50035)
+        for button in children:
+            if button.get("type") != BUTTON or not (button.get("label") or button.get("emoji")):
+                raise _Rejected(400, "Invalid Form Body (components: a button needs a label or emoji)", 50035)
+            if button.get("style") == LINK_STYLE:
+                continue
+            custom_id = button.get("custom_id") or ""
+            if not 1 <= len(custom_id) <= 100 or custom_id in seen:
+                raise _Rejected(400, "Invalid Form Body (components: custom_id missing or repeated)", 50035)
+            seen.add(custom_id)
+
+
+def custom_ids(message: dict[str, Any]) -> list[str]:
+    """The custom ids of a message's buttons, row by row."""
+    return [
+        button["custom_id"]
+        for row in message.get("components") or []
+        for button in row.get("components") or []
+        if button.get("custom_id")
+    ]
 
 
 @dataclass
@@ -142,6 +184,12 @@ class FakeDiscord:
         self._sockets: list[_GatewaySession] = []
         self._ready = asyncio.Event()
         self._interactions: dict[str, dict[str, Any]] = {}  # token -> interaction payload
+        self._acknowledged: set[str] = set()  # interaction tokens given their one callback
+        self._pressed_on: dict[str, int] = {}  # a button press's token -> the message the button is on
+        self._session_intents: dict[str, int] = {}  # gateway session -> IDENTIFY's intents (kept on RESUME)
+        self._authors: dict[int, int] = {}  # users' messages -> author (reactions carry message_author_id)
+        # the reactions on messages: message id -> emoji -> users who reacted with it
+        self.reactions: dict[int, dict[str, set[int]]] = {}
         self._runner: web.AppRunner | None = None
         self._echoes: set[asyncio.Task[None]] = set()
         self.heartbeats = 0
@@ -244,8 +292,19 @@ class FakeDiscord:
         (DMs) to shard 0."""
         guild_id = data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
         for session in list(self._sockets):
-            if session.receives(int(guild_id) if guild_id else None):
+            if session.receives(int(guild_id) if guild_id else None) and session.wants(event, guild_id):
                 await session.dispatch(event, data)
+
+    def guild_of_channel(self, channel_id: int) -> int | None:
+        """The server a channel (or thread) is in; None for a DM channel."""
+        if (
+            channel_id in (self.CHANNEL_ID, self.OTHER_CHANNEL_ID, self.BOT_THREAD_ID)
+            or channel_id in self.threads
+        ):
+            return self.GUILD_ID
+        if channel_id in self.extra_guilds.values():
+            return self.guild_of(channel_id)
+        return None
 
     async def user_message(
         self,
@@ -301,8 +360,113 @@ class FakeDiscord:
         if guild:
             message["guild_id"] = str(guild_id or self.guild_of(int(message["channel_id"])))
             message["member"] = self._member(user_id, roles)
+        self._authors[int(message["id"])] = user_id
         await self.dispatch("MESSAGE_CREATE", message)
         return message
+
+    async def react(
+        self,
+        user_id: int,
+        channel_id: int | str,
+        message_id: int | str,
+        emoji: str = "👍",
+        *,
+        roles: list[int] | None = None,
+    ) -> bool:
+        """User `user_id` adds the reaction `emoji` (unicode) to a message, as a Discord client does:
+        MESSAGE_REACTION_ADD (with the member in a server) goes to the connections that asked for
+        the reaction intents; reacting again with the same emoji sends nothing. Returns whether an
+        event went out."""
+        event = self._reaction(user_id, int(channel_id), int(message_id), emoji, added=True, roles=roles)
+        if event is not None:
+            await self.dispatch("MESSAGE_REACTION_ADD", event)
+        return event is not None
+
+    async def unreact(
+        self, user_id: int, channel_id: int | str, message_id: int | str, emoji: str = "👍"
+    ) -> bool:
+        """User `user_id` takes their reaction `emoji` back: MESSAGE_REACTION_REMOVE (never with the
+        member, as on Discord), or nothing if they had not reacted so. Returns whether an event went out."""
+        event = self._reaction(user_id, int(channel_id), int(message_id), emoji, added=False)
+        if event is not None:
+            await self.dispatch("MESSAGE_REACTION_REMOVE", event)
+        return event is not None
+
+    def reacted(self, message_id: int | str, emoji: str = "👍") -> set[int]:
+        """The users whose reaction `emoji` is on a message now."""
+        return set(self.reactions.get(int(message_id), {}).get(emoji, set()))
+
+    def _reaction(
+        self,
+        user_id: int,
+        channel_id: int,
+        message_id: int,
+        emoji: str,
+        *,
+        added: bool,
+        roles: list[int] | None = None,
+    ) -> dict[str, Any] | None:
+        """Apply one reaction change: the gateway event Discord sends for it, None if nothing changed."""
+        users = self.reactions.setdefault(message_id, {}).setdefault(emoji, set())
+        if (user_id in users) == added:
+            return None
+        (users.add if added else users.discard)(user_id)
+        event: dict[str, Any] = {
+            "user_id": str(user_id),
+            "channel_id": str(channel_id),
+            "message_id": str(message_id),
+            "emoji": {"id": None, "name": emoji},
+            "burst": False,
+            "type": 0,
+        }
+        guild_id = self.guild_of_channel(channel_id)
+        if guild_id is not None:
+            event["guild_id"] = str(guild_id)
+        if added:
+            event["burst_colors"] = []
+            author = self._author_of(message_id)
+            if author is not None:
+                event["message_author_id"] = str(author)
+            if guild_id is not None:
+                user = self._bot_user() if user_id == self.BOT_ID else self.add_user(user_id)
+                member_roles = [self.BOT_ROLE_ID] if user_id == self.BOT_ID else roles
+                event["member"] = dict(self._member(user_id, member_roles), user=user)
+        return event
+
+    def _author_of(self, message_id: int) -> int | None:
+        if message_id in self.messages or message_id in self.deleted:
+            return self.BOT_ID
+        return self._authors.get(message_id)
+
+    async def press(
+        self,
+        user_id: int,
+        message_id: int | str,
+        custom_id: str,
+        *,
+        roles: list[int] | None = None,
+        permissions: int = EVERYDAY_PERMISSIONS,
+    ) -> str:
+        """User `user_id` presses the button `custom_id` on the bot's message `message_id`:
+        INTERACTION_CREATE of type 3 (MESSAGE_COMPONENT) carrying the message as it is now.
+
+        Returns the interaction token (answers: `callbacks`, `interaction_messages`). Only a button
+        that is on the message can be pressed, as in a Discord client."""
+        message = self.messages[int(message_id)]
+        if custom_id not in custom_ids(message):
+            raise ValueError(f"message {message_id} has no button {custom_id!r}: {custom_ids(message)}")
+        token = self._new_interaction(
+            MESSAGE_COMPONENT,
+            {"custom_id": custom_id, "component_type": BUTTON},
+            int(message["channel_id"]),
+            user_id,
+            roles=roles,
+            permissions=permissions,
+            message=self._public(message),
+        )
+        self._pressed_on[token] = int(message_id)
+        await self.dispatch("INTERACTION_CREATE", self._interactions[token])
+        return token
 
     async def slash(
         self,
@@ -326,26 +490,48 @@ class FakeDiscord:
             if key == autocomplete:
                 opt["focused"] = True
             opts.append(opt)
-        token = f"itoken-{self.snowflake()}"
         channel_id = self.CHANNEL_ID if guild else self.dm_channel_id(user_id)
+        data = {"id": command["id"], "name": name, "type": 1, "options": opts}
+        token = self._new_interaction(
+            4 if autocomplete else 2, data, channel_id, user_id, roles=roles, permissions=permissions
+        )
+        await self.dispatch("INTERACTION_CREATE", self._interactions[token])
+        return token
+
+    def _new_interaction(
+        self,
+        kind: int,
+        data: dict[str, Any],
+        channel_id: int,
+        user_id: int,
+        *,
+        roles: list[int] | None,
+        permissions: int,
+        message: dict[str, Any] | None = None,
+    ) -> str:
+        """Register an interaction's payload as Discord sends it; returns its token."""
+        token = f"itoken-{self.snowflake()}"
+        guild_id = self.guild_of_channel(channel_id)
         payload: dict[str, Any] = {
             "id": str(self.snowflake()),
             "application_id": str(self.APP_ID),
-            "type": 4 if autocomplete else 2,
-            "data": {"id": command["id"], "name": name, "type": 1, "options": opts},
+            "type": kind,
+            "data": data,
             "channel_id": str(channel_id),
-            "channel": self._channel(channel_id) if guild else {"id": str(channel_id), "type": DM_CHANNEL},
+            "channel": self._channel(channel_id) if guild_id else {"id": str(channel_id), "type": DM_CHANNEL},
             "token": token,
             "version": 1,
             "app_permissions": PERMISSIONS_ALL,
             "locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.GUILD_ID)} if guild else {"1": str(user_id)},
-            "context": 0 if guild else 1,
+            "authorizing_integration_owners": {"0": str(guild_id)} if guild_id else {"1": str(user_id)},
+            "context": 0 if guild_id else 1,
             "attachment_size_limit": 10_000_000,
         }
-        if guild:
-            payload["guild_id"] = str(self.GUILD_ID)
+        if message is not None:
+            payload["message"] = message
+        if guild_id:
+            payload["guild_id"] = str(guild_id)
             payload["guild_locale"] = "en-US"
             payload["member"] = dict(
                 self._member(user_id, roles), user=self.add_user(user_id), permissions=str(permissions)
@@ -353,7 +539,6 @@ class FakeDiscord:
         else:
             payload["user"] = self.add_user(user_id)
         self._interactions[token] = payload
-        await self.dispatch("INTERACTION_CREATE", payload)
         return token
 
     # ---- queries for tests -----------------------------------------------------------
@@ -702,6 +887,10 @@ class FakeDiscord:
             return 200, message
         if method == "PATCH" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
             return self._edit_message(int(match.group(1)), body)
+        if method in ("PUT", "DELETE") and (
+            match := m(r"/channels/(\d+)/messages/(\d+)/reactions/([^/]+)/@me", path)
+        ):
+            return self._own_reaction(method == "PUT", *match.groups())
         if method == "DELETE" and (match := m(r"/channels/\d+/messages/(\d+)", path)):
             if int(match.group(1)) not in self.messages:
                 return 404, {"message": "Unknown Message", "code": 10008}
@@ -719,8 +908,10 @@ class FakeDiscord:
             match := m(r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", path)
         ):
             token, which = match.groups()
-            if which == "@original":
+            if which == "@original":  # the response; after a press answered 6/7, the pressed message
                 found = next((x for x in self.interaction_messages(token) if x.get("_original")), None)
+                if found is None and token in self._pressed_on:
+                    found = self.messages.get(self._pressed_on[token])
             else:
                 found = self.messages.get(int(which))
             if found is None:
@@ -730,12 +921,24 @@ class FakeDiscord:
             return self._edit_message(int(found["id"]), body)
         return 404, {"message": f"fake Discord has no route {method} {path}", "code": 0}
 
+    def _own_reaction(self, added: bool, channel_id: str, message_id: str, emoji: str) -> tuple[int, Any]:
+        """The bot reacts (PUT) or takes its reaction back (DELETE); Discord echoes it on the gateway."""
+        if int(message_id) not in self.messages and int(message_id) not in self._authors:
+            return 404, {"message": "Unknown Message", "code": 10008}
+        name = urllib.parse.unquote(emoji)
+        event = self._reaction(self.BOT_ID, int(channel_id), int(message_id), name, added=added)
+        if event is not None:
+            self._echo(REACTION_EVENTS[0] if added else REACTION_EVENTS[1], event)
+        return 204, None
+
     def _create_message(
         self, channel_id: int, body: dict[str, Any], *, token: str | None = None, original: bool = False
     ) -> dict[str, Any]:
         content = body.get("content") or ""
         if not original:
             _check_content(content)
+        components = body.get("components") or []
+        _check_components(components)
         message = {
             "id": str(self.snowflake()),
             "channel_id": str(channel_id),
@@ -753,15 +956,11 @@ class FakeDiscord:
             "type": 19 if body.get("message_reference") else 0,
             "flags": body.get("flags") or 0,
             "allowed_mentions": body.get("allowed_mentions"),
+            "components": components,
             "_edits": 0,
         }
-        if (
-            channel_id in (self.CHANNEL_ID, self.OTHER_CHANNEL_ID, self.BOT_THREAD_ID)
-            or channel_id in self.threads
-        ):
-            message["guild_id"] = str(self.GUILD_ID)
-        elif channel_id in self.extra_guilds.values():
-            message["guild_id"] = str(self.guild_of(channel_id))
+        if (guild_id := self.guild_of_channel(channel_id)) is not None:
+            message["guild_id"] = str(guild_id)
         if body.get("message_reference"):
             ref = body["message_reference"]
             message["message_reference"] = {
@@ -774,7 +973,7 @@ class FakeDiscord:
             message["_original"] = original
             message["webhook_id"] = str(self.APP_ID)
         self.messages[int(message["id"])] = message
-        if not message.get("flags", 0) & 64:  # like Discord, echo the bot's own message on the gateway
+        if not message.get("flags", 0) & EPHEMERAL:  # like Discord, echo the bot's own message on the gateway
             self._echo("MESSAGE_CREATE", self._public(message))
         if self.auto_delete is not None and self.auto_delete(message):
             self.deleted[int(message["id"])] = self.messages.pop(int(message["id"]))
@@ -794,7 +993,12 @@ class FakeDiscord:
             return 404, {"message": "Unknown Message", "code": 10008}
         if "content" in body:
             _check_content(body["content"] or "")
+        if "components" in body:
+            _check_components(body["components"] or [])
+        if "content" in body:
             message["content"] = body["content"]
+        if "components" in body:  # [] (or null) takes the buttons off
+            message["components"] = body["components"] or []
         message["edited_timestamp"] = _now()
         message["_edits"] += 1
         return 200, self._public(message)
@@ -804,16 +1008,28 @@ class FakeDiscord:
         interaction = self._interactions.get(token)
         if interaction is None:
             return 404, {"message": "Unknown interaction", "code": 10062}
+        if token in self._acknowledged:  # each interaction takes one callback; then follow-ups
+            return 400, {"message": "Interaction has already been acknowledged.", "code": 40060}
         kind = body["type"]
+        if kind in (6, 7) and interaction["type"] != MESSAGE_COMPONENT:
+            return 400, {"message": "Invalid Form Body (type: not valid for this interaction)", "code": 50035}
+        self._acknowledged.add(token)
         answer: dict[str, Any] = {"interaction": {"id": interaction["id"], "type": interaction["type"]}}
+        data = body.get("data") or {}
+        if kind == 7:  # UPDATE_MESSAGE: edits the message the pressed button is on
+            status, edited = self._edit_message(self._pressed_on[token], data)
+            if status != 200:
+                self._acknowledged.discard(token)
+                return status, edited
+            answer["resource"] = {"type": kind, "message": edited}
         if kind in (4, 5):  # message / deferred message: the response becomes the original message
-            data = body.get("data") or {}
             message = self._create_message(
                 int(interaction["channel_id"]),
                 {
                     "content": data.get("content", ""),
                     "flags": data.get("flags"),
                     "allowed_mentions": data.get("allowed_mentions"),
+                    "components": data.get("components"),
                 },
                 token=token,
                 original=True,
@@ -821,7 +1037,7 @@ class FakeDiscord:
             answer["interaction"].update(
                 response_message_id=message["id"],
                 response_message_loading=kind == 5,
-                response_message_ephemeral=bool((data.get("flags") or 0) & 64),
+                response_message_ephemeral=bool((data.get("flags") or 0) & EPHEMERAL),
             )
             answer["resource"] = {"type": kind, "message": message}
         return 200, answer
@@ -857,10 +1073,17 @@ class _GatewaySession:
             raise web.HTTPBadRequest(text=f"fake gateway only speaks zlib-stream, not {compress}")
         self._send_lock = asyncio.Lock()
         self.shard = (0, 1)  # (id, count) from IDENTIFY; an unsharded client sends none
+        self.intents = 0  # from IDENTIFY (or the resumed session's)
 
     def receives(self, guild_id: int | None) -> bool:
         shard_id, count = self.shard
         return shard_id == 0 if guild_id is None else (guild_id >> 22) % count == shard_id
+
+    def wants(self, event: str, guild_id: int | str | None) -> bool:
+        """Discord sends reaction events only to connections whose IDENTIFY asked for them."""
+        if event not in REACTION_EVENTS:
+            return True
+        return bool(self.intents & (GUILD_MESSAGE_REACTIONS if guild_id else DIRECT_MESSAGE_REACTIONS))
 
     def guild_ids(self) -> list[int]:
         return [g for g in (self.fake.GUILD_ID, *self.fake.extra_guilds) if self.receives(g)]
@@ -898,6 +1121,8 @@ class _GatewaySession:
                 self.fake.identify = payload["d"]
                 self.fake.identifies.append(payload["d"])
                 shard = payload["d"].get("shard") or [0, 1]
+                self.intents = int(payload["d"].get("intents") or 0)
+                self.fake._session_intents[self.session_id] = self.intents
                 self.shard = (int(shard[0]), int(shard[1]))
                 await self.dispatch(
                     "READY",
@@ -920,5 +1145,6 @@ class _GatewaySession:
                 self.fake._ready.set()
             elif op == 6:  # resume: replay nothing (tests resume between events)
                 self.fake.resumes.append(payload["d"])
+                self.intents = self.fake._session_intents.get(payload["d"].get("session_id"), 0)
                 self.seq = payload["d"].get("seq") or 0
                 await self.dispatch("RESUMED", {})

@@ -13,7 +13,8 @@ import discord
 from discord import app_commands
 
 from bots.delivery import Sink
-from bots.discord_bot.commands import register_commands
+from bots.discord_bot.commands import ChoiceButton, register_commands
+from bots.discord_bot.feedback import DYNAMIC_ITEMS, on_reaction
 from bots.discord_bot.policy import Origin, conversation_id, is_allowed, model_scopes
 from bots.discord_bot.settings import DiscordSettings
 from bots.discord_bot.sink import (
@@ -78,8 +79,11 @@ class LorabotClient(discord.Client):
     """One bot: `service` answers, `settings` says who may ask and how fast to edit."""
 
     def __init__(self, service: ChatService, settings: DiscordSettings, **options: Any) -> None:
-        # Only what the bot reads: servers (channels, threads, roles) and messages.
-        intents = discord.Intents(guilds=True, guild_messages=True, dm_messages=True)
+        # Only what the bot reads: servers (channels, threads, roles), messages, and reactions
+        # (👍/👎 ratings; the core ignores them while LORABOT_FEEDBACK is off).
+        intents = discord.Intents(
+            guilds=True, guild_messages=True, dm_messages=True, guild_reactions=True, dm_reactions=True
+        )
         intents.message_content = settings.message_content_intent
         options.setdefault("allowed_mentions", NO_MENTIONS)
         super().__init__(intents=intents, **options)
@@ -97,6 +101,8 @@ class LorabotClient(discord.Client):
 
     async def setup_hook(self) -> None:
         register_commands(self.tree)
+        # 👍 👎 🔁 under replies and the choices of /forget and /feedback, from before a restart too
+        self.add_dynamic_items(*DYNAMIC_ITEMS, ChoiceButton)
         if self.settings.sync_commands:
             synced = await self.tree.sync()
             log.info("synced %d slash commands", len(synced))
@@ -200,8 +206,11 @@ class LorabotClient(discord.Client):
         prompt: str,
         *,
         on_accepted: Callable[[], Awaitable[None]] | None = None,
+        regenerate_turn: int | None = None,
+        existing: list[tuple[Any, str]] | None = None,
     ) -> Outcome:
-        """Answer `prompt` from `origin` into `sink` (a channel message or an interaction).
+        """Answer `prompt` from `origin` into `sink` (a channel message or an interaction); with
+        `regenerate_turn`, a new answer to that turn, written over `existing` (handle, text shown).
 
         Callers wrap it in `self.inflight.track()` so shutdown waits for (or interrupts) it."""
         question = Question(
@@ -210,6 +219,7 @@ class LorabotClient(discord.Client):
             text=prompt,
             scope_id=model_scopes(origin),
             platform="discord",
+            regenerate_turn=regenerate_turn,
         )
         return await answer_question(
             self.service,
@@ -220,7 +230,52 @@ class LorabotClient(discord.Client):
             notes=NOTES,
             interrupt=self.inflight.interrupt,
             on_accepted=on_accepted,
+            existing=existing,
         )
+
+    # -- feedback ----------------------------------------------------------------------
+    async def on_raw_reaction_add(self, event: discord.RawReactionActionEvent) -> None:
+        await on_reaction(self, event)
+
+    async def on_raw_reaction_remove(self, event: discord.RawReactionActionEvent) -> None:
+        await on_reaction(self, event)
+
+    async def regenerate(self, interaction: discord.Interaction, turn_id: int) -> None:
+        """🔁 pressed: a new answer streams into the reply's own messages, in place of the old one.
+
+        The press is acknowledged at once without a message (deferred update); a refusal (not the
+        latest answer, already regenerating, rate limit…) leaves the old answer as it is and is
+        told to the presser only."""
+        pressed = interaction.message
+        if pressed is None:  # Discord always sends it with a button press
+            return
+        await interaction.response.defer()  # type 6: nothing shown, the message stays as it is
+        existing = await self._shown_reply(turn_id, pressed)
+        sink = ChannelSink(
+            self.get_partial_messageable(pressed.channel.id, guild_id=interaction.guild_id),
+            with_buttons={pressed.id} if pressed.components else set(),
+        )
+        origin = self.origin_of_interaction(interaction)
+        async with self.inflight.track():
+            outcome = await self.respond(sink, origin, "", regenerate_turn=turn_id, existing=existing)
+        if outcome.turn_id is None and outcome.text:  # refused before it began: nothing changed
+            await interaction.followup.send(outcome.text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def _shown_reply(self, turn_id: int, pressed: discord.Message) -> list[tuple[Any, str]]:
+        """The reply's messages (handles the sink edits) and what they show, as far as known: the
+        pressed one's text, '' for the others so they are rewritten. Only the pressed message
+        when the store has no refs for the turn (e.g. a reply from before they were stored)."""
+        platform, refs = await self.service.reply_refs(turn_id)
+        ids = [tuple(int(part) for part in ref.split(":")) for ref in refs] if platform == "discord" else []
+        if pressed.id not in (message_id for _, message_id in ids):
+            ids = [(pressed.channel.id, pressed.id)]
+        return [
+            (
+                self.get_partial_messageable(channel_id).get_partial_message(message_id),
+                pressed.content if message_id == pressed.id else "",
+            )
+            for channel_id, message_id in ids
+        ]
 
     # -- helpers for commands ----------------------------------------------------------
     def origin_of_interaction(self, interaction: discord.Interaction) -> Origin:

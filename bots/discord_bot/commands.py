@@ -9,11 +9,13 @@ changed what everyone here shares). The allow/deny lists are applied once in
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 
+from bots.discord_bot.feedback import may_press
 from bots.discord_bot.policy import (
     Origin,
     channel_scope,
@@ -64,10 +66,23 @@ def _client(interaction: discord.Interaction) -> LorabotClient:
     return interaction.client  # type: ignore[return-value]
 
 
-async def _say(interaction: discord.Interaction, text: str, *, ephemeral: bool = True) -> None:
-    if len(text) > DISCORD_LIMIT:  # e.g. a long model list
-        text = text[: DISCORD_LIMIT - 1] + "…"
-    await interaction.response.send_message(text, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+def _fit(text: str) -> str:
+    return text[: DISCORD_LIMIT - 1] + "…" if len(text) > DISCORD_LIMIT else text  # e.g. a long model list
+
+
+async def _say(
+    interaction: discord.Interaction,
+    text: str,
+    *,
+    ephemeral: bool = True,
+    view: discord.ui.View | None = None,
+) -> None:
+    await interaction.response.send_message(
+        _fit(text),
+        ephemeral=ephemeral,
+        allowed_mentions=NO_MENTIONS,
+        view=view if view is not None else discord.utils.MISSING,  # MISSING: no components at all
+    )
 
 
 @app_commands.command(name="chat", description="Ask lorabot something (no mention needed).")
@@ -82,14 +97,67 @@ async def chat(interaction: discord.Interaction, prompt: str) -> None:
 
 def _where(interaction: discord.Interaction, origin: Origin) -> Where:
     """In a channel each person has their own conversation, so anyone may change theirs; a thread
-    is shared by everyone in it (and anyone in it may change it, as before)."""
+    is shared by everyone in it (and anyone in it may change it, as before). The user id is the one
+    replies are asked with, so /forget and /feedback find that person's questions and ratings."""
     return Where(
-        conversation_id(origin), str(origin.user_id), scopes=model_scopes(origin), shared=origin.is_thread
+        conversation_id(origin),
+        f"discord:{origin.user_id}",
+        scopes=model_scopes(origin),
+        shared=origin.is_thread,
     )
 
 
 async def _show(interaction: discord.Interaction, shown: Shown) -> None:
-    await _say(interaction, shown.text, ephemeral=not shown.public)
+    await _say(interaction, shown.text, ephemeral=not shown.public, view=choice_view(shown))
+
+
+# Commands whose choices are buttons under the answer: /forget's confirmation and /feedback's
+# on/off. (/model offers its many choices through autocomplete instead.)
+CHOICE_BUTTONS = ("forget", "feedback")
+
+
+def choice_view(shown: Shown) -> discord.ui.View | None:
+    """The answer's choices as buttons (the one in effect highlighted), or None."""
+    if shown.choose not in CHOICE_BUTTONS or not shown.choices:
+        return None
+    view = discord.ui.View(timeout=None)
+    for choice in shown.choices[:5]:
+        view.add_item(ChoiceButton(shown.choose, choice.value, choice.label, selected=choice.selected))
+    return view
+
+
+class ChoiceButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=rf"lorabot:cmd:(?P<name>{'|'.join(CHOICE_BUTTONS)}):(?P<value>[a-z]+)",
+):
+    """Runs `/<name> <value>` for whoever presses it (only ever about themselves) and shows the
+    result in place of the question (an ephemeral message stays ephemeral)."""
+
+    def __init__(self, name: str, value: str, label: str = "", *, selected: bool = False) -> None:
+        style = discord.ButtonStyle.primary if selected else discord.ButtonStyle.secondary
+        super().__init__(
+            discord.ui.Button(
+                style=style, label=(label or value)[:80], custom_id=f"lorabot:cmd:{name}:{value}"
+            )
+        )
+        self.name, self.value = name, value
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ChoiceButton:
+        return cls(match["name"], match["value"])
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return await may_press(interaction)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        client = _client(interaction)
+        where = _where(interaction, client.origin_of_interaction(interaction))
+        shown = await run_command(client.service, where, self.name, self.value)
+        await interaction.response.edit_message(
+            content=_fit(shown.text), view=choice_view(shown), allowed_mentions=NO_MENTIONS
+        )
 
 
 async def _set_channel_model(interaction: discord.Interaction, origin: Origin, name: str) -> Shown:

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
-from bots.delivery import MessageGone, SlowDown, TransientFailure
+from bots.delivery import MessageGone, ReplyButtons, SlowDown, TransientFailure
+from bots.discord_bot.feedback import reply_view
 from bots.pacing import Pacer, Rule
 from bots.replying import Notes
 
@@ -31,6 +32,27 @@ RESTARTED = "*(interrupted: lorabot restarted before this answer was finished �
 NOTES = Notes(interrupted=INTERRUPTED, failed="⚠️ Something went wrong while answering.")
 UNKNOWN_MESSAGE = 10008
 _requests: set[asyncio.Task[Any]] = set()  # requests in flight, kept alive past a cancelled reply
+
+
+class ShownButtons:
+    """Which of a sink's messages carry the 👍 👎 🔁 buttons, and the `view` keyword for a request:
+    a view when buttons go on, None to take them off an edited message that had them, nothing
+    (no change, no extra payload) otherwise."""
+
+    def __init__(self, on: set[int] | None = None) -> None:
+        self.on: set[int] = set(on or ())  # message ids
+
+    def for_send(self, buttons: ReplyButtons | None) -> dict[str, Any]:
+        return {"view": reply_view(buttons)} if buttons is not None else {}
+
+    def for_edit(self, message_id: int, buttons: ReplyButtons | None) -> dict[str, Any]:
+        if buttons is not None:
+            return {"view": reply_view(buttons)}
+        return {"view": None} if message_id in self.on else {}
+
+    def shown(self, message_id: int, buttons: ReplyButtons | None) -> None:
+        """After a request succeeded: `message_id` now shows `buttons` (or none)."""
+        (self.on.add if buttons is not None else self.on.discard)(message_id)
 
 
 def discord_pacer() -> Pacer:
@@ -76,9 +98,16 @@ class ChannelSink:
 
     limit = DISCORD_LIMIT
 
-    def __init__(self, channel: discord.abc.Messageable, reply_to: discord.Message | None = None) -> None:
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        reply_to: discord.Message | None = None,
+        *,
+        with_buttons: set[int] | None = None,
+    ) -> None:
         self.channel = channel
         self.reply_to = reply_to
+        self.buttons = ShownButtons(with_buttons)  # `with_buttons`: messages (ids) it edits that have them
         self.chat_key = f"discord:{getattr(channel, 'id', 0)}"
         self.typing_key = f"discord-typing:{getattr(channel, 'id', 0)}"
         self.sent = 0
@@ -87,7 +116,7 @@ class ChannelSink:
     def length(self, text: str) -> int:
         return len(text)
 
-    async def send(self, text: str) -> discord.Message:
+    async def send(self, text: str, *, buttons: ReplyButtons | None = None) -> discord.Message:
         # A send that failed (timeout, dropped connection, 5xx) may still have been posted: the next
         # send reuses its nonce, and with enforce_nonce Discord answers with that message instead of
         # posting a second one. A new nonce only once the message is ours, showing `text`: until
@@ -103,30 +132,47 @@ class ChannelSink:
                     mention_author=False,
                     allowed_mentions=NO_MENTIONS,
                     nonce=self._nonce,
+                    **self.buttons.for_send(buttons),
                 )
             )
         else:
-            sent = await request(self.channel.send(text, allowed_mentions=NO_MENTIONS, nonce=self._nonce))
-        if sent.content != text:  # the earlier attempt's message, with the text of then
+            sent = await request(
+                self.channel.send(
+                    text, allowed_mentions=NO_MENTIONS, nonce=self._nonce, **self.buttons.for_send(buttons)
+                )
+            )
+        if sent.components:
+            self.buttons.on.add(sent.id)
+        if sent.content != text or (buttons is not None) != bool(sent.components):
+            # the earlier attempt's message, with the text (and buttons) of then
             try:
-                await self.edit(sent, text)
+                await self.edit(sent, text, buttons=buttons)
             except MessageGone:  # deleted meanwhile: nothing of it on screen, post the text anew
                 self._nonce = None
-                return await self.send(text)  # a fresh nonce posts `text` itself: no second edit
+                return await self.send(text, buttons=buttons)  # a fresh nonce posts `text` itself
         self._nonce = None
         self.sent += 1
         return sent
 
-    async def edit(self, handle: discord.Message, text: str) -> None:
-        await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+    async def edit(
+        self,
+        handle: discord.Message | discord.PartialMessage,
+        text: str,
+        *,
+        buttons: ReplyButtons | None = None,
+    ) -> None:
+        view = self.buttons.for_edit(handle.id, buttons)
+        await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS, **view))
+        self.buttons.shown(handle.id, buttons)
 
-    async def delete(self, handle: discord.Message) -> None:
+    async def delete(self, handle: discord.Message | discord.PartialMessage) -> None:
         await request(handle.delete())
+        self.buttons.shown(handle.id, None)
 
     async def typing(self) -> None:
         await request(_trigger_typing(self.channel))
 
-    def ref(self, handle: discord.Message) -> str:
+    def ref(self, handle: discord.Message | discord.PartialMessage) -> str:
         return f"{handle.channel.id}:{handle.id}"
 
 
@@ -155,11 +201,11 @@ class ThreadSink:
     def length(self, text: str) -> int:
         return len(text)
 
-    async def send(self, text: str) -> discord.Message:
-        return await self.target.send(text)
+    async def send(self, text: str, *, buttons: ReplyButtons | None = None) -> discord.Message:
+        return await self.target.send(text, buttons=buttons)
 
-    async def edit(self, handle: discord.Message, text: str) -> None:
-        await self.target.edit(handle, text)
+    async def edit(self, handle: discord.Message, text: str, *, buttons: ReplyButtons | None = None) -> None:
+        await self.target.edit(handle, text, buttons=buttons)
 
     async def delete(self, handle: discord.Message) -> None:
         await self.target.delete(handle)
@@ -187,15 +233,27 @@ class InteractionSink:
         self.name = interaction.command.name if interaction.command else "command"
         self.sent = 0
         self.original_gone = False  # the deferred response was deleted: only follow-ups are left
+        self.buttons = ShownButtons()
 
     def length(self, text: str) -> int:
         return len(text)
 
-    async def send(self, text: str) -> discord.InteractionMessage | discord.WebhookMessage:
+    async def send(
+        self, text: str, *, buttons: ReplyButtons | None = None
+    ) -> discord.InteractionMessage | discord.WebhookMessage:
+        sent = await self._send(text, self.buttons.for_send(buttons))
+        self.buttons.shown(sent.id, buttons)
+        return sent
+
+    async def _send(
+        self, text: str, view: dict[str, Any]
+    ) -> discord.InteractionMessage | discord.WebhookMessage:
         if self.sent == 0 and not self.original_gone:
             try:
                 sent: discord.InteractionMessage | discord.WebhookMessage = await request(
-                    self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+                    self.interaction.edit_original_response(
+                        content=text, allowed_mentions=NO_MENTIONS, **view
+                    )
                 )
             except MessageGone:
                 # The "thinking…" response was deleted: editing it answers 10008 forever. The
@@ -209,15 +267,26 @@ class InteractionSink:
             else:
                 self.sent += 1
                 return sent
-        sent = await request(self.interaction.followup.send(text, allowed_mentions=NO_MENTIONS, wait=True))
+        sent = await request(
+            self.interaction.followup.send(text, allowed_mentions=NO_MENTIONS, wait=True, **view)
+        )
         self.sent += 1
         return sent
 
-    async def edit(self, handle: discord.InteractionMessage | discord.WebhookMessage, text: str) -> None:
-        await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS))
+    async def edit(
+        self,
+        handle: discord.InteractionMessage | discord.WebhookMessage,
+        text: str,
+        *,
+        buttons: ReplyButtons | None = None,
+    ) -> None:
+        view = self.buttons.for_edit(handle.id, buttons)
+        await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS, **view))
+        self.buttons.shown(handle.id, buttons)
 
     async def delete(self, handle: discord.InteractionMessage | discord.WebhookMessage) -> None:
         await request(handle.delete())
+        self.buttons.shown(handle.id, None)
 
     async def typing(self) -> None:
         """Discord already shows "lorabot is thinking…" for a deferred interaction."""
