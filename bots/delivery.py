@@ -185,6 +185,16 @@ class ReplyView:
         they are edited in place, and those the new text does not need are deleted at the end."""
         self._shown = [_Shown(handle, text) for handle, text in shown]
 
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) for the delivery task to end: after `finish` returned, it may
+        still put the buttons under the final text, an edit of their own. Past the timeout it
+        stops: the text is on screen, buttons are not worth holding a shutdown for."""
+        if self._task is None or self._task.done():
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+        if not done:
+            await self.close()
+
     async def close(self) -> None:
         """Stop delivering (shutdown after its grace): whatever is on screen stays."""
         if self._task is not None and not self._task.done():
@@ -231,9 +241,17 @@ class ReplyView:
             return NEW_MESSAGE
         return STATUS if self._kind == "status" else EDIT
 
+    def _text_on_screen(self) -> bool:
+        """The final text is shown in full (the buttons may still be missing)."""
+        wanted = self._wanted()
+        return self._kind == "final" and [shown.text for shown in self._shown] == wanted
+
     async def _run(self) -> None:
         try:
             while True:
+                if not self.delivered and self._text_on_screen():
+                    self.delivered = True  # the user has the answer; the buttons follow (see drain)
+                    self._done.set()
                 step = self._next_step()
                 if step is None:
                     if self._kind == "final":

@@ -65,6 +65,7 @@ class Question:
     scope_id: Scopes = None
     platform: str = "chat"
     regenerate_turn: int | None = None  # 🔁: a new answer to this turn, shown in place of the old one
+    shared: bool = False  # the conversation is everyone's there (group, thread): anyone may 🔁
 
 
 @dataclass
@@ -152,7 +153,8 @@ async def answer_question(
     )
     outcome.counts = view.counts
     view.adopt(existing or [])
-    previous = "\n".join(text for _, text in existing or [])
+    regenerating = question.regenerate_turn is not None
+    previous = ""  # a regenerate: the answer it replaces (the service puts it back if it fails)
     typing = Typing(sink, pacer, pace.typing_interval_s, view.counts)
     written, notice = "", ""
     accepted_at = time.monotonic()
@@ -163,6 +165,7 @@ async def answer_question(
                 question.user_id,
                 scope_id=question.scope_id,
                 settle_after_delivery=True,
+                shared=question.shared,
             )
         else:
             events = service.reply(
@@ -177,8 +180,9 @@ async def answer_question(
                 if interrupt is not None and interrupt.is_set():
                     raise asyncio.CancelledError
                 match event:
-                    case Accepted(turn_id=number):
+                    case Accepted(turn_id=number, replaces=replaced):
                         turn_id = outcome.turn_id = number
+                        previous = clean(replaced or "")
                         if on_accepted is not None:
                             await on_accepted()
                     case Queued(position=position):
@@ -209,32 +213,36 @@ async def answer_question(
     except ChatError as error:
         outcome.result = "refused" if outcome.model == "" else "error"
         outcome.reason = type(error).__name__
-        if question.regenerate_turn is not None and turn_id is None:  # the old answer stays as it is
+        if regenerating and turn_id is None:  # refused: the old answer stays as it is
             outcome.text = notes.error_prefix + error.user_message
             _log(question, outcome)
             return outcome
-        if question.regenerate_turn is not None:  # the service restored the old answer
+        if regenerating:  # the service put the old answer back
             written, notice = previous, ""
         final = with_note(notice + clean(written), notes.error_prefix + error.user_message)
     except asyncio.CancelledError:
+        if regenerating and (turn_id is None or not written):  # nothing new: the old answer stays
+            outcome.result, outcome.text = "interrupted", previous
+            if turn_id is not None:
+                await _finish_bounded(view, previous, final_timeout_s, _buttons(service, turn_id))
+            _log(question, outcome)
+            raise
         await interrupted(with_note(notice + clean(written), notes.interrupted))
         raise
     except Exception as error:
         log.exception("reply failed in conversation %s", question.conversation_id)
         outcome.result, outcome.reason = "error", type(error).__name__
+        if regenerating and turn_id is None:  # the old answer stays as it is
+            outcome.text = notes.failed
+            return outcome
+        if regenerating:
+            written, notice = previous, ""
         final = with_note(notice + clean(written), notes.failed)
     finally:
         typing.stop()
     outcome.text = final
-    shows_answer = outcome.result == "answered" or (
-        question.regenerate_turn is not None and outcome.result == "error"
-    )
-    offered = service.buttons_for_replies
-    buttons = (
-        ReplyButtons(turn_id, offered.rate, offered.regenerate)
-        if offered is not None and turn_id is not None and shows_answer
-        else None
-    )
+    shows_answer = outcome.result == "answered" or (regenerating and outcome.result == "error")
+    buttons = _buttons(service, turn_id) if shows_answer else None
     try:
         await view.finish(final, buttons)
     except asyncio.CancelledError:  # generated, but not yet on screen when the grace ran out
@@ -244,13 +252,24 @@ async def answer_question(
         outcome.result = "undelivered"
     await settle(view.delivered)  # first: a store write made after the user saw the text finds it settled
     await view.settle_records()
+    await view.drain(final_timeout_s)  # the buttons, when they need an edit of their own
     _log(question, outcome)
     return outcome
 
 
-async def _finish_bounded(view: ReplyView, text: str, timeout_s: float) -> None:
+def _buttons(service: ChatService, turn_id: int | None) -> ReplyButtons | None:
+    """The buttons under turn `turn_id`'s final text (None: buttons are off)."""
+    offered = service.buttons_for_replies
+    if offered is None or turn_id is None:
+        return None
+    return ReplyButtons(turn_id, offered.rate, offered.regenerate)
+
+
+async def _finish_bounded(
+    view: ReplyView, text: str, timeout_s: float, buttons: ReplyButtons | None = None
+) -> None:
     """Show `text` if the platform takes it within `timeout_s`; never longer (shutdown)."""
-    finishing = asyncio.ensure_future(view.finish(text))
+    finishing = asyncio.ensure_future(view.finish(text, buttons))
     done, _ = await asyncio.wait({finishing}, timeout=timeout_s)
     if not done:
         await view.close()

@@ -10,6 +10,7 @@ class Accepted:
     """The question is stored; `turn_id` names it for `record_delivery`."""
 
     turn_id: int
+    replaces: str | None = None  # a regenerate: the answer being replaced (shown again if it fails)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core.errors import StoreUnavailable
 from core.feedback_store import PendingRating, write_ratings
@@ -112,8 +112,10 @@ class RatingWriter:
                 self._idle.set()
                 continue
             started = time.monotonic()
+            later: list[PendingRating] = []
             try:
-                self.written += await write_ratings(self.store, batch)
+                changed, later = await write_ratings(self.store, batch)
+                self.written += changed
             except StoreUnavailable:  # logged by the store; kept for the next round
                 await asyncio.sleep(max(self.flush_s, 1.0))
                 self._wake.set()
@@ -123,6 +125,8 @@ class RatingWriter:
             for rating in batch:
                 if self._pending.get(rating.key) is rating:  # not replaced by a newer one meanwhile
                     del self._pending[rating.key]
+            for rating in later:  # its message was not recorded yet: next round
+                self._pending.setdefault(rating.key, replace(rating, tries=rating.tries + 1))
             if self._pending:
                 self._wake.set()
             else:

@@ -32,6 +32,7 @@ from core.turns import process_owner
 
 log = logging.getLogger(__name__)
 SALT_NAME = "pseudonym_salt"
+REF_TRIES = 10  # write rounds a reaction waits for its message's ref (a new message is recorded at once)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PendingRating:
     ref: str = ""
     only_if: int | None = None  # a removal applies only when the stored value is this
     at: float = 0.0
+    tries: int = 0  # rounds its message ref was not known yet (a reply's refs are stored just after)
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -81,27 +83,38 @@ async def pseudonym_salt(store: ConversationStore) -> str:
     return await store.write(work, "read the pseudonym salt")
 
 
-async def write_ratings(store: ConversationStore, batch: list[PendingRating]) -> int:
-    """Store `batch` in one transaction; returns how many changed a rating. A rating for a turn
-    or message that is unknown, deleted, not answered (being regenerated) or by an opted-out
-    rater is skipped and logged without its text."""
+async def write_ratings(
+    store: ConversationStore, batch: list[PendingRating]
+) -> tuple[int, list[PendingRating]]:
+    """Store `batch` in one transaction; returns how many changed a rating, and the reactions
+    whose message is not known yet (tried again next round, up to REF_TRIES: the reaction may
+    have come a moment before the reply's new message was recorded). A rating for a turn or
+    message that is unknown, deleted, not answered (being regenerated) or by an opted-out rater
+    is skipped and logged without its text."""
 
-    async def work(db: AsyncConnection) -> int:
-        changed = 0
+    async def work(db: AsyncConnection) -> tuple[int, list[PendingRating]]:
+        changed, later = 0, []
         for rating in batch:
-            changed += await _write_one(store, db, rating)
-        return changed
+            written = await _write_one(store, db, rating)
+            if written is None:
+                later.append(rating)
+            else:
+                changed += written
+        return changed, later
 
     return await store.write(work, "save ratings")
 
 
-async def _write_one(store: ConversationStore, db: AsyncConnection, rating: PendingRating) -> int:
+async def _write_one(store: ConversationStore, db: AsyncConnection, rating: PendingRating) -> int | None:
+    """1 if it changed a rating, 0 if not, None: its message is not known yet (try again)."""
     turn_id = rating.turn_id
     if turn_id is None:
         query = sa.select(reply_messages.c.turn_id).where(
             reply_messages.c.platform == rating.platform, reply_messages.c.ref == rating.ref
         )
         turn_id = (await db.execute(query)).scalar()
+        if turn_id is None and rating.tries < REF_TRIES:
+            return None
         if turn_id is None:
             log.info("rating ignored: message %s on %s is not a stored reply", rating.ref, rating.platform)
             return 0
@@ -155,10 +168,14 @@ async def conversation_of(store: ConversationStore, turn_id: int) -> str | None:
     return await store.read(work, "read a turn")
 
 
-async def begin_regeneration(store: ConversationStore, turn_id: int, *, keep_old: bool) -> Regeneration:
+async def begin_regeneration(
+    store: ConversationStore, turn_id: int, presser_key: str, *, keep_old: bool, shared: bool
+) -> Regeneration:
     """Open answered turn `turn_id` again (pending, the next version), keeping its answer in
-    `answer_versions` when `keep_old`. Only the newest turn of its conversation: the ones after
-    it were answered from this answer. Atomic, so two presses of 🔁 open it once."""
+    `answer_versions` when `keep_old`. Only the newest turn of its conversation (the ones after
+    it were answered from this answer); in a conversation that is not `shared` (a person's own in a
+    channel), only by someone who asked in it, so nobody regenerates another's. Atomic, so two
+    presses of 🔁 open it once."""
 
     async def work(db: AsyncConnection) -> Regeneration:
         row = (await db.execute(sa.select(turns).where(turns.c.id == turn_id))).first()
@@ -173,6 +190,12 @@ async def begin_regeneration(store: ConversationStore, turn_id: int, *, keep_old
         )
         if (await db.execute(later.limit(1))).first() is not None:
             raise CannotRegenerate("Only the latest answer here can be regenerated.")
+        if not shared and row.user_key not in (None, presser_key):  # None: stored before askers were
+            took_part = sa.select(turns.c.id).where(
+                turns.c.conversation_id == row.conversation_id, turns.c.user_key == presser_key
+            )
+            if (await db.execute(took_part.limit(1))).first() is None:
+                raise CannotRegenerate("Only the person who asked can regenerate this answer.")
         now = time.time()
         opened = await db.execute(
             sa.update(turns)

@@ -255,6 +255,7 @@ class ChatService:
         *,
         scope_id: Scopes = None,
         settle_after_delivery: bool = False,
+        shared: bool = False,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """🔁: a new answer to turn `turn_id`'s question in the same context, the same events as
         `reply` (Accepted carries the same turn id). Sampled with a fresh seed (at least at
@@ -262,7 +263,8 @@ class ChatService:
         the same answer. The old answer is kept (`answer_versions`) with LORABOT_FEEDBACK on: it
         and the one that stays form a preference pair. Only the newest turn of a conversation;
         `CannotRegenerate` (nothing changed) otherwise. If generating fails, the old answer is
-        the turn's answer again."""
+        the turn's answer again. `shared`: the conversation is everyone's there (a group, a
+        thread), so anyone may; else only someone who asked in it."""
         await self.limiter.check(user_id)
         conversation_id = await feedback_store.conversation_of(self._store, turn_id)
         if conversation_id is None:
@@ -273,7 +275,7 @@ class ChatService:
 
         async def begin() -> int:
             regeneration = await feedback_store.begin_regeneration(
-                self._store, turn_id, keep_old=self.settings.feedback
+                self._store, turn_id, self.pseudonym(user_id), keep_old=self.settings.feedback, shared=shared
             )
             opened.append(regeneration)
             return turn_id
@@ -315,6 +317,7 @@ class ChatService:
         entry = self.registry.get(model)
         turn_id: int | None = None
         settled = False  # _generate marked the turn answered/interrupted
+        wrote = False  # some of the new answer was generated (and may be on screen)
         outcome: TurnState = "failed"
         try:
             try:
@@ -323,7 +326,7 @@ class ChatService:
                 self.scheduler.release(ticket)
                 raise
             opened = regeneration[0] if regeneration else None
-            yield Accepted(turn_id)
+            yield Accepted(turn_id, opened.previous_answer if opened else None)
             if notice:
                 yield Notice(notice)
             shown = None
@@ -349,24 +352,40 @@ class ChatService:
                     if isinstance(event, Done):
                         settled = True
                         self._reply_seconds.append(time.monotonic() - started_at)
+                    elif isinstance(event, Delta):
+                        wrote = True
                     yield event
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "interrupted"
             raise
         finally:
             try:
-                if turn_id is not None and not settled and settle_after_delivery and outcome == "interrupted":
-                    self._unsettled.setdefault(turn_id, _Unsettled("interrupted"))  # the caller settles
-                elif turn_id is not None and not settled and outcome == "failed" and undo is not None:
-                    await asyncio.shield(undo())  # the old answer stays the turn's answer
-                elif turn_id is not None and not settled:
-                    # shielded: a cancelled reply is still recorded (a store error keeps the write)
-                    await asyncio.shield(self._store.finish_turn(turn_id, outcome))
+                if turn_id is not None and not settled:
+                    await self._end_unfinished(turn_id, outcome, wrote, settle_after_delivery, undo)
             except Exception:  # never hide the reply's own outcome; a restart marks the turn
                 log.warning("could not record the end of turn %s", turn_id, exc_info=True)
             finally:
                 if turn_id is not None:
                     self.scheduler.release(ticket)
+
+    async def _end_unfinished(
+        self,
+        turn_id: int,
+        outcome: TurnState,
+        wrote: bool,
+        deferred: bool,
+        undo: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """Settle a turn whose answer did not complete. A regenerate that failed, or was cut
+        before any new text, puts the old answer back (`undo`); a cut reply of an adapter that
+        settles after delivery waits for its `settle_delivery`; anything else is stored as it
+        ended. Shielded: a cancelled reply is still recorded (a store error keeps the write)."""
+        if undo is not None and (outcome == "failed" or not wrote):
+            await asyncio.shield(undo())
+        elif deferred and outcome == "interrupted":
+            self._unsettled.setdefault(turn_id, _Unsettled("interrupted"))
+        else:
+            await asyncio.shield(self._store.finish_turn(turn_id, outcome))
 
     # -- feedback ----------------------------------------------------------------------------
     def pseudonym(self, user_id: str) -> str:

@@ -344,6 +344,8 @@ async def test_commands_are_synced_on_start(fake, start_bot):
         "help",
         "stats",
         "temperature",
+        "forget",
+        "feedback",
     }
     assert fake.identify["token"] == fake.token and fake.heartbeats >= 1  # gateway handshake done
 

@@ -18,6 +18,7 @@ from core.events import Accepted, Done
 from core.feedback import Rated
 from core.service import ChatService
 from support.engines import make_service
+from support.waiting import until
 
 ALICE, BOB = "discord:1001", "discord:1002"
 
@@ -247,3 +248,26 @@ async def test_the_terminal_rates_and_retries_the_last_answer(tmp_path):
         await chat.command("/forget yes")
         assert "Deleted 1 question(s)" in out.getvalue()
         assert await rows(service, schema.turns) == [] and await rows(service, schema.ratings) == []
+
+
+async def test_only_the_asker_regenerates_a_conversation_that_is_not_shared(tmp_path):
+    async with make_service(tmp_path, reply=counter_replies()) as service:
+        turn = await ask(service, conversation="channel:alice", user=ALICE)
+        with pytest.raises(CannotRegenerate, match="person who asked"):
+            await regenerate(service, turn, BOB)
+        events = [e async for e in service.regenerate(turn, BOB, shared=True)]  # a group or a thread
+        assert next(e for e in events if isinstance(e, Done)).text == "answer 2"
+        accepted = next(e for e in events if isinstance(e, Accepted))
+        assert (accepted.turn_id, accepted.replaces) == (turn, "answer 1")
+
+
+async def test_a_reaction_that_comes_before_its_message_is_recorded_still_counts(tmp_path):
+    """A reply's new message is recorded a moment after it is shown: the rating waits for it."""
+    async with make_service(tmp_path) as service:
+        turn = await ask(service)
+        await service.rate_message("telegram", "7:70", ALICE, 1)
+        pending = service._writer._pending
+        await until(lambda: any(rating.tries for rating in pending.values()))  # tried once: unknown yet
+        await service.record_delivery(turn, "telegram", ["7:70"], "shown")
+        await service.feedback_flushed()
+        assert [(r.turn_id, r.value) for r in await rows(service, schema.ratings)] == [(turn, 1)]

@@ -166,9 +166,9 @@ def answers(*texts: str):
     return lambda request: next(queue)
 
 
-async def regenerated(fake: FakeDiscord, client, message: dict, text: str) -> dict:
-    """Press 🔁 on `message`; returns it once it shows `text` with its buttons back."""
-    token = await fake.press(ALICE, message["id"], button(message, "again"))
+async def regenerated(fake: FakeDiscord, client, message: dict, text: str, user: int = ALICE) -> dict:
+    """`user` presses 🔁 on `message`; returns it once it shows `text` with its buttons back."""
+    token = await fake.press(user, message["id"], button(message, "again"))
     assert (await fake.wait_until(lambda: [c for c in fake.callbacks if c["_token"] == token]))[0][
         "type"
     ] == 6
@@ -250,7 +250,7 @@ async def test_a_chat_command_answer_has_buttons_and_regenerates_in_place(fake, 
     token = await fake.slash("chat", {"prompt": "hi"})
     reply = await fake.wait_until(lambda: [m for m in fake.interaction_messages(token) if custom_ids(m)])
     await client.wait_idle()
-    shown = await regenerated(fake, client, reply[0], "Slash two.")
+    shown = await regenerated(fake, client, reply[0], "Slash two.", user=FakeDiscord.OWNER_ID)
     assert fake.interaction_messages(token) == [shown]
 
 

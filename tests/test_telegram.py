@@ -80,6 +80,11 @@ def reply_done(fake: FakeBotAPI, chat_id: int, expected: str):
     return lambda: fake.bot_texts(chat_id) and fake.bot_texts(chat_id)[-1] == expected
 
 
+def keyboard_of(fake: FakeBotAPI, message: dict, prefix: str) -> bool:
+    """A command's keyboard (`model:`…), not the 👍 👎 🔁 row every answer has."""
+    return any(data.startswith(prefix) for data in fake.button_data(message))
+
+
 def engine_requests(service) -> list:
     """What the (scripted) default model was asked, oldest first."""
     return service.engines[service.settings.default_model].requests
@@ -108,6 +113,8 @@ async def test_private_message_gets_streamed_reply_equal_to_engine_output(fake, 
         "reset",
         "temperature",
         "stats",
+        "forget",
+        "feedback",
     ]
     # the engine saw the question
     assert fake.calls_of("getMe") and fake.calls_of("deleteWebhook")
@@ -165,7 +172,7 @@ async def test_model_keyboard_then_callback_switches_next_reply(fake, tmp_path):
 
         fake.send_text(fake.alice, chat, "/model")
         keyboard_message = await fake.wait_for(
-            lambda: next((m for m in fake.bot_messages(ALICE) if "reply_markup" in m), None)
+            lambda: next((m for m in fake.bot_messages(ALICE) if keyboard_of(fake, m, "model:")), None)
         )
         buttons = [row[0] for row in keyboard_message["reply_markup"]["inline_keyboard"]]
         assert {b["callback_data"] for b in buttons} == {f"model:{n}" for n in service.model_names()}
@@ -189,7 +196,7 @@ async def test_non_admin_in_group_cannot_switch_model(fake, tmp_path):
         group = fake.group_chat(GROUP, "Club", admins={ALICE})
         fake.send_text(fake.bob, group, "/model")
         keyboard = await fake.wait_for(
-            lambda: next((m for m in fake.bot_messages(GROUP) if "reply_markup" in m), None)
+            lambda: next((m for m in fake.bot_messages(GROUP) if keyboard_of(fake, m, "model:")), None)
         )
         denied = fake.press_button(fake.bob, keyboard, "model:tiny-b")
         await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery", callback_query_id=denied))
@@ -463,7 +470,7 @@ async def test_webhook_mode_receives_updates_and_checks_the_secret(fake, tmp_pat
         assert fake.webhook == {
             "url": hook,
             "secret_token": "s3cret_value",
-            "allowed_updates": ["message", "callback_query"],
+            "allowed_updates": ["message", "callback_query", "message_reaction"],
         }
         fake.send_text(fake.alice, fake.private_chat(fake.alice), "hello over https")
         await fake.wait_for(reply_done(fake, ALICE, "via webhook"))

@@ -220,6 +220,7 @@ class LorabotClient(discord.Client):
             scope_id=model_scopes(origin),
             platform="discord",
             regenerate_turn=regenerate_turn,
+            shared=origin.is_thread,
         )
         return await answer_question(
             self.service,

@@ -106,6 +106,7 @@ async def regenerate(query: CallbackQuery, context: ContextTypes.DEFAULT_TYPE, t
         scope_id=scope_id(message.chat),
         platform="telegram",
         regenerate_turn=turn_id,
+        shared=message.chat.type != "private",
     )
 
     async def accepted() -> None:
