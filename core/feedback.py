@@ -63,6 +63,7 @@ class RatingWriter:
         self.flush_s = flush_s
         self._pending: dict[tuple[object, ...], PendingRating] = {}
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # someone waits for the store: no pause between rounds
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -85,6 +86,7 @@ class RatingWriter:
     async def flushed(self, timeout: float | None = None) -> bool:
         """Wait until every rating added so far is stored (False: `timeout` passed first)."""
         self._wake.set()  # no need to wait for the next round
+        self._urgent.set()
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
@@ -132,4 +134,8 @@ class RatingWriter:
             else:
                 self._idle.set()
             # coalesce: ratings arriving during the next flush_s go in one transaction
-            await asyncio.sleep(max(0.0, self.flush_s - (time.monotonic() - started)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.flush_s - (time.monotonic() - started))):
+                    await self._urgent.wait()
+            if self._idle.is_set():
+                self._urgent.clear()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Scopes = str | Sequence[str] | None  # where a model choice may be set, most specific first
 REGENERATE_TEMPERATURE = 0.7  # 🔁 samples at least this warm, also where answers are greedy
+RATINGS_BEFORE_REGENERATE_S = 2.0  # 🔁 waits this long at most for ratings handed in before it
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class ChatService:
         opened: list[Regeneration] = []
 
         async def begin() -> int:
+            await self._writer.flushed(RATINGS_BEFORE_REGENERATE_S)  # a 👍 just given rates the old answer
             regeneration = await feedback_store.begin_regeneration(
                 self._store, turn_id, self.pseudonym(user_id), keep_old=self.settings.feedback, shared=shared
             )

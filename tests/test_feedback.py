@@ -271,3 +271,14 @@ async def test_a_reaction_that_comes_before_its_message_is_recorded_still_counts
         await service.record_delivery(turn, "telegram", ["7:70"], "shown")
         await service.feedback_flushed()
         assert [(r.turn_id, r.value) for r in await rows(service, schema.ratings)] == [(turn, 1)]
+
+
+async def test_a_rating_given_just_before_a_regenerate_stays_with_the_old_answer(tmp_path):
+    async with make_service(tmp_path, reply=counter_replies(), feedback_flush_s=5) as service:
+        turn = await ask(service)
+        await service.rate(turn, ALICE, 1)
+        await until(lambda: service._writer.written == 1)  # the writer now pauses 5 s between rounds
+        await service.rate(turn, ALICE, -1)  # changed: waiting in the writer
+        await regenerate(service, turn)
+        await service.feedback_flushed()
+        assert [(r.version, r.value) for r in await rows(service, schema.ratings)] == [(0, -1)]

@@ -119,3 +119,56 @@ async def test_kill_9_mid_reply_then_restart(tmp_path):
     assert "reply answered conversation=telegram:4242" in log
     assert fake.token not in log and fake.token.split(":")[1] not in log
     assert "DEBUG" in log  # the level setting took effect, so DEBUG lines were checked too
+
+
+async def test_kill_9_mid_regenerate_keeps_the_old_answer_and_marks_the_new_one(tmp_path):
+    """🔁 streams a new answer over the old one; a kill -9 then leaves a marked, interrupted turn
+    (out of the context), and the old answer with its 👍 kept as a replaced version."""
+    fake = FakeBotAPI()
+    await fake.start()
+    data_dir, log_path = tmp_path / "data", tmp_path / "bot.log"
+    data_dir.mkdir()
+    process = await start_bot(fake, data_dir, log_path)
+    try:
+        user = fake.add_user(ALICE, "Alice")
+        chat = fake.private_chat(user)
+        await fake.wait_for(lambda: fake.calls_of("getUpdates"), timeout=60)
+        fake.send_text(user, chat, "Count from 1 to 500, separated by commas.")
+        answered = await fake.wait_for(  # the final text carries the buttons
+            lambda: next((m for m in fake.bot_messages(ALICE) if fake.button_data(m)), None), timeout=120
+        )
+        turn = fake.button_data(answered)[0].rsplit(":", 1)[1]
+        old = answered["text"]
+        fake.press_button(user, answered, f"fb:up:{turn}")
+        await fake.wait_for(lambda: fake.calls_of("answerCallbackQuery"))
+        fake.press_button(user, fake.messages[(ALICE, answered["message_id"])], f"fb:again:{turn}")
+
+        def regenerating() -> bool:  # new text streams into the old message
+            text = fake.messages[(ALICE, answered["message_id"])]["text"]
+            return (
+                text != old
+                and not text.startswith("⏳")
+                and not fake.button_data(fake.messages[(ALICE, answered["message_id"])])
+            )
+
+        await fake.wait_for(regenerating, timeout=60)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+        process = await start_bot(fake, data_dir, log_path)
+        await fake.wait_for(
+            lambda: fake.messages[(ALICE, answered["message_id"])]["text"].endswith(RESTARTED), timeout=60
+        )
+        with sqlite3.connect(data_dir / "history.sqlite3") as db:
+            assert db.execute("SELECT state, version FROM turns").fetchall() == [("interrupted", 1)]
+            ((version, kept),) = db.execute("SELECT version, answer FROM answer_versions").fetchall()
+            assert version == 0 and kept.strip() == old.strip()
+            assert db.execute("SELECT version, value FROM ratings").fetchall() == [(0, 1)]
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await fake.stop()
