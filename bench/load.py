@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,7 @@ class Run:
                 if time.monotonic() - pressed > REGENERATE_REFUSED_S:  # told why not (a newer turn there)
                     return
             elif not is_status(text) and self.turns.matches(ask, text):
-                self.rating.regenerated += 1
+                self.rating.regenerated_at.append(time.monotonic())
                 return
             await asyncio.sleep(POLL_S)
 
@@ -311,7 +311,8 @@ def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
     calls = world.delivery_calls()
     delivery = calls["send"] + calls["edit"] + calls["typing"]
     responses = len(answered) + len(refused) + len(errors)
-    finals = [a.final_at for a in answered if a.final_at is not None]
+    # a regenerated answer is a reply too: the engine wrote it and the platform shows it
+    finals = [a.final_at for a in answered if a.final_at is not None] + run.rating.regenerated_at
     first_sent = min((a.sent_at for a in asks), default=run.started_at)
     window = (max(finals) - first_sent) if finals else 0.0
     log = run.log_path.read_text(errors="replace") if run.log_path.exists() else ""
@@ -352,7 +353,7 @@ def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "api_calls": calls,
         "api_calls_per_reply": delivery / responses if responses else float(delivery),
         **world.rate_limited(),
-        "delivered_replies_per_s": len(answered) / window if window > 0 else 0.0,
+        "delivered_replies_per_s": (len(answered) + run.rating.regenerated) / window if window > 0 else 0.0,
         "answer_chars_mean": statistics.mean(len(a.text) for a in answered) if answered else 0.0,
         "duration_s": run.ended_at - run.started_at,
         "loadavg": run.load.mean,
@@ -518,7 +519,11 @@ class RatingCounts:
     reactions: int = 0  # 👍/👎 reactions the platform sent the bot
     no_buttons: int = 0  # answers that showed no rating buttons (a defect when buttons are on)
     regenerations: int = 0  # 🔁 pressed
-    regenerated: int = 0  # of those, a new finished answer on screen
+    regenerated_at: list[float] = field(default_factory=list)  # of those, when a new answer was final
+
+    @property
+    def regenerated(self) -> int:
+        return len(self.regenerated_at)
 
     @property
     def ratings(self) -> int:
