@@ -327,6 +327,10 @@ class DiscordWorld(World):
         }
 
     def _bot_message(self, key: Any, message: dict[str, Any]) -> Ask | None:
+        from bench.fakes.discord import EPHEMERAL
+
+        if message.get("flags", 0) & EPHEMERAL:  # a word to one person (e.g. why 🔁 was refused): no answer
+            return None
         channel_id = int(message["channel_id"])
         reference = (message.get("message_reference") or {}).get("message_id")
         if reference is not None and (channel_id, int(reference)) in self.asks:
