@@ -26,10 +26,7 @@ from telegram.ext import (
 )
 
 from bots.telegram_bot.policy import addressed_text, conversation_id, is_anonymous_admin, scope_id, sender_key
-from bots.telegram_bot.sink import (
-    answer_message,
-    say,
-)
+from bots.telegram_bot.sink import answer_message, say, waiting_out_flood_control
 from bots.telegram_bot.state import bot_state
 from core.commands import COMMANDS as CORE_COMMANDS
 from core.commands import Shown, Where, help_lines, run_command
@@ -212,7 +209,9 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     setting = any(choice.selected for choice in listing.choices)
     text = f"{shown.text} (set by {query.from_user.full_name})" if setting else shown.text
     with contextlib.suppress(BadRequest):  # e.g. the keyboard message is too old to edit
-        await query.edit_message_text(text, reply_markup=_keyboard(listing) if setting else None)
+        await waiting_out_flood_control(
+            lambda: query.edit_message_text(text, reply_markup=_keyboard(listing) if setting else None)
+        )
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -14,7 +14,7 @@ import re
 import warnings
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 from telegram import (
@@ -80,6 +80,9 @@ def telegram_pacer() -> Pacer:
     # a margin under the limits: a call granted here reaches Telegram a little later, by a
     # delay that grows with the load on this process
     return Pacer(per_chat, Rule(27, 1.1))
+
+
+T = TypeVar("T")
 
 
 def retry_after_seconds(error: RetryAfter) -> float:
@@ -195,19 +198,25 @@ def _may_have_arrived(error: NetworkError) -> bool:
     return not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-async def say(message: Message, text: str, **kwargs: Any) -> Message:
-    """Reply with a short plain-text message of ours, waiting out flood control."""
-    reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
-    for attempt in range(4):
+async def waiting_out_flood_control(call: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
+    """`call()`, again after each 429's retry_after (the rate limiter does not retry), up to
+    `attempts` times: for a command's own short messages and edits, outside a reply's delivery."""
+    for attempt in range(attempts):
         try:
-            return await message.reply_text(
-                text, reply_parameters=reply, link_preview_options=NO_PREVIEW, **kwargs
-            )
+            return await call()
         except RetryAfter as error:
-            if attempt == 3:
+            if attempt == attempts - 1:
                 raise
             await asyncio.sleep(retry_after_seconds(error))
     raise AssertionError("unreachable")
+
+
+async def say(message: Message, text: str, **kwargs: Any) -> Message:
+    """Reply with a short plain-text message of ours, waiting out flood control."""
+    reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
+    return await waiting_out_flood_control(
+        lambda: message.reply_text(text, reply_parameters=reply, link_preview_options=NO_PREVIEW, **kwargs)
+    )
 
 
 async def answer_message(message: Message, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
