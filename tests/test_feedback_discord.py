@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import sqlite3
-from pathlib import Path
 
 import pytest
 import test_discord
@@ -21,6 +19,7 @@ from bots.discord_bot.feedback import reply_view
 from bots.discord_bot.sink import NO_MENTIONS
 from core.service import ChatService
 from core.settings import load_core_settings
+from support.ratings import rows, stored_ratings, until_ratings
 from support.waiting import until
 
 fake = test_discord.fake  # the fixtures: a fake Discord, and `start_bot(reply, ...)` -> client
@@ -32,31 +31,6 @@ DOWN = "👎"
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def rows(service, sql: str, *args) -> list[tuple]:
-    """Read the service's SQLite database directly (what a person checking it would see)."""
-    path = Path(service.settings.data_dir) / "history.sqlite3"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return db.execute(sql, args).fetchall()
-
-
-async def stored_ratings(service) -> set[tuple[int, int, str, int]]:
-    """(turn, version, rater pseudonym, value) once every rating handed in so far is written."""
-    await service.feedback_flushed()
-    return set(rows(service, "SELECT turn_id, version, rater_key, value FROM ratings"))
-
-
-async def until_ratings(service, expected: set) -> None:
-    """The bot handles gateway events on its own schedule: wait until the store shows `expected`."""
-
-    async def matches() -> bool:
-        return await stored_ratings(service) == expected
-
-    try:
-        await until(matches, timeout=10)
-    except TimeoutError:
-        raise AssertionError(f"ratings {await stored_ratings(service)} never became {expected}") from None
-
-
 def rater(service, user_id: int) -> str:
     return service.pseudonym(f"discord:{user_id}")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sqlite3
-from pathlib import Path
 
 import pytest
 import test_telegram
@@ -15,6 +13,7 @@ from telegram.error import BadRequest
 from test_telegram import ALICE, BOB, BOT_USERNAME, CAROL, GROUP, running_bot
 
 from bench.fakes.telegram import FakeBotAPI
+from support.ratings import rows, stored_ratings, until_ratings
 from support.waiting import until
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:telegram.warnings.PTBDeprecationWarning")
@@ -24,31 +23,6 @@ fake = test_telegram.fake  # the fixture: a fake Bot API that knows alice, bob a
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def rows(service, sql: str, *args) -> list[tuple]:
-    """Read the service's SQLite database directly (what a person checking it would see)."""
-    path = Path(service.settings.data_dir) / "history.sqlite3"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return db.execute(sql, args).fetchall()
-
-
-async def stored_ratings(service) -> set[tuple[int, int, str, int]]:
-    """(turn, version, rater pseudonym, value) once every rating handed in so far is written."""
-    await service.feedback_flushed()
-    return set(rows(service, "SELECT turn_id, version, rater_key, value FROM ratings"))
-
-
-async def until_ratings(service, expected: set) -> None:
-    """The bot handles updates on its own schedule: wait until the store shows `expected`."""
-    try:
-        await until(lambda: _matches(service, expected), timeout=10)
-    except TimeoutError:
-        raise AssertionError(f"ratings {await stored_ratings(service)} never became {expected}") from None
-
-
-async def _matches(service, expected: set) -> bool:
-    return await stored_ratings(service) == expected
-
-
 def rater(service, user_id: int) -> str:
     return service.pseudonym(f"telegram:{user_id}")
 
