@@ -54,6 +54,16 @@ class ShownButtons:
         """After a request succeeded: `message_id` now shows `buttons` (or none)."""
         (self.on.add if buttons is not None else self.on.discard)(message_id)
 
+    async def edit(self, handle: Any, text: str, buttons: ReplyButtons | None) -> None:
+        """Edit a sink's message (any discord.py message kind) to `text` and `buttons`."""
+        view = self.for_edit(handle.id, buttons)
+        await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS, **view))
+        self.shown(handle.id, buttons)
+
+    async def delete(self, handle: Any) -> None:
+        await request(handle.delete())
+        self.shown(handle.id, None)
+
 
 def discord_pacer() -> Pacer:
     """5 messages per 5 s in a channel, 50 requests/s overall (a margin below both)."""
@@ -161,13 +171,10 @@ class ChannelSink:
         *,
         buttons: ReplyButtons | None = None,
     ) -> None:
-        view = self.buttons.for_edit(handle.id, buttons)
-        await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS, **view))
-        self.buttons.shown(handle.id, buttons)
+        await self.buttons.edit(handle, text, buttons)
 
     async def delete(self, handle: discord.Message | discord.PartialMessage) -> None:
-        await request(handle.delete())
-        self.buttons.shown(handle.id, None)
+        await self.buttons.delete(handle)
 
     async def typing(self) -> None:
         await request(_trigger_typing(self.channel))
@@ -280,13 +287,10 @@ class InteractionSink:
         *,
         buttons: ReplyButtons | None = None,
     ) -> None:
-        view = self.buttons.for_edit(handle.id, buttons)
-        await request(handle.edit(content=text, allowed_mentions=NO_MENTIONS, **view))
-        self.buttons.shown(handle.id, buttons)
+        await self.buttons.edit(handle, text, buttons)
 
     async def delete(self, handle: discord.InteractionMessage | discord.WebhookMessage) -> None:
-        await request(handle.delete())
-        self.buttons.shown(handle.id, None)
+        await self.buttons.delete(handle)
 
     async def typing(self) -> None:
         """Discord already shows "lorabot is thinking…" for a deferred interaction."""
