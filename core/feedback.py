@@ -24,6 +24,7 @@ from core.history import ConversationStore
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 10_000  # ratings waiting for the store at most (the oldest are dropped beyond, logged)
+LATER_PAUSE_S = 0.1  # between rounds while a rating waits for its message or answer to be stored
 UP, DOWN = 1, -1
 
 
@@ -127,8 +128,10 @@ class RatingWriter:
             for rating in batch:
                 if self._pending.get(rating.key) is rating:  # not replaced by a newer one meanwhile
                     del self._pending[rating.key]
-            for rating in later:  # its message was not recorded yet: next round
+            for rating in later:  # its message or answer was not recorded yet: next round
                 self._pending.setdefault(rating.key, replace(rating, tries=rating.tries + 1))
+            if later:  # what they wait for is stored a moment later: no tight loop of transactions
+                await asyncio.sleep(min(self.flush_s, LATER_PAUSE_S))
             if self._pending:
                 self._wake.set()
             else:

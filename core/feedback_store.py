@@ -32,7 +32,12 @@ from core.turns import process_owner
 
 log = logging.getLogger(__name__)
 SALT_NAME = "pseudonym_salt"
-REF_TRIES = 10  # write rounds a reaction waits for its message's ref (a new message is recorded at once)
+# What a rating waits for: a reaction for its message's ref (a new message is recorded at once,
+# and most reactions on messages not ours never match: a few rounds), a rating of a turn for the
+# turn to settle (its answer is stored when the platform has answered the final edit, and a quick
+# 👍 on the buttons that came with it can beat that: seconds).
+REF_TRIES = 10
+RATING_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class PendingRating:
     ref: str = ""
     only_if: int | None = None  # a removal applies only when the stored value is this
     at: float = 0.0
-    tries: int = 0  # rounds its message ref was not known yet (a reply's refs are stored just after)
+    tries: int = 0  # write rounds it waited for its message's ref or its turn to settle
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -87,10 +92,10 @@ async def write_ratings(
     store: ConversationStore, batch: list[PendingRating]
 ) -> tuple[int, list[PendingRating]]:
     """Store `batch` in one transaction; returns how many changed a rating, and the reactions
-    whose message is not known yet (tried again next round, up to REF_TRIES: the reaction may
-    have come a moment before the reply's new message was recorded). A rating for a turn or
-    message that is unknown, deleted, not answered (being regenerated) or by an opted-out rater
-    is skipped and logged without its text."""
+    whose message is not known yet (up to REF_TRIES rounds) or whose turn has not settled (up to
+    RATING_WAIT_S after it was given): the reply is on screen a moment before it is recorded. A
+    rating for a turn or message that is unknown, deleted, interrupted, failed, still not
+    answered after that wait, or by an opted-out rater is skipped and logged without its text."""
 
     async def work(db: AsyncConnection) -> tuple[int, list[PendingRating]]:
         changed, later = 0, []
@@ -106,7 +111,8 @@ async def write_ratings(
 
 
 async def _write_one(store: ConversationStore, db: AsyncConnection, rating: PendingRating) -> int | None:
-    """1 if it changed a rating, 0 if not, None: its message is not known yet (try again)."""
+    """1 if it changed a rating, 0 if not, None: its message or its turn's answer is not stored
+    yet (try again)."""
     turn_id = rating.turn_id
     if turn_id is None:
         query = sa.select(reply_messages.c.turn_id).where(
@@ -125,6 +131,8 @@ async def _write_one(store: ConversationStore, db: AsyncConnection, rating: Pend
             )
         )
     ).first()
+    if row is not None and row.state == "pending" and time.time() - rating.at < RATING_WAIT_S:
+        return None  # on screen, not settled yet (or being regenerated): its answer comes in a moment
     if row is None or row.state != "answered":
         log.info("rating ignored: turn %s is %s", turn_id, "not stored" if row is None else row.state)
         return 0

@@ -273,6 +273,22 @@ async def test_a_reaction_that_comes_before_its_message_is_recorded_still_counts
         assert [(r.turn_id, r.value) for r in await rows(service, schema.ratings)] == [(turn, 1)]
 
 
+async def test_a_press_that_comes_before_its_answer_settles_still_counts(tmp_path):
+    """The buttons ride with the final edit and the turn settles when the platform answers it:
+    a quick 👍 can come first, and waits for the answer instead of being dropped."""
+    async with make_service(tmp_path) as service:
+        events = [e async for e in service.reply("c1", ALICE, "hi", settle_after_delivery=True)]
+        turn = next(e.turn_id for e in events if isinstance(e, Accepted))
+        await service.rate(turn, ALICE, 1)
+        pending = service._writer._pending
+        await until(lambda: any(rating.tries for rating in pending.values()))  # tried once: pending yet
+        assert await rows(service, schema.ratings) == []
+        await service.settle_delivery(turn, True)
+        await service.feedback_flushed()
+        stored = await rows(service, schema.ratings)
+        assert [(r.turn_id, r.version, r.value) for r in stored] == [(turn, 0, 1)]
+
+
 async def test_a_rating_given_just_before_a_regenerate_stays_with_the_old_answer(tmp_path):
     async with make_service(tmp_path, reply=counter_replies(), feedback_flush_s=5) as service:
         turn = await ask(service)
