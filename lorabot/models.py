@@ -152,3 +152,10 @@ def models_remove(name: str) -> None:
         console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(2) from None
     console.print(f"Removed {name}")
+
+
+# `promote` (the gate) and `ab` (live A/B) live in modules of their own.
+from lorabot import ab, promote  # noqa: E402
+
+promote.mount(app)
+ab.mount(app)
