@@ -25,6 +25,11 @@ Writers (`models add`, `models pull`, `train --register`, from any process) take
 on a sidecar `models.toml.lock` around read-modify-write, a unique temporary file in the same
 folder renamed over the file, and an edit of the entry's own lines only, so comments, other
 tables and keys this version does not know stay as they were written.
+
+`promote(CANDIDATE, NAME)` (`lorabot models promote`, after the gate in training/evaluate/gate.py)
+points NAME at the candidate's weights and keeps NAME's old entry as `NAME-previous`, in one
+atomic write: a running bot sees the new file at NAME's next turn (core/pool.py reloads a changed
+entry), never a file with half a promotion in it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ import stat
 import tempfile
 import threading
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
@@ -52,6 +58,8 @@ from core.errors import UnknownModel
 log = logging.getLogger(__name__)
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+PREVIOUS_SUFFIX = "-previous"  # a promoted NAME's old entry is kept as NAME-previous (the rollback)
+WEIGHTS_KEYS = ("path", "urls", "remote_model", "api_key_env", "context_length")  # what promotion moves
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
@@ -122,6 +130,24 @@ class ModelEntry(BaseModel):
 
 class RegistryError(Exception):
     """The models file is unreadable or has a bad entry; the message says where."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `ModelRegistry.promote` did: `replace` now serves `new` (the candidate's weights) and
+    its old entry `old` is kept under `previous`."""
+
+    candidate: str
+    replace: str
+    previous: str
+    old: ModelEntry
+    new: ModelEntry
+
+
+def weights_source(entry: ModelEntry) -> tuple[object, ...]:
+    """What serves an entry (its file, or its endpoints and served model): equal sources answer
+    alike, so a promotion checks that NAME and the candidate still point where they were evaluated."""
+    return (entry.path, tuple(entry.urls), entry.remote_model)
 
 
 class ModelRegistry:
@@ -252,6 +278,82 @@ class ModelRegistry:
             if name not in models:
                 raise UnknownModel(name, list(models))
             self._write(edit_models_text(text, name, None))
+
+    def check_promotion(self, candidate: str, replace: str) -> None:
+        """Raise RegistryError (saying why) when `promote(candidate, replace)` would be refused:
+        so the CLI fails on a bad name at once, not after a minutes-long evaluation."""
+        try:
+            text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        except (OSError, UnicodeDecodeError) as error:
+            raise RegistryError(f"{self.path}: cannot read models file: {error}") from error
+        self._plan_promotion(text, candidate, replace)
+
+    def promote(
+        self, candidate: str, replace: str, *, expected: Mapping[str, ModelEntry] | None = None
+    ) -> Promotion:
+        """Point `replace` (NAME) at `candidate`'s weights, keeping NAME's old entry as NAME-previous.
+
+        One atomic write of the models file under the writers' lock: the candidate's `path` (or
+        `urls`, `remote_model`, `api_key_env`), `context_length` and `description` replace NAME's;
+        NAME's generation defaults (temperature, top_p, max_new_tokens) and keys this version does
+        not know stay, as do comments and other entries. The candidate's entry stays as it is. An
+        earlier NAME-previous is overwritten (one level of rollback; `lorabot models promote` logs
+        every promotion). `expected` (name → entry as evaluated): refuse if NAME or the candidate
+        was pointed elsewhere meanwhile, so what is promoted is what passed the gate."""
+        with self._writing() as text:
+            previous, old_raw, new_raw = self._plan_promotion(text, candidate, replace)
+            models = self._models_of(text)
+            old = self._entry(replace, old_raw, text)
+            for name, seen in (expected or {}).items():
+                raw = models.get(name)
+                now = self._entry(name, raw, text) if raw is not None else _embedded_entries().get(name)
+                if now is None or weights_source(now) != weights_source(seen):
+                    raise RegistryError(
+                        f"{name!r} was changed in {self.path} while it was being evaluated; "
+                        "nothing was promoted: run the promotion again"
+                    )
+            edited = edit_models_text(text, previous, old_raw)
+            edited = edit_models_text(edited, replace, new_raw)
+            new = self._entry(replace, new_raw, edited)
+            self._write(edited)
+        log.info("promoted %s to %s (the old entry is kept as %s)", candidate, replace, previous)
+        return Promotion(candidate=candidate, replace=replace, previous=previous, old=old, new=new)
+
+    def _plan_promotion(self, text: str, candidate: str, replace: str) -> tuple[str, dict, dict]:
+        """(NAME-previous, NAME's table as it is, NAME's table after), or RegistryError saying why not."""
+        models = self._models_of(text)
+        registered = sorted({*models, *_embedded_entries()})
+        if candidate == replace:
+            raise RegistryError(
+                f"{candidate!r} cannot replace itself: give a candidate and the model it replaces"
+            )
+        if replace == EMBEDDED_MODEL_NAME:
+            raise RegistryError(
+                f"{replace!r} is the embedded model and cannot be replaced: serve a registered name "
+                f"(`lorabot models add NAME PATH`, LORABOT_DEFAULT_MODEL=NAME) and promote over that"
+            )
+        if replace not in models:
+            raise RegistryError(
+                f"{replace!r} is not registered in {self.path}: nothing to replace "
+                f"(registered: {', '.join(registered)})"
+            )
+        if candidate in models:
+            candidate_raw = models[candidate]
+            self._entry(candidate, candidate_raw, text)  # a bad candidate entry says where
+        elif (embedded := _embedded_entries().get(candidate)) is not None:
+            candidate_raw = {"path": str(embedded.path), "description": embedded.description}
+        else:
+            raise RegistryError(f"unknown candidate {candidate!r} (registered: {', '.join(registered)})")
+        previous = replace + PREVIOUS_SUFFIX
+        if not re.fullmatch(MODEL_NAME_PATTERN, previous):
+            raise RegistryError(
+                f"cannot keep {replace!r}'s old entry as {previous!r}: names are 64 characters at most"
+            )
+        old_raw = models[replace]
+        self._entry(replace, old_raw, text)
+        new_raw = {key: value for key, value in old_raw.items() if key not in (*WEIGHTS_KEYS, "description")}
+        new_raw |= {key: candidate_raw[key] for key in (*WEIGHTS_KEYS, "description") if key in candidate_raw}
+        return previous, dict(old_raw), new_raw
 
     def _models_of(self, text: str) -> dict[str, dict]:
         try:
