@@ -21,7 +21,7 @@ from core.limits import clean_model_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATION_LOCK = 0x6C6F7261  # pg_advisory_xact_lock key ("lora"): one migrating process at a time
 
 
@@ -149,6 +149,34 @@ _feedback_indexes = [
     sa.Index("ratings_by_model", ratings.c.model, ratings.c.model_file),
     sa.Index("reply_messages_by_turn", reply_messages.c.turn_id),
 ]
+# -- v5: live A/B (core/ab.py) ------------------------------------------------------------------
+ab_tests = sa.Table(  # one row per A/B test of a candidate against a served model name
+    "ab_tests",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("name", CleanText, nullable=False),  # the served name whose conversations are split
+    sa.Column("candidate", CleanText, nullable=False),  # the registered model a share of them gets
+    sa.Column("share", sa.Double, nullable=False),  # of new conversations, to the candidate
+    # 1 while running, NULL once stopped: the unique constraint allows one running test at most
+    # (NULLs never collide, on SQLite and PostgreSQL alike)
+    sa.Column("running", sa.Integer, unique=True),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("changed_at", sa.Double, nullable=False),  # the share last set
+    sa.Column("stopped_at", sa.Double),
+    sa.CheckConstraint("share > 0 AND share < 1", name="ab_tests_share"),
+    sa.CheckConstraint("running = 1", name="ab_tests_running"),
+    sqlite_autoincrement=True,
+)
+ab_arms = sa.Table(  # sticky arms: the first process to route a conversation decides for all
+    "ab_arms",
+    metadata,
+    sa.Column("test_id", _Id, primary_key=True, autoincrement=False),
+    # HMAC of the conversation id with the pseudonym salt (core.ab.conversation_key): no platform id
+    sa.Column("conversation_key", CleanText, primary_key=True),
+    sa.Column("arm", CleanText, nullable=False),
+    sa.Column("assigned_at", sa.Double, nullable=False),
+    sa.CheckConstraint("arm IN ('control', 'candidate')", name="ab_arms_arm"),
+)
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 Migration = Callable[[AsyncConnection], Awaitable[None]]
@@ -211,7 +239,12 @@ async def _to_v4(db: AsyncConnection) -> None:
     await _create(db, *_feedback_indexes)
 
 
-MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3, _to_v4]  # [v] makes v + 1
+async def _to_v5(db: AsyncConnection) -> None:
+    """Live A/B: the tests and each conversation's sticky arm."""
+    await _create(db, ab_tests, ab_arms)
+
+
+MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]  # [v] makes v + 1
 
 
 async def stored_version(db: AsyncConnection) -> int:

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from core import feedback_store
+from core.ab import AbRouter
 from core.engines.base import GenerationRequest, GenerationStats, Message
 from core.errors import BadTemperature, Busy, CannotRegenerate, ChatError, GenerationTimeout, TooManyWaiting
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
@@ -88,6 +89,7 @@ class ChatService:
         self._pseudonyms: Pseudonyms | None = None
         self._opted_out: set[str] = set()  # pseudonyms that said /feedback off (this process's view)
         self._ratings: RatingWriter | None = None
+        self._ab: AbRouter | None = None  # the live A/B's routing (core/ab.py), made by start()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,6 +101,7 @@ class ChatService:
         self._opted_out = await feedback_store.opted_out_keys(self.history)
         self._ratings = RatingWriter(self.history, self.settings.feedback_flush_s)
         self._ratings.start()
+        self._ab = AbRouter(self.history)
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Refuse new work, let running replies finish (up to the timeout), then stop them."""
@@ -130,12 +133,27 @@ class ChatService:
 
     async def current_model(self, conversation_id: str, scope_id: Scopes = None) -> str:
         """The conversation's own choice, else the first scope (e.g. channel, then server) that
-        has one, else the global default. Choices naming a model no longer registered are skipped."""
+        has one, else the global default. Choices naming a model no longer registered are skipped.
+
+        A running A/B test (core/ab.py) of NAME routes a conversation whose model comes from a
+        scope or the global default naming NAME: its sticky arm (drawn and stored the first time)
+        may send it to the candidate. The conversation's own choice is never routed."""
+        if (own := await self._store.model_choice(conversation_id)) and own in self.registry:
+            return own
         scopes = [scope_id] if isinstance(scope_id, str) else list(scope_id or ())
-        for key in (conversation_id, *(f"scope:{scope}" for scope in scopes)):
-            if (name := await self._store.model_choice(key)) and name in self.registry:
-                return name
-        return self.settings.default_model
+        name = self.settings.default_model
+        for key in (f"scope:{scope}" for scope in scopes):
+            if (chosen := await self._store.model_choice(key)) and chosen in self.registry:
+                name = chosen
+                break
+        return await self.ab.route(conversation_id, name, self.registry.__contains__)
+
+    @property
+    def ab(self) -> AbRouter:
+        """This process's view of the live A/B (the running test, the arms it has seen)."""
+        if self._ab is None:
+            raise RuntimeError("ChatService.start() was not called")
+        return self._ab
 
     async def set_model(self, conversation_id: str, name: str) -> ModelEntry:
         entry = self.registry.get(name)

@@ -1,4 +1,5 @@
-"""`lorabot feedback`: the chats' ratings as training data (export) and per model file (report).
+"""`lorabot feedback`: the chats' ratings as training data (export) and per model file (report),
+with the live A/B's arms compared (core.feedback_report.ab_comparison).
 
 Both read the history database the bots write (LORABOT_DATABASE_URL, else DATA_DIR's SQLite file);
 the rows come from core/feedback_export.py and core/feedback_report.py (which /stats shares).
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from core.errors import ChatError
 from core.feedback_export import ExportOptions, ExportSummary, export_feedback, write_jsonl
-from core.feedback_report import ModelRating, model_report
+from core.feedback_report import AB_MIN_RATINGS, AbComparison, ModelRating, ab_comparison, model_report
 from core.history import ConversationStore
 from lorabot.common import console, settings
 
@@ -46,7 +47,7 @@ def parse_since(value: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _with_store(url: str, work: Callable[[ConversationStore], Awaitable[T]]) -> T:
+def with_store(url: str, work: Callable[[ConversationStore], Awaitable[T]]) -> T:
     """Open the history database, run `work`, close it; a store error exits 2 with its message."""
 
     async def run() -> T:
@@ -87,7 +88,7 @@ def export(
         model=model,
         since=parse_since(since),
     )
-    rows, summary = _with_store(current.resolved_database_url, lambda store: export_feedback(store, options))
+    rows, summary = with_store(current.resolved_database_url, lambda store: export_feedback(store, options))
     write_jsonl(rows, out)
     console.print(summary_table(summary, out))
 
@@ -120,27 +121,93 @@ def summary_table(summary: ExportSummary, out: Path) -> Table:
     return table
 
 
+MinRatings = Annotated[
+    int,
+    typer.Option(
+        "--min-ratings", min=1, help="A/B: ratings each arm needs before a difference counts as decided."
+    ),
+]
+
+
 @app.command("report")
 def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ab_only: Annotated[
+        bool, typer.Option("--ab", help="Only the A/B comparison (with --json: its object, or null).")
+    ] = False,
+    min_ratings: MinRatings = AB_MIN_RATINGS,
 ) -> None:
-    """Per model file: ratings, 👍-rate with a 95% interval, and how often answers are regenerated.
+    """Per model file: ratings, 👍-rate with a 95% interval, and how often answers are regenerated;
+    then the live A/B's two arms (the running test, else the last one), compared.
 
     The interval is Wilson's; the regenerate rate is the share of the turns the file answered where
-    one of its answers was replaced by a 🔁."""
+    one of its answers was replaced by a 🔁. The A/B's p-value is a two-proportion z-test's."""
     current = settings()
-    rows = _with_store(current.resolved_database_url, model_report)
-    if as_json:
-        typer.echo(json.dumps([row.as_dict() for row in rows], indent=2, ensure_ascii=False))
+
+    async def read(store: ConversationStore) -> tuple[list[ModelRating], AbComparison | None]:
+        rows = [] if ab_only else await model_report(store)
+        return rows, await ab_comparison(store, min_ratings=min_ratings)
+
+    rows, comparison = with_store(current.resolved_database_url, read)
+    if as_json:  # --json alone keeps its shape (a list of model files); --ab --json is the A/B object
+        printed: object = (
+            (comparison and comparison.as_dict()) if ab_only else [row.as_dict() for row in rows]
+        )
+        typer.echo(json.dumps(printed, indent=2, ensure_ascii=False))
         return
-    if not rows:
-        console.print("No answers with a recorded model yet: nothing to report.")
-        return
-    console.print(report_table(rows))
-    console.print(
-        "rated: answers with a rating; 👍 rate: of all ratings, with its Wilson 95% interval; "
-        "🔁 rate: turns where an answer of this file was regenerated / turns it answered"
+    if not ab_only:
+        if rows:
+            console.print(report_table(rows))
+            console.print(
+                "rated: answers with a rating; 👍 rate: of all ratings, with its Wilson 95% interval; "
+                "🔁 rate: turns where an answer of this file was regenerated / turns it answered"
+            )
+        else:
+            console.print("No answers with a recorded model yet: nothing to report.")
+    if comparison is not None:
+        print_ab(comparison)
+    elif ab_only:
+        console.print("No A/B test has run (lorabot models ab NAME CANDIDATE --share S starts one).")
+
+
+def print_ab(comparison: AbComparison) -> None:
+    """The two arms side by side, and the verdict with its reason."""
+    test = comparison.test
+    state = "running" if test.running else f"stopped {_when(test.stopped_at)}"
+    table = Table(
+        title=f"A/B: {test.candidate} against {test.name}, share {test.share:g} "
+        f"(started {_when(test.started_at)}, {state})"
     )
+    table.add_column("arm")
+    table.add_column("model / file", no_wrap=True)
+    for column in ("conversations", "👍", "👎", "👍 rate", "95% CI"):
+        table.add_column(column, justify="right")
+    for arm in (comparison.control, comparison.candidate):
+        interval = arm.interval
+        files = "\n".join(arm.model_files) or "no ratings yet"
+        table.add_row(
+            arm.arm,
+            f"{escape(arm.model)}\n{escape(files)}",
+            str(arm.conversations),
+            str(arm.up),
+            str(arm.down),
+            _percent(arm.up_rate),
+            f"{100 * interval[0]:.0f}–{_percent(interval[1])}" if interval else "–",
+        )
+    console.print(table)
+    if comparison.p_value is not None and comparison.difference is not None:
+        console.print(
+            f"difference (candidate − control): {100 * comparison.difference:+.1f} points, "
+            f"z = {comparison.z:.2f}, p = {comparison.p_value:.3g} (two-proportion z-test)"
+        )
+    colour = "green" if comparison.decided else "yellow"
+    console.print(f"[{colour}]{escape(comparison.reason)}[/{colour}]")
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "–"
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _percent(value: float | None) -> str:
