@@ -41,23 +41,49 @@ def _check_preset(name: str | None) -> str | None:
     return name
 
 
+def _check_method(name: str | None) -> str | None:
+    from training.config import METHODS
+
+    if name is not None and name not in METHODS:
+        raise typer.BadParameter(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return name
+
+
 def train(
     preset: Annotated[
         str | None,
         typer.Option(
             help=f"One of: {', '.join(preset_names())} "
             f"(the files in {PRESETS_DIR.parent.name}/{PRESETS_DIR.name}/); "
-            "default tiny, the one for a CPU.",
+            "default tiny (tiny-kto / tiny-dpo with --method kto / dpo), the ones for a CPU.",
             callback=_check_preset,
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML or YAML file of settings.")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="sft (conversations), kto (👍/👎 rows) or dpo (chosen/rejected pairs): "
+            "the formats of `lorabot feedback export --format`.",
+            callback=_check_method,
+        ),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Local .json/.jsonl/.parquet file or hub id.")] = None,
     eval_dataset: Annotated[
         str | None, typer.Option(help="Held-out file; default: split off the dataset.")
     ] = None,
     base_model: Annotated[
         str | None, typer.Option(help="embedded, FILE.gguf, a folder, hub id, random:llama-3.2-1b.")
+    ] = None,
+    from_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from this registered model (e.g. the one being served): its run's checkpoint "
+            "when lorabot trained it, else its GGUF. Overrides --base-model."
+        ),
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option(help="KTO/DPO: how far the tune may move from the starting model.")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs to train when no --max-steps.")] = None,
@@ -81,7 +107,8 @@ def train(
     ] = None,
     push_to_hub: Annotated[str | None, PUSH_OPTION] = None,
 ) -> None:
-    """Fine-tune a LoRA adapter on chat conversations, export it to GGUF q4_k_m, optionally register it."""
+    """Fine-tune a LoRA adapter (SFT on conversations, KTO/DPO on the chats' ratings), export it to
+    GGUF q4_k_m, optionally register it."""
     from training.config import build_config
     from training.run import train as run_train
 
@@ -97,9 +124,12 @@ def train(
         cfg = build_config(
             preset,
             config,
+            method=method,
             dataset=dataset,
             eval_dataset=eval_dataset,
             base_model=base_model,
+            from_model=from_model,
+            beta=beta,
             max_steps=max_steps,
             epochs=epochs,
             batch_size=batch_size,

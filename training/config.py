@@ -9,11 +9,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from training.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+METHODS = ("sft", "kto", "dpo")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -21,6 +22,7 @@ class TrainConfig(BaseModel, extra="forbid"):
     """Everything a run needs; defaults are the original notebook's where it had one."""
 
     preset: str = "tiny"
+    method: Literal["sft", "kto", "dpo"] = "sft"  # SFTTrainer | KTOTrainer | DPOTrainer
     # what to tune
     base_model: str = "embedded"  # "embedded" | hub id | local dir | file.gguf | "random:llama-3.2-1b"
     tokenizer: str | None = None  # only for random:* bases (default: the embedded model's)
@@ -28,6 +30,9 @@ class TrainConfig(BaseModel, extra="forbid"):
     load_in_4bit: bool = False
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     backend: Literal["auto", "unsloth", "hf"] = "auto"
+    # a REGISTERED model to start from (overrides base_model): its run's merged checkpoint when
+    # `lorabot train` exported it, else its GGUF through the GGUF -> checkpoint path (training/from_model.py)
+    from_model: str | None = None
     # data
     dataset: str = "builtin:train"
     eval_dataset: str | None = None  # None: hold out `eval_fraction` of `dataset`
@@ -55,6 +60,11 @@ class TrainConfig(BaseModel, extra="forbid"):
     lr_scheduler: str = "linear"
     optim: str = "adamw_8bit"
     packing: bool = False
+    # preference tuning (method kto/dpo): beta = how far from the reference (the starting model) the
+    # tune may move; KTO's weights default to balancing the 👍/👎 counts (trl's advice), see preference.py
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float | None = Field(None, gt=0)
+    undesirable_weight: float | None = Field(None, gt=0)
     # False: SDPA stays off cuDNN attention (CUDA). Packed rows run attention once per document, and
     # a cuDNN call cost ~0.5 ms of host time each on an H200 (docs/benchmarks.md, Training (GPU)).
     cudnn_attention: bool = True
@@ -72,6 +82,15 @@ class TrainConfig(BaseModel, extra="forbid"):
     quantization: str = "q4_k_m"
     register_name: str | None = None  # --register NAME
     description: str = ""
+
+    @model_validator(mode="after")
+    def _preference_needs(self) -> TrainConfig:
+        if self.method == "kto" and self.batch_size < 2:
+            # trl's KTO estimates its KL term from the other rows of the same micro-batch
+            raise ValueError("KTO needs batch_size >= 2 (its KL term comes from the other rows of a batch)")
+        if self.method != "sft" and self.packing:
+            raise ValueError(f"packing is for SFT; {self.method} rows are (prompt, answer) pairs")
+        return self
 
     @property
     def resolved_output_dir(self) -> Path:
@@ -111,9 +130,13 @@ def read_preset(name: str) -> dict[str, Any]:
 
 
 def build_config(preset: str | None = None, config_file: Path | None = None, **overrides: Any) -> TrainConfig:
-    """Merge preset < file < overrides (None values in overrides mean 'not given')."""
+    """Merge preset < file < overrides (None values in overrides mean 'not given').
+
+    Without a preset, a KTO/DPO run takes `tiny-kto`/`tiny-dpo` (an SFT preset's learning rate is
+    far too high for preference tuning), an SFT run `tiny`."""
     from_file = read_config_file(config_file) if config_file else {}
-    name = preset or from_file.get("preset") or "tiny"
+    method = overrides.get("method") or from_file.get("method")
+    name = preset or from_file.get("preset") or (f"tiny-{method}" if method in ("kto", "dpo") else "tiny")
     merged: dict[str, Any] = {**read_preset(name), **from_file}
     merged.update({key: value for key, value in overrides.items() if value is not None})
     merged["preset"] = name
@@ -121,6 +144,9 @@ def build_config(preset: str | None = None, config_file: Path | None = None, **o
         return TrainConfig(**merged)
     except ValidationError as error:
         lines = [
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")  # a rule between fields (_preference_needs)
+            for e in error.errors()
         ]
         raise ConfigError("bad training config:\n  " + "\n  ".join(lines)) from error

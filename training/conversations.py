@@ -43,6 +43,12 @@ BAD_ROW_KINDS = {
     # found when tokenizing (training/chat_format.py: encode_all), after the model's tokenizer is loaded
     "too_long": "too long (no reply within max_seq_length)",
     "nothing_to_learn": "nothing to learn",
+    # KTO/DPO rows (training/preference_data.py)
+    "not_a_preference_row": "not a prompt + answer row",
+    "wrong_format": "another method's row",
+    "bad_label": "label not true/false",
+    "same_answers": "chosen = rejected",
+    "bad_token_ids": "token ids not a list of integers",
 }
 
 

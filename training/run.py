@@ -1,4 +1,6 @@
-"""`lorabot train`: config → data → model + LoRA → SFT → adapter (+ export, + register).
+"""`lorabot train`: config → data → model + LoRA → SFT, KTO or DPO → adapter (+ export, + register).
+
+KTO/DPO's set-up is `training/preference.py`; `train` runs either and writes the same run folder.
 
 Layout of a run folder (`--output`, default out/<preset>):
     run.json          config, base checkpoint, backend, metrics (what `lorabot export` reads)
@@ -21,7 +23,7 @@ from rich.console import Console
 
 from training.config import TrainConfig
 from training.conversations import describe_bad_rows, load_conversations, split_heldout
-from training.errors import OutputDirError, TrainingError
+from training.errors import DatasetError, OutputDirError, TrainingError
 
 console = Console(stderr=True)
 
@@ -43,6 +45,10 @@ class RunResult:
     train_loss: float | None = None
     seconds: float = 0.0
     exported: dict[str, Any] = field(default_factory=dict)
+    method: str = "sft"
+    # KTO/DPO: label counts and weights, beta, the held-out rewards/accuracies trl logs (eval_*)
+    preference: dict[str, Any] = field(default_factory=dict)
+    from_model: dict[str, Any] | None = None  # --from-model: which file, and how its weights were found
 
 
 def ensure_writable(folder: Path) -> Path:
@@ -69,15 +75,32 @@ class Data:
     bad_rows: Counter  # kind -> rows (BAD_ROW_KINDS)
 
 
+def _conversations(spec: str, on_bad_row: str, limit: int | None = None):
+    """`load_conversations`, with a file of KTO/DPO rows named as such rather than as N bad rows."""
+    try:
+        return load_conversations(spec, on_bad_row, limit)
+    except DatasetError as error:
+        from training.conversations import looks_like_path, read_rows, resolve_source
+        from training.preference_data import sniff_format, wrong_format_message
+
+        source = resolve_source(spec)
+        if not looks_like_path(source) or not Path(source).expanduser().is_file():
+            raise
+        shape = sniff_format(read_rows(spec))
+        if shape is None or shape[0] == "sft":
+            raise
+        raise DatasetError(wrong_format_message(source, shape[0], "sft")) from error
+
+
 def load_data(cfg: TrainConfig) -> Data:
     """Train and held-out conversations; bad rows are counted by kind and reported, never fatal
     (unless on_bad_row = "error")."""
-    train = load_conversations(cfg.dataset, cfg.on_bad_row, cfg.max_train_samples)
+    train = _conversations(cfg.dataset, cfg.on_bad_row, cfg.max_train_samples)
     bad_rows = Counter(train.bad_rows)
     if train.skipped:
         console.print(f"[yellow]{train.summary()}[/yellow]")
     if cfg.eval_dataset:
-        held = load_conversations(cfg.eval_dataset, cfg.on_bad_row)
+        held = _conversations(cfg.eval_dataset, cfg.on_bad_row)
         bad_rows.update(held.bad_rows)
         if held.skipped:
             console.print(f"[yellow]{held.summary()}[/yellow]")
@@ -134,6 +157,8 @@ class TrainerSetup:
     skipped_rows: int
     bad_rows: dict[str, int] = field(default_factory=dict)
     truncated_rows: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # KTO/DPO: labels, weights, beta (run.json)
+    start: Any = None  # training.from_model.StartingPoint when --from-model gave the checkpoint
 
     @property
     def has_eval(self) -> bool:
@@ -170,11 +195,13 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
         f"device={hw.summary} dtype={dtype}"
     )
 
-    from training.base_model import resolve_base
     from training.chat_format import encode_all
+    from training.from_model import starting_checkpoint
     from training.sft_args import sft_config
 
-    base = resolve_base(cfg.base_model, cfg.tokenizer, cfg.seed)
+    base, start = starting_checkpoint(cfg)
+    if start is not None:
+        console.print(f"starting from {start.name!r}: {start.how} ({start.checkpoint})")
     model, tokenizer = backend.load(cfg, hw, base, dtype)
     train_ds, train_lengths = encode_all(tokenizer, data.train, cfg.max_seq_length, "tokenizing train")
     report_lengths(train_lengths, cfg.max_seq_length, "train")
@@ -209,27 +236,37 @@ def build_trainer(cfg: TrainConfig, **sft_extra: Any) -> TrainerSetup:
         skipped_rows=skipped,
         bad_rows=dict(bad_rows),
         truncated_rows=lengths["truncated"],
+        start=start,
     )
 
 
 def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -> RunResult:
-    """Run one fine-tune; returns where everything went and the before/after eval loss."""
+    """Run one fine-tune (SFT, KTO or DPO: `cfg.method`); returns where everything went and the
+    eval loss before/after (KTO/DPO: after only; before training the policy is the reference)."""
     started = time.time()
-    setup = build_trainer(cfg, disable_tqdm=not progress)
+    if cfg.method == "sft":
+        setup = build_trainer(cfg, disable_tqdm=not progress)
+    else:
+        from training.preference import build_preference_trainer
+
+        setup = build_preference_trainer(cfg, disable_tqdm=not progress)
     out, trainer, tokenizer = cfg.resolved_output_dir, setup.trainer, setup.tokenizer
     trainer.add_callback(metrics_callback(out / "metrics.jsonl"))
 
-    before = trainer.evaluate()["eval_loss"] if setup.has_eval and not resume else None
+    preference = cfg.method != "sft"
+    before = trainer.evaluate()["eval_loss"] if setup.has_eval and not resume and not preference else None
     try:
         stats = trainer.train(resume_from_checkpoint=resume or None)
     except ValueError as error:
         if "checkpoint" in str(error).lower():
             raise TrainingError(f"cannot resume: {error} (looked in {out / 'checkpoints'})") from error
         raise
-    after = trainer.evaluate()["eval_loss"] if setup.has_eval else None
+    final = trainer.evaluate() if setup.has_eval else {}
+    after = final.get("eval_loss")
 
     adapter_dir = out / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
+    # the trained adapter alone (a model passed wrapped to trl's KTO/DPO also holds a frozen "ref" copy)
+    trainer.model.save_pretrained(adapter_dir, **({"selected_adapters": ["default"]} if preference else {}))
     tokenizer.save_pretrained(adapter_dir)
     result = RunResult(
         output_dir=out,
@@ -246,11 +283,17 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
         eval_loss_after=after,
         train_loss=stats.training_loss,
         seconds=round(time.time() - started, 1),
+        method=cfg.method,
+        preference=(
+            {**setup.info, **{k: v for k, v in final.items() if _preference_metric(k)}} if preference else {}
+        ),
+        from_model=setup.start.record() if setup.start is not None else None,
     )
     write_run_file(out, cfg, setup.base, result)
     console.print(
-        f"[green]trained[/green] {result.seconds:.0f}s, train loss {result.train_loss:.3f}"
+        f"[green]trained[/green] {cfg.method} {result.seconds:.0f}s, train loss {result.train_loss:.3f}"
         + (f", eval loss {before:.3f} → {after:.3f}" if before is not None and after is not None else "")
+        + (f", eval loss {after:.3f}" if before is None and after is not None else "")
         + f"; adapter in {adapter_dir}"
     )
     if result.bad_rows or result.truncated_rows:
@@ -265,6 +308,11 @@ def train(cfg: TrainConfig, resume: bool | str = False, progress: bool = True) -
             + " (run.json: result.bad_rows)[/yellow]"
         )
     return result
+
+
+def _preference_metric(key: str) -> bool:
+    """trl's held-out figures worth keeping (loss, rewards, log-probs, KL), not its timings."""
+    return key.startswith("eval_") and not key.endswith(("runtime", "per_second", "num_tokens"))
 
 
 def write_run_file(out: Path, cfg: TrainConfig, base: Path | str, result: RunResult) -> None:

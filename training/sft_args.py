@@ -1,4 +1,5 @@
-"""The one `SFTConfig` both backends use (trl ≥ 1: `max_length=`, packing is padding-free BFD)."""
+"""The one `SFTConfig` both backends use (trl ≥ 1: `max_length=`, packing is padding-free BFD), and the
+fields it shares with the KTO/DPO configs (training/preference.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ def pick_optim(name: str, hw: Hardware) -> str:
     return name
 
 
-def sft_config(cfg: TrainConfig, hw: Hardware, dtype: str, output_dir: Path, has_eval: bool, **extra: Any):
-    from trl import SFTConfig
-
+def trainer_kwargs(
+    cfg: TrainConfig, hw: Hardware, dtype: str, output_dir: Path, has_eval: bool
+) -> dict[str, Any]:
+    """The `TrainingArguments` fields every lorabot run sets alike (SFT, KTO and DPO)."""
     evaluate = has_eval and cfg.eval_steps is not None
-    kwargs: dict[str, Any] = dict(
+    return dict(
         output_dir=str(output_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -45,10 +47,16 @@ def sft_config(cfg: TrainConfig, hw: Hardware, dtype: str, output_dir: Path, has
         use_cpu=not hw.cuda,
         report_to="none",
         max_length=cfg.max_seq_length,
-        packing=cfg.packing,
         dataset_num_proc=None,
         dataloader_num_workers=0,
         gradient_checkpointing=False,  # the backend sets it up (Unsloth has its own)
     )
+
+
+def sft_config(cfg: TrainConfig, hw: Hardware, dtype: str, output_dir: Path, has_eval: bool, **extra: Any):
+    from trl import SFTConfig
+
+    kwargs = trainer_kwargs(cfg, hw, dtype, output_dir, has_eval)
+    kwargs["packing"] = cfg.packing
     kwargs.update(extra)
     return SFTConfig(**kwargs)

@@ -5,7 +5,9 @@
 - `hf`: plain transformers + peft + trl; runs anywhere, including CPUs.
 
 Both get the same tokenized rows (`training.chat_format`) and the same `SFTConfig`
-(`training.sft_args`), so their loss is the same function of the same data.
+(`training.sft_args`), so their loss is the same function of the same data. For KTO/DPO both hand
+trl the same checked rows (`training.preference_data`) and the same `KTOConfig`/`DPOConfig`
+(`training.preference`); the reference model is the policy with its LoRA switched off.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ class Backend(Protocol):
 
     def trainer(self, model: Any, tokenizer: Any, args: Any, train_ds: Any, eval_ds: Any) -> Any:
         """A trl `SFTTrainer` (Unsloth's patched one for the unsloth backend)."""
+
+    def preference_trainer(
+        self,
+        method: str,
+        model: Any,
+        tokenizer: Any,
+        args: Any,
+        train_ds: Any,
+        eval_ds: Any,
+        cfg: TrainConfig,
+    ) -> Any:
+        """A trl `KTOTrainer`/`DPOTrainer` (Unsloth-patched on the unsloth backend) training a LoRA on
+        `model` (as loaded, without one) against the same model with the LoRA off."""
 
 
 def get_backend(name: str) -> Backend:

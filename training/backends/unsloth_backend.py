@@ -201,3 +201,32 @@ class UnslothBackend:
         same = sum(a == b for a, b in zip(ours, theirs, strict=False))
         log.warning("train_on_responses_only: labels identical to lorabot's on %d/%d rows", same, len(ours))
         return trainer
+
+    def preference_trainer(
+        self,
+        method: str,
+        model: Any,
+        tokenizer: Any,
+        args: Any,
+        train_ds: Any,
+        eval_ds: Any,
+        cfg: TrainConfig,
+    ) -> Any:
+        """Unsloth's documented recipe: `PatchDPOTrainer()` / `PatchKTOTrainer()` (no-ops in recent
+        Unsloth, which patches trl's trainers when imported), its LoRA, then trl's trainer with
+        `ref_model=None` so the reference is the same model with the LoRA off."""
+        import unsloth
+
+        patch = getattr(unsloth, "PatchKTOTrainer" if method == "kto" else "PatchDPOTrainer", None)
+        if patch is not None:
+            patch()
+        from training.preference import trainer_class
+
+        return trainer_class(method)(
+            model=self.add_lora(model, cfg),
+            ref_model=None,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+        )
