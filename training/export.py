@@ -113,10 +113,13 @@ def export_run(
         from training.register import register_model
 
         config = record.get("config", {})
+        method = config.get("method", "sft")
         text = (
             description
             or config.get("description")
-            or f"{config.get('preset', 'lorabot')} LoRA tune of {record['base']}"
+            or f"{config.get('preset', 'lorabot')} LoRA tune"
+            + (f" ({method.upper()})" if method != "sft" else "")
+            + f" of {config.get('from_model') or record['base']}"
         )
         register_model(register, quant or f16, description=text)
         result.registered = register

@@ -351,11 +351,10 @@ def push_run(run_dir: Path, repo: str) -> str:
 
     files = run_files(run_dir)
     record_path = Path(run_dir) / "run.json"
-    base = (
-        json.loads(record_path.read_text(encoding="utf-8")).get("config", {}).get("base_model", "?")
-        if record_path.is_file()
-        else "?"
-    )
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    config = record.get("config", {})
+    # a --from-model run's base is a local registered model: name it (no hub `base_model:` line then)
+    base = config.get("from_model") or config.get("base_model", "?")
     token = token_from_environment(required=True)
     api = HfApi(token=token)
     operations = [
