@@ -303,3 +303,29 @@ def test_bad_inputs_are_one_clear_error_each(tmp_path):
         assert message in output, (args, output)
         assert "Traceback" not in output
     assert not (tmp_path / "out" / "adapter").exists()  # nothing trained
+
+
+@pytest.mark.gpu
+def test_kto_and_dpo_run_unslothed_on_a_gpu(tmp_path):
+    """The GPU presets on the Unsloth backend (skipped without CUDA and unsloth; CI has neither):
+    the 1B shape with random weights, a few steps each."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None:
+        pytest.skip("needs CUDA and unsloth")
+    for method, rows in (("kto", kto_rows(24)), ("dpo", dpo_rows(24))):
+        cfg = build_config(
+            f"baseline-{method}",
+            base_model="random:llama-3.2-1b",
+            dataset=write(tmp_path / f"{method}.jsonl", rows),
+            output_dir=tmp_path / method,
+            max_steps=3,
+            eval_fraction=0.1,
+            max_eval_samples=4,
+        )
+        result = train(cfg, progress=False)
+        assert result.backend == "unsloth" and result.method == method and result.train_loss is not None
+        assert (result.adapter_dir / "adapter_config.json").is_file()
+        assert not (result.adapter_dir / "ref").exists()  # only the trained adapter is saved
