@@ -203,7 +203,10 @@ def test_presets_come_from_the_presets_folder(tmp_path, monkeypatch):
 
     from training import cli, config
 
-    assert preset_names() == ["baseline", "baseline-fast", "baseline-tuned", "improved", "tiny"]
+    assert preset_names() == [
+        "baseline", "baseline-dpo", "baseline-fast", "baseline-kto", "baseline-tuned",
+        "improved", "tiny", "tiny-dpo", "tiny-kto",
+    ]  # fmt: skip
     # a file dropped into the folder is a preset, nothing else lists them
     (tmp_path / "presets").mkdir()
     (tmp_path / "presets" / "mine.toml").write_text("lora_r = 4\nmax_steps = 3\n")

@@ -65,14 +65,17 @@ def test_every_preset_builds_a_valid_consistent_config(path: Path):
     assert cfg.target_modules and set(cfg.target_modules) <= set(LORA_TARGETS)
     assert cfg.max_steps is not None and 0 <= cfg.warmup_steps < cfg.max_steps
     assert cfg.eval_steps is None or cfg.eval_steps <= cfg.max_steps
-    assert cfg.batch_size * cfg.grad_accum >= 8  # tokens per step: every preset steps on 8+ rows
+    sequences_per_row = 2 if cfg.method == "dpo" else 1  # a DPO row is a pair: chosen and rejected
+    assert cfg.batch_size * cfg.grad_accum * sequences_per_row >= 8  # every preset steps on 8+ sequences
 
     # where it runs: tiny ones on any CPU, the others need CUDA and say so before any download
     assert pick_dtype(CPU, cfg.dtype) == "fp32"
     if is_cpu_preset(cfg):
         assert not cfg.load_in_4bit and not cfg.varlen_attention
         assert pick_backend(CPU, cfg.backend, cfg.load_in_4bit, name) == "hf"
-        assert cfg.dataset.startswith("builtin:") and (cfg.eval_dataset or "builtin:").startswith("builtin:")
+        if cfg.method == "sft":  # KTO/DPO presets take the chats' export (--dataset): no shipped default
+            assert cfg.dataset.startswith("builtin:")
+        assert (cfg.eval_dataset or "builtin:").startswith("builtin:")
     else:
         assert pick_backend(GPU, cfg.backend, cfg.load_in_4bit, name) == "unsloth"
         assert cfg.load_in_4bit or cfg.varlen_attention  # a CUDA-only path: 4-bit, or the varlen kernel
