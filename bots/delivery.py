@@ -8,12 +8,19 @@ text that changed while a call waited is coalesced into the next one.
 Adapters give a `Sink`: send a message, edit one, show "typing", and say how long a text is for
 the platform. Sinks raise `SlowDown` (429), `MessageGone` (deleted meanwhile) and
 `TransientFailure` (5xx, timeout); anything else is permanent and ends the delivery with a log.
+
+A sink that can stream *drafts* (Telegram's sendMessageDraft in private chats: an ephemeral
+preview that is no message) shows everything before the final text as a draft: a placeholder at
+once, then the newest text at the edit pace, sent again before the preview would lapse; the
+final text is then sent as new messages. Where the platform refuses drafts (`DraftsUnavailable`,
+or any other failure of a draft) the view goes on by messages and edits, with the newest text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +49,11 @@ class MessageGone(Exception):
 
 class TransientFailure(Exception):
     """A 5xx, a timeout or a dropped connection: the same call may work later."""
+
+
+class DraftsUnavailable(Exception):
+    """The platform refuses drafts here (a group, an API server without the method): the reply
+    goes on by messages and edits. The sink remembers the refusal for its chat (or everywhere)."""
 
 
 class MaybeSent(Exception):
@@ -84,6 +96,19 @@ class Sink(Protocol):
         """A string that finds the message again after a restart (e.g. "chat:message")."""
 
 
+class DraftSink(Sink, Protocol):
+    """A sink that can also stream drafts (the view checks `drafts` with getattr: optional)."""
+
+    drafts: bool  # drafts can be streamed here now (a private chat, not refused before)
+    draft_refresh_s: float  # an unchanged draft is sent again after this long (before it lapses)
+
+    async def draft(self, text: str) -> None:
+        """Show `text` as the reply's draft ("" shows a placeholder such as "Thinking…")."""
+
+    def draft_ref(self) -> str:
+        """Like `ref`, for a reply that has no message yet: a restart posts its note there."""
+
+
 # (refs of the reply's messages, the text of its last message): what a restart needs to mark it
 ShownCallback = Callable[[list[str], str], Awaitable[None]]
 
@@ -97,7 +122,8 @@ class _Shown:
 
 @dataclass
 class DeliveryCounts:
-    calls: int = 0  # platform calls made for this reply (typing included)
+    calls: int = 0  # platform calls made for this reply (typing and drafts included)
+    drafts: int = 0  # of them, drafts
     slowdowns: int = 0  # 429s answered to them
     failures: int = 0  # other failed calls
 
@@ -147,6 +173,11 @@ class ReplyView:
         self._recorder: asyncio.Task[None] | None = None
         self._failed_final = 0
         self.delivered = False  # the final text is on screen
+        # drafts: everything before the final text is a draft, until the platform refuses one
+        self.drafting = bool(getattr(sink, "drafts", False))
+        self._draft: str | None = None  # the draft shown last (None: none yet)
+        self._draft_is_text = False  # it shows the reply's text (not a status or placeholder)
+        self._draft_at = float("-inf")
 
     # -- what should be on screen (never waits) ---------------------------------------------
     @property
@@ -168,6 +199,12 @@ class ReplyView:
         if self._kind in (None, "status"):
             self._set(line, "status")
 
+    def thinking(self) -> None:
+        """Drafts: the placeholder ("Thinking…") until text arrives. Without drafts nothing:
+        the typing indicator says it."""
+        if self.drafting and self._kind in (None, "status"):
+            self._set("", "status")
+
     def update(self, text: str) -> None:
         """The growing reply; shown at most once per edit interval."""
         if self._kind != "final" and text.strip():
@@ -184,6 +221,8 @@ class ReplyView:
         """Start from messages already on screen (handle, text), e.g. the answer 🔁 replaces:
         they are edited in place, and those the new text does not need are deleted at the end."""
         self._shown = [_Shown(handle, text) for handle, text in shown]
+        if self._shown:
+            self.drafting = False  # the new text goes into those messages
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (up to `timeout_s`) for the delivery task to end: after `finish` returned, it may
@@ -212,7 +251,7 @@ class ReplyView:
     # -- the delivery task ----------------------------------------------------------------
     def _wanted(self) -> list[str]:
         if self._kind == "status":
-            return [self._text]
+            return [self._text] if self._text else []  # "": a draft's placeholder, no message
         return split_message(self._text, self.sink.limit, length=self.sink.length)
 
     def _next_step(self) -> tuple[int, str] | None:
@@ -249,6 +288,9 @@ class ReplyView:
     async def _run(self) -> None:
         try:
             while True:
+                if self.drafting and self._kind != "final":
+                    await self._draft_step()
+                    continue
                 if not self.delivered and self._text_on_screen():
                     self.delivered = True  # the user has the answer; the buttons follow (see drain)
                     self._done.set()
@@ -274,7 +316,7 @@ class ReplyView:
                             async with asyncio.timeout(wait):
                                 await self._wake.wait()  # finish() cuts the wait short
                         continue
-                if not await self._slot(index):
+                if not await self._slot(self._priority(index), functools.partial(self._priority, index)):
                     continue
                 step = self._next_step()  # the newest text, read after the wait
                 if step is None:
@@ -286,9 +328,9 @@ class ReplyView:
         finally:
             self._done.set()
 
-    async def _slot(self, index: int) -> bool:
-        """Wait for the pacer; False if the reply became final meanwhile (ask again, at its priority)."""
-        priority = self._priority(index)
+    async def _slot(self, priority: int, current: Callable[[], int]) -> bool:
+        """Wait for the pacer; False if the reply became final meanwhile (`current()`, the call's
+        priority now, went up: ask again, at that priority)."""
         acquiring = asyncio.ensure_future(self.pacer.acquire(self.sink.chat_key, priority))
         try:
             while True:
@@ -301,7 +343,7 @@ class ReplyView:
                 if acquiring.done():
                     acquiring.result()
                     return True
-                if self._priority(index) < priority:
+                if current() < priority:
                     acquiring.cancel()
                     return False
         except asyncio.CancelledError:
@@ -377,6 +419,74 @@ class ReplyView:
         self._record(force=new)
         return True
 
+    # -- drafts -------------------------------------------------------------------------------
+    def _draft_wanted(self) -> str:
+        """The draft for what should be shown: the status line, "" (placeholder), or the text's
+        last message-sized part (a draft holds one message; the final text is split as usual)."""
+        if self._kind != "text":
+            return self._text
+        return split_message(self._text, self.sink.limit, length=self.sink.length)[-1]
+
+    def _draft_priority(self) -> int:
+        if self._kind == "final":
+            return FINAL
+        return NEW_MESSAGE if self._draft is None else EDIT
+
+    async def _draft_step(self) -> None:
+        """One step while drafting: wait for a change (or for the draft to need refreshing), keep
+        to the edit pace, then show the newest draft."""
+        refresh_s: float = getattr(self.sink, "draft_refresh_s", 20.0)
+        now = self._clock()
+        refresh_in = self._draft_at + refresh_s - now
+        if self._draft is not None:
+            if self._draft_wanted() == self._draft:
+                wait = refresh_in  # unchanged: only before the preview lapses
+            else:
+                interval = self.next_edit_interval_s if self._kind == "text" else self.edit_interval_s
+                wait = min(self._last_call + interval - now, refresh_in)
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()  # new text or finish() cuts the wait short
+                return
+        priority = self._draft_priority()
+        if not await self._slot(priority, self._draft_priority):
+            return
+        if self._kind == "final" or not self.drafting:
+            return  # the slot goes unused: the final text asks at its own priority
+        text = self._draft_wanted()  # the newest, read after the wait
+        self._last_call = self._clock()
+        self.counts.calls += 1
+        self.counts.drafts += 1
+        try:
+            await self.sink.draft(text)  # type: ignore[attr-defined]
+        except DraftsUnavailable as error:
+            log.info("no drafts in %s (%s): going on by messages", self.sink.chat_key, error)
+            self.drafting = False
+            return
+        except SlowDown as slow:
+            self.counts.slowdowns += 1
+            log.warning("429 from the platform in %s: waiting %.1f s", self.sink.chat_key, slow.retry_after)
+            self.pacer.hold(None if slow.everywhere else self.sink.chat_key, slow.retry_after)
+            return
+        except (TransientFailure, MaybeSent) as error:  # a draft is shown again by the next one
+            self.counts.failures += 1
+            log.info("skipped a draft in %s: %s", self.sink.chat_key, error)
+            await asyncio.sleep(max(self.edit_interval_s, 1.0))
+            return
+        except Exception as error:  # refused in a way the sink does not know: messages then
+            self.counts.failures += 1
+            log.warning("a draft failed in %s (%s): going on by messages", self.sink.chat_key, error)
+            self.drafting = False
+            return
+        first = self._draft is None
+        if self._kind == "text" and text != self._draft and not first:
+            self._text_edits += 1
+        self._draft, self._draft_at = text, self._last_call
+        self._draft_is_text = self._kind == "text"
+        self._record(force=first)  # a restart must know the reply is on its way (no message yet)
+
     async def _remove(self, stale: list[_Shown]) -> None:
         """Delete messages about to be replaced by new ones, where the sink can (best effort: a
         failure is logged, the new message is sent anyway)."""
@@ -411,18 +521,25 @@ class ReplyView:
         assert self.on_shown is not None
         while self._record_due:
             self._record_due = False
-            refs, last = [self.sink.ref(handle) for handle in self.handles], self.last_text  # the newest
+            refs, last = self._where_shown()  # the newest
             try:
                 await self.on_shown(refs, last)
             except Exception as error:  # the store's trouble must not stop the reply
                 log.warning("could not record a reply's messages: %s", error)
+
+    def _where_shown(self) -> tuple[list[str], str]:
+        """The refs of the reply's messages and its last message's text; while only a draft is
+        shown, the sink's draft ref and the draft's text (a restart sends its note as a message)."""
+        if not self._shown and self._draft is not None and hasattr(self.sink, "draft_ref"):
+            return [self.sink.draft_ref()], self._draft if self._draft_is_text else ""
+        return [self.sink.ref(handle) for handle in self.handles], self.last_text
 
     async def settle_records(self, timeout_s: float | None = None, *, record_now: bool = False) -> bool:
         """Wait for the store to have the last recorded state (`record_now`: the state on screen
         now); False if `timeout_s` passed first. The write itself is never cut (a store write
         cancelled in the middle leaves its database connection closing forever): it ends within
         the store's lock timeout."""
-        if record_now and self._shown:
+        if record_now and (self._shown or self._draft is not None):
             self._record(force=True)
         recorder = self._recorder
         if recorder is None or recorder.done():

@@ -185,12 +185,16 @@ async def answer_question(
                         previous = clean(replaced or "")
                         if on_accepted is not None:
                             await on_accepted()
+                        view.thinking()  # where drafts stream: a placeholder at once
                     case Queued(position=position):
                         view.status(notes.queued(position, service.estimated_wait_s(position)))
                     case Started(model=model):
                         outcome.model = model
                         outcome.queued_s = time.monotonic() - accepted_at
-                        typing.start()
+                        if view.drafting:
+                            view.thinking()  # the placeholder in place of the queue position
+                        else:
+                            typing.start()
                     case Notice(text=text):
                         notice = f"ℹ️ {text}\n\n"
                     case Delta(text=piece):

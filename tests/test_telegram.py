@@ -80,6 +80,11 @@ def reply_done(fake: FakeBotAPI, chat_id: int, expected: str):
     return lambda: fake.bot_texts(chat_id) and fake.bot_texts(chat_id)[-1] == expected
 
 
+def seen_texts(fake: FakeBotAPI, chat_id: int) -> list[str]:
+    """What the user sees in a chat: the bot's messages, then a draft (issue 28) if one shows."""
+    return [text for _, text in fake.seen_by_user(chat_id)]
+
+
 def keyboard_of(fake: FakeBotAPI, message: dict, prefix: str) -> bool:
     """A command's keyboard (`model:`…), not the 👍 👎 🔁 row every answer has."""
     return any(data.startswith(prefix) for data in fake.button_data(message))
@@ -92,8 +97,9 @@ def engine_requests(service) -> list:
 
 # -- scenarios of issue 4 --------------------------------------------------------------------------------
 async def test_private_message_gets_streamed_reply_equal_to_engine_output(fake, tmp_path):
+    """With TELEGRAM_DRAFTS off (drafts: the tests after issue 28's heading)."""
     output = "Paris is the capital of France. " * 6 + "It sits on the Seine."
-    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.01):
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.01, settings={"drafts": False}):
         chat = fake.private_chat(fake.alice)
         question = fake.send_text(fake.alice, chat, "What is the capital of France?")
         await fake.wait_for(reply_done(fake, ALICE, output.strip()))
@@ -261,7 +267,7 @@ async def test_markup_characters_are_sent_without_errors(fake, tmp_path):
 async def test_429_during_edits_is_honoured_and_no_text_is_lost(fake, tmp_path):
     output = " ".join(f"w{i}" for i in range(60))
     fake.rate_limit("editMessageText", retry_after=1, times=1)
-    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.01):
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.01, settings={"drafts": False}):
         chat = fake.private_chat(fake.alice)
         fake.send_text(fake.alice, chat, "go")
         await fake.wait_for(reply_done(fake, ALICE, output), timeout=15)
@@ -306,9 +312,9 @@ async def test_queue_full_shows_busy_message(fake, tmp_path):
         for user in (fake.alice, fake.bob, fake.carol):
             fake.private_chat(user)
         fake.send_text(fake.alice, fake.chats[ALICE], "first (runs)")
-        await fake.wait_for(lambda: fake.bot_texts(ALICE))
+        await fake.wait_for(lambda: seen_texts(fake, ALICE))
         fake.send_text(fake.bob, fake.chats[BOB], "second (waits)")
-        await fake.wait_for(lambda: any("Waiting in line" in t for t in fake.bot_texts(BOB)))
+        await fake.wait_for(lambda: any("Waiting in line" in t for t in seen_texts(fake, BOB)))  # a draft
         fake.send_text(fake.carol, fake.chats[CAROL], "third (rejected)")
         await fake.wait_for(lambda: any("busy" in t.lower() for t in fake.bot_texts(CAROL)))
         assert fake.bot_texts(CAROL)[0].startswith("⚠️ I'm busy right now")
@@ -332,7 +338,8 @@ async def test_20_chats_at_once_get_20_complete_replies(fake, tmp_path):
         )
     assert all(call.status == 200 for call in fake.calls)
     # handled concurrently: later chats were told their place in the queue meanwhile
-    statuses = [c for c in fake.calls_of("sendMessage") if c.params["text"].startswith("⏳ Waiting in line")]
+    calls = fake.calls_of("sendMessage") + fake.calls_of("sendMessageDraft")
+    statuses = [c for c in calls if (c.params.get("text") or "").startswith("⏳ Waiting in line")]
     assert len({c.params["chat_id"] for c in statuses}) >= 10
 
 
@@ -406,7 +413,7 @@ async def test_forum_topics_are_separate_conversations(fake, tmp_path):
 async def test_shutdown_marks_in_flight_reply_interrupted(fake, tmp_path):
     service = make_service(tmp_path, reply="tok " * 400, token_delay_s=0.02)
     await service.start()
-    task = asyncio.create_task(run_telegram(service, settings_for(fake, shutdown_grace_s=0)))
+    task = asyncio.create_task(run_telegram(service, settings_for(fake, shutdown_grace_s=0, drafts=False)))
     await fake.wait_for(lambda: fake.calls_of("getUpdates"))
     fake.send_text(fake.alice, fake.private_chat(fake.alice), "long please")
     await fake.wait_for(lambda: fake.bot_texts(ALICE))
@@ -609,3 +616,142 @@ async def test_a_reply_of_emoji_is_split_by_telegrams_utf16_count(fake, tmp_path
     assert len(fake.bot_texts(ALICE)) == 2
     assert all(len(text.encode("utf-16-le")) // 2 <= 4096 for text in fake.bot_texts(ALICE))
     assert all(call.status == 200 for call in fake.calls if call.method in ("sendMessage", "editMessageText"))
+
+
+# -- drafts: private replies stream through sendMessageDraft (issue 28) -------------------------------
+def drafts_in(fake: FakeBotAPI, chat_id: int) -> list[str]:
+    """The texts of the drafts the bot sent to a chat, oldest first ("" is the placeholder)."""
+    return [draft["text"] for draft in fake.draft_log if draft["chat_id"] == chat_id]
+
+
+async def test_a_private_reply_streams_as_a_draft_then_arrives_as_one_message(fake, tmp_path):
+    output = " ".join(f"word{i}" for i in range(80))  # 4 s: the chat's budget allows a few drafts
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.05):
+        chat = fake.private_chat(fake.alice)
+        question = fake.send_text(fake.alice, chat, "stream it")
+        # the user sees the growing text as a draft while no message exists yet
+        seen = await fake.wait_for(
+            lambda: (draft := fake.draft_in(ALICE)) and draft.startswith("word0") and fake.seen_by_user(ALICE)
+        )
+        assert seen[0][0] == "draft" and not fake.bot_messages(ALICE)
+        await fake.wait_for(reply_done(fake, ALICE, output))
+    assert fake.seen_by_user(ALICE) == [("message", output)]  # the draft gave way to the message
+    drafts = drafts_in(fake, ALICE)
+    assert drafts[0] == "", "a placeholder ('Thinking…') comes first"
+    texts = [text for text in drafts if text]
+    assert len(texts) >= 2 and all(output.startswith(text) for text in texts)
+    assert [len(text) for text in texts] == sorted(len(text) for text in texts), "the draft only grows"
+    assert len({d["draft_id"] for d in fake.draft_log}) == 1 and fake.draft_log[0]["draft_id"] != 0
+    (sent,) = fake.calls_of("sendMessage", chat_id=ALICE)  # one message: the final text
+    assert sent.params["text"] == output and sent.at > fake.calls_of("sendMessageDraft")[-1].at
+    message = fake.bot_messages(ALICE)[0]
+    assert message["reply_to_message"]["message_id"] == question["message_id"]
+    assert any(data.startswith("fb:up:") for data in fake.button_data(message)), "the final text has 👍 👎 🔁"
+    assert not fake.calls_of("editMessageText", ok_only=False), "no message changes under the user"
+    assert not fake.calls_of("sendChatAction"), "the placeholder says it; no typing indicator"
+    assert all(call.status == 200 for call in fake.calls)
+
+
+async def test_drafts_off_streams_by_edits_as_before(fake, tmp_path):
+    output = " ".join(f"word{i}" for i in range(80))
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.02, settings={"drafts": False}):
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "stream it")
+        await fake.wait_for(reply_done(fake, ALICE, output))
+    assert not fake.calls_of("sendMessageDraft", ok_only=False)
+    assert fake.calls_of("editMessageText", chat_id=ALICE)
+    assert load_telegram_settings(_env_file=None).drafts is True  # on by default
+
+
+async def test_groups_get_edits_without_trying_a_draft(fake, tmp_path):
+    output = " ".join(f"word{i}" for i in range(60))
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.02):
+        group = fake.group_chat(GROUP, "Study group")
+        fake.send_text(fake.alice, group, f"@{BOT_USERNAME} stream it")
+        await fake.wait_for(reply_done(fake, GROUP, output))
+        fake.send_text(fake.bob, fake.private_chat(fake.bob), "and here?")
+        await fake.wait_for(reply_done(fake, BOB, output))
+    drafted = {call.params["chat_id"] for call in fake.calls_of("sendMessageDraft", ok_only=False)}
+    assert drafted == {BOB}, "drafts in the private chat only; the group is never sent one"
+    assert fake.calls_of("editMessageText", chat_id=GROUP), "the group's reply grows by edits"
+    assert not fake.calls_of("editMessageText", chat_id=BOB)
+
+
+@pytest.mark.parametrize("refusal", ["chat", "server"])
+async def test_a_refused_draft_falls_back_to_edits_without_losing_text(fake, tmp_path, refusal):
+    """A 400 for one chat (a topic without drafts, Telegram's rules changing) falls back in that
+    chat only; a 404 (an API server without the method) everywhere. The reply is whole either way."""
+    output = " ".join(f"word{i}" for i in range(60))
+    if refusal == "chat":
+        fake.refuse_drafts.add(ALICE)
+    else:
+        fake.drafts_supported = False
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.02):
+        alice = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, alice, "first")
+        await fake.wait_for(reply_done(fake, ALICE, output))
+        fake.send_text(fake.alice, alice, "second")
+        await fake.wait_for(lambda: fake.bot_texts(ALICE) == [output, output])
+        fake.send_text(fake.bob, fake.private_chat(fake.bob), "and Bob?")
+        await fake.wait_for(reply_done(fake, BOB, output))
+    refused = [call for call in fake.calls_of("sendMessageDraft", ok_only=False) if call.status != 200]
+    assert [call.status for call in refused] == [400 if refusal == "chat" else 404], "once: remembered"
+    assert refused[0].params["chat_id"] == ALICE
+    assert fake.calls_of("editMessageText", chat_id=ALICE), "Alice's replies grow by edits"
+    assert [m["text"] for m in fake.bot_messages(ALICE)] == [output, output]
+    if refusal == "chat":  # Bob's chat still streams drafts
+        assert drafts_in(fake, BOB) and not fake.calls_of("editMessageText", chat_id=BOB)
+    else:
+        assert not drafts_in(fake, BOB) and fake.calls_of("editMessageText", chat_id=BOB)
+
+
+async def test_a_reply_longer_than_one_message_drafts_its_tail_and_sends_every_part(fake, tmp_path):
+    paragraph = ("word " * 99 + "end.").strip()  # 499 characters
+    output = "\n\n".join([paragraph] * 18)  # 9016 characters: three messages
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.001):
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "write a lot")
+        await fake.wait_for(lambda: "\n\n".join(fake.bot_texts(ALICE)) == output, timeout=30)
+    texts = fake.bot_texts(ALICE)
+    assert len(texts) == 3 and all(len(text) <= 4096 for text in texts)
+    assert all(call.status == 200 for call in fake.calls), "no draft over Telegram's limit"
+    assert max(len(text) for text in drafts_in(fake, ALICE)) <= 4096
+    messages = fake.bot_messages(ALICE)
+    assert [bool(fake.button_data(m)) for m in messages] == [False, False, True], "buttons under the last"
+    assert not fake.calls_of("editMessageText") and fake.draft_in(ALICE) is None
+
+
+async def test_a_draft_is_renewed_before_it_lapses(fake, tmp_path, monkeypatch):
+    """Telegram's draft lives ~30 s (renewed after 20 s unchanged); here 5 s, renewed after 1.5 s
+    (the chat's budget may hold a draft back up to 4 s). The reply waits in line behind another
+    (one slot), so its queue position stays unchanged for ~10 s."""
+    from bots.telegram_bot.sink import TelegramSink
+
+    fake.draft_ttl_s = 5.0
+    monkeypatch.setattr(TelegramSink, "draft_refresh_s", 1.5)
+    output = " ".join(f"w{i}" for i in range(100))
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.1, parallel=1):
+        fake.send_text(fake.bob, fake.private_chat(fake.bob), "first in line")
+        await fake.wait_for(lambda: (fake.draft_in(BOB) or "").startswith("w0"))
+        fake.send_text(fake.alice, fake.private_chat(fake.alice), "second in line")
+        await fake.wait_for(lambda: (fake.draft_in(ALICE) or "").startswith("⏳"))
+        await fake.wait_for(reply_done(fake, ALICE, output), timeout=30)
+    renewed = [text for text in drafts_in(fake, ALICE) if text.startswith("⏳")]
+    assert len(renewed) >= 3, "the unchanged queue position was sent again"
+    assert fake.lapsed_drafts == [], "no draft vanished before the reply was there"
+    assert fake.bot_texts(BOB) == [output] and fake.bot_texts(ALICE) == [output]
+
+
+async def test_shutdown_mid_draft_sends_the_partial_reply_with_the_note(fake, tmp_path):
+    service = make_service(tmp_path, reply="tok " * 400, token_delay_s=0.02)
+    await service.start()
+    task = asyncio.create_task(run_telegram(service, settings_for(fake, shutdown_grace_s=0)))
+    await fake.wait_for(lambda: fake.calls_of("getUpdates"))
+    fake.send_text(fake.alice, fake.private_chat(fake.alice), "long please")
+    await fake.wait_for(lambda: (fake.draft_in(ALICE) or "").startswith("tok"))
+    assert not fake.bot_messages(ALICE)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    await service.close(drain_timeout_s=1)
+    (note,) = fake.bot_texts(ALICE)  # a message of its own: the draft it replaces vanishes
+    assert note.startswith("tok") and note.endswith(INTERRUPTED)
+    assert fake.draft_in(ALICE) is None

@@ -11,6 +11,13 @@ changes nothing, formatting that does not parse ("can't parse entities"), inline
 wrong shape or with `callback_data` over 64 bytes, a callback query answered twice. Like Telegram
 it creates only the update types the bot asked for (`allowed_updates` of getUpdates/setWebhook;
 by default no `message_reaction`), and reactions in groups only where the bot is an administrator.
+
+sendMessageDraft (Bot API 9.3/10.0) streams a reply's draft in a private chat: an ephemeral
+preview (`draft_ttl_s`, 30 s on Telegram) that each call with the same `draft_id` replaces and
+renews, "Thinking…" for an empty text, gone once the bot sends a message there. Drafts count
+against the same flood-control windows as messages (the docs give them no budget of their own).
+`draft_in` / `seen_by_user` show what the user sees; `lapsed_drafts` records every draft that
+expired before the bot renewed it or sent the message.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ DEFAULT_LIMITS = (
 BOT_ID = 7000000001
 BOT_USERNAME = "lorabot_test_bot"
 MAX_TEXT = 4096
+DRAFT_TTL_S = 30.0  # "the streamed draft is ephemeral and acts as a temporary 30-second preview"
+THINKING = "Thinking…"  # what a client shows for a draft with an empty text
 
 # Parameters that Telegram expects as JSON-serialised objects in form/query encodings.
 _JSON_PARAMS = {
@@ -48,7 +57,7 @@ _JSON_PARAMS = {
     "scope",
     "allowed_updates",
 }
-_INT_PARAMS = {"chat_id", "user_id", "message_id", "offset", "limit", "message_thread_id"}
+_INT_PARAMS = {"chat_id", "user_id", "message_id", "offset", "limit", "message_thread_id", "draft_id"}
 _FLOAT_PARAMS = {"timeout"}
 
 # Update types Telegram leaves out unless `allowed_updates` names them.
@@ -200,8 +209,16 @@ class FakeBotAPI:
         *,
         max_poll_s: float = 0.5,
         limits: TelegramLimits | None = DEFAULT_LIMITS,
+        draft_ttl_s: float = DRAFT_TTL_S,
     ) -> None:
         self.token = token
+        self.draft_ttl_s = draft_ttl_s
+        self.drafts_supported = True  # False: an API server without sendMessageDraft (404)
+        self.refuse_drafts: set[int] = set()  # chats whose drafts are refused (400), e.g. by a test
+        # (chat id, topic or 0) -> the draft shown now: draft_id, text, at, expires
+        self.drafts: dict[tuple[int, int], dict[str, Any]] = {}
+        self.draft_log: list[dict[str, Any]] = []  # every draft accepted: chat, topic, draft_id, text, at
+        self.lapsed_drafts: list[dict[str, Any]] = []  # drafts that expired while the reply was on its way
         self.limits = limits  # None: no rate limits (only scripted 429s)
         self.rate = Limits()
         self.max_poll_s = max_poll_s  # cap on long-poll waits so tests never hang on shutdown
@@ -281,8 +298,11 @@ class FakeBotAPI:
         self.users[user_id] = user
         return user
 
-    def private_chat(self, user: dict) -> dict:
+    def private_chat(self, user: dict, *, topics: bool = False) -> dict:
+        """`topics`: the chat has topics (only then does a draft there take a message_thread_id)."""
         chat = {"id": user["id"], "type": "private", "first_name": user["first_name"]}
+        if topics:
+            chat["has_topics"] = True  # the fake's own flag
         self.chats[user["id"]] = chat
         return chat
 
@@ -462,6 +482,21 @@ class FakeBotAPI:
     def bot_texts(self, chat_id: int) -> list[str]:
         return [message["text"] for message in self.bot_messages(chat_id)]
 
+    def draft_in(self, chat_id: int, thread_id: int | None = None) -> str | None:
+        """The draft the user sees in a chat (topic) now: its text, "Thinking…" for an empty
+        one; None when there is none (never sent, replaced by a message, or expired)."""
+        draft = self.drafts.get((chat_id, thread_id or 0))
+        if draft is None or draft["expires"] <= time.monotonic():
+            return None
+        return draft["text"] or THINKING
+
+    def seen_by_user(self, chat_id: int) -> list[tuple[str, str]]:
+        """What the user sees in a chat: ("message", text) for each of the bot's messages,
+        oldest first, then ("draft", text) for a draft still shown under them."""
+        seen = [("message", text) for text in self.bot_texts(chat_id)]
+        draft = self.draft_in(chat_id)
+        return seen + ([("draft", draft)] if draft is not None else [])
+
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Wait until `predicate()` is truthy (re-checked after every call the bot makes)."""
         deadline = time.monotonic() + timeout
@@ -601,7 +636,9 @@ class FakeBotAPI:
         finally:
             self._changed.set()
 
-    _LIMITED = frozenset({"sendMessage", "editMessageText", "editMessageReplyMarkup", "sendChatAction"})
+    _LIMITED = frozenset(
+        {"sendMessage", "sendMessageDraft", "editMessageText", "editMessageReplyMarkup", "sendChatAction"}
+    )
 
     def _over_limit(self, method: str, params: dict[str, Any]) -> float:
         """Telegram's flood control: seconds to wait if this call is over a limit, else 0."""
@@ -781,7 +818,46 @@ class FakeBotAPI:
             message["reply_markup"] = markup
         if params.get("parse_mode"):
             message["parse_mode_used"] = params["parse_mode"]  # not Telegram's; for assertions
+        self._end_draft(chat["id"], params.get("message_thread_id") or 0)  # the message takes its place
         return message
+
+    def _end_draft(self, chat_id: int, thread: int) -> None:
+        draft = self.drafts.pop((chat_id, thread), None)
+        if draft is not None and draft["expires"] <= time.monotonic():
+            self.lapsed_drafts.append(draft)
+
+    async def _api_sendMessageDraft(self, params):
+        """A private chat's draft: text of 0-4096 UTF-16 units ("" shows "Thinking…"), a
+        non-zero draft_id; each call renews it for `draft_ttl_s`."""
+        if not self.drafts_supported:
+            raise _APIError(404, "Not Found: method not found")
+        chat = self._chat(params)
+        if chat["type"] != "private" or chat["id"] in self.refuse_drafts:
+            raise _APIError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
+        draft_id = params.get("draft_id")
+        if not isinstance(draft_id, int) or isinstance(draft_id, bool) or draft_id == 0:
+            raise _APIError(400, "Bad Request: draft_id must be non-zero")
+        text = params.get("text") or ""
+        if not isinstance(text, str):
+            raise _APIError(400, "Bad Request: text must be a string")
+        if utf16_len(text.strip()) > MAX_TEXT:
+            raise _APIError(400, "Bad Request: text is too long")
+        problem = formatting_error(text, params.get("parse_mode"))
+        if problem:
+            raise _APIError(400, f"Bad Request: can't parse entities: {problem}")
+        thread = params.get("message_thread_id") or 0
+        if thread and not chat.get("has_topics"):
+            raise _APIError(400, "Bad Request: message thread not found")
+        now = time.monotonic()
+        key = (chat["id"], thread)
+        previous = self.drafts.get(key)
+        if previous is not None and previous["draft_id"] == draft_id and previous["expires"] <= now:
+            self.lapsed_drafts.append(previous)  # the user saw it vanish before this one came
+        draft = {"chat_id": chat["id"], "thread": thread, "draft_id": draft_id, "text": text.strip()}
+        draft["at"] = now
+        self.draft_log.append(draft)
+        self.drafts[key] = dict(draft, expires=now + self.draft_ttl_s)
+        return True
 
     async def _api_editMessageText(self, params):
         """An edit without reply_markup removes the inline keyboard, as on Telegram."""

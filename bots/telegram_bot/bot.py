@@ -15,7 +15,7 @@ import re
 import secrets
 from urllib.parse import urlsplit
 
-from telegram import Update
+from telegram import ReplyParameters, Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
     AIORateLimiter,
@@ -42,8 +42,15 @@ from bots.telegram_bot.handlers import (
     on_private_text,
 )
 from bots.telegram_bot.settings import TelegramSettings
-from bots.telegram_bot.sink import LIMIT, RESTARTED, edit_message, telegram_pacer
-from bots.telegram_bot.state import BotState
+from bots.telegram_bot.sink import (
+    LIMIT,
+    NO_PREVIEW,
+    RESTARTED,
+    edit_message,
+    restart_note_target,
+    telegram_pacer,
+)
+from bots.telegram_bot.state import BotState, Drafts
 from bots.text import utf16_len
 from core.commands import COMMANDS as CORE_COMMANDS
 from core.service import ChatService
@@ -66,7 +73,7 @@ def build_application(service: ChatService, settings: TelegramSettings) -> Appli
         .rate_limiter(_rate_limiter())
         .build()
     )
-    app.bot_data["lorabot"] = BotState(service, settings, telegram_pacer())
+    app.bot_data["lorabot"] = BotState(service, settings, telegram_pacer(), drafts=Drafts(settings.drafts))
     private = filters.ChatType.PRIVATE
     groups = filters.ChatType.GROUPS
     app.add_handler(TypeHandler(Update, check_access), group=-1)
@@ -190,6 +197,18 @@ async def _mark_restarted(app: Application) -> None:
     state = app.bot_data["lorabot"]
 
     async def edit(ref: str, text: str) -> None:
+        draft = restart_note_target(ref)
+        if draft is not None:  # only a draft showed it, which vanished: the note is a message
+            chat_id, thread, reply_to = draft
+            reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
+            await app.bot.send_message(
+                chat_id,
+                text,
+                message_thread_id=thread,
+                reply_parameters=reply,
+                link_preview_options=NO_PREVIEW,
+            )
+            return
         chat_id, message_id = (int(part) for part in ref.split(":"))
         await edit_message(app.bot, chat_id, message_id, text)
 

@@ -127,7 +127,8 @@ async def _shown(context: ContextTypes.DEFAULT_TYPE, turn_id: int, pressed: Mess
     The pressed message belongs to it even where the store does not say so (yet)."""
     _, refs = await bot_state(context).service.reply_refs(turn_id)
     chat = str(pressed.chat_id)
-    handles = {int(message) for where, _, message in (ref.partition(":") for ref in refs) if where == chat}
+    parts = (ref.partition(":") for ref in refs)  # a draft's ref ("chat:draft:…") names no message
+    handles = {int(message) for where, _, message in parts if where == chat and message.isdigit()}
     handles.add(pressed.message_id)  # a message's id grows with each one sent: sorting keeps the order
     return [
         (handle, (pressed.text or "") if handle == pressed.message_id else "") for handle in sorted(handles)

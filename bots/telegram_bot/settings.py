@@ -45,6 +45,11 @@ class TelegramSettings(BaseSettings):
     typing_interval_s: float = Field(
         4.0, gt=0, description="How often the 'typing' action is renewed (it lasts ~5 s)."
     )
+    drafts: bool = Field(
+        True,
+        description="Stream private replies as a draft (sendMessageDraft) and send the final text as a "
+        "message; off: a message that is edited as it grows. Groups always get the edits.",
+    )
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="How long in-flight replies may finish on shutdown."
     )

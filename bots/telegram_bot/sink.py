@@ -3,6 +3,10 @@
 Replies are plain text (no parse_mode), so no model output can cause "can't parse entities".
 Telegram counts its 4096-character limit in UTF-16 code units (an emoji is two). A final reply
 carries the feedback keyboard (👍 👎 🔁, `reply_keyboard`) on its last message.
+
+In private chats a reply streams as a draft (sendMessageDraft: an ephemeral ~30 s preview, no
+message) until its final text is sent with sendMessage; a chat or topic where Telegram refuses
+drafts gets messages and edits (`Drafts` in state.py remembers it).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import datetime as dtm
 import logging
 import re
+import secrets
 import warnings
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -27,17 +32,17 @@ from telegram import (
     ReplyParameters,
 )
 from telegram.constants import ChatAction, MessageLimit
-from telegram.error import BadRequest, NetworkError, RetryAfter
+from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter
 from telegram.ext import (
     ContextTypes,
 )
 from telegram.warnings import PTBDeprecationWarning
 
-from bots.delivery import MaybeSent, MessageGone, SlowDown, TransientFailure
+from bots.delivery import DraftsUnavailable, MaybeSent, MessageGone, SlowDown, TransientFailure
 from bots.pacing import Pacer, Rule
 from bots.replying import EditTiming, Notes, Outcome, Question, answer_question
 from bots.telegram_bot.policy import conversation_id, defuse_mentions, scope_id, sender_key, thread_id
-from bots.telegram_bot.state import bot_state
+from bots.telegram_bot.state import Drafts, bot_state
 from bots.text import utf16_len
 
 if TYPE_CHECKING:
@@ -50,6 +55,8 @@ NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 INTERRUPTED = "[interrupted: lorabot is shutting down]"
 RESTARTED = "[interrupted: lorabot restarted before this answer was finished — ask again]"
 NOTES = Notes(interrupted=INTERRUPTED)
+# A draft is a ~30 s preview (Bot API): one left unchanged this long is sent again before it lapses
+DRAFT_REFRESH_S = 20.0
 # callback_data of the feedback buttons: "fb:<action>:<turn id>" (stays under Telegram's 64 bytes)
 FEEDBACK_DATA = re.compile(r"^fb:(up|down|again):(\d{1,19})$")
 
@@ -97,16 +104,23 @@ class TelegramSink:
     """Messages in one chat (or forum topic); the first replies to the user's message."""
 
     limit = LIMIT
+    draft_refresh_s = DRAFT_REFRESH_S
 
-    def __init__(self, message: Message, *, reply: bool = True) -> None:
+    def __init__(self, message: Message, *, reply: bool = True, drafts: Drafts | None = None) -> None:
         """`message`: the one answered (`reply`: the first message quotes it), or for 🔁 a
-        message of the bot's reply, whose chat and topic the new answer goes to."""
+        message of the bot's reply, whose chat and topic the new answer goes to. `drafts`: stream
+        the reply as a draft where allowed (private chats only: Telegram has them nowhere else)."""
         self.bot = message.get_bot()
         self.chat_id = message.chat_id
         self.thread_id = thread_id(message)
         self.reply_to: int | None = message.message_id if reply else None
         self.chat_key = f"telegram:{self.chat_id}"
         self.typing_key = f"telegram-typing:{self.chat_id}"  # chat actions are no messages
+        self._drafts = drafts
+        self._draft_where = f"{self.chat_id}:{self.thread_id or 0}"
+        private = message.chat.type == Chat.PRIVATE
+        self.drafts = drafts is not None and private and drafts.allowed(self._draft_where)
+        self.draft_id = 1 + secrets.randbelow(2**31 - 2)  # non-zero; one per reply: its changes animate
 
     def length(self, text: str) -> int:
         return utf16_len(text)
@@ -139,6 +153,35 @@ class TelegramSink:
 
     def ref(self, handle: int) -> str:
         return f"{self.chat_id}:{handle}"
+
+    async def draft(self, text: str) -> None:
+        """Show `text` as this reply's draft ("": Telegram's "Thinking…" placeholder). A 400
+        refuses drafts in this chat or topic, a 404 (a Bot API server without the method)
+        everywhere: `DraftsUnavailable`, and the reply goes on by messages."""
+        try:
+            with _mapped():
+                await self.bot.send_message_draft(
+                    self.chat_id, self.draft_id, text, message_thread_id=self.thread_id
+                )
+        except (BadRequest, InvalidToken) as error:  # PTB raises InvalidToken for any 404
+            if self._drafts is not None:
+                self._drafts.refuse(None if isinstance(error, InvalidToken) else self._draft_where)
+            self.drafts = False
+            raise DraftsUnavailable(error.message) from error
+
+    def draft_ref(self) -> str:
+        """Where the reply goes while only a draft shows it: `restart_note_target` reads it."""
+        return f"{self.chat_id}:draft:{self.thread_id or 0}:{self.reply_to or 0}"
+
+
+def restart_note_target(ref: str) -> tuple[int, int | None, int | None] | None:
+    """(chat, topic, message replied to) of a `draft_ref`; None for a message's ref."""
+    chat, _, rest = ref.partition(":")
+    kind, _, place = rest.partition(":")
+    if kind != "draft":
+        return None
+    thread, _, reply_to = place.partition(":")
+    return int(chat), int(thread) or None, int(reply_to) or None
 
 
 async def edit_message(
@@ -228,7 +271,8 @@ async def answer_message(message: Message, context: ContextTypes.DEFAULT_TYPE, t
         scope_id=scope_id(message.chat),
         platform="telegram",
     )
-    await deliver_answer(context, TelegramSink(message), message.chat, question)
+    sink = TelegramSink(message, drafts=bot_state(context).drafts)
+    await deliver_answer(context, sink, message.chat, question)
 
 
 async def deliver_answer(
