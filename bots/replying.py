@@ -23,6 +23,7 @@ from typing import Any
 
 from bots.delivery import DeliveryCounts, ReplyButtons, ReplyView, Sink, Typing
 from bots.pacing import Pacer
+from core import metrics
 from core.errors import ChatError
 from core.events import Accepted, Delta, Done, Notice, Queued, Started
 from core.service import ChatService, Scopes
@@ -82,6 +83,7 @@ class Outcome:
     counts: DeliveryCounts = field(default_factory=DeliveryCounts)
     reason: str = ""  # why it was refused or failed, for the log
     turn_id: int | None = None
+    final_s: float | None = None  # from the question to its final text on screen
 
 
 def _duration(seconds: float) -> str:
@@ -252,6 +254,7 @@ async def answer_question(
     except asyncio.CancelledError:  # generated, but not yet on screen when the grace ran out
         await interrupted(with_note(final, notes.interrupted))
         raise
+    outcome.final_s = time.monotonic() - accepted_at
     if not view.delivered:
         outcome.result = "undelivered"
     await settle(view.delivered)  # first: a store write made after the user saw the text finds it settled
@@ -280,6 +283,7 @@ async def _finish_bounded(
 
 
 def _log(question: Question, outcome: Outcome) -> None:
+    _count(question.platform, outcome)
     counts = outcome.counts
     ttft = f"{outcome.ttft_s:.2f}s" if outcome.ttft_s is not None else "-"
     log.info(
@@ -297,4 +301,18 @@ def _log(question: Question, outcome: Outcome) -> None:
         outcome.tokens_per_s,
         counts.calls,
         counts.slowdowns,
+    )
+
+
+def _count(platform: str, outcome: Outcome) -> None:
+    """The reply's metrics (core/metrics.py): its outcome, waits and times, from the question."""
+    started = bool(outcome.model) and outcome.result != "refused"
+    first_token = outcome.queued_s + outcome.ttft_s if started and outcome.ttft_s is not None else None
+    metrics.reply_finished(
+        platform,
+        outcome.model,
+        outcome.result,
+        queued_s=outcome.queued_s if started else None,
+        first_token_s=first_token,
+        final_s=outcome.final_s if outcome.result == "answered" else None,
     )

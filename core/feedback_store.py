@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from core import metrics
 from core.errors import CannotRegenerate
 from core.history import ConversationStore, delete_turns
 from core.schema import (
@@ -97,20 +98,31 @@ async def write_ratings(
     rating for a turn or message that is unknown, deleted, interrupted, failed, still not
     answered after that wait, or by an opted-out rater is skipped and logged without its text."""
 
+    counted: list[tuple[str | None, int | None]] = []  # (model, value) of each rating changed
+
     async def work(db: AsyncConnection) -> tuple[int, list[PendingRating]]:
         changed, later = 0, []
+        counted.clear()
         for rating in batch:
-            written = await _write_one(store, db, rating)
+            written = await _write_one(store, db, rating, counted)
             if written is None:
                 later.append(rating)
             else:
                 changed += written
         return changed, later
 
-    return await store.write(work, "save ratings")
+    result = await store.write(work, "save ratings")
+    for model, value in counted:  # committed: now they count
+        metrics.rated(model, value)
+    return result
 
 
-async def _write_one(store: ConversationStore, db: AsyncConnection, rating: PendingRating) -> int | None:
+async def _write_one(
+    store: ConversationStore,
+    db: AsyncConnection,
+    rating: PendingRating,
+    counted: list[tuple[str | None, int | None]],
+) -> int | None:
     """1 if it changed a rating, 0 if not, None: its message or its turn's answer is not stored
     yet (try again)."""
     turn_id = rating.turn_id
@@ -147,7 +159,9 @@ async def _write_one(store: ConversationStore, db: AsyncConnection, rating: Pend
     if rating.value is None:
         if rating.only_if is not None:
             mine = sa.and_(mine, ratings.c.value == rating.only_if)
-        return int((await db.execute(sa.delete(ratings).where(mine))).rowcount or 0)
+        removed = int((await db.execute(sa.delete(ratings).where(mine))).rowcount or 0)
+        counted.extend([(row.model, None)] * removed)
+        return removed
     now = rating.at or time.time()
     insert = store.insert(ratings).values(
         turn_id=turn_id,
@@ -165,6 +179,7 @@ async def _write_one(store: ConversationStore, db: AsyncConnection, rating: Pend
             set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
         )
     )
+    counted.append((row.model, rating.value))
     return 1
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core import database
+from core import database, metrics
 from core.engines.base import Message
 from core.errors import StoreUnavailable
 from core.schema import (
@@ -138,10 +138,30 @@ class ConversationStore:
                         await asyncio.sleep(OPEN_RETRY_S)  # processes starting together on a new file
                         continue
                     where = database.describe(self.url)  # no password
+                    metrics.store_error("open")
                     log.warning("history store: cannot open %s: %s", where, error)
                     raise StoreUnavailable(f"open the conversation history at {where}") from error
             self._opened = True
             self._lease_task = asyncio.create_task(self._keep_lease(), name="history-lease")
+
+    @property
+    def deferred_writes(self) -> int:
+        """Writes kept in memory until the store takes them again (metrics)."""
+        return len(self._deferred)
+
+    async def ping(self, timeout_s: float = 3.0) -> None:
+        """`SELECT 1` on a fresh or pooled connection within `timeout_s` (/readyz); raises
+        `StoreUnavailable` when the database does not answer."""
+
+        async def work(db: AsyncConnection) -> None:
+            await db.execute(sa.text("SELECT 1"))
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._read(work, "answer a health check")
+        except TimeoutError:
+            metrics.store_error("read")
+            raise StoreUnavailable("answer a health check") from None
 
     # -- plumbing ---------------------------------------------------------------------------
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]], action: str) -> T:
@@ -151,6 +171,7 @@ class ConversationStore:
                 return await work(db)
         except STORE_ERRORS as error:
             log.warning("history store: cannot %s: %s", action, error)
+            metrics.store_error("read")
             raise StoreUnavailable(action) from error
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]], action: str) -> T:
@@ -162,12 +183,14 @@ class ConversationStore:
         async with self._write_lock:
             if (error := await self._replay_deferred()) is not None:
                 log.warning("history store: cannot %s: %s", action, error)
+                metrics.store_error("write")
                 raise StoreUnavailable(action) from error
             try:
                 async with self._writer.begin() as db:
                     return await work(db)
             except STORE_ERRORS as error:
                 log.warning("history store: cannot %s: %s", action, error)
+                metrics.store_error("write")
                 raise StoreUnavailable(action) from error
 
     async def _replay_deferred(self) -> BaseException | None:
@@ -217,6 +240,7 @@ class ConversationStore:
                 return False  # retrying would fail every later write too
             self._deferred.pop(key, None)  # the newest version of this write goes last
             self._deferred[key] = statement
+            metrics.store_deferred()
             while len(self._deferred) > MAX_DEFERRED:
                 dropped = next(iter(self._deferred))
                 log.warning("history store: dropping deferred write %s", dropped)
@@ -268,6 +292,7 @@ class ConversationStore:
                 await self._heartbeat(db)
         except STORE_ERRORS as error:
             log.warning("history store: cannot renew this process's lease: %s", error)
+            metrics.store_error("lease")
             raise StoreUnavailable("renew this process's lease") from error
 
     async def _keep_lease(self) -> None:

@@ -177,6 +177,31 @@ class ModelPool:
             except EngineClosed:  # unloaded meanwhile: nothing left to forget
                 pass
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Loaded models' memory in bytes (metrics): the weights file (mapped) and, for a local
+        model, the KV states its prompt cache keeps in host memory."""
+        shown: dict[str, dict[str, int]] = {}
+        for name, handle in self._handles.items():
+            parts = shown[name] = {"weights": handle.file_key[1] if handle.file_key else 0}
+            cache = getattr(getattr(handle, "engine", None), "prompt_cache", None)
+            if isinstance(size := getattr(cache, "size_bytes", None), int):
+                parts["prompt_cache"] = size
+        return shown
+
+    def endpoint_health(self) -> dict[str, list[tuple[str, bool]]]:
+        """Loaded remote models' endpoints: (url, up) each (metrics, /readyz)."""
+        health: dict[str, list[tuple[str, bool]]] = {}
+        for name, handle in self._handles.items():
+            endpoints = getattr(getattr(handle, "engine", None), "endpoints", None)
+            if endpoints is not None:
+                health[name] = [(endpoint.url, endpoint.up) for endpoint in endpoints.all]
+        return health
+
+    def load_failure(self, name: str) -> str | None:
+        """Why model `name` failed to load lately (it is not tried again for a while), else None."""
+        failure = self._failures.get(name)
+        return failure.reason if failure is not None else None
+
     def backpressure_s(self, name: str) -> float:
         """Seconds until model `name`'s servers take requests again, as they said (429/503
         Retry-After); 0 for a local model or one not loaded."""

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from core import feedback_store
+from core import feedback_store, metrics
 from core.ab import AbRouter
 from core.engines.base import GenerationRequest, GenerationStats, Message
 from core.errors import BadTemperature, Busy, CannotRegenerate, ChatError, GenerationTimeout, TooManyWaiting
@@ -602,6 +602,8 @@ class ChatService:
         speed = stats.completion_tokens / elapsed if elapsed > 0 and stats.completion_tokens > 1 else 0.0
         if speed:
             self._speeds.append(speed)
+        tokens, prompt = stats.completion_tokens, stats.prompt_tokens
+        metrics.generated(entry.name, tokens, speed, prompt, stats.reused_tokens)
         state: TurnState = "interrupted" if stats.finish_reason == "interrupted" else "answered"
         done = _Unsettled(state, reply, text, entry.name, await self._model_file(entry))  # text: as read
         if defer:  # settled by settle_delivery once the user has it

@@ -160,6 +160,19 @@ class CoreSettings(BaseSettings):
     log_level: str = Field(
         "INFO", description="Log level of `lorabot run` and the bots (DEBUG, INFO, WARNING, ERROR)."
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of /metrics (Prometheus), /healthz and /readyz (docs/operations.md); unset: "
+        "off, no port opened; 0: any free port (logged). One per process: shards and replicas each "
+        "need their own.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the metrics port listens on (0.0.0.0 for a scraper in another container).",
+    )
 
     @field_validator("default_model", "system_prompt")
     @classmethod
@@ -179,6 +192,11 @@ class CoreSettings(BaseSettings):
 
         parse_database_url(value.get_secret_value())
         return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level")
     @classmethod

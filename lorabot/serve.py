@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import typer
@@ -13,7 +14,9 @@ import typer
 from bots.platforms import PLATFORMS, Runner, configured_platforms, platform_runner
 from core.errors import ChatError
 from core.logs import configure_logging
+from core.ops_server import OpsServer
 from core.service import ChatService
+from core.settings import SettingsError
 from lorabot.common import console, run_until_signal, settings, with_service
 
 log = logging.getLogger("lorabot")
@@ -70,9 +73,31 @@ def _serve(log_level: str, runners: list[tuple[str, Runner]]) -> None:
 
     async def body(service: ChatService) -> None:
         _log_start([name for name, _ in runners], service)
-        await asyncio.gather(*(runner(service) for _, runner in runners))
+        async with ops_server(service):
+            await asyncio.gather(*(runner(service) for _, runner in runners))
 
     run_until_signal(with_service(settings(), body))
+
+
+@contextlib.asynccontextmanager
+async def ops_server(service: ChatService) -> AsyncIterator[OpsServer | None]:
+    """/metrics, /healthz and /readyz on LORABOT_METRICS_PORT while the bots run (unset: nothing)."""
+    current = service.settings
+    if current.metrics_port is None:
+        yield None
+        return
+    server = OpsServer(service, host=current.metrics_host, port=current.metrics_port)
+    try:
+        await server.start()
+    except OSError as error:
+        raise SettingsError(
+            f"LORABOT_METRICS_PORT: cannot listen on {current.metrics_host}:{current.metrics_port} "
+            f"({error.strerror or error})"
+        ) from None
+    try:
+        yield server
+    finally:
+        await server.close()
 
 
 def _log_start(platforms: list[str], service: ChatService) -> None:

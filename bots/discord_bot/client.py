@@ -27,8 +27,10 @@ from bots.discord_bot.sink import (
     discord_pacer,
     request,
 )
+from bots.http_metrics import aiohttp_trace
 from bots.inflight import InFlight, keep_marking_interrupted
 from bots.replying import EditTiming, Outcome, Question, answer_question
+from core import metrics
 from core.service import ChatService
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class LorabotClient(discord.Client):
         )
         intents.message_content = settings.message_content_intent
         options.setdefault("allowed_mentions", NO_MENTIONS)
+        options.setdefault("http_trace", aiohttp_trace("discord"))  # every REST call counted (metrics)
         super().__init__(intents=intents, **options)
         self.service = service
         self.settings = settings
@@ -108,6 +111,7 @@ class LorabotClient(discord.Client):
             log.info("synced %d slash commands", len(synced))
 
     async def on_ready(self) -> None:
+        metrics.platform_connected("discord", True)
         log.info(
             "Discord: logged in as %s (id %s) in %d servers%s",
             self.user,
@@ -121,6 +125,12 @@ class LorabotClient(discord.Client):
                 self.service, "discord", self._edit_by_ref, limit=DISCORD_LIMIT, note=RESTARTED
             )
             self.inflight.run_in_background(marking, name="lorabot-mark-interrupted")
+
+    async def on_resumed(self) -> None:
+        metrics.platform_connected("discord", True)
+
+    async def on_disconnect(self) -> None:
+        metrics.platform_connected("discord", False)
 
     async def _edit_by_ref(self, ref: str, text: str) -> None:
         channel_id, message_id = (int(part) for part in ref.split(":"))

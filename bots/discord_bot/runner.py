@@ -12,6 +12,7 @@ import yarl
 
 from bots.discord_bot.client import LorabotClient, make_client
 from bots.discord_bot.settings import DiscordSettings
+from core import metrics
 from core.service import ChatService
 from core.settings import SettingsError
 
@@ -42,6 +43,7 @@ async def run_discord(
     token = settings.token.get_secret_value()  # type: ignore[union-attr]
     configure_endpoints(settings)
     client = client or make_client(service, settings)
+    metrics.platform_connected("discord", False)  # until the gateway says READY (/readyz)
     try:
         await client.start(token)
     except discord.LoginFailure:
@@ -55,6 +57,7 @@ async def run_discord(
             "DISCORD_MESSAGE_CONTENT_INTENT=false"
         ) from None
     finally:
+        metrics.platform_gone("discord")
         await asyncio.shield(_shutdown(client, settings.shutdown_grace_s))
 
 

@@ -27,7 +27,9 @@ from telegram.ext import (
     TypeHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
+from bots.http_metrics import httpx_hooks
 from bots.inflight import keep_marking_interrupted
 from bots.telegram_bot.feedback import on_feedback_button, on_reaction
 from bots.telegram_bot.handlers import (
@@ -52,6 +54,7 @@ from bots.telegram_bot.sink import (
 )
 from bots.telegram_bot.state import BotState, Drafts
 from bots.text import utf16_len
+from core import metrics
 from core.commands import COMMANDS as CORE_COMMANDS
 from core.service import ChatService
 from core.settings import SettingsError
@@ -71,6 +74,8 @@ def build_application(service: ChatService, settings: TelegramSettings) -> Appli
         .base_file_url(settings.file_base_url)
         .concurrent_updates(True)  # 20 chats at once must not wait for each other
         .rate_limiter(_rate_limiter())
+        .request(HTTPXRequest(connection_pool_size=256, httpx_kwargs=httpx_hooks("telegram")))  # metrics
+        .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs=httpx_hooks("telegram")))
         .build()
     )
     app.bot_data["lorabot"] = BotState(service, settings, telegram_pacer(), drafts=Drafts(settings.drafts))
@@ -129,6 +134,7 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
     handlers = list(logging.getLogger().handlers)
     for handler in handlers:
         handler.addFilter(redactor)
+    metrics.platform_connected("telegram", False)  # until updates come (/readyz)
     try:
         app = build_application(service, settings)
         try:
@@ -145,12 +151,14 @@ async def run_telegram(service: ChatService, settings: TelegramSettings) -> None
                 await app.bot.set_my_commands(bot_commands())
             await _start_updates(app, settings)
             await app.start()
+            metrics.platform_connected("telegram", True)
             await asyncio.Future()  # until cancelled
         finally:
             marking.cancel()
             await _stop(app, settings.shutdown_grace_s)
             await app.shutdown()
     finally:
+        metrics.platform_gone("telegram")
         for handler in handlers:
             handler.removeFilter(redactor)
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from core import metrics
 from core.engines.base import EngineKind, GenerationRequest, GenerationStats, Message
 from core.errors import EngineFailed
 from core.logs import register_secret
@@ -199,6 +200,7 @@ class OpenAIEngine:
                     # estimate (backpressure_s), see the whole wait while the request sits it out.
                     floor, cap = self.backoff_s, self.backoff_max_s
                     delay = backoff_s(wait.retry_after, waits, floor_s=floor, cap_s=cap)
+                    metrics.remote_backpressure(self.name)
                     self.endpoints.back_off(endpoint, delay)
                 except EndpointFailed as failure:
                     if failure.down:
@@ -217,6 +219,7 @@ class OpenAIEngine:
                         failure.reason,
                     )
                     failed.add(endpoint)
+                    metrics.remote_failover(self.name)
                 except Rejected as rejected:
                     raise EngineFailed(str(rejected)) from None
         except (GeneratorExit, asyncio.CancelledError):  # closed by the consumer: the server is told
