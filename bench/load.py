@@ -309,7 +309,7 @@ def _summary(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
     errors = [a for a in asks if a.outcome == "error"]
     unanswered = planned - len(answered) - len(refused) - len(errors)
     calls = world.delivery_calls()
-    delivery = calls["send"] + calls["edit"] + calls["typing"]
+    delivery = calls["send"] + calls["edit"] + calls.get("draft", 0) + calls["typing"]
     responses = len(answered) + len(refused) + len(errors)
     # a regenerated answer is a reply too: the engine wrote it and the platform shows it
     finals = [a.final_at for a in answered if a.final_at is not None] + run.rating.regenerated_at
@@ -381,13 +381,15 @@ async def platform_run(
     seed: int = 1,
     progress: bool = False,
     rate: bool = True,
+    drafts: bool | None = None,
 ) -> dict[str, Any]:
+    """`drafts`: Telegram's TELEGRAM_DRAFTS for the bot (None: its default)."""
     if platform == "telegram":
         from bench.fakes.telegram import FakeBotAPI
 
         fake: Any = FakeBotAPI()
         await fake.start()
-        world: World = TelegramWorld(fake, places)
+        world: World = TelegramWorld(fake, places, drafts=drafts)
     else:
         from bench.fakes.discord import FakeDiscord
 
@@ -556,14 +558,24 @@ async def measure(
     workdir: Path | None = None,
     engine: bool = True,
     engine_s: float = 300.0,
+    drafts: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Run the platform, then the engine alone; `options` go to `platform_run`."""
+    """Run the platform (Telegram: with drafts on and off, `drafts_modes`), then the engine alone;
+    `options` go to `platform_run`."""
     places = layout(platform, users, groups=groups, group_users=group_users, dms=dms)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"lorabot-load-{platform}-", dir=workdir))
-    result = await platform_run(platform, places, run_dir, messages=messages, timeout_s=timeout_s, **options)
-    result["run_dir"] = str(run_dir)
-    (run_dir / "platform.json").write_text(json.dumps(result))  # kept should the engine run fail
+    modes = drafts_modes(platform, drafts)
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in modes:  # Telegram: drafts on, then off (the same users and questions)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"lorabot-load-{platform}-", dir=workdir))
+        extra = {} if mode is None else {"drafts": mode}
+        figures = await platform_run(
+            platform, places, run_dir, messages=messages, timeout_s=timeout_s, **extra, **options
+        )
+        figures["run_dir"] = str(run_dir)
+        (run_dir / "platform.json").write_text(json.dumps(figures))  # kept should the engine run fail
+        runs["on" if mode else "off"] = figures
+    result = next(iter(runs.values()))  # the first mode's run is the one the targets judge
     if engine:
         (run_dir / "engine").mkdir()
         try:
@@ -575,11 +587,49 @@ async def measure(
             length = result["answer_chars_mean"] or result["engine_answer_chars_mean"]
             result["engine_replies_per_s"] = result["engine_chars_per_s"] / length if length else 0.0
         rate = result.get("engine_replies_per_s")
-        result["delivery_vs_engine"] = result["delivered_replies_per_s"] / rate if rate else None
-    result["targets_met"] = all(
-        _meets(result[name], *target) for name, target in TARGETS.items() if name in result
-    )
+        for figures in runs.values():
+            figures["delivery_vs_engine"] = figures["delivered_replies_per_s"] / rate if rate else None
+    for figures in runs.values():
+        figures["targets_met"] = all(
+            _meets(figures[name], *target) for name, target in TARGETS.items() if name in figures
+        )
+    if len(runs) > 1:
+        result["drafts_compare"] = {
+            mode: {name: figures.get(name) for name in DRAFT_FIGURES} for mode, figures in runs.items()
+        }
+        result["targets_met"] = all(figures["targets_met"] for figures in runs.values())
     return result
+
+
+# what `--platform telegram` compares between drafts on and off (docs/benchmarks.md, "Telegram drafts")
+DRAFT_FIGURES = (
+    "answered",
+    "planned",
+    "api_calls_per_reply",
+    "api_calls",
+    "first_text_p50_s",
+    "first_text_p95_s",
+    "final_text_p50_s",
+    "final_text_p95_s",
+    "responses_429",
+    "fake_rate_refused",
+    "delivered_replies_per_s",
+    "delivery_vs_engine",
+    "targets_met",
+    "run_dir",
+)
+
+
+def drafts_modes(platform: str, drafts: str | None = None) -> list[bool | None]:
+    """Telegram: the TELEGRAM_DRAFTS settings to run, from `drafts` or LORABOT_BENCH_DRAFTS
+    ("on,off" by default: both, drafts on first; "on" or "off": one run). Discord: one run."""
+    if platform != "telegram":
+        return [None]
+    spec = drafts if drafts is not None else os.environ.get("LORABOT_BENCH_DRAFTS", "on,off")
+    modes = [part.strip().lower() for part in spec.split(",") if part.strip()]
+    if not modes or any(mode not in ("on", "off") for mode in modes):
+        raise ValueError(f"drafts must be 'on', 'off' or 'on,off', not {spec!r}")
+    return [mode == "on" for mode in dict.fromkeys(modes)]
 
 
 def run(platform: str, **kwargs: Any) -> dict[str, Any]:
@@ -598,6 +648,20 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)
+
+
+def _drafts_table(compare: dict[str, dict[str, Any]]) -> Table:
+    """Telegram's runs side by side: drafts on (sendMessageDraft) and off (a message edited)."""
+    table = Table(title="Telegram drafts (TELEGRAM_DRAFTS): the same users with drafts on and off")
+    table.add_column("metric")
+    for mode in compare:
+        table.add_column(f"drafts {mode}")
+    for name in DRAFT_FIGURES:
+        values = [compare[mode].get(name) for mode in compare]
+        if name == "api_calls":
+            values = [", ".join(f"{k} {v}" for k, v in (value or {}).items()) for value in values]
+        table.add_row(name, *(_fmt(value) for value in values))
+    return table
 
 
 def main(platform: str, *, json_output: bool, **kwargs: Any) -> None:
@@ -665,4 +729,6 @@ def main(platform: str, *, json_output: bool, **kwargs: Any) -> None:
     if "engine_failed" in result:
         table.add_row("engine_failed", result["engine_failed"], "", "")
     console.print(table)
+    if "drafts_compare" in result:
+        console.print(_drafts_table(result["drafts_compare"]))
     console.print(f"bot log: {result['log']}")

@@ -135,6 +135,11 @@ class World:
     def text_of(self, key: Any) -> str:
         raise NotImplementedError
 
+    def draft_of(self, ask: Ask) -> str | None:
+        """The draft the asker sees for `ask` before any message ("" for a placeholder such as
+        "Thinking…"); None where there is none (Telegram's sendMessageDraft, private chats)."""
+        return None
+
     def bot_texts(self) -> list[str]:
         raise NotImplementedError
 
@@ -192,10 +197,12 @@ class TelegramWorld(World):
     USER_BASE = 5_000_000_000
     GROUP_BASE = -1_002_000_000_000
 
-    def __init__(self, fake: Any, places: list[Place]) -> None:
+    def __init__(self, fake: Any, places: list[Place], *, drafts: bool | None = None) -> None:
+        """`drafts`: TELEGRAM_DRAFTS for the bot (None: the bot's default)."""
         from bench.fakes.telegram import BOT_USERNAME
 
         super().__init__(fake, places)
+        self.drafts = drafts
         self.mention = f"@{BOT_USERNAME}"
         self.chats: dict[int, dict[str, Any]] = {}
         self.people: dict[int, dict[str, Any]] = {}
@@ -229,11 +236,14 @@ class TelegramWorld(World):
         )
 
     def bot_env(self) -> dict[str, str]:
-        return {
+        env = {
             "TELEGRAM_TOKEN": self.fake.token,
             "TELEGRAM_API_BASE_URL": self.fake.base_url,
             "TELEGRAM_FILE_BASE_URL": self.fake.base_file_url,
         }
+        if self.drafts is not None:
+            env["TELEGRAM_DRAFTS"] = "true" if self.drafts else "false"
+        return env
 
     async def connected(self) -> bool:
         return bool(self.fake.calls_of("getUpdates") or self.fake.calls_of("setWebhook"))
@@ -253,6 +263,14 @@ class TelegramWorld(World):
     def text_of(self, key: Any) -> str:
         return self.fake.messages.get(key, {}).get("text", "")
 
+    def draft_of(self, ask: Ask) -> str | None:
+        from bench.fakes.telegram import THINKING
+
+        if ask.place != "private" or self.latest.get(ask.key[0]) is not ask:
+            return None
+        draft = self.fake.draft_in(ask.key[0])
+        return "" if draft == THINKING else draft
+
     def buttons(self, ask: Ask) -> list[str]:
         return self.fake.button_data(self.last_message(ask))
 
@@ -271,8 +289,13 @@ class TelegramWorld(World):
         return [m["text"] for m in list(self.fake.messages.values()) if m["from"]["id"] == BOT_ID]
 
     def delivery_calls(self) -> dict[str, int]:
-        kinds = {"sendMessage": "send", "editMessageText": "edit", "sendChatAction": "typing"}
-        counts = {"send": 0, "edit": 0, "typing": 0, "other": 0}
+        kinds = {
+            "sendMessage": "send",
+            "editMessageText": "edit",
+            "sendMessageDraft": "draft",
+            "sendChatAction": "typing",
+        }
+        counts = {"send": 0, "edit": 0, "draft": 0, "typing": 0, "other": 0}
         for call in self.fake.calls:
             counts[kinds.get(call.method, "other")] += 1
         return counts
@@ -452,6 +475,11 @@ class Tracker:
 
     def _update(self, ask: Ask, now: float, turns_changed: bool) -> None:
         if not ask.messages:
+            draft = self.world.draft_of(ask)  # drafts: what the user sees before the message
+            if draft is not None:
+                ask.first_response_at = ask.first_response_at or now
+                if ask.first_text_at is None and draft.strip() and not is_status(draft):
+                    ask.first_text_at = now
             return
         if ask.first_response_at is None:
             ask.first_response_at = now

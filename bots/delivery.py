@@ -481,11 +481,14 @@ class ReplyView:
             self.drafting = False
             return
         first = self._draft is None
+        first_text = self._kind == "text" and not self._draft_is_text
         if self._kind == "text" and text != self._draft and not first:
             self._text_edits += 1
         self._draft, self._draft_at = text, self._last_call
         self._draft_is_text = self._kind == "text"
-        self._record(force=first)  # a restart must know the reply is on its way (no message yet)
+        # a restart must know the reply is on its way (no message yet) and, once there is some,
+        # its text; later drafts are recorded now and then, like edits
+        self._record(force=first or first_text)
 
     async def _remove(self, stale: list[_Shown]) -> None:
         """Delete messages about to be replaced by new ones, where the sink can (best effort: a

@@ -87,7 +87,9 @@ async def mark_interrupted(
     length: Length = len,
     note: str,
 ) -> int:
-    """Edit the last message of every reply a killed process left unfinished; returns how many."""
+    """Edit the last message of every reply a killed process left unfinished; returns how many.
+    `edit(ref, text)` is the platform's: for the ref of a reply that only a draft showed (no
+    message exists, e.g. Telegram's "chat:draft:…") it sends `text` as a new message instead."""
     marked = 0
     for reply in await service.take_interrupted(platform):
         if not reply.handles:

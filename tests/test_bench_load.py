@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bench.load import TARGETS, measure
+from bench.load import TARGETS, drafts_modes, measure
 from bench.load_users import Ask, FinishedTurns, Tracker, World, is_status, layout, normalized
 
 pytestmark = pytest.mark.slow
@@ -61,6 +61,21 @@ async def test_telegram_private_chats_and_a_group(short_answers, tmp_path):
     )  # fmt: skip
     check_result(result, platform="telegram", users=4)
     assert set(result["by_place"]) == {"private", "group"}
+    # the same users with drafts on (the result's own figures), then off (issue 28)
+    on, off = result["drafts_compare"]["on"], result["drafts_compare"]["off"]
+    assert on["api_calls"] == result["api_calls"] and on["run_dir"] != off["run_dir"]
+    assert on["api_calls"]["draft"] >= 3, "a placeholder at least in each private chat"
+    assert off["api_calls"]["draft"] == 0 and off["answered"] > 0
+    assert on["first_text_p50_s"] is not None and off["first_text_p50_s"] is not None
+    assert result["targets_met"] == (on["targets_met"] and off["targets_met"])
+
+
+def test_drafts_modes():
+    assert drafts_modes("telegram") == [True, False]
+    assert drafts_modes("telegram", "off") == [False] and drafts_modes("telegram", "on, off") == [True, False]
+    assert drafts_modes("discord") == [None]
+    with pytest.raises(ValueError, match="drafts must be"):
+        drafts_modes("telegram", "maybe")
 
 
 async def test_discord_channels_and_a_dm(short_answers, tmp_path):
@@ -125,6 +140,35 @@ def test_an_answer_is_final_only_when_it_equals_the_stored_one(tmp_path):
     tracker.poll(turns_changed=False)
     assert ask.outcome == "answered" and ask.final_at == ask.changed_at
     assert tracker.open == []
+
+
+def test_a_draft_is_the_first_text_and_the_message_the_final_one(tmp_path):
+    """Drafts (issue 28): the placeholder is a response, the draft's text the first text; the
+    answer is final only once its message is there."""
+    screen = Screen()
+    drafts: dict[tuple[int, int], str] = {}
+    screen.draft_of = lambda ask: drafts.get(ask.key)  # type: ignore[method-assign]
+    turns = finished_turns(tmp_path, ("What is 2+2?", "It is 4."))
+    tracker = Tracker(screen, turns)
+    ask = Ask(0, "private", "private-0", "What is 2+2?", (1, 1), time.monotonic())
+    tracker.add(ask)
+    tracker.poll(turns_changed=False)
+    assert ask.first_response_at is None
+    drafts[(1, 1)] = ""  # "Thinking…"
+    tracker.poll(turns_changed=False)
+    assert ask.first_response_at is not None and ask.first_text_at is None
+    drafts[(1, 1)] = "⏳ Waiting in line: #2"
+    tracker.poll(turns_changed=False)
+    assert ask.first_text_at is None
+    drafts[(1, 1)] = "It is 4."
+    turns.refresh()
+    tracker.poll(turns_changed=True)
+    assert ask.first_text_at is not None and ask.outcome is None, "a draft is no answer yet"
+    del drafts[(1, 1)]
+    ask.messages.append(10)
+    screen.texts[10] = "It is 4."
+    tracker.poll(turns_changed=False)
+    assert ask.outcome == "answered"
 
 
 def test_refusals_and_errors_are_told_apart(tmp_path):

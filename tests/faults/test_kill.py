@@ -10,6 +10,7 @@ one line per reply but never the token.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -18,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.fakes.telegram import FakeBotAPI
+from bench.fakes.telegram import THINKING, FakeBotAPI
 from bots.telegram_bot.sink import RESTARTED
 
 pytestmark = pytest.mark.slow
 ALICE = 4242
 
 
-def bot_env(fake: FakeBotAPI, data_dir: Path) -> dict[str, str]:
+def bot_env(fake: FakeBotAPI, data_dir: Path, drafts: bool = False) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -37,6 +38,7 @@ def bot_env(fake: FakeBotAPI, data_dir: Path) -> dict[str, str]:
         TELEGRAM_FILE_BASE_URL=fake.base_file_url,
         TELEGRAM_EDIT_INTERVAL_S="0.5",
         TELEGRAM_SHUTDOWN_GRACE_S="2",
+        TELEGRAM_DRAFTS="true" if drafts else "false",  # off: the reply is a message edited as it grows
         LORABOT_DATA_DIR=str(data_dir),
         LORABOT_MAX_NEW_TOKENS="400",
         LORABOT_THREADS="1",  # a slower reply (~400 tokens, seconds): there is time to kill it mid-way
@@ -46,11 +48,13 @@ def bot_env(fake: FakeBotAPI, data_dir: Path) -> dict[str, str]:
     return env
 
 
-async def start_bot(fake: FakeBotAPI, data_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
+async def start_bot(
+    fake: FakeBotAPI, data_dir: Path, log_path: Path, *, drafts: bool = False
+) -> asyncio.subprocess.Process:
     log = log_path.open("ab")  # the child owns it
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lorabot", "telegram",
-        env=bot_env(fake, data_dir), stdout=log, stderr=log, cwd=data_dir.parent,
+        env=bot_env(fake, data_dir, drafts), stdout=log, stderr=log, cwd=data_dir.parent,
     )  # fmt: skip
     log.close()
     return process
@@ -177,3 +181,69 @@ async def test_kill_9_mid_regenerate_keeps_the_old_answer_and_marks_the_new_one(
             process.kill()
             await process.wait()
         await fake.stop()
+
+
+def reply_handles(data_dir: Path) -> list[str]:
+    """Where the store says the (only) turn's reply is shown."""
+    with sqlite3.connect(data_dir / "history.sqlite3") as db:
+        rows = db.execute("SELECT handles FROM turns ORDER BY id").fetchall()
+    return json.loads(rows[0][0] or "[]") if rows else []
+
+
+async def test_kill_9_mid_draft_then_restart_sends_the_note_as_a_message(tmp_path):
+    """Drafts on (issue 28): killed while only a draft shows the reply, no message exists. The
+    draft vanishes with the process; the restart sends the partial text and the note as a new
+    message, in reply to the question, and the turn is interrupted."""
+    fake = FakeBotAPI()
+    await fake.start()
+    data_dir, log_path = tmp_path / "data", tmp_path / "bot.log"
+    data_dir.mkdir()
+    process = await start_bot(fake, data_dir, log_path, drafts=True)
+    try:
+        user = fake.add_user(ALICE, "Alice")
+        chat = fake.private_chat(user)
+        await fake.wait_for(lambda: fake.calls_of("getUpdates"), timeout=60)
+        question = fake.send_text(user, chat, "Count from 1 to 500, separated by commas.")
+
+        def drafting() -> bool:  # model text in the draft, no message, and the store knows where
+            draft = fake.draft_in(ALICE)
+            texts = [d["text"] for d in fake.draft_log if d["text"] and not d["text"].startswith("⏳")]
+            return (
+                draft not in (None, THINKING)
+                and len(texts) >= 2
+                and not fake.bot_messages(ALICE)
+                and any(":draft:" in ref for ref in reply_handles(data_dir))
+            )
+
+        await fake.wait_for(drafting, timeout=90)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        assert fake.bot_messages(ALICE) == []
+        last_draft = fake.draft_log[-1]["text"]
+
+        process = await start_bot(fake, data_dir, log_path, drafts=True)
+        await fake.wait_for(lambda: fake.bot_texts(ALICE), timeout=60)
+        (message,) = fake.bot_messages(ALICE)
+        assert message["text"].endswith(RESTARTED)
+        partial = message["text"].removesuffix(RESTARTED).strip()
+        assert partial and last_draft.startswith(partial[:20]), "the text the user saw, then the note"
+        assert message["reply_to_message"]["message_id"] == question["message_id"]
+        assert fake.draft_in(ALICE) is None
+        assert turn_states(data_dir) == [("Count from 1 to 500, separated by commas.", "interrupted")]
+
+        fake.send_text(user, chat, "Say hello.")
+        await fake.wait_for(
+            lambda: [q for q, state in turn_states(data_dir) if state == "answered"] == ["Say hello."],
+            timeout=90,
+        )
+        await fake.wait_for(lambda: len(fake.bot_texts(ALICE)) == 2)  # its final text: a message
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await fake.stop()
+    log = log_path.read_text(errors="replace")
+    assert "marked 1 replies interrupted by the last restart" in log
