@@ -3,9 +3,11 @@ measured in the same run (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from lorabot.common import LOOSE, console, missing_extra, settings
 
@@ -69,6 +71,54 @@ def bench_load(
         group_users=group_users, dms=dms, timeout_s=timeout_s, think_s=think_s, ramp_s=ramp_s,
         engine=engine, engine_s=engine_s, rate=rate,
     )  # fmt: skip
+
+
+@app.command("loop")
+def bench_loop(
+    rater: Annotated[
+        str,
+        typer.Option(
+            help="brief, listy (bench/raters.py) or FILE.py:FUNCTION (question, answer) → up/down/again."
+        ),
+    ] = "brief",
+    ratings: Annotated[
+        int, typer.Option(min=2, help="Ratings given through the platform for training.")
+    ] = 500,
+    ab_ratings: Annotated[int, typer.Option(min=1, help="A/B: ratings per arm on held-out questions.")] = 120,
+    max_tokens: Annotated[int, typer.Option(min=1, help="The bot's most tokens per answer.")] = 64,
+    users: Annotated[int, typer.Option(min=1, max=64, help="Users asking at once.")] = 8,
+    steps: Annotated[int, typer.Option(min=1, help="KTO training steps.")] = 30,
+    learning_rate: Annotated[float, typer.Option(min=0, help="KTO learning rate (LoRA).")] = 3e-4,
+    dpo_min_pairs: Annotated[
+        int, typer.Option(min=0, help="DPO after KTO when the 🔁 pairs number at least this (0: never).")
+    ] = 16,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where the run folder goes (default: the temp dir).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The learning loop on the embedded model: ratings through the bot, KTO (+DPO), live A/B."""
+    from bench.loop import LoopError, LoopOptions
+    from bench.loop import main as loop_main
+    from bench.raters import RaterError
+    from training.errors import TrainingError
+    from training.evaluate.errors import EvalError
+
+    options = LoopOptions(
+        rater=rater, ratings=ratings, ab_ratings=ab_ratings, max_tokens=max_tokens, users=users,
+        steps=steps, learning_rate=learning_rate, dpo_min_pairs=dpo_min_pairs, workdir=workdir,
+    )  # fmt: skip
+    try:
+        loop_main(options, json_output=json_output)
+    except (RaterError, LoopError, TrainingError, EvalError) as error:
+        console.print(f"[red]bench loop: {escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+    except ImportError as error:  # training's libraries (the `train` extra)
+        console.print(
+            f"[red]`lorabot bench loop` needs the `train` extra ({error.name or error} is missing): "
+            "pip install -e '.[train]' (or `make setup-dev`).[/red]"
+        )
+        raise typer.Exit(2) from None
 
 
 try:
