@@ -7,16 +7,21 @@ own settings), the models file that points lorabot at the llama-server service, 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
 
 from core.database import parse_database_url
+from core.ops_server import OpsServer
 from core.registry import ModelRegistry
+from core.settings import load_core_settings
+from support.engines import make_service
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -63,7 +68,7 @@ def test_the_password_is_required():
 
 def test_services_and_start_order(compose):
     services = compose["services"]
-    assert set(services) == {"lorabot", "postgres", "llama-server"}
+    assert set(services) == {"lorabot", "postgres", "llama-server", "prometheus"}
     bot = services["lorabot"]
     assert bot["command"] == ["lorabot", "run"]
     assert {"path": ".env", "required": False} in bot["env_file"]
@@ -120,3 +125,50 @@ def test_models_add_can_write_the_models_file_in_the_container(compose):
     assert PurePosixPath(target) == inside.parent  # the folder, not the file
     assert (ROOT / source).is_dir() and models_file_on_host(bot).is_file()
     assert "ro" not in ",".join(options).split(",")
+
+
+# -- metrics and health (issue 26, docs/operations.md) --------------------------------------------------
+def test_prometheus_scrapes_the_bot_and_the_health_check_asks_readyz(compose):
+    services = compose["services"]
+    environment = services["lorabot"]["environment"]
+    settings = load_core_settings(
+        _env_file=None,
+        metrics_port=environment["LORABOT_METRICS_PORT"],
+        metrics_host=environment["LORABOT_METRICS_HOST"],
+    )  # what lorabot's settings make of them
+    assert settings.metrics_host == "0.0.0.0"  # reachable from the prometheus container
+    check = " ".join(services["lorabot"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{settings.metrics_port}/readyz" in check
+    prometheus = services["prometheus"]
+    mount = next(v for v in prometheus["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    targets = [t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    assert targets == [f"lorabot:{settings.metrics_port}"]
+    assert all(port.startswith("127.0.0.1:") for port in prometheus["ports"])  # not on every interface
+
+
+async def test_the_health_check_command_passes_only_when_ready(compose, tmp_path):
+    """The lorabot service's health check, run as Docker runs it, against a real metrics server."""
+    test = compose["services"]["lorabot"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    service = make_service(tmp_path)
+    await service.start()
+    server = OpsServer(service)
+    port = await server.start()
+    command = [sys.executable, *(part.replace(":9400/", f":{port}/") for part in test[2:])]
+
+    async def exit_code() -> int:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        return await process.wait()
+
+    try:
+        assert await exit_code() == 0
+        service.registry.add("gone", tmp_path / "missing.gguf", description="no file")
+        service.settings = service.settings.model_copy(update={"default_model": "gone"})
+        assert await exit_code() != 0  # 503: not ready
+    finally:
+        await server.close()
+        await service.close()

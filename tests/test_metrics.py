@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -324,3 +325,27 @@ async def test_a_blocked_loop_is_not_alive(tmp_path):
 async def _healthz_if(port: int, status: int) -> httpx.Response | None:
     response = await scrape(port, "/healthz")
     return response if response.status_code == status else None
+
+
+async def test_the_dashboard_uses_only_metrics_the_bot_exposes(tmp_path):
+    dashboard = json.loads((Path(__file__).parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    service = make_service(tmp_path)
+    await service.start()
+    server = OpsServer(service)
+    port = await server.start()
+    try:
+        exposed = {family.name for family in text_string_to_metric_families((await scrape(port)).text)}
+    finally:
+        await server.close()
+        await service.close()
+    targets = [target for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(targets) >= 20
+    used = set()
+    for target in targets:
+        assert target["datasource"]["uid"] == "${datasource}"
+        for name in re.findall(r"\b((?:lorabot|process)_\w+)", target["expr"]):
+            used.add(re.sub(r"_(total|bucket|count|sum)$", "", name))
+    assert used <= exposed, used - exposed
+    titles = " ".join(panel["title"] for panel in dashboard["panels"])
+    for row in ("Queue", "Latency", "Throughput", "Errors", "Ratings"):  # what issue 26 asks it to show
+        assert row in titles
