@@ -22,9 +22,13 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.fakes.discord import FakeDiscord
 from bench.fakes.telegram import FakeBotAPI
 from bench.load import Run
 from bench.load_users import TelegramWorld, layout
+from bots.discord_bot.client import LorabotClient
+from bots.discord_bot.runner import run_discord
+from bots.discord_bot.settings import DiscordSettings
 from bots.telegram_bot import run_telegram
 from bots.telegram_bot.settings import TelegramSettings
 from core import metrics
@@ -349,3 +353,56 @@ async def test_the_dashboard_uses_only_metrics_the_bot_exposes(tmp_path):
     titles = " ".join(panel["title"] for panel in dashboard["panels"])
     for row in ("Queue", "Latency", "Throughput", "Errors", "Ratings"):  # what issue 26 asks it to show
         assert row in titles
+
+
+async def test_discord_calls_429s_replies_and_connection_are_counted(tmp_path):
+    """The Discord adapter in this process against the fake Discord: every REST call the fake
+    answered and each of its 429s (discord.py retries them itself) are counted, and the reply."""
+    fake = FakeDiscord()
+    await fake.start()
+    service = make_service(tmp_path, "hello there")
+    await service.start()
+    settings = DiscordSettings(
+        _env_file=None, token=fake.token, api_base_url=fake.api_base_url, gateway_url=fake.gateway_url,
+        edit_interval_s=0.2, shutdown_grace_s=0,
+    )  # fmt: skip
+    client = LorabotClient(service, settings, guild_ready_timeout=0.05)
+
+    def sample(name: str, **labels: str) -> float:  # summed over the labels not given
+        wanted = {"platform": "discord", **labels}.items()
+        return sum(
+            found.value
+            for family in metrics.REGISTRY.collect()
+            for found in family.samples
+            if found.name == name and wanted <= found.labels.items()
+        )
+
+    calls_before, limited_before = (
+        sample("lorabot_platform_requests_total"),
+        sample("lorabot_platform_rate_limited_total"),
+    )
+    answered_before = sample("lorabot_replies_total", model="smollm2-135m", outcome="answered")
+    task = asyncio.create_task(run_discord(service, settings, client=client))
+    try:
+        await asyncio.wait_for(client.wait_until_ready(), 10)
+        assert metrics.platforms == {"discord": True}
+        fake.fail_next("POST", r"/channels/\d+/messages$", status=429, retry_after=0.2, times=2)
+        message = await fake.user_message("hi", mention_bot=True)
+        await fake.wait_until(lambda: fake.replies_to(message["id"]), timeout=15)
+        await until(
+            lambda: (
+                sample("lorabot_replies_total", model="smollm2-135m", outcome="answered") > answered_before
+            )
+        )
+        await client.wait_idle()
+        rest_calls = len(fake.calls)
+        assert sample("lorabot_platform_requests_total") - calls_before == rest_calls
+        assert sample("lorabot_platform_rate_limited_total") - limited_before == 2
+        assert sum(1 for call in fake.calls if call.status == 429) == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+        await service.close()
+        await fake.close()
+    assert "discord" not in metrics.platforms
