@@ -427,6 +427,13 @@ class ReplyView:
             return self._text
         return split_message(self._text, self.sink.limit, length=self.sink.length)[-1]
 
+    def _draft_interval(self) -> float:
+        """How long a changed draft waits after the last call: text at the edit schedule, a queue
+        place as seldom as its edits (the refresh shows the newest one), the placeholder soon."""
+        if self._kind == "text":
+            return self.next_edit_interval_s
+        return self.status_interval_s if self._text and self._draft else self.edit_interval_s
+
     def _draft_priority(self) -> int:
         if self._kind == "final":
             return FINAL
@@ -442,8 +449,7 @@ class ReplyView:
             if self._draft_wanted() == self._draft:
                 wait = refresh_in  # unchanged: only before the preview lapses
             else:
-                interval = self.next_edit_interval_s if self._kind == "text" else self.edit_interval_s
-                wait = min(self._last_call + interval - now, refresh_in)
+                wait = min(self._last_call + self._draft_interval() - now, refresh_in)
             if wait > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

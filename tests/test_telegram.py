@@ -755,3 +755,18 @@ async def test_shutdown_mid_draft_sends_the_partial_reply_with_the_note(fake, tm
     (note,) = fake.bot_texts(ALICE)  # a message of its own: the draft it replaces vanishes
     assert note.startswith("tok") and note.endswith(INTERRUPTED)
     assert fake.draft_in(ALICE) is None
+
+
+async def test_a_queue_place_is_drafted_as_seldom_as_a_status_edit(fake, tmp_path):
+    """The place in line changes with every reply ahead; while drafting it is shown at once, then
+    again only after the status interval or before the draft lapses (not at each change)."""
+    users = [fake.add_user(900 + i, f"User{i}") for i in range(4)]
+    output = " ".join(f"w{i}" for i in range(20))
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.1, parallel=1):
+        for user in users:
+            fake.send_text(user, fake.private_chat(user), "in line")
+        await fake.wait_for(lambda: all(fake.bot_texts(u["id"]) == [output] for u in users), timeout=40)
+    last = users[-1]["id"]
+    places = [text for text in drafts_in(fake, last) if text.startswith("⏳")]
+    assert len(set(places)) == 1 and len(places) == 1, places  # the place changed 2-3 times meanwhile
+    assert fake.lapsed_drafts == []
