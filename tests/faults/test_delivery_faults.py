@@ -216,6 +216,7 @@ def telegram_settings(fake: FakeBotAPI, **overrides) -> TelegramSettings:
     values = {
         "token": fake.token, "api_base_url": fake.base_url, "file_base_url": fake.base_file_url,
         "edit_interval_s": 0.1, "group_edit_interval_s": 0.1, "poll_timeout_s": 1, "shutdown_grace_s": 0,
+        "drafts": False,  # a private reply is a message edited as it grows (drafts: their own tests)
         "_env_file": None,
     }  # fmt: skip
     values.update(overrides)
@@ -291,6 +292,32 @@ async def test_an_undelivered_reply_is_marked_by_the_next_start(telegram_fake, t
     finally:
         await restarted.stop()
     assert fake.bot_texts(ALICE) == [stale + "\n\n" + TELEGRAM_RESTARTED]
+    assert [t["state"] for t in turns(tmp_path)] == ["interrupted"]
+
+
+async def test_an_undelivered_reply_shown_only_as_a_draft_gets_its_note_as_a_message(telegram_fake, tmp_path):
+    """Drafts (issue 28): flood control (429, 60 s) holds the final sendMessage when SIGTERM
+    comes, so no message exists and the note cannot be sent either. The turn stays pending with
+    the draft's ref; the next start sends the text the user saw with the note as a new message."""
+    fake, text = telegram_fake, ("tok " * 30).strip()
+    bot = await start_telegram(fake, tmp_path, text, settings={"drafts": True}, token_delay_s=0.01)
+    fake.rate_limit("sendMessage", retry_after=60)
+    question = fake.send_text(fake.alice, fake.chats[ALICE], "answer please")
+    await fake.wait_for(lambda: fake.calls_of("sendMessage", ok_only=False))
+    seen = [d["text"] for d in fake.draft_log if d["text"]]
+    await bot.stop()
+    assert fake.bot_messages(ALICE) == [] and seen, "only drafts showed it"
+    assert [t["state"] for t in turns(tmp_path)] == ["pending"]
+    assert ":draft:" in json.loads(turns(tmp_path)[0]["handles"])[0]
+
+    restarted = await start_telegram(fake, tmp_path, "unused")
+    try:
+        await fake.wait_for(lambda: fake.bot_texts(ALICE))
+    finally:
+        await restarted.stop()
+    [message] = fake.bot_messages(ALICE)
+    assert message["text"].endswith(TELEGRAM_RESTARTED) and message["text"].startswith("tok")
+    assert message["reply_to_message"]["message_id"] == question["message_id"]
     assert [t["state"] for t in turns(tmp_path)] == ["interrupted"]
 
 
