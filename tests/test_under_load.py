@@ -23,7 +23,8 @@ from support.engines import make_service
 
 # -- Telegram -------------------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def telegram_bot(tmp_path, reply, *, edit_interval_s=0.2, **core):
+async def telegram_bot(tmp_path, reply, *, edit_interval_s=0.2, drafts=False, **core):
+    """`drafts` off: private replies are messages edited as they grow, what these tests load."""
     fake = FakeBotAPI()
     await fake.start()
     service = make_service(tmp_path, reply, **core)
@@ -31,6 +32,7 @@ async def telegram_bot(tmp_path, reply, *, edit_interval_s=0.2, **core):
     settings = TelegramSettings(
         _env_file=None, token=fake.token, api_base_url=fake.base_url, file_base_url=fake.base_file_url,
         edit_interval_s=edit_interval_s, group_edit_interval_s=0.5, typing_interval_s=1.0, shutdown_grace_s=0,
+        drafts=drafts,
     )  # fmt: skip
     task = asyncio.create_task(run_telegram(service, settings))
     try:
