@@ -770,3 +770,33 @@ async def test_a_queue_place_is_drafted_as_seldom_as_a_status_edit(fake, tmp_pat
     places = [text for text in drafts_in(fake, last) if text.startswith("⏳")]
     assert len(set(places)) == 1 and len(places) == 1, places  # the place changed 2-3 times meanwhile
     assert fake.lapsed_drafts == []
+
+
+async def test_a_topic_without_drafts_falls_back_on_its_own(fake, tmp_path):
+    """A private chat's topic where Telegram refuses drafts (the fake: a chat without topics
+    enabled) gets edits; the same chat outside the topic, and a chat with topics, keep drafts."""
+    output = " ".join(f"word{i}" for i in range(40))
+    async with running_bot(fake, tmp_path, reply=output, token_delay_s=0.05):
+        alice = fake.private_chat(fake.alice)
+        fake.send_text(fake.alice, alice, "in topic 7", thread_id=7)
+        await fake.wait_for(reply_done(fake, ALICE, output))
+        fake.send_text(fake.alice, alice, "outside topics")
+        await fake.wait_for(lambda: fake.bot_texts(ALICE) == [output, output])
+        fake.send_text(fake.alice, alice, "in topic 7 again", thread_id=7)
+        await fake.wait_for(lambda: fake.bot_texts(ALICE) == [output] * 3)
+        bob = fake.private_chat(fake.bob, topics=True)
+        fake.send_text(fake.bob, bob, "in Bob's topic 3", thread_id=3)
+        await fake.wait_for(reply_done(fake, BOB, output))
+    drafts = fake.calls_of("sendMessageDraft", ok_only=False)
+    refused = [call for call in drafts if call.status != 200]
+    assert [(c.params["chat_id"], c.params.get("message_thread_id")) for c in refused] == [(ALICE, 7)]
+    assert any(
+        c.status == 200 and c.params["chat_id"] == ALICE and "message_thread_id" not in c.params
+        for c in drafts
+    )
+    assert any(c.status == 200 and c.params.get("message_thread_id") == 3 for c in drafts)
+    topic_sends = [
+        c for c in fake.calls_of("sendMessage", chat_id=ALICE) if c.params.get("message_thread_id") == 7
+    ]
+    assert len(topic_sends) == 2 and len(fake.calls_of("editMessageText", chat_id=ALICE)) >= 2
+    assert [m.get("message_thread_id") for m in fake.bot_messages(BOB)] == [3]
