@@ -226,7 +226,8 @@ class ServiceCollector(Collector):
         waiting = scheduler.waiting
         yield _gauge("lorabot_queue_depth", "Questions waiting in the fair queue.", waiting)
         yield _gauge("lorabot_replies_running", "Replies being generated now.", scheduler.running)
-        estimate = service.estimated_wait_s(waiting + 1)
+        busy = scheduler.running >= service.settings.parallel  # else a new question starts at once
+        estimate = service.estimated_wait_s(waiting + 1) if busy else 0.0
         yield _gauge(
             "lorabot_queue_wait_estimate_seconds",
             "The wait a new question would be told now (NaN before the first reply).",

@@ -32,9 +32,12 @@ from bots.discord_bot.settings import DiscordSettings
 from bots.telegram_bot import run_telegram
 from bots.telegram_bot.settings import TelegramSettings
 from core import metrics
+from core.events import Accepted, Done
 from core.ops_server import OpsServer
 from lorabot.serve import ops_server
 from support.engines import make_service
+from support.fake_openai import fake_openai_servers
+from support.remote_service import remote_service
 from support.waiting import until
 
 ALLOWED_LABELS = {
@@ -187,6 +190,7 @@ async def test_a_load_run_is_counted_on_the_real_endpoint(bot_env, tmp_path):
     assert value(final, "lorabot_model_loaded", model=model) == 1
     assert value(final, "lorabot_model_memory_bytes", model=model, part="weights") > 1_000_000
     assert value(final, "lorabot_queue_depth") == 0 and value(final, "lorabot_replies_running") == 0
+    assert value(final, "lorabot_queue_wait_estimate_seconds") == 0  # idle: a question starts at once
     assert value(final, "lorabot_platform_connected", platform="telegram") == 1
     assert value(final, "process_resident_memory_bytes") > 0
     # bounded labels: no user, chat, message or conversation id anywhere
@@ -406,3 +410,75 @@ async def test_discord_calls_429s_replies_and_connection_are_counted(tmp_path):
         await service.close()
         await fake.close()
     assert "discord" not in metrics.platforms
+
+
+async def test_remote_failover_backpressure_and_endpoint_health_are_counted(tmp_path):
+    """A remote default model on two endpoints: the first refuses connections (down: the request
+    fails over), the second answers 429 once, then the reply. Counted, and shown per endpoint."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    model = "remote"
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    failovers = sample("lorabot_remote_failovers_total", model=model)
+    backpressure = sample("lorabot_remote_backpressure_total", model=model)
+    async with fake_openai_servers() as make:
+        alive = await make([(429, {"Retry-After": "0"})])
+        async with remote_service(tmp_path, [dead, alive.url], remote_backoff_s=0.05) as service:
+            done = [event async for event in service.reply("c1", "u1", "hi") if isinstance(event, Done)]
+            assert done and done[0].text
+            async with OpsServer(service) as server:
+                scraped = samples((await scrape(server.port)).text)
+                ready = (await scrape(server.port, "/readyz")).json()
+    assert sample("lorabot_remote_failovers_total", model=model) == failovers + 1
+    assert sample("lorabot_remote_backpressure_total", model=model) == backpressure + 1
+    assert value(scraped, "lorabot_remote_endpoint_up", model=model, endpoint=dead) == 0
+    assert value(scraped, "lorabot_remote_endpoint_up", model=model, endpoint=alive.url) == 1
+    assert value(scraped, "lorabot_model_loaded", model=model) == 1
+    assert ready["checks"]["model"] == {"ok": True, "detail": "remote: 1 of 2 endpoints up"}
+
+
+async def test_ratings_and_deferred_writes_are_counted(tmp_path, postgres_server, postgres_url):
+    service = make_service(tmp_path, "an answer", database_url=postgres_url)
+    await service.start()
+    model = service.settings.default_model
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    up, down = (
+        sample("lorabot_ratings_total", model=model, value="up"),
+        sample("lorabot_ratings_total", model=model, value="down"),
+    )
+    deferred = sample("lorabot_store_deferred_writes_total")
+    server = OpsServer(service)
+    port = await server.start()
+    try:
+        turns = []
+        for user in ("u1", "u2"):
+            async for event in service.reply(f"c-{user}", user, "hi"):
+                if isinstance(event, Accepted):
+                    turns.append(event.turn_id)
+        await service.rate(turns[0], "u1", 1)
+        await service.rate(turns[1], "u2", -1)
+        assert await service.feedback_flushed()
+        assert sample("lorabot_ratings_total", model=model, value="up") == up + 1
+        assert sample("lorabot_ratings_total", model=model, value="down") == down + 1
+        store = service.history
+        assert store is not None
+        turn = await store.begin_turn("c-outage", "during the outage")
+        postgres_server.stop_server()
+        try:
+            assert not await store.finish_turn(turn, "answered", "kept")  # kept for later
+            assert sample("lorabot_store_deferred_writes_total") == deferred + 1
+            scraped = samples((await scrape(port)).text)
+            assert value(scraped, "lorabot_store_deferred_writes_waiting") == 1
+        finally:
+            postgres_server.start_server()
+        await store.begin_turn("c-outage", "after")  # the kept write goes in first
+        scraped = samples((await scrape(port)).text)
+        assert value(scraped, "lorabot_store_deferred_writes_waiting") == 0
+    finally:
+        await server.close()
+        await service.close()
