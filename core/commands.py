@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from core.errors import ChatError
 
 if TYPE_CHECKING:  # the service imports nothing from here; keep it that way at run time
+    from core.registry import Persona
     from core.service import ChatService, ServiceStats
 
 
@@ -32,7 +33,8 @@ class Where:
     who_may_change: str = "chat admins"  # named in the refusal when `may_change` is False
     ask_may_change: Callable[[], Awaitable[bool]] | None = None  # instead of `may_change`, asked only
     # when a command changes something (Telegram asks getChatMember: not for every /stats)
-    model_scope: str | None = None  # where `/model NAME` keeps the choice: None = this conversation
+    model_scope: str | None = None  # where `/model NAME` (and `/persona NAME`) keeps the choice:
+    # None = this conversation
 
     async def allowed(self) -> bool:
         return await self.ask_may_change() if self.ask_may_change is not None else self.may_change
@@ -162,6 +164,68 @@ async def set_scope_model(service: ChatService, scope: str, name: str, *, allowe
     )
 
 
+def _persona_label(persona: Persona) -> str:
+    about = persona.description or persona.system_prompt
+    about = " ".join(about.split())
+    return f"{persona.name} – {about[:60] + '…' if len(about) > 60 else about}"
+
+
+def persona_choices(service: ChatService, current: str | None = None) -> list[Choice]:
+    """ "default" (the bot's own system prompt), then every persona of the models file."""
+    return [
+        Choice("default", "default – the bot's own system prompt", current is None),
+        *(Choice(p.name, _persona_label(p), p.name == current) for p in service.personas()),
+    ]
+
+
+def _persona_set_text(persona: Persona | None, model_here: str) -> str:
+    if persona is None:
+        return f"No persona here now: the bot's own system prompt (model {model_here})."
+    return f"Persona here is now {persona.name} (model {model_here})."
+
+
+@command(
+    "persona",
+    "show the personas, or choose this conversation's (its system prompt)",
+    argument="name",
+    argument_help="Persona to use, or 'default' (leave empty to list them)",
+    suggest=persona_choices,
+)
+async def persona(service: ChatService, where: Where, name: str) -> Shown:
+    if name:
+        if not await where.allowed():
+            return Shown(f"Only {where.who_may_change} can choose the persona here.", refused=True)
+        if where.model_scope is not None:
+            chosen = await service.set_scope_persona(where.model_scope, name)
+        else:
+            chosen = await service.set_persona(where.conversation_id, name)
+        model_here = await service.current_model(where.conversation_id, where.scopes)
+        return Shown(_persona_set_text(chosen, model_here), public=where.shared)
+    here = await service.choose(where.conversation_id, where.scopes)
+    choices = tuple(persona_choices(service, here.persona.name if here.persona else None))
+    current = here.persona.name if here.persona else "default (the bot's own system prompt)"
+    lines = [f"Persona here: {current}, model {here.model}", "", *(f"• {choice.label}" for choice in choices)]
+    if here.notice:
+        lines += ["", here.notice]
+    if where.ask_may_change is not None or not where.may_change:
+        lines += ["", f"Only {where.who_may_change} can change it."]
+    return Shown("\n".join(lines), choices=choices, choose="persona")
+
+
+async def set_scope_persona(service: ChatService, scope: str, name: str, *, allowed: bool, who: str) -> Shown:
+    """A default persona for everyone in a scope (a Discord channel): the platform says who may."""
+    if not allowed:
+        return Shown(f"Only {who} can change the default persona here.", refused=True)
+    try:
+        chosen = await service.set_scope_persona(scope, name)
+    except ChatError as error:
+        return Shown(f"⚠️ {error.user_message}", refused=True)
+    what = f"persona {chosen.name}" if chosen is not None else "the bot's own system prompt"
+    return Shown(
+        f"The default here is now {what} (conversations that picked their own persona keep it).", public=True
+    )
+
+
 @command("reset", "forget this conversation")
 async def reset(service: ChatService, where: Where, _: str) -> Shown:
     if not await where.allowed():
@@ -181,8 +245,8 @@ async def temperature(service: ChatService, where: Where, value: str) -> Shown:
         if not await where.allowed():
             return _refusal(where, "change the temperature")
         await service.set_temperature(where.conversation_id, value)
-    model_here = await service.current_model(where.conversation_id, where.scopes)
-    current = await service.current_temperature(where.conversation_id, model_here)
+    here = await service.choose(where.conversation_id, where.scopes)
+    current = await service.current_temperature(where.conversation_id, here.model, persona=here.persona)
     if value:
         return Shown(f"Temperature here is now {current:g}.", public=where.shared)
     return Shown(f"Temperature here: {current:g} (0 = always the same answer, 2 = most varied)")
@@ -194,13 +258,16 @@ async def stats(service: ChatService, where: Where, _: str) -> Shown:
 
     numbers = service.stats()
     wait = service.estimated_wait_s(numbers.queue_depth + 1) if numbers.queue_depth else None
-    model_here = await service.current_model(where.conversation_id, where.scopes)
-    temperature_here = await service.current_temperature(where.conversation_id, model_here)
+    here = await service.choose(where.conversation_id, where.scopes)
+    temperature_here = await service.current_temperature(
+        where.conversation_id, here.model, persona=here.persona
+    )
     feedback_here = await feedback_lines(service.history)
+    persona_here = f", persona {here.persona.name}" if here.persona else ""
     return Shown(
         "\n".join(
             [
-                f"Model here: {model_here}, temperature {temperature_here:g}",
+                f"Model here: {here.model}, temperature {temperature_here:g}{persona_here}",
                 *stats_lines(numbers, wait),
                 *feedback_here,
             ]

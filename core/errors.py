@@ -62,6 +62,27 @@ class UnknownModel(ChatError):
         super().__init__(f"Unknown model {name!r}. Available models: {', '.join(valid)}.")
 
 
+class UnknownPersona(ChatError):
+    def __init__(self, name: str, valid: list[str]) -> None:
+        self.name = name
+        self.valid = valid
+        listed = ", ".join(valid) if valid else "none yet (an admin adds them with `lorabot personas add`)"
+        super().__init__(f"Unknown persona {name!r}. Personas: {listed}.")
+
+
+class PersonaModelMissing(ChatError):
+    """The persona names a model that is no longer registered: nothing changed."""
+
+    def __init__(self, persona: str, model: str) -> None:
+        self.persona = persona
+        self.model = model
+        super().__init__(
+            f"Persona {persona!r} uses the model {model!r}, which is no longer registered, so it "
+            "can't be chosen now. Nothing was changed; ask the bot's admin to register the model "
+            "again or to change the persona (`lorabot personas add`)."
+        )
+
+
 class ModelLoadError(ChatError):
     def __init__(self, name: str, reason: str) -> None:
         self.name = name

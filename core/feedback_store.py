@@ -24,6 +24,7 @@ from core.schema import (
     conversation_options,
     feedback_opt_out,
     model_choice,
+    persona_choice,
     ratings,
     reply_messages,
     store_secrets,
@@ -309,6 +310,7 @@ async def forget_user(store: ConversationStore, user_key: str, own_conversation:
         removed_turns = len(await delete_turns(db, theirs))
         if own_conversation is not None:
             await db.execute(sa.delete(model_choice).where(model_choice.c.key == own_conversation))
+            await db.execute(sa.delete(persona_choice).where(persona_choice.c.key == own_conversation))
             await db.execute(
                 sa.delete(conversation_options).where(
                     conversation_options.c.conversation_id == own_conversation

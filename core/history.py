@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from core.schema import (
     conversation_options,
     migrate,
     model_choice,
+    persona_choice,
     processes,
     ratings,
     reply_messages,
@@ -558,6 +559,45 @@ class ConversationStore:
 
     async def set_model_choice(self, key: str, model: str) -> None:
         await self._upsert(model_choice, "key", {"key": key, "model": model}, "save the model choice")
+
+    async def choices(self, keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        """key -> (its model choice, its persona choice), for the keys with either; one read."""
+
+        async def work(db: AsyncConnection) -> dict[str, tuple[str | None, str | None]]:
+            found: dict[str, tuple[str | None, str | None]] = {}
+            models = await db.execute(
+                sa.select(model_choice.c.key, model_choice.c.model).where(model_choice.c.key.in_(keys))
+            )
+            for key, model in models:
+                found[key] = (model, None)
+            personas = await db.execute(
+                sa.select(persona_choice.c.key, persona_choice.c.persona).where(
+                    persona_choice.c.key.in_(keys)
+                )
+            )
+            for key, persona in personas:
+                found[key] = (found.get(key, (None, None))[0], persona)
+            return found
+
+        return await self._read(work, "read the model and persona choices")
+
+    async def set_persona_choice(self, key: str, persona: str | None, *, clear_model: bool = False) -> None:
+        """`key`'s persona (None: none of its own); `clear_model` also drops its model choice, in the
+        same write (a persona with a model wins over a /model chosen before it)."""
+        if persona is not None:
+            upsert = self._insert(persona_choice).values(key=key, persona=persona)
+            statement: sa.Executable = upsert.on_conflict_do_update(
+                index_elements=["key"], set_={"persona": upsert.excluded.persona}
+            )
+        else:
+            statement = sa.delete(persona_choice).where(persona_choice.c.key == key)
+
+        async def work(db: AsyncConnection) -> None:
+            await db.execute(statement)
+            if clear_model:
+                await db.execute(sa.delete(model_choice).where(model_choice.c.key == key))
+
+        await self._write(work, "save the persona choice")
 
     async def temperature(self, conversation_id: str) -> float | None:
         options = conversation_options.c

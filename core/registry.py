@@ -14,6 +14,11 @@ max_new_tokens = 300
 urls = ["http://gpu-1:8000/v1", "http://gpu-2:8000/v1"]
 remote_model = "llama-3.1-8b"               # optional: the name the servers serve
 api_key_env = "BIG_API_KEY"                 # optional: the variable holding the key (never the key)
+
+[personas.pirate]                           # a persona (docs/personas.md): /persona pirate
+system_prompt = "You are a cheerful pirate." # replaces LORABOT_SYSTEM_PROMPT in its conversations
+model = "my-tune"                           # optional: a registered model
+temperature = 0.9                           # optional
 ```
 
 The embedded SmolLM2 model is always present. The file is re-read when it changes, so a
@@ -53,7 +58,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
-from core.errors import UnknownModel
+from core.errors import UnknownModel, UnknownPersona
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,33 @@ class ModelEntry(BaseModel):
             return None
 
 
+RESERVED_PERSONA_NAMES = ("default", "none")  # `/persona default` goes back to the default prompt
+
+
+class Persona(BaseModel):
+    """A system prompt with a name, and optionally a model and a temperature (docs/personas.md)."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    system_prompt: str = Field(min_length=1)
+    model: str | None = Field(None, pattern=MODEL_NAME_PATTERN)  # a registered model's name
+    temperature: float | None = Field(None, ge=0, le=2)
+    description: str = ""
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _prompt(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("the system prompt is empty")
+        return prompt
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if name.lower() in RESERVED_PERSONA_NAMES:
+            raise ValueError(f"{name!r} is reserved (`/persona {name}` goes back to the default prompt)")
+        return name
+
+
 class RegistryError(Exception):
     """The models file is unreadable or has a bad entry; the message says where."""
 
@@ -158,6 +190,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._cache_key: tuple[int, int, int] | None = None
         self._entries: dict[str, ModelEntry] = {}
+        self._personas: dict[str, Persona] = {}
         self._problem: str | None = None
 
     def _file_key(self) -> tuple[int, int, int] | None:
@@ -167,19 +200,36 @@ class ModelRegistry:
             return None
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
-    def _parse(self) -> tuple[dict[str, dict], str]:
-        """The [models] table and the file's text (for line numbers)."""
+    def _parse(self) -> tuple[dict[str, dict], dict[str, dict], str]:
+        """The [models] and [personas] tables and the file's text (for line numbers)."""
         if not self.path.exists():
-            return {}, ""
+            return {}, {}, ""
         try:
             text = self.path.read_text(encoding="utf-8")
             data = tomllib.loads(text)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise RegistryError(f"{self.path}: cannot read models file: {error}") from error
-        models = data.get("models", {})
-        if not isinstance(models, dict):
-            raise RegistryError(f"{self.path}: [models] must be a table of tables")
-        return models, text
+        tables = []
+        for section in ("models", "personas"):
+            table = data.get(section, {})
+            if not isinstance(table, dict):
+                raise RegistryError(f"{self.path}: [{section}] must be a table of tables")
+            tables.append(table)
+        return tables[0], tables[1], text
+
+    def _persona(self, name: str, raw: object, text: str) -> Persona:
+        where = f"{self.path}: [personas.{name}]"
+        if (line := _header_line(text, name, "personas")) is not None:
+            where += f" (line {line})"
+        if not isinstance(raw, dict):
+            raise RegistryError(f"{where} must be a table")
+        try:
+            return Persona(name=name, **raw)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise RegistryError(f"{where}: {problems}") from error
+        except TypeError as error:
+            raise RegistryError(f"{where}: {error}") from error
 
     def _entry(self, name: str, raw: object, text: str) -> ModelEntry:
         where = f"{self.path}: [models.{name}]"
@@ -205,15 +255,16 @@ class ModelRegistry:
                 return self._entries
             entries = _embedded_entries()
             try:
-                models, text = self._parse()
+                models, personas, text = self._parse()
                 entries |= {name: self._entry(name, raw, text) for name, raw in models.items()}
+                found = {name: self._persona(name, raw, text) for name, raw in personas.items()}
             except RegistryError as error:
                 # keep serving the last good registry; parse this version of the file only once
                 log.warning("%s; still using the last good models registry", error)
                 self._problem, self._cache_key = str(error), key
                 self._entries = self._entries or entries
                 return self._entries
-            self._entries, self._cache_key, self._problem = entries, key, None
+            self._entries, self._personas, self._cache_key, self._problem = entries, found, key, None
             return entries
 
     @property
@@ -236,6 +287,63 @@ class ModelRegistry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._load()
+
+    # -- personas (docs/personas.md) -----------------------------------------------------------
+    def personas(self) -> list[Persona]:
+        """The personas of the file, in its order (of its last good version, like the models)."""
+        self._load()
+        return list(self._personas.values())
+
+    def persona(self, name: str) -> Persona:
+        self._load()
+        personas = self._personas
+        if name not in personas:
+            raise UnknownPersona(name, list(personas))
+        return personas[name]
+
+    def add_persona(
+        self,
+        name: str,
+        system_prompt: str,
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        description: str = "",
+        overwrite: bool = True,
+    ) -> Persona:
+        """Add (or replace) a persona; its model, if any, must be registered. Written like `add`."""
+        persona = Persona(
+            name=name,
+            system_prompt=system_prompt,
+            model=model,
+            temperature=temperature,
+            description=description,
+        )
+        if model is not None and model not in self:
+            raise RegistryError(
+                f"unknown model {model!r} for persona {name!r} (registered: {', '.join(self.names())})"
+            )
+        table = {
+            key: value
+            for key, value in persona.model_dump(exclude={"name"}).items()
+            if value not in (None, "")
+        }
+        with self._writing() as text:
+            if name in self._section_of(text, "personas") and not overwrite:
+                raise RegistryError(f"persona {name!r} already exists")
+            self._write(edit_models_text(text, name, table, section="personas"))
+        return persona
+
+    def remove_persona(self, name: str) -> None:
+        with self._writing() as text:
+            personas = self._section_of(text, "personas")
+            if name not in personas:
+                raise UnknownPersona(name, list(personas))
+            self._write(edit_models_text(text, name, None, section="personas"))
+
+    def personas_using(self, model: str) -> list[str]:
+        """The personas that name `model` (so removing it can say who loses it)."""
+        return [persona.name for persona in self.personas() if persona.model == model]
 
     def add(
         self,
@@ -356,13 +464,16 @@ class ModelRegistry:
         return previous, dict(old_raw), new_raw
 
     def _models_of(self, text: str) -> dict[str, dict]:
+        return self._section_of(text, "models")
+
+    def _section_of(self, text: str, section: str) -> dict[str, dict]:
         try:
-            models = tomllib.loads(text).get("models", {})
+            tables = tomllib.loads(text).get(section, {})
         except tomllib.TOMLDecodeError as error:
             raise RegistryError(f"{self.path}: cannot read models file: {error}") from error
-        if not isinstance(models, dict):
-            raise RegistryError(f"{self.path}: [models] must be a table of tables")
-        return models
+        if not isinstance(tables, dict):
+            raise RegistryError(f"{self.path}: [{section}] must be a table of tables")
+        return tables
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[str]:
@@ -449,29 +560,32 @@ def _header_path(line: str) -> list[str] | None:
     return keys
 
 
-def edit_models_text(text: str, name: str, table: dict | None) -> str:
-    """`text` with the entry `[models.NAME]` replaced by `table` (None: removed), every other line
-    kept as written: comments, other tables, keys this version does not know. The edit is checked
-    by parsing it; where the entry is not a plain `[models.NAME]` table (an inline table, dotted
-    keys) the parsed document is written out whole instead: all its data kept, its comments lost."""
+def edit_models_text(text: str, name: str, table: dict | None, section: str = "models") -> str:
+    """`text` with the entry `[models.NAME]` (or `[personas.NAME]`: `section`) replaced by `table`
+    (None: removed), every other line kept as written: comments, other tables, keys this version
+    does not know. The edit is checked by parsing it; where the entry is not a plain
+    `[models.NAME]` table (an inline table, dotted keys) the parsed document is written out whole
+    instead: all its data kept, its comments lost."""
     data = tomllib.loads(text)
     expected = copy.deepcopy(data)
-    models = expected.setdefault("models", {})
+    models = expected.setdefault(section, {})
     if table is None:
         models.pop(name, None)
+        if not models:  # the last entry went: no empty [models] header needed to match
+            expected.pop(section)
     else:
         models[name] = table
     lines = text.splitlines(keepends=True)
     headers = [(i, keys) for i, line in enumerate(lines) if (keys := _header_path(line)) is not None]
     spans = []
     for n, (start, keys) in enumerate(headers):
-        if keys[:2] != ["models", name]:
+        if keys[:2] != [section, name]:
             continue
         end = headers[n + 1][0] if n + 1 < len(headers) else len(lines)
         while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
             end -= 1  # blank lines and comments before the next header belong to it
         spans.append((start, end))
-    block = tomli_w.dumps({"models": {name: table}}) if table is not None else ""
+    block = tomli_w.dumps({section: {name: table}}) if table is not None else ""
     if spans:
         first = spans[0][0]
         kept = [line for i, line in enumerate(lines) if not any(a <= i < b for a, b in spans)]
@@ -489,7 +603,7 @@ def edit_models_text(text: str, name: str, table: dict | None) -> str:
     except tomllib.TOMLDecodeError:
         pass
     log.warning(
-        "rewrote the models file whole: [models.%s] is not a plain table (its comments are lost)", name
+        "rewrote the models file whole: [%s.%s] is not a plain table (its comments are lost)", section, name
     )
     return tomli_w.dumps(expected)
 
@@ -510,9 +624,9 @@ def _embedded_entries() -> dict[str, ModelEntry]:
     }
 
 
-def _header_line(text: str, name: str) -> int | None:
+def _header_line(text: str, name: str, section: str = "models") -> int | None:
     """The line (1-based) of the `[models.NAME]` header, so an error in an entry names its line."""
-    header = re.compile(rf"""\s*\[\s*models\s*\.\s*(["']?){re.escape(name)}\1\s*\]""")
+    header = re.compile(rf"""\s*\[\s*{section}\s*\.\s*(["']?){re.escape(name)}\1\s*\]""")
     for number, line in enumerate(text.splitlines(), 1):
         if header.match(line):
             return number

@@ -21,7 +21,7 @@ from core.limits import clean_model_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATION_LOCK = 0x6C6F7261  # pg_advisory_xact_lock key ("lora"): one migrating process at a time
 
 
@@ -177,6 +177,13 @@ ab_arms = sa.Table(  # sticky arms: the first process to route a conversation de
     sa.Column("assigned_at", sa.Double, nullable=False),
     sa.CheckConstraint("arm IN ('control', 'candidate')", name="ab_arms_arm"),
 )
+# -- v6: personas (docs/personas.md) ------------------------------------------------------------
+persona_choice = sa.Table(  # like model_choice: a conversation's persona, or a scope's default
+    "persona_choice",
+    metadata,
+    sa.Column("key", CleanText, primary_key=True),  # a conversation id, or 'scope:' + a scope id
+    sa.Column("persona", CleanText, nullable=False),  # a persona's name in the models file
+)
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 Migration = Callable[[AsyncConnection], Awaitable[None]]
@@ -244,7 +251,12 @@ async def _to_v5(db: AsyncConnection) -> None:
     await _create(db, ab_tests, ab_arms)
 
 
-MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]  # [v] makes v + 1
+async def _to_v6(db: AsyncConnection) -> None:
+    """Personas: the persona each conversation (or scope, as a default) chose."""
+    await _create(db, persona_choice)
+
+
+MIGRATIONS: list[Migration] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5, _to_v6]  # [v] makes v + 1
 
 
 async def stored_version(db: AsyncConnection) -> int:

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from core import feedback_store, metrics
 from core.ab import AbRouter
 from core.engines.base import GenerationRequest, GenerationStats, Message
-from core.errors import BadTemperature, Busy, CannotRegenerate, ChatError, GenerationTimeout, TooManyWaiting
+from core.errors import (
+    BadTemperature,
+    Busy,
+    CannotRegenerate,
+    ChatError,
+    GenerationTimeout,
+    PersonaModelMissing,
+    TooManyWaiting,
+)
 from core.events import Accepted, Delta, Done, Notice, Queued, ReplyEvent, Started
 from core.feedback import Buttons, Pseudonyms, Rated, RatingWriter
 from core.feedback_store import Forgotten, PendingRating, Regeneration
@@ -30,7 +38,7 @@ from core.handles import LoadedModel
 from core.history import ConversationStore
 from core.limits import ModelTextCleaner, UserRateLimiter, clean_user_text
 from core.pool import EngineFactory, ModelPool
-from core.registry import ModelEntry, ModelRegistry
+from core.registry import RESERVED_PERSONA_NAMES, ModelEntry, ModelRegistry, Persona
 from core.scheduler import FairScheduler, Ticket
 from core.settings import CoreSettings
 from core.turns import InterruptedReply, TurnState
@@ -51,6 +59,16 @@ class _Unsettled:
     question: str | None = None  # the part of the question the model read
     model: str | None = None
     model_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """What a conversation answers with: its model, its persona (None: the global system prompt),
+    and a note for the user when a choice could not be followed (a persona's model was removed)."""
+
+    model: str
+    persona: Persona | None = None
+    notice: str | None = None
 
 
 @dataclass
@@ -134,19 +152,77 @@ class ChatService:
     async def current_model(self, conversation_id: str, scope_id: Scopes = None) -> str:
         """The conversation's own choice, else the first scope (e.g. channel, then server) that
         has one, else the global default. Choices naming a model no longer registered are skipped.
+        A persona with a model counts as a choice at the level it was chosen (`choose`).
 
         A running A/B test (core/ab.py) of NAME routes a conversation whose model comes from a
         scope or the global default naming NAME: its sticky arm (drawn and stored the first time)
         may send it to the candidate. The conversation's own choice is never routed."""
-        if (own := await self._store.model_choice(conversation_id)) and own in self.registry:
-            return own
+        return (await self.choose(conversation_id, scope_id)).model
+
+    async def choose(self, conversation_id: str, scope_id: Scopes = None) -> Chosen:
+        """The model and persona of a conversation (docs/personas.md). Levels, most specific
+        first: the conversation, then each scope. The persona is the first level's that names a
+        persona still in the models file. The model is the first level's /model choice (still
+        registered); the persona's own model counts at the persona's level, after that level's
+        /model (choosing a persona with a model clears its level's /model, so the later wins);
+        personas of less specific levels than the persona in use count for nothing. Else the
+        global default. A persona whose model was removed answers with the next choice, and the
+        user is told (`notice`)."""
         scopes = [scope_id] if isinstance(scope_id, str) else list(scope_id or ())
-        name = self.settings.default_model
-        for key in (f"scope:{scope}" for scope in scopes):
-            if (chosen := await self._store.model_choice(key)) and chosen in self.registry:
-                name = chosen
-                break
-        return await self.ab.route(conversation_id, name, self.registry.__contains__)
+        keys = [conversation_id, *(f"scope:{scope}" for scope in scopes)]
+        found = await self._store.choices(keys)
+        model: str | None = None
+        route = True
+        persona: Persona | None = None
+        notice = None
+        for level, key in enumerate(keys):
+            chosen_model, chosen_persona = found.get(key, (None, None))
+            if model is None and chosen_model and chosen_model in self.registry:
+                model, route = chosen_model, level > 0  # the conversation's own choice is never routed
+            if persona is None and chosen_persona and (persona := self._persona(chosen_persona)):
+                if model is None and persona.model:
+                    if persona.model in self.registry:
+                        model, route = persona.model, False
+                    else:
+                        notice = f"persona {persona.name}'s model {persona.model} is no longer registered"
+        name = model or self.settings.default_model
+        if route:
+            name = await self.ab.route(conversation_id, name, self.registry.__contains__)
+        if notice:
+            notice = f"Note: {notice}, so {name} answers here for now (tell the bot's admin)."
+        return Chosen(name, persona, notice)
+
+    def personas(self) -> list[Persona]:
+        return self.registry.personas()
+
+    def _persona(self, name: str) -> Persona | None:
+        """The persona `name`, or None when it was removed from the models file (then skipped)."""
+        return next((persona for persona in self.registry.personas() if persona.name == name), None)
+
+    async def current_persona(self, conversation_id: str, scope_id: Scopes = None) -> Persona | None:
+        """The conversation's persona (its own, else its scopes'), None: the global system prompt."""
+        return (await self.choose(conversation_id, scope_id)).persona
+
+    async def set_persona(self, conversation_id: str, name: str | None) -> Persona | None:
+        """This conversation's persona; None (or "default"/"none") drops its own choice. Raises
+        `UnknownPersona` (lists the personas) and `PersonaModelMissing` (its model was removed);
+        nothing changes then. A persona with a model replaces the conversation's /model choice."""
+        return await self._set_persona(conversation_id, name)
+
+    async def set_scope_persona(self, scope_id: str, name: str | None) -> Persona | None:
+        """A scope's default persona (a channel's, a group's): conversations without one of their
+        own use it. Permission checks (admins) are the adapter's job, as for `set_scope_default`."""
+        return await self._set_persona(f"scope:{scope_id}", name)
+
+    async def _set_persona(self, key: str, name: str | None) -> Persona | None:
+        if name is None or name.strip().lower() in RESERVED_PERSONA_NAMES:
+            await self._store.set_persona_choice(key, None)
+            return None
+        persona = self.registry.persona(name.strip())
+        if persona.model is not None and persona.model not in self.registry:
+            raise PersonaModelMissing(persona.name, persona.model)
+        await self._store.set_persona_choice(key, persona.name, clear_model=persona.model is not None)
+        return persona
 
     @property
     def ab(self) -> AbRouter:
@@ -182,10 +258,15 @@ class ChatService:
             raise BadTemperature(low, high)
         await self._store.set_temperature(conversation_id, value)
 
-    async def current_temperature(self, conversation_id: str, model: str | None = None) -> float:
-        """The conversation's own temperature, else the model's default, else the global one."""
+    async def current_temperature(
+        self, conversation_id: str, model: str | None = None, *, persona: Persona | None = None
+    ) -> float:
+        """The conversation's own temperature, else its persona's, else the model's default, else
+        the global one."""
         if (own := await self._store.temperature(conversation_id)) is not None:
             return own
+        if persona is not None and persona.temperature is not None:
+            return persona.temperature
         entry = self.registry.get(model) if model and model in self.registry else None
         return entry.temperature if entry and entry.temperature is not None else self.settings.temperature
 
@@ -256,13 +337,17 @@ class ChatService:
         settled here (failed). Platform adapters use it, so a reply is answered only once on screen."""
         text, notice = clean_user_text(text, self.settings.max_input_chars)
         await self.limiter.check(user_id)
-        model = await self.current_model(conversation_id, scope_id)
+        chosen = await self.choose(conversation_id, scope_id)
+        model = chosen.model
         ticket = self._admit(user_id, model)
+        notice = "\n".join(note for note in (notice, chosen.notice) if note) or None
 
         async def begin() -> int:
             return await self._store.begin_turn(conversation_id, text, user_key=self.pseudonym(user_id))
 
-        answering = self._answer(ticket, model, conversation_id, text, begin, notice, settle_after_delivery)
+        answering = self._answer(
+            ticket, model, conversation_id, text, begin, notice, settle_after_delivery, persona=chosen.persona
+        )
         async with contextlib.aclosing(answering):
             async for event in answering:
                 yield event
@@ -288,7 +373,8 @@ class ChatService:
         conversation_id = await feedback_store.conversation_of(self._store, turn_id)
         if conversation_id is None:
             raise CannotRegenerate("That answer is no longer stored, so it can't be regenerated.")
-        model = await self.current_model(conversation_id, scope_id)
+        chosen = await self.choose(conversation_id, scope_id)
+        model = chosen.model
         ticket = self._admit(user_id, model)
         opened: list[Regeneration] = []
 
@@ -310,10 +396,11 @@ class ChatService:
             conversation_id,
             "",
             begin,
-            None,
+            chosen.notice,
             settle_after_delivery,
             regeneration=opened,
             undo=undo,
+            persona=chosen.persona,
         )
         async with contextlib.aclosing(answering):
             async for event in answering:
@@ -331,6 +418,7 @@ class ChatService:
         *,
         regeneration: list[Regeneration] | None = None,
         undo: Callable[[], Awaitable[None]] | None = None,
+        persona: Persona | None = None,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """The part `reply` and `regenerate` share: store the turn (`begin`), wait for the queue,
         generate, and settle the turn however it ends."""
@@ -367,6 +455,7 @@ class ChatService:
                     turn_id,
                     defer=settle_after_delivery,
                     avoid=opened.previous_answer if opened else None,
+                    persona=persona,
                 )
                 async for event in generated:
                     if isinstance(event, Done):
@@ -544,16 +633,20 @@ class ChatService:
         *,
         defer: bool = False,
         avoid: str | None = None,
+        persona: Persona | None = None,
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Stream the answer to `text`; `avoid`: a regenerate's old answer (sampled, fresh seed,
-        another first token)."""
+        another first token); `persona`: its system prompt replaces the global one."""
         settings = self.settings
         context_length = handle.context_length  # EngineClosed, never a freed model
         max_new = min(entry.max_new_tokens or settings.max_new_tokens, context_length // 2)
-        messages, text, trimmed = await self._fit_context(handle, conversation_id, text, max_new)
+        system_prompt = persona.system_prompt if persona is not None else settings.system_prompt
+        messages, text, trimmed = await self._fit_context(
+            handle, conversation_id, text, max_new, system_prompt
+        )
         if trimmed:
             yield Notice(trimmed)
-        temperature = await self.current_temperature(conversation_id, entry.name)
+        temperature = await self.current_temperature(conversation_id, entry.name, persona=persona)
         request = GenerationRequest(
             model=entry.name,
             conversation_id=conversation_id,
@@ -625,11 +718,18 @@ class ChatService:
         )
 
     async def _fit_context(
-        self, handle: LoadedModel, conversation_id: str, text: str, max_new: int
+        self,
+        handle: LoadedModel,
+        conversation_id: str,
+        text: str,
+        max_new: int,
+        system_prompt: str | None = None,
     ) -> tuple[list[Message], str, str | None]:
-        """System prompt + as many recent turns as fit + the new message, within the window."""
+        """System prompt (the persona's, else the global one) + as many recent turns as fit + the
+        new message, within the window."""
         budget = handle.context_length - max_new
-        system: Message = {"role": "system", "content": self.settings.system_prompt}
+        prompt = system_prompt if system_prompt is not None else self.settings.system_prompt
+        system: Message = {"role": "system", "content": prompt}
         history = await self._store.recent(conversation_id, self.settings.history_max_turns)
         notice = None
         base = await handle.count_tokens([system, {"role": "user", "content": ""}])

@@ -1,7 +1,7 @@
 """The `lorabot` command line (Typer): the root that mounts each part's commands.
 
-Serving (`lorabot.serve`), the models registry (`lorabot.models`), benchmarks (`lorabot.bench`),
-the chats' feedback (`lorabot.feedback`: export and report),
+Serving (`lorabot.serve`), the models registry (`lorabot.models`, and `lorabot.personas`),
+benchmarks (`lorabot.bench`), the chats' feedback (`lorabot.feedback`: export and report),
 and training / evaluation from `training/`. Commands whose extra is not installed still appear
 and say which extra to install.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from lorabot import bench, feedback, models, serve
+from lorabot import bench, feedback, models, personas, serve
 from lorabot.common import LOOSE, missing_extra
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 serve.mount(app)
 app.add_typer(models.app, name="models")
+app.add_typer(personas.app, name="personas")
 app.add_typer(bench.app, name="bench")
 app.add_typer(feedback.app, name="feedback")
 

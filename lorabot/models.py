@@ -152,6 +152,11 @@ def models_remove(name: str) -> None:
         console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(2) from None
     console.print(f"Removed {name}")
+    if users := registry.personas_using(name):  # kept: they work again once NAME is registered again
+        console.print(
+            f"[yellow]persona(s) {', '.join(users)} name {name}: their conversations answer with their "
+            "default model until it is registered again (or `lorabot personas add` changes them)[/yellow]"
+        )
 
 
 # `promote` (the gate) and `ab` (live A/B) live in modules of their own.

@@ -340,6 +340,7 @@ async def test_commands_are_synced_on_start(fake, start_bot):
         "chat",
         "model",
         "model-default",
+        "persona",
         "reset",
         "help",
         "stats",
