@@ -1,4 +1,4 @@
-"""Slash commands: /chat, /model, /model-default and /help here; every command of
+"""Slash commands: /chat, /model, /model-default, /persona and /help here; every command of
 `core.commands.COMMANDS` (/reset, /stats, /temperature, …) becomes an app command by itself.
 
 The commands' logic lives in core/commands.py; this module only turns an interaction into a
@@ -10,6 +10,7 @@ changed what everyone here shares). The allow/deny lists are applied once in
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -34,8 +35,10 @@ from core.commands import (
     Where,
     help_lines,
     model_choices,
+    persona_choices,
     run_command,
     set_scope_model,
+    set_scope_persona,
 )
 
 if TYPE_CHECKING:  # the client registers these commands: no import at run time, no cycle
@@ -51,6 +54,9 @@ HELP = """\
 thread: the thread's, shared by everyone in it). `/model name: scope:channel` changes it for the whole \
 channel (Manage Channels). `/model-default name:` sets the server's default (Manage Server).
   Your conversation's choice wins over the channel's, the channel's over the server's.
+• `/persona` shows the personas (a system prompt, sometimes with its own model). In a server, \
+members with Manage Channels (or lorabot admins) choose one with `/persona name:` (`scope:channel`: \
+the channel's default); in DMs you do.
 Replies stream in as they are written; when many people ask at once you'll see your place in the queue.
 More commands, each for your conversation here:
 """
@@ -232,9 +238,53 @@ async def model_default(interaction: discord.Interaction, name: str) -> None:
     await _show(interaction, shown)
 
 
+PERSONA_SETTERS = "members with Manage Channels (or lorabot admins)"
+
+
+def _persona_where(interaction: discord.Interaction, origin: Origin) -> Where:
+    """A persona sets how the bot speaks in a server's channel: there only those who may manage
+    the channel (or lorabot admins) choose one, also for their own conversation; in a DM, the user."""
+    client = _client(interaction)
+    may = origin.is_dm or may_set_channel_model(
+        client.settings, origin, manage_channels=interaction.permissions.manage_channels
+    )
+    return replace(_where(interaction, origin), may_change=may, who_may_change=PERSONA_SETTERS)
+
+
+@app_commands.command(
+    name="persona", description="Show the personas, or choose one here (in servers: Manage Channels)."
+)
+@app_commands.describe(
+    name="Persona to use, or 'default' (leave empty to list them)",
+    scope="Your conversation here (default) or the channel's default (Manage Channels)",
+)
+@app_commands.choices(scope=SCOPES)
+async def persona(
+    interaction: discord.Interaction, name: str | None = None, scope: app_commands.Choice[str] | None = None
+) -> None:
+    client = _client(interaction)
+    origin = client.origin_of_interaction(interaction)
+    where = _persona_where(interaction, origin)
+    if name and scope is not None and scope.value == CHANNEL and not origin.is_dm:
+        scope_key = channel_scope(origin)
+        shown = await set_scope_persona(
+            client.service, scope_key, name, allowed=where.may_change, who=PERSONA_SETTERS
+        )
+    else:
+        shown = await run_command(client.service, where, "persona", name or "")
+    await _show(interaction, shown)
+
+
+@persona.autocomplete("name")
+async def persona_name_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    return _suggestions(persona_choices(_client(interaction).service), current)
+
+
 @app_commands.command(name="help", description="What lorabot can do.")
 async def help_command(interaction: discord.Interaction) -> None:
-    lines = [line for line in help_lines() if not line.startswith("/model")]
+    lines = [line for line in help_lines() if not line.startswith(("/model", "/persona"))]
     await _say(interaction, HELP + "\n".join(f"• {line}" for line in lines))
 
 
@@ -277,8 +327,9 @@ DISCORD_ONLY: tuple[AppCommand, ...] = (
     chat,
     model,
     model_default,
+    persona,
     help_command,
-)  # /model here also takes a scope
+)  # /model and /persona here also take a scope
 
 
 def register_commands(tree: app_commands.CommandTree) -> None:
