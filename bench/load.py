@@ -616,6 +616,7 @@ DRAFT_FIGURES = (
     "delivered_replies_per_s",
     "delivery_vs_engine",
     "targets_met",
+    "loadavg",  # the runs follow each other: other work on the machine may differ between them
     "run_dir",
 )
 
