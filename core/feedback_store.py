@@ -309,8 +309,10 @@ async def forget_user(store: ConversationStore, user_key: str, own_conversation:
         ).rowcount
         removed_turns = len(await delete_turns(db, theirs))
         if own_conversation is not None:
-            await db.execute(sa.delete(model_choice).where(model_choice.c.key == own_conversation))
-            await db.execute(sa.delete(persona_choice).where(persona_choice.c.key == own_conversation))
+            # a Telegram private chat keeps its choices under its own scope ("scope:" + the chat)
+            keys = (own_conversation, f"scope:{own_conversation}")
+            await db.execute(sa.delete(model_choice).where(model_choice.c.key.in_(keys)))
+            await db.execute(sa.delete(persona_choice).where(persona_choice.c.key.in_(keys)))
             await db.execute(
                 sa.delete(conversation_options).where(
                     conversation_options.c.conversation_id == own_conversation

@@ -213,8 +213,14 @@ async def test_a_removed_persona_falls_back_to_the_default_prompt_and_its_choice
 
 async def test_forget_drops_a_private_conversations_persona(service):
     await service.set_persona("dm", "pirate")
+    await service.set_scope_persona("telegram:1", "robot")  # a Telegram private chat: kept as its scope's
+    await service.set_scope_persona("group", "pirate")
     await service.forget_user("alice", "dm")
+    await service.forget_user("alice", "telegram:1")
     assert await service.current_persona("dm") is None
+    assert await service.current_persona("telegram:1", "telegram:1") is None
+    assert await service.current_model("telegram:1", "telegram:1") == "smollm2-135m"
+    assert (await service.current_persona("c", "group")).name == "pirate"  # no one's own: kept
 
 
 # -- /persona ------------------------------------------------------------------------------------
@@ -396,3 +402,17 @@ def test_lorabot_personas_add_list_remove(tmp_path):
     assert removed.returncode == 0 and "Removed persona pirate" in removed.stdout
     gone = lorabot(tmp_path, "personas", "remove", "pirate")
     assert gone.returncode == 2 and "Unknown persona 'pirate'" in gone.stdout
+
+
+async def test_persona_in_the_terminal(service):
+    import io
+
+    from bots.console import ConsoleChat
+
+    out = io.StringIO()
+    chat = ConsoleChat(service, out=out, user="alice")
+    await chat.command("/persona pirate")
+    assert "Persona here is now pirate (model smollm2-135m)." in out.getvalue()
+    await chat.command("/help")
+    assert "/persona [name] – show the personas" in out.getvalue()
+    assert (await service.current_persona("console:alice")).name == "pirate"
