@@ -416,3 +416,53 @@ async def test_persona_in_the_terminal(service):
     await chat.command("/help")
     assert "/persona [name] – show the personas" in out.getvalue()
     assert (await service.current_persona("console:alice")).name == "pirate"
+
+
+async def test_through_the_service_each_persona_keeps_its_own_cached_prefix(tmp_path):
+    """The whole path (compute thread, reading ahead, one KV slot, the host prompt cache): two
+    conversations of two personas take turns; each gets its own state back, never the other's."""
+    seen: list[tuple[LlamaEngine, str, list[int]]] = []
+    begin = LlamaEngine.begin
+
+    def recording(self, request, stats):
+        seen.append((self, request.conversation_id, self.prompt_tokens(request.messages)))
+        return begin(self, request, stats)
+
+    settings = load_core_settings(
+        data_dir=tmp_path / "data",
+        max_new_tokens=12,
+        temperature=0.0,
+        kv_slots=1,
+        parallel=1,
+        prompt_cache_mb=64,
+    )
+    service = ChatService(settings)
+    service.registry.add_persona("pirate", PIRATE)
+    service.registry.add_persona("robot", ROBOT)
+    LlamaEngine.begin = recording  # type: ignore[method-assign]
+    try:
+        async with service:
+            await service.set_persona("a", "pirate")
+            await service.set_persona("b", "robot")
+            reused: dict[str, list[int]] = {"a": [], "b": []}
+            for turn in range(2):
+                for conversation in ("a", "b"):
+                    done = (await ask(service, conversation, f"Question {turn}: what is the sea?"))[-1]
+                    assert isinstance(done, Done)
+                    reused[conversation].append(int(done.extras["reused_tokens"]))
+            engine = seen[-1][0]
+            prompts = {conversation: [p for _, c, p in seen if c == conversation] for conversation in "ab"}
+            assert (
+                prompts["a"][0][: system_prefix(engine, PIRATE)]
+                == engine.prompt_tokens(
+                    [{"role": "system", "content": PIRATE}, {"role": "user", "content": "x"}]
+                )[: system_prefix(engine, PIRATE)]
+            )
+            # b's first turn found a's pirate prompt in the only slot: it kept no more than they share
+            assert reused["b"][0] <= common(prompts["a"][0], prompts["b"][0]) < system_prefix(engine, ROBOT)
+            # each second turn got its own first turn back (prompt and answer) from host memory
+            for conversation in "ab":
+                assert reused[conversation][1] >= len(prompts[conversation][0])
+            assert engine.prompt_cache.restored >= 2
+    finally:
+        LlamaEngine.begin = begin  # type: ignore[method-assign]
